@@ -1,0 +1,34 @@
+# mirrorhook — developer entry points. `make test` works on a fresh Debian/Ubuntu machine:
+# it creates .venv, installs the project with its dev tools, installs rsync when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint typecheck pytest rsync venv clean
+
+test: lint typecheck pytest
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+rsync:
+	@command -v rsync >/dev/null 2>&1 || sh scripts/install-rsync.sh
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv rsync
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

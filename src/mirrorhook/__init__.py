@@ -1,0 +1,5 @@
+"""mirrorhook: push-triggered rsync mirroring."""
+
+from importlib.metadata import version
+
+__version__ = version("mirrorhook")

@@ -1,0 +1,276 @@
+"""The ``mirrorhook`` command line: one small function per subcommand; the only place that exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from mirrorhook import __version__, lock, rsync, signing
+from mirrorhook import log as logsetup
+from mirrorhook.config import CONFIG_ENV, DEFAULT_CONFIG, Config, config_path, load_config
+from mirrorhook.errors import ConfigError, LockedError, MirrorhookError, SyncError
+from mirrorhook.service import serve
+from mirrorhook.status import format_status, is_failing, receiver_status
+from mirrorhook.syncer import Syncer
+
+logger = logging.getLogger("mirrorhook")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_LOCKED = 75  # EX_TEMPFAIL: cron may simply try again later
+
+_T = TypeVar("_T")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logsetup.setup(verbose=args.verbose)
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        sys.stderr.write(f"{err}\n")
+        return EXIT_CONFIG
+    except (MirrorhookError, OSError) as err:
+        logger.error("%s", err, exc_info=args.verbose)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        return EXIT_FAILURE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="mirrorhook",
+        description=(
+            "Push-triggered rsync mirroring: an upstream signs a webhook when it publishes, "
+            "mirrors verify it and sync seconds later, with a polling fallback."
+        ),
+        epilog=f"The config file is -c FILE, else ${CONFIG_ENV}, else {DEFAULT_CONFIG}.",
+    )
+    parser.add_argument("--version", action="version", version=f"mirrorhook {__version__}")
+    parser.set_defaults(verbose=False)
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help=f"configuration file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    _add_serve_parser(subparsers, common)
+    _add_sync_parser(subparsers, common)
+    _add_status_parser(subparsers, common)
+    _add_check_config_parser(subparsers, common)
+    _add_secret_parser(subparsers, common)
+    return parser
+
+
+_Subparsers = argparse._SubParsersAction  # argparse exposes no public name for it
+
+
+def _add_serve_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        parents=[common],
+        help="run the daemon: webhook receiver, poll fallback and sync engine",
+        description=(
+            "Run every role configured: with [receiver], listen for signed webhooks, sync "
+            "after a random backoff, poll the upstream marker as a fallback and check it once "
+            "at start. Exits 0 after SIGTERM/SIGINT (a running rsync is stopped, the marker "
+            "left as it was), 2 on a config error, 1 on a fatal error."
+        ),
+    )
+    parser.set_defaults(func=_serve)
+
+
+def _add_sync_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "sync",
+        parents=[common],
+        help="sync once now (for cron, timers and first syncs)",
+        description=(
+            "Sync the [receiver] tree from its upstream once: the tree without the marker, "
+            "then the marker, only if the upstream marker did not move meanwhile. "
+            "Cron drop-in for the hourly script: mirrorhook sync --if-changed --randomize 3000. "
+            "Exit status: 0 synced or up to date, 1 failed, 2 config error, "
+            "75 another sync holds the lock (nothing done)."
+        ),
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--if-changed",
+        action="store_true",
+        help="do nothing when the upstream marker equals the local one",
+    )
+    mode.add_argument(
+        "--force",
+        action="store_true",
+        help="run the full transfer even when the markers match (the default without --if-changed)",
+    )
+    parser.add_argument(
+        "--randomize",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="first sleep a random 0..SECONDS (after the marker check, with --if-changed)",
+    )
+    parser.set_defaults(func=_sync)
+
+
+def _add_status_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "status",
+        parents=[common],
+        help="show the local marker and the last sync",
+        description="Show this host's state. Exit status: 0, or 1 when the last sync failed.",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=_status)
+
+
+def _add_check_config_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "check-config",
+        parents=[common],
+        help="validate the config and show what would run",
+        description=(
+            "Load and validate the config; print what would run. Exit status: 0 valid, 2 "
+            "invalid, with every problem listed as FILE: key.path: problem."
+        ),
+    )
+    parser.set_defaults(func=_check_config)
+
+
+def _add_secret_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "secret",
+        parents=[common],
+        help="print a new random webhook secret",
+        description=(
+            "Print a new secret (whsec_ + base64 of 32 random bytes). Store it in a file only "
+            "mirrorhook can read, on the mirror (receiver.secret_file) and on the upstream "
+            "(publisher.mirrors.secret_file): umask 077; mirrorhook secret > mirror-a.secret"
+        ),
+    )
+    parser.set_defaults(func=_secret)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds: {text!r}")
+    return value
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(config_path(args.config))
+
+
+def _receiver_of(config: Config) -> Any:
+    if config.receiver is None:
+        raise ConfigError([f"{config.path}: receiver: this command needs a [receiver] section"])
+    return config.receiver
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    asyncio.run(serve(config))
+    return EXIT_OK
+
+
+def _sync(args: argparse.Namespace) -> int:
+    receiver = _receiver_of(_load(args))
+    syncer = Syncer(receiver)
+
+    async def once() -> int:
+        if args.randomize:
+            if lock.is_locked(receiver.state_dir):
+                raise LockedError(str(lock.lock_path(receiver.state_dir)))
+            if args.if_changed:
+                upstream = await syncer.read_upstream_marker()
+                if upstream == syncer.local_marker():
+                    logger.info("already up to date with upstream marker %r", upstream)
+                    return EXIT_OK
+            delay = random.uniform(0, args.randomize)
+            logger.info("sleeping %.0f s to spread the mirrors' load on the upstream", delay)
+            await asyncio.sleep(delay)
+        with lock.hold(receiver.state_dir):
+            await syncer.sync(if_changed=args.if_changed, trigger="mirrorhook sync")
+        return EXIT_OK
+
+    try:
+        return _run_interruptible(once())
+    except LockedError as err:
+        logger.warning("%s: nothing done", err)
+        return EXIT_LOCKED
+    except SyncError:
+        return EXIT_FAILURE  # the sync engine logged why
+
+
+def _status(args: argparse.Namespace) -> int:
+    receiver = _receiver_of(_load(args))
+    status = receiver_status(receiver)
+    if args.json:
+        sys.stdout.write(json.dumps(status, indent=2) + "\n")
+    else:
+        sys.stdout.write(format_status(status) + "\n")
+    return EXIT_FAILURE if is_failing(status) else EXIT_OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    lines = [f"{config.path}: valid"]
+    if config.receiver is not None:
+        r = config.receiver
+        lines += [
+            "receiver:",
+            f"  listen on      {', '.join(str(listen) for listen in r.listen)}",
+            f"  follow         {r.upstream} -> {r.target} (marker {r.marker})",
+            f"  webhook sync   after a random 0..{r.backoff:g} s backoff",
+            "  poll           "
+            + (
+                f"every {r.poll_interval:g} s + 0..{r.poll_jitter:g} s"
+                if r.poll_interval
+                else "off"
+            ),
+            f"  retries        {r.retries} attempts; one rsync run is killed after {r.timeout:g} s",
+            f"  state          {r.state_dir}",
+            f"  rsync command  {' '.join(rsync.tree_args(r))}",
+        ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK
+
+
+def _secret(_args: argparse.Namespace) -> int:
+    sys.stdout.write(signing.new_secret() + "\n")
+    return EXIT_OK
+
+
+def _run_interruptible(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run a one-shot command; SIGTERM cancels it like Ctrl-C does (rsync is stopped too)."""
+
+    async def guarded() -> _T:
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - we are inside a task
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await coroutine
+
+    try:
+        return asyncio.run(guarded())
+    except asyncio.CancelledError:
+        raise SyncError("interrupted by a signal; the local marker was left as it was") from None

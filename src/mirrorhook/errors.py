@@ -1,0 +1,99 @@
+"""The exception hierarchy: every failure a user can meet, with a one-line ``str``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class MirrorhookError(Exception):
+    """Base class of every error mirrorhook reports to a user."""
+
+
+class ConfigError(MirrorhookError):
+    """The configuration is unusable; ``problems`` lists each one as ``FILE: key: problem``."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__(self.problems)
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+class SignatureError(MirrorhookError):
+    """A webhook's signature headers are missing, malformed, stale or do not verify."""
+
+
+class TimestampError(SignatureError):
+    """A webhook's timestamp is outside the tolerance window (often a clock out of sync)."""
+
+    def __init__(self, skew: int, tolerance: int) -> None:
+        self.skew = skew
+        self.tolerance = tolerance
+        super().__init__(skew, tolerance)
+
+    def __str__(self) -> str:
+        direction = "ahead of" if self.skew > 0 else "behind"
+        return (
+            f"timestamp is {abs(self.skew)} s {direction} this host's clock, outside the "
+            f"±{self.tolerance} s window (check NTP on both hosts)"
+        )
+
+
+class PayloadError(MirrorhookError):
+    """A webhook body is not the JSON document of the wire format."""
+
+
+class LockedError(MirrorhookError):
+    """Another process holds the sync lock of this tree."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(path)
+
+    def __str__(self) -> str:
+        return f"another sync holds the lock {self.path}"
+
+
+class SyncError(MirrorhookError):
+    """A sync could not complete; the local marker was left as it was."""
+
+
+class NoMarkerError(SyncError):
+    """The upstream has no marker file: refusing to sync (an empty upstream would wipe us)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        super().__init__(source)
+
+    def __str__(self) -> str:
+        return (
+            f"upstream has no marker at {self.source}: refusing to sync from it "
+            "(an unmounted or emptied upstream would make --delete wipe the mirror)"
+        )
+
+
+class RsyncError(SyncError):
+    """rsync ended with a failing exit code; ``stderr_tail`` holds its last error lines."""
+
+    def __init__(self, returncode: int, stderr_tail: Sequence[str], *, transient: bool) -> None:
+        self.returncode = returncode
+        self.stderr_tail = tuple(stderr_tail)
+        self.transient = transient
+        super().__init__(returncode, self.stderr_tail)
+
+    def __str__(self) -> str:
+        kind = "transient" if self.transient else "permanent"
+        last = self.stderr_tail[-1] if self.stderr_tail else "no error output"
+        return f"rsync exited with code {self.returncode} ({kind}): {last}"
+
+
+class RsyncTimeoutError(SyncError):
+    """rsync ran longer than the configured ``timeout`` and was killed."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(timeout)
+
+    def __str__(self) -> str:
+        return f"rsync was killed after running for the configured timeout of {self.timeout:g} s"

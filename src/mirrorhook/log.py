@@ -1,0 +1,38 @@
+"""Logging set-up for the command line: stderr, one event per line, journald-aware."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+# sd-daemon(3) priority prefixes: journald stores each line at its level.
+_JOURNAL_PRIORITY = {
+    logging.DEBUG: "<7>",
+    logging.INFO: "<6>",
+    logging.WARNING: "<4>",
+    logging.ERROR: "<3>",
+    logging.CRITICAL: "<2>",
+}
+
+
+class _JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = _JOURNAL_PRIORITY.get(record.levelno, "<6>")
+        return prefix + super().format(record)
+
+
+def setup(*, verbose: bool) -> None:
+    """Send log records to stderr: timestamps on a terminal or file, none under systemd."""
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        # journald adds its own timestamps and host; the prefix carries the level.
+        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:
+        # One line per request is noise at the default level; refusals are logged by us.
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,0 +1,70 @@
+"""The webhook body of SPEC §4: one ``mirror.updated`` event naming the new marker value."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from mirrorhook.errors import PayloadError
+
+EVENT_TYPE = "mirror.updated"
+MAX_FIELD_LENGTH = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """A publisher's announcement: the tree's ``marker`` file now holds ``current``."""
+
+    marker: str
+    current: str
+    source: str
+    timestamp: str
+
+    def encode(self) -> bytes:
+        """Return the JSON body that goes on the wire."""
+        document = {
+            "type": EVENT_TYPE,
+            "timestamp": self.timestamp,
+            "data": {"marker": self.marker, "current": self.current, "source": self.source},
+        }
+        return json.dumps(document, separators=(",", ":")).encode("utf-8")
+
+
+def new_update(marker: str, current: str, source: str, now: float) -> Update:
+    """Return an update stamped with ``now`` in RFC 3339 form."""
+    stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return Update(marker=marker, current=current, source=source, timestamp=stamp)
+
+
+def decode(body: bytes) -> Update:
+    """Parse a webhook body; raise ``PayloadError`` saying what does not fit the schema."""
+    try:
+        document: Any = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PayloadError("body is not UTF-8") from None
+    except ValueError as err:
+        raise PayloadError(f"body is not JSON: {err}") from None
+    if not isinstance(document, dict):
+        raise PayloadError("body is not a JSON object")
+    if document.get("type") != EVENT_TYPE:
+        raise PayloadError(f"type must be {EVENT_TYPE!r}")
+    data = document.get("data")
+    if not isinstance(data, dict):
+        raise PayloadError("data must be an object")
+    return Update(
+        marker=_field(data, "marker", "data."),
+        current=_field(data, "current", "data."),
+        source=_field(data, "source", "data."),
+        timestamp=_field(document, "timestamp", ""),
+    )
+
+
+def _field(table: dict[str, Any], key: str, prefix: str) -> str:
+    value = table.get(key)
+    if not isinstance(value, str):
+        raise PayloadError(f"{prefix}{key} must be a string")
+    if len(value) > MAX_FIELD_LENGTH:
+        raise PayloadError(f"{prefix}{key} is longer than {MAX_FIELD_LENGTH} characters")
+    return value

@@ -1,0 +1,46 @@
+"""The replay cache: webhook ids seen within the tolerance window, bounded in size."""
+
+from __future__ import annotations
+
+import heapq
+
+DEFAULT_CAPACITY = 100_000
+"""Ids remembered at most: a few MB, far more than honest publishers send in ten minutes."""
+
+
+class ReplayCache:
+    """Remembers each ``webhook-id`` until its timestamp plus the tolerance has passed.
+
+    A replayed message outside that window fails the timestamp check instead, so nothing is
+    forgotten too early. When full, the ids closest to expiry are dropped first.
+    """
+
+    def __init__(self, tolerance: float, capacity: int = DEFAULT_CAPACITY) -> None:
+        self._tolerance = tolerance
+        self._capacity = capacity
+        self._expiry: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def seen(self, msg_id: str, timestamp: float, now: float) -> bool:
+        """Record ``msg_id``; return whether it was already recorded (a replay)."""
+        self._expire(now)
+        if msg_id in self._expiry:
+            return True
+        while len(self._expiry) >= self._capacity:
+            self._pop()
+        expiry = timestamp + self._tolerance
+        self._expiry[msg_id] = expiry
+        heapq.heappush(self._heap, (expiry, msg_id))
+        return False
+
+    def _expire(self, now: float) -> None:
+        while self._heap and self._heap[0][0] < now:
+            self._pop()
+
+    def _pop(self) -> None:
+        expiry, msg_id = heapq.heappop(self._heap)
+        if self._expiry.get(msg_id) == expiry:
+            del self._expiry[msg_id]

@@ -1,0 +1,184 @@
+"""Running rsync: argument lists from the config, process groups, deadlines, the exit-code policy.
+
+rsync is always started with an argument list (never a shell) in a process group of its
+own, so that cancelling a sync terminates rsync and any ssh it started. Nothing that
+arrives in a webhook is ever part of an argument list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirrorhook.config import ReceiverConfig
+from mirrorhook.errors import RsyncError, RsyncTimeoutError
+
+logger = logging.getLogger(__name__)
+
+# The seed script's flags, then the guards long-running mirror tools learned the hard way:
+# no symlinks pointing out of the tree, and a stalled transfer ends instead of hanging.
+SEED_ARGS = ("-aH", "--numeric-ids", "--delete", "--delete-after", "--delay-updates")
+IO_TIMEOUT_ARGS = ("--timeout=600",)
+DAEMON_ARGS = ("--contimeout=60",)
+"""rsync refuses --contimeout unless it talks to an rsync daemon (rsync:// or HOST::MODULE)."""
+
+TERM_GRACE = 10.0
+"""Seconds rsync gets to exit after SIGTERM before it is killed."""
+
+STDERR_TAIL_LINES = 20
+STDOUT_TAIL_LINES = 50
+
+# --- the exit-code policy of SPEC §5.4, the only place that knows it -------------------
+
+TRANSIENT_CODES = frozenset({10, 12, 23, 30, 35})
+"""Socket I/O, protocol stream, partial transfer, I/O timeout, daemon connection timeout."""
+VANISHED = 24
+"""Some source files vanished: normal while the upstream publishes; the stage is complete."""
+MAX_CONNECTIONS = "max connections"
+"""What an rsync daemon says (with exit code 5) when all its slots are taken."""
+
+
+def is_transient(returncode: int, stderr_tail: Sequence[str]) -> bool:
+    """Return whether a failed rsync run is worth retrying (SPEC §5.4)."""
+    if returncode in TRANSIENT_CODES:
+        return True
+    return returncode == 5 and any(MAX_CONNECTIONS in line.lower() for line in stderr_tail)
+
+
+def completes_stage(returncode: int) -> bool:
+    """Return whether an rsync exit code means the transfer stage finished."""
+    return returncode in (0, VANISHED)
+
+
+# --- argument lists -----------------------------------------------------------------------
+
+
+def source_of(upstream: str) -> str:
+    """Return the upstream as an rsync source for the tree's contents (with a trailing slash)."""
+    return upstream if upstream.endswith("/") else upstream + "/"
+
+
+def connection_args(upstream: str) -> list[str]:
+    """The guards that end a stalled transfer instead of letting it hang for days."""
+    daemon = upstream.startswith("rsync://") or "::" in upstream.split("/", 1)[0]
+    return [*IO_TIMEOUT_ARGS, *(DAEMON_ARGS if daemon else ())]
+
+
+def tree_args(config: ReceiverConfig) -> list[str]:
+    """The arguments of the stage-1 run: the whole tree except the marker."""
+    # The marker is excluded on the sender and protected on the receiver (even if the
+    # operator adds --delete-excluded): it is installed separately, last (SPEC §5.3).
+    args = [config.rsync, *SEED_ARGS, "--safe-links", *connection_args(config.upstream)]
+    args += [f"--filter=P /{config.marker}", f"--exclude=/{config.marker}"]
+    if config.exclude_from is not None:
+        args.append(f"--exclude-from={config.exclude_from}")
+    if config.max_delete is not None:
+        args.append(f"--max-delete={config.max_delete}")
+    args += config.rsync_args
+    args += ["--", source_of(config.upstream), f"{config.target}/"]
+    return args
+
+
+def marker_args(config: ReceiverConfig, destination: Path) -> list[str]:
+    """The arguments that copy the upstream marker alone into ``destination``.
+
+    ``--ignore-missing-args`` makes a missing marker an exit 0 without a file, which is how
+    "the upstream has no marker" is told apart from a failed transfer.
+    """
+    return [
+        config.rsync,
+        "-t",
+        "--no-motd",
+        "--ignore-missing-args",
+        *connection_args(config.upstream),
+        *config.rsync_args,
+        "--",
+        source_of(config.upstream) + config.marker,
+        str(destination),
+    ]
+
+
+# --- running --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RsyncResult:
+    """How one rsync run ended."""
+
+    returncode: int
+    stderr_tail: tuple[str, ...]
+    stdout_tail: tuple[str, ...]
+
+
+async def run(args: Sequence[str], *, timeout: float) -> RsyncResult:
+    """Run rsync to completion in its own process group, within ``timeout`` seconds.
+
+    Returns the result for exit codes that complete a stage (0 and 24); raises
+    ``RsyncError`` for every other code, ``RsyncTimeoutError`` when the deadline passes.
+    Cancellation terminates the process group (TERM, then KILL) before re-raising.
+    """
+    logger.debug("running %s", " ".join(args))
+    process = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+    stdout: deque[str] = deque(maxlen=STDOUT_TAIL_LINES)
+    try:
+        async with asyncio.timeout(timeout):
+            async with asyncio.TaskGroup() as group:
+                group.create_task(_collect(process.stderr, tail))
+                group.create_task(_collect(process.stdout, stdout))
+                returncode = await process.wait()
+    except TimeoutError:
+        await _stop(process)
+        raise RsyncTimeoutError(timeout) from None
+    except BaseException:
+        await _stop(process)
+        raise
+    if completes_stage(returncode):
+        if returncode == VANISHED:
+            logger.info("rsync: some files vanished on the upstream during the transfer")
+        return RsyncResult(returncode, tuple(tail), tuple(stdout))
+    raise RsyncError(returncode, tuple(tail), transient=is_transient(returncode, tail))
+
+
+async def _collect(stream: asyncio.StreamReader | None, tail: deque[str]) -> None:
+    """Read a pipe to its end, keeping its last lines (a verbose rsync must not fill memory)."""
+    assert stream is not None  # noqa: S101 - both pipes are requested above
+    async for raw in stream:
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        logger.debug("rsync: %s", line)
+        tail.append(line)
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    """Terminate rsync's process group: TERM, a grace period, then KILL; reap the process."""
+    if process.returncode is not None:
+        _signal_group(process.pid, signal.SIGKILL)  # children it may have left behind
+        return
+    _signal_group(process.pid, signal.SIGTERM)
+    try:
+        async with asyncio.timeout(TERM_GRACE):
+            await asyncio.shield(process.wait())
+    except TimeoutError:
+        logger.warning("rsync did not exit %g s after SIGTERM: killing it", TERM_GRACE)
+    _signal_group(process.pid, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(TERM_GRACE):
+            await asyncio.shield(process.wait())
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

@@ -1,0 +1,114 @@
+"""Turning triggers into syncs: one at a time, after a random backoff, at most one follow-up.
+
+Webhooks, polls and the startup check all call ``Scheduler.trigger``; a single worker task
+runs the syncs. Triggers that arrive while a sync waits are covered by it (it has not read
+the upstream marker yet); triggers that arrive while a sync runs produce exactly one
+follow-up sync, whatever their number (SPEC §5.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from mirrorhook.errors import SyncError
+from mirrorhook.retry import Sleep
+
+logger = logging.getLogger(__name__)
+
+RunSync = Callable[[str], Awaitable[object]]
+
+
+class Phase(enum.StrEnum):
+    """What the worker is doing."""
+
+    IDLE = "idle"
+    WAITING = "waiting"
+    SYNCING = "syncing"
+
+
+@dataclass(frozen=True, slots=True)
+class Scheduled:
+    """A new sync will start after ``delay`` seconds."""
+
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A sync is already waiting or running; the trigger is covered by it or its follow-up."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    reason: str
+    delay: float
+
+
+class Scheduler:
+    """Serialises syncs of one tree and applies the random backoff before each."""
+
+    def __init__(
+        self,
+        run_sync: RunSync,
+        *,
+        backoff: float,
+        rng: random.Random | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._run_sync = run_sync
+        self._backoff = backoff
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self._clock = clock
+        self._pending: _Request | None = None
+        self._wake = asyncio.Event()
+        self.phase = Phase.IDLE
+        self.starts_at: float | None = None
+        """When the waiting sync starts (Unix time), while ``phase`` is ``WAITING``."""
+
+    def trigger(self, reason: str, *, delay: float | None = None) -> Scheduled | Queued:
+        """Ask for a sync after ``delay`` seconds (default: random within the backoff)."""
+        if self._pending is not None:
+            logger.debug("trigger (%s) covered by the sync already queued", reason)
+            return Queued()
+        if delay is None:
+            delay = self._rng.uniform(0, self._backoff)
+        self._pending = _Request(reason, delay)
+        self._wake.set()
+        if self.phase is Phase.SYNCING:
+            logger.info("trigger (%s) during a sync: one follow-up sync queued", reason)
+            return Queued()
+        logger.info("trigger (%s): sync scheduled in %.1f s", reason, delay)
+        return Scheduled(delay)
+
+    async def run(self) -> None:
+        """Run queued syncs until cancelled; a failed sync waits for the next trigger."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            request = self._pending
+            if request is None:
+                continue
+            self.phase = Phase.WAITING
+            self.starts_at = self._clock() + request.delay
+            try:
+                await self._sleep(request.delay)
+                self._pending = None
+                self.phase = Phase.SYNCING
+                self.starts_at = None
+                await self._run_sync(request.reason)
+            except SyncError:
+                pass  # the sync engine logged and recorded it; wait for the next trigger
+            except Exception:
+                # A bug must not end the daemon's syncing for good: log it and carry on.
+                logger.exception("unexpected error during a sync (%s)", request.reason)
+            finally:
+                self.phase = Phase.IDLE
+                self.starts_at = None

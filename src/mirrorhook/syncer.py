@@ -1,0 +1,227 @@
+"""The sync engine: the two-stage algorithm of SPEC §5.3 with its guards, and its record.
+
+Stage 1 copies the tree without the marker; stage 2 installs the marker, atomically and
+only when the upstream marker did not move during stage 1. A local marker equal to V
+therefore always means "at least the content of publish V". The caller holds the sync
+lock (see ``lock.py``); this module does not know who triggered it or how it waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mirrorhook import marker, rsync
+from mirrorhook.config import ReceiverConfig, redact_upstream
+from mirrorhook.errors import NoMarkerError, RsyncError, SyncError
+from mirrorhook.retry import Backoff, Sleep, retrying
+from mirrorhook.state import read_json, write_atomic, write_json
+
+logger = logging.getLogger(__name__)
+
+MAX_ROUNDS = 3
+"""Stage 1 runs at most this often in one sync when the upstream keeps publishing."""
+RSYNC_TMP_DIR = ".~tmp~"
+"""The folder ``--delay-updates`` stages files in; a killed rsync can leave it behind."""
+STATE_NAME = "receiver.json"
+
+
+class Result(enum.StrEnum):
+    """How a sync ended."""
+
+    SYNCED = "synced"
+    UP_TO_DATE = "up-to-date"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The outcome of one completed sync."""
+
+    result: Result
+    marker: str | None
+    rounds: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Upstream:
+    value: str
+    data: bytes
+    mtime: float
+
+
+def state_path(config: ReceiverConfig) -> Path:
+    """Return the file that keeps the last sync's outcome across restarts."""
+    return config.state_dir / STATE_NAME
+
+
+class Syncer:
+    """Runs syncs of one tree and records each outcome in ``state_dir``."""
+
+    def __init__(
+        self,
+        config: ReceiverConfig,
+        *,
+        backoff: Backoff | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self._backoff = backoff or Backoff()
+        self._sleep = sleep
+        self._clock = clock
+
+    def local_marker(self) -> str | None:
+        """Return the marker value of the local tree, ``None`` before the first sync."""
+        return marker.read(self.config.target / self.config.marker)
+
+    async def sync(self, *, if_changed: bool, trigger: str) -> Report:
+        """Bring the local tree up to the upstream; record the outcome; re-raise failures.
+
+        With ``if_changed``, nothing is transferred when the upstream marker equals ours.
+        """
+        started = self._clock()
+        self._record(
+            {"in_progress": {"trigger": trigger, "started": _iso(started), "pid": os.getpid()}}
+        )
+        logger.info("sync started (%s)", trigger)
+        try:
+            report = await self._sync(if_changed=if_changed)
+        except SyncError as err:
+            self._finish(trigger, started, Result.FAILED, error=err)
+            logger.error("sync failed (%s): %s", trigger, err)
+            raise
+        except asyncio.CancelledError:
+            self._finish(trigger, started, Result.CANCELLED)
+            logger.info("sync cancelled (%s); the local marker was left as it was", trigger)
+            raise
+        self._finish(trigger, started, report.result, marker_value=report.marker)
+        if report.result is Result.UP_TO_DATE:
+            logger.info("already up to date with upstream marker %r", report.marker)
+        else:
+            logger.info(
+                "sync finished in %.1f s: marker %r installed",
+                self._clock() - started,
+                report.marker,
+            )
+        return report
+
+    async def read_upstream_marker(self) -> str:
+        """Return the upstream marker value (with retries); raise ``NoMarkerError`` if absent."""
+        return (await self._read_upstream()).value
+
+    async def _sync(self, *, if_changed: bool) -> Report:
+        config = self.config
+        local = self.local_marker()
+        upstream = await self._read_upstream()
+        if if_changed and upstream.value == local:
+            return Report(Result.UP_TO_DATE, local, 0)
+        config.target.mkdir(parents=True, exist_ok=True)
+        for round_number in range(1, MAX_ROUNDS + 1):
+            logger.info(
+                "stage 1: transferring the tree for upstream marker %r (local %r)",
+                upstream.value,
+                local,
+            )
+            await self._rsync(rsync.tree_args(config), "rsync of the tree")
+            _remove_rsync_leftovers(config.target)
+            again = await self._read_upstream()
+            if again.value == upstream.value:
+                logger.info("stage 2: installing marker %r", again.value)
+                write_atomic(config.target / config.marker, again.data, mtime=again.mtime)
+                return Report(Result.SYNCED, again.value, round_number)
+            logger.info(
+                "upstream marker moved from %r to %r during stage 1: transferring again",
+                upstream.value,
+                again.value,
+            )
+            upstream = again
+        raise SyncError(
+            f"the upstream marker kept changing during {MAX_ROUNDS} transfers; "
+            "the local marker was left as it was and the next trigger will retry"
+        )
+
+    async def _read_upstream(self) -> _Upstream:
+        config = self.config
+        with tempfile.TemporaryDirectory(dir=config.state_dir, prefix=".upstream-") as folder:
+            path = Path(folder) / config.marker
+            await self._rsync(rsync.marker_args(config, path), "reading the upstream marker")
+            try:
+                data = path.read_bytes()
+                mtime = path.stat().st_mtime
+            except FileNotFoundError:
+                raise NoMarkerError(
+                    rsync.source_of(redact_upstream(config.upstream)) + config.marker
+                ) from None
+        return _Upstream(marker.value_of(data), data, mtime)
+
+    async def _rsync(self, args: list[str], what: str) -> rsync.RsyncResult:
+        async for attempt in retrying(
+            attempts=self.config.retries,
+            should_retry=lambda err: isinstance(err, RsyncError) and err.transient,
+            backoff=self._backoff,
+            what=what,
+            sleep=self._sleep,
+        ):
+            with attempt:
+                return await rsync.run(args, timeout=self.config.timeout)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    def _record(self, changes: dict[str, Any]) -> None:
+        path = state_path(self.config)
+        document = read_json(path)
+        document.update(changes)
+        write_json(path, document)
+
+    def _finish(
+        self,
+        trigger: str,
+        started: float,
+        result: Result,
+        *,
+        marker_value: str | None = None,
+        error: SyncError | None = None,
+    ) -> None:
+        finished = self._clock()
+        last: dict[str, Any] = {
+            "trigger": trigger,
+            "started": _iso(started),
+            "finished": _iso(finished),
+            "duration": round(finished - started, 3),
+            "result": str(result),
+            "marker": marker_value,
+        }
+        changes: dict[str, Any] = {"in_progress": None, "last_sync": last}
+        if error is not None:
+            last["error"] = str(error)
+            if isinstance(error, RsyncError):
+                last["returncode"] = error.returncode
+                last["stderr_tail"] = list(error.stderr_tail)
+        if result in (Result.SYNCED, Result.UP_TO_DATE):
+            changes["last_success"] = _iso(finished)
+        self._record(changes)
+
+
+def _remove_rsync_leftovers(target: Path) -> None:
+    """Delete ``.~tmp~`` folders that a killed rsync left behind (SPEC §5.6)."""
+    for folder, subfolders, _files in os.walk(target):
+        if RSYNC_TMP_DIR in subfolders:
+            subfolders.remove(RSYNC_TMP_DIR)
+            leftover = Path(folder) / RSYNC_TMP_DIR
+            logger.info("removing %s left behind by an interrupted rsync", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
