@@ -1,5 +1,13 @@
 """mirrorhook: push-triggered rsync mirroring."""
 
-from importlib.metadata import version
+from __future__ import annotations
 
-__version__ = version("mirrorhook")
+
+def __getattr__(name: str) -> str:
+    # Resolved on first use: importlib.metadata costs tens of milliseconds at start-up,
+    # which every cron-driven `mirrorhook sync` would pay for nothing.
+    if name == "__version__":
+        from importlib.metadata import version  # noqa: PLC0415 - deferred on purpose
+
+        return version("mirrorhook")
+    raise AttributeError(name)

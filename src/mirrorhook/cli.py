@@ -12,11 +12,11 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-from mirrorhook import __version__, lock, rsync, signing
+import mirrorhook
+from mirrorhook import lock, rsync, signing
 from mirrorhook import log as logsetup
 from mirrorhook.config import CONFIG_ENV, DEFAULT_CONFIG, Config, config_path, load_config
 from mirrorhook.errors import ConfigError, LockedError, MirrorhookError, SyncError
-from mirrorhook.service import serve
 from mirrorhook.status import format_status, is_failing, receiver_status
 from mirrorhook.syncer import Syncer
 
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=f"The config file is -c FILE, else ${CONFIG_ENV}, else {DEFAULT_CONFIG}.",
     )
-    parser.add_argument("--version", action="version", version=f"mirrorhook {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     parser.set_defaults(verbose=False)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     common = argparse.ArgumentParser(add_help=False)
@@ -167,6 +167,17 @@ def _add_secret_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentPa
     parser.set_defaults(func=_secret)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, reading the installed version only when asked (it costs start-up time)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **_kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+        sys.stdout.write(f"mirrorhook {mirrorhook.__version__}\n")
+        parser.exit()
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -188,6 +199,9 @@ def _receiver_of(config: Config) -> Any:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # aiohttp takes a quarter of a second to import: only the daemon pays for it.
+    from mirrorhook.service import serve  # noqa: PLC0415 - deferred on purpose
+
     config = _load(args)
     asyncio.run(serve(config))
     return EXIT_OK

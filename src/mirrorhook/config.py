@@ -28,6 +28,7 @@ _HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 # [USER@]HOST:PATH, or an absolute local path.
 _RSYNC_URL_RE = re.compile(r"rsync://([^/@\s]+@)?[^/\s]+/[^\s]+")
 _DAEMON_RE = re.compile(r"([^/@:\s]+@)?[^/:\s]+::[^\s]+")
+_OTHER_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _SSH_RE = re.compile(r"([^/@:\s]+@)?[^/:\s]+:[^\s:][^\s]*")
 
 
@@ -314,9 +315,17 @@ def _upstream(value: Any) -> str:
         raise ValueError(f"must be an rsync source, not an option: {text!r}")
     if text.startswith("/"):
         return text
+    user, at, _rest = text.removeprefix("rsync://").split("/", 1)[0].partition("@")
+    if at and ":" in user:
+        raise ValueError(
+            "must not hold a password (rsync ignores it there): use RSYNC_PASSWORD or "
+            'rsync_args = ["--password-file=FILE"]'
+        )
     if text.startswith("rsync://"):
         if _RSYNC_URL_RE.fullmatch(text):
             return text
+    elif _OTHER_URL_RE.match(text):
+        raise ValueError(f"rsync can only fetch rsync:// URLs, not {text!r}")
     elif _DAEMON_RE.fullmatch(text) or _SSH_RE.fullmatch(text):
         return text
     raise ValueError(
@@ -345,11 +354,11 @@ def redact_upstream(upstream: str) -> str:
         return upstream
     scheme = "rsync://" if upstream.startswith("rsync://") else ""
     rest = upstream.removeprefix(scheme)
-    authority_end = rest.find("/") if scheme else rest.find(":")
-    authority = rest if authority_end < 0 else rest[:authority_end]
-    if "@" not in authority:
+    authority = rest.split("/", 1)[0]
+    user, at, _host = authority.partition("@")
+    if not at or "::" in user:
         return upstream
-    return scheme + rest[authority.rindex("@") + 1 :]
+    return scheme + rest[len(user) + 1 :]
 
 
 def parse_listen(text: str) -> Listen:

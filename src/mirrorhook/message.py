@@ -46,6 +46,8 @@ def decode(body: bytes) -> Update:
         raise PayloadError("body is not UTF-8") from None
     except ValueError as err:
         raise PayloadError(f"body is not JSON: {err}") from None
+    except RecursionError:
+        raise PayloadError("body is not JSON: nested too deeply") from None
     if not isinstance(document, dict):
         raise PayloadError("body is not a JSON object")
     if document.get("type") != EVENT_TYPE:

@@ -37,7 +37,9 @@ STDOUT_TAIL_LINES = 50
 
 # --- the exit-code policy of SPEC §5.4, the only place that knows it -------------------
 
-TRANSIENT_CODES = frozenset({10, 12, 23, 30, 35})
+PARTIAL = 23
+"""Partial transfer; also what rsync says when a source path does not exist."""
+TRANSIENT_CODES = frozenset({10, 12, PARTIAL, 30, 35})
 """Socket I/O, protocol stream, partial transfer, I/O timeout, daemon connection timeout."""
 VANISHED = 24
 """Some source files vanished: normal while the upstream publishes; the stage is complete."""
@@ -117,12 +119,15 @@ class RsyncResult:
     stdout_tail: tuple[str, ...]
 
 
-async def run(args: Sequence[str], *, timeout: float) -> RsyncResult:
+async def run(
+    args: Sequence[str], *, timeout: float, term_grace: float = TERM_GRACE
+) -> RsyncResult:
     """Run rsync to completion in its own process group, within ``timeout`` seconds.
 
     Returns the result for exit codes that complete a stage (0 and 24); raises
     ``RsyncError`` for every other code, ``RsyncTimeoutError`` when the deadline passes.
-    Cancellation terminates the process group (TERM, then KILL) before re-raising.
+    Cancellation terminates the process group (TERM, then KILL after ``term_grace``
+    seconds) before re-raising.
     """
     logger.debug("running %s", " ".join(args))
     process = await asyncio.create_subprocess_exec(
@@ -141,10 +146,10 @@ async def run(args: Sequence[str], *, timeout: float) -> RsyncResult:
                 group.create_task(_collect(process.stdout, stdout))
                 returncode = await process.wait()
     except TimeoutError:
-        await _stop(process)
+        await _stop(process, term_grace)
         raise RsyncTimeoutError(timeout) from None
     except BaseException:
-        await _stop(process)
+        await _stop(process, term_grace)
         raise
     if completes_stage(returncode):
         if returncode == VANISHED:
@@ -162,20 +167,20 @@ async def _collect(stream: asyncio.StreamReader | None, tail: deque[str]) -> Non
         tail.append(line)
 
 
-async def _stop(process: asyncio.subprocess.Process) -> None:
+async def _stop(process: asyncio.subprocess.Process, grace: float) -> None:
     """Terminate rsync's process group: TERM, a grace period, then KILL; reap the process."""
     if process.returncode is not None:
         _signal_group(process.pid, signal.SIGKILL)  # children it may have left behind
         return
     _signal_group(process.pid, signal.SIGTERM)
     try:
-        async with asyncio.timeout(TERM_GRACE):
+        async with asyncio.timeout(grace):
             await asyncio.shield(process.wait())
     except TimeoutError:
-        logger.warning("rsync did not exit %g s after SIGTERM: killing it", TERM_GRACE)
+        logger.warning("rsync did not exit %g s after SIGTERM: killing it", grace)
     _signal_group(process.pid, signal.SIGKILL)
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(TERM_GRACE):
+        async with asyncio.timeout(grace):
             await asyncio.shield(process.wait())
 
 

@@ -73,6 +73,11 @@ class Scheduler:
         self.starts_at: float | None = None
         """When the waiting sync starts (Unix time), while ``phase`` is ``WAITING``."""
 
+    @property
+    def pending(self) -> bool:
+        """Whether a sync is queued (waiting for its backoff, or to follow the running one)."""
+        return self._pending is not None
+
     def trigger(self, reason: str, *, delay: float | None = None) -> Scheduled | Queued:
         """Ask for a sync after ``delay`` seconds (default: random within the backoff)."""
         if self._pending is not None:

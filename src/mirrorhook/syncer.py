@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,7 +135,8 @@ class Syncer:
                 upstream.value,
                 local,
             )
-            await self._rsync(rsync.tree_args(config), "rsync of the tree")
+            transfer = functools.partial(rsync.run, rsync.tree_args(config), timeout=config.timeout)
+            await self._retry(transfer, "rsync of the tree")
             _remove_rsync_leftovers(config.target)
             again = await self._read_upstream()
             if again.value == upstream.value:
@@ -154,19 +156,32 @@ class Syncer:
 
     async def _read_upstream(self) -> _Upstream:
         config = self.config
+        source = rsync.source_of(redact_upstream(config.upstream)) + config.marker
         with tempfile.TemporaryDirectory(dir=config.state_dir, prefix=".upstream-") as folder:
             path = Path(folder) / config.marker
-            await self._rsync(rsync.marker_args(config, path), "reading the upstream marker")
+            args = rsync.marker_args(config, path)
+
+            async def fetch() -> None:
+                try:
+                    await rsync.run(args, timeout=config.timeout)
+                except RsyncError as err:
+                    # A missing upstream folder (unmounted, say) is not a transient failure.
+                    if err.returncode == rsync.PARTIAL and any(
+                        "No such file or directory" in line for line in err.stderr_tail
+                    ):
+                        raise NoMarkerError(source) from None
+                    raise
+
+            await self._retry(fetch, "reading the upstream marker")
             try:
                 data = path.read_bytes()
                 mtime = path.stat().st_mtime
             except FileNotFoundError:
-                raise NoMarkerError(
-                    rsync.source_of(redact_upstream(config.upstream)) + config.marker
-                ) from None
+                raise NoMarkerError(source) from None
         return _Upstream(marker.value_of(data), data, mtime)
 
-    async def _rsync(self, args: list[str], what: str) -> rsync.RsyncResult:
+    async def _retry(self, operation: Callable[[], Awaitable[object]], what: str) -> None:
+        """Run ``operation``, retrying transient rsync failures as SPEC §5.4 says."""
         async for attempt in retrying(
             attempts=self.config.retries,
             should_retry=lambda err: isinstance(err, RsyncError) and err.transient,
@@ -175,8 +190,7 @@ class Syncer:
             sleep=self._sleep,
         ):
             with attempt:
-                return await rsync.run(args, timeout=self.config.timeout)
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+                await operation()
 
     def _record(self, changes: dict[str, Any]) -> None:
         path = state_path(self.config)

@@ -1,0 +1,224 @@
+"""Shared test helpers: real rsync daemons, real configs, signed webhooks, tree comparison."""
+
+from __future__ import annotations
+
+import contextlib
+import filecmp
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mirrorhook import message, signing
+from mirrorhook.config import Config, load_config
+
+MARKER = "CURRENT"
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    """Wait until something accepts connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@dataclass
+class RsyncDaemon:
+    """A real ``rsync --daemon`` on 127.0.0.1 serving ``root`` as module ``up``."""
+
+    root: Path
+    port: int
+    process: subprocess.Popen[bytes]
+    config: Path
+
+    @property
+    def url(self) -> str:
+        return f"rsync://127.0.0.1:{self.port}/up/"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@contextlib.contextmanager
+def rsync_daemon(folder: Path, root: Path, *, max_connections: int = 0) -> Iterator[RsyncDaemon]:
+    """Run a real rsync daemon for the duration of the block."""
+    port = free_port()
+    conf = folder / f"rsyncd-{port}.conf"
+    conf.write_text(
+        f"pid file = {folder}/rsyncd-{port}.pid\n"
+        f"lock file = {folder}/rsyncd-{port}.lock\n"
+        "use chroot = no\n"
+        f"uid = {os.getuid()}\n"
+        f"gid = {os.getgid()}\n"
+        f"[up]\n"
+        f"path = {root}\n"
+        "read only = yes\n"
+        f"max connections = {max_connections}\n"
+    )
+    process = subprocess.Popen(
+        [
+            "rsync",
+            "--daemon",
+            "--no-detach",
+            f"--config={conf}",
+            f"--port={port}",
+            "--address=127.0.0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    daemon = RsyncDaemon(root=root, port=port, process=process, config=conf)
+    try:
+        wait_for_port(port)
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def publish(root: Path, value: str, files: dict[str, str] | None = None) -> None:
+    """Write ``files`` into the upstream tree, then rewrite its marker atomically."""
+    for name, content in (files or {}).items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    temp = root / f".{MARKER}.new"
+    temp.write_text(value + "\n")
+    temp.replace(root / MARKER)
+
+
+def make_upstream(root: Path, marker: str | None = "1", count: int = 20) -> Path:
+    """Create an upstream tree of ``count`` files in a few folders, with its marker."""
+    for index in range(count):
+        path = root / f"dir{index % 4}" / f"file{index}.rpm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"package {index}\n" * (index + 1))
+    if marker is not None:
+        publish(root, marker)
+    return root
+
+
+def write_secret(path: Path, text: str | None = None) -> str:
+    """Write a secret file readable only by its owner; return the secret."""
+    secret = text or signing.new_secret()
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return secret
+
+
+def receiver_toml(tmp: Path, *, upstream: str, port: int | None = None, **overrides: Any) -> Path:
+    """Write a ``[receiver]`` config into ``tmp`` and return its path."""
+    secret_file = tmp / "receiver.secret"
+    if not secret_file.exists():
+        write_secret(secret_file)
+    values: dict[str, Any] = {
+        "listen": [f"127.0.0.1:{port or free_port()}"],
+        "secret_file": str(secret_file),
+        "upstream": upstream,
+        "target": str(tmp / "mirror"),
+        "state_dir": str(tmp / "state"),
+        "backoff": 0,
+        "poll_interval": 0,
+        "retries": 3,
+    }
+    values.update(overrides)
+    lines = ["[receiver]"] + [f"{key} = {_toml(value)}" for key, value in values.items()]
+    path = tmp / "mirrorhook.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def receiver_config(tmp: Path, *, upstream: str, **overrides: Any) -> Config:
+    """Write and load a ``[receiver]`` config."""
+    return load_config(receiver_toml(tmp, upstream=upstream, **overrides))
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def signed_webhook(
+    secret: signing.Secret,
+    current: str,
+    *,
+    msg_id: str | None = None,
+    timestamp: int | None = None,
+    marker: str = MARKER,
+) -> tuple[bytes, dict[str, str]]:
+    """Return a validly signed webhook body and its headers (with the content type)."""
+    now = int(time.time()) if timestamp is None else timestamp
+    body = message.new_update(marker, current, "test-upstream", now).encode()
+    headers = signing.signed_headers(secret, msg_id or str(uuid.uuid4()), now, body)
+    headers["Content-Type"] = "application/json"
+    return body, headers
+
+
+def trees_equal(left: Path, right: Path, *, ignore: tuple[str, ...] = ()) -> bool:
+    """Return whether two trees hold the same names and the same file contents."""
+    compared = filecmp.dircmp(left, right, ignore=list(ignore))
+    return _same(compared)
+
+
+def _same(compared: filecmp.dircmp[str]) -> bool:
+    if compared.left_only or compared.right_only or compared.funny_files:
+        return False
+    _match, mismatch, errors = filecmp.cmpfiles(
+        compared.left, compared.right, compared.common_files, shallow=False
+    )
+    if mismatch or errors:
+        return False
+    return all(_same(sub) for sub in compared.subdirs.values())
+
+
+def stub_rsync(folder: Path, script: str) -> Path:
+    """Write an executable stand-in for rsync (a fake: real rsync cannot fail on demand)."""
+    path = folder / "stub-rsync"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return path
+
+
+def counting_rsync(folder: Path, log: Path, *, delay: float = 0.0) -> Path:
+    """Write a wrapper that logs each invocation's arguments, then execs the real rsync:
+    every transfer is real, and the test can count them. ``delay`` slows tree transfers
+    (not marker reads) so a test can act while one runs."""
+    path = folder / "counting-rsync"
+    real = subprocess.run(["sh", "-c", "command -v rsync"], capture_output=True, check=True)
+    path.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {log}\n'
+        + (f'case "$*" in *--delay-updates*) sleep {delay};; esac\n' if delay else "")
+        + f'exec {real.stdout.decode().strip()} "$@"\n'
+    )
+    path.chmod(0o755)
+    return path
+
+
+def tree_invocations(log: Path) -> list[str]:
+    """Return the logged rsync invocations that transferred the tree (not the marker)."""
+    if not log.exists():
+        return []
+    return [line for line in log.read_text().splitlines() if "--delay-updates" in line]

@@ -1,0 +1,277 @@
+"""The command line as users run it: real ``mirrorhook`` processes, a real rsync daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mirrorhook import signing
+from mirrorhook.config import load_config
+from tests.helpers import (
+    RsyncDaemon,
+    counting_rsync,
+    publish,
+    receiver_toml,
+    tree_invocations,
+    trees_equal,
+    wait_for_port,
+    write_secret,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+MIRRORHOOK = [sys.executable, "-m", "mirrorhook"]
+
+
+def run(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MIRRORHOOK, *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def wait_until(condition: object, timeout: float = 30, what: str = "condition") -> None:
+    assert callable(condition)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def local_marker(tmp: Path) -> str | None:
+    path = tmp / "mirror" / "CURRENT"
+    return path.read_text().strip() if path.exists() else None
+
+
+def port_of(config: Path) -> int:
+    receiver = load_config(config).receiver
+    assert receiver is not None
+    port = receiver.listen[0].port
+    assert port is not None
+    return port
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
+    """Started ``mirrorhook serve`` processes; any left running are killed at the end."""
+    processes: list[subprocess.Popen[str]] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def start_serve(
+    processes: list[subprocess.Popen[str]], config: Path, log: Path
+) -> subprocess.Popen[str]:
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [*MIRRORHOOK, "serve", "-c", str(config)], stdout=sink, stderr=sink, text=True
+        )
+    processes.append(process)
+    wait_for_port(port_of(config))
+    return process
+
+
+# --- one-shot commands -------------------------------------------------------------------
+
+
+def test_version_and_help() -> None:
+    assert run("--version").stdout.startswith("mirrorhook ")
+    for command in ("serve", "sync", "status", "check-config", "secret"):
+        result = run(command, "--help")
+        assert result.returncode == 0
+        assert "--config" in result.stdout
+
+
+def test_secret_prints_a_usable_secret() -> None:
+    result = run("secret")
+    assert result.returncode == 0
+    secret = signing.Secret.parse(result.stdout)
+    assert len(secret.key) == 32
+
+
+def test_sync_if_changed_is_the_cron_drop_in(tmp_path: Path, daemon: RsyncDaemon) -> None:
+    """sync --if-changed copies a stale mirror (exit 0), then does nothing when current."""
+    log = tmp_path / "rsync.log"
+    config = receiver_toml(tmp_path, upstream=daemon.url, rsync=str(counting_rsync(tmp_path, log)))
+    first = run("sync", "-c", config, "--if-changed", "--randomize", "0")
+    assert first.returncode == 0, first.stderr
+    assert trees_equal(daemon.root, tmp_path / "mirror")
+    second = run("sync", "-c", config, "--if-changed", "--randomize", "1")
+    assert second.returncode == 0, second.stderr
+    assert "up to date" in second.stderr
+    assert len(tree_invocations(log)) == 1
+
+
+def test_sync_failure_exits_1_and_status_reports_it(tmp_path: Path) -> None:
+    """A failed sync exits 1; status shows the error and exits 1 too (also in JSON)."""
+    config = receiver_toml(tmp_path, upstream=str(tmp_path / "unmounted"))
+    result = run("sync", "-c", config)
+    assert result.returncode == 1
+    assert "refusing to sync" in result.stderr
+    assert "Traceback" not in result.stderr
+    status = run("status", "-c", config)
+    assert status.returncode == 1
+    assert "refusing to sync" in status.stdout
+    machine = run("status", "-c", config, "--json")
+    assert machine.returncode == 1
+    assert json.loads(machine.stdout)["last_sync"]["result"] == "failed"
+
+
+def test_check_config_lists_every_problem(tmp_path: Path) -> None:
+    """check-config exits 2 and names the file and key of each problem, one per line."""
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        '[receiver]\nlisten = ["nowhere"]\nupstream = "ftp://x/"\ntarget = "relative"\n'
+        'state_dir = "/tmp/x"\nsecret_file = "/nonexistent"\nbakoff = 3\n'
+    )
+    result = run("check-config", "-c", config)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    for key in ("listen", "upstream", "target", "secret_file", "bakoff"):
+        assert any(line.startswith(f"{config}: receiver.{key}: ") for line in lines), key
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:
+    result = run("sync", "-c", tmp_path / "absent.toml")
+    assert result.returncode == 2
+    assert "absent.toml" in result.stderr
+
+
+def test_config_from_environment(tmp_path: Path, daemon: RsyncDaemon) -> None:
+    """Without -c, $MIRRORHOOK_CONFIG names the config file."""
+    config = receiver_toml(tmp_path, upstream=daemon.url)
+    result = subprocess.run(
+        [*MIRRORHOOK, "check-config"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MIRRORHOOK_CONFIG": str(config)},
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "rsync command" in result.stdout
+
+
+def test_contrib_receiver_example_loads(tmp_path: Path) -> None:
+    """contrib/receiver.toml is valid once its files exist (paths moved into tmp)."""
+    text = (REPO / "contrib" / "receiver.toml").read_text()
+    text = text.replace("/etc/mirrorhook/", f"{tmp_path}/etc/")
+    (tmp_path / "etc").mkdir()
+    write_secret(tmp_path / "etc" / "receiver.secret")
+    (tmp_path / "etc" / "exclude.txt").write_text((REPO / "contrib" / "exclude.txt").read_text())
+    config = tmp_path / "receiver.toml"
+    config.write_text(text)
+    loaded = load_config(config).receiver
+    assert loaded is not None
+    assert loaded.upstream == "rsync://mirror.example.org/ius/"
+    assert loaded.max_delete == 5000
+
+
+# --- the daemon ---------------------------------------------------------------------------
+
+
+def test_sync_while_serve_syncs_exits_75(
+    tmp_path: Path, daemon: RsyncDaemon, serve: list[subprocess.Popen[str]]
+) -> None:
+    """SPEC §5.1: a one-shot sync finds the daemon's lock, exits 75 and starts no rsync."""
+    serve_log = tmp_path / "serve-rsync.log"
+    config = receiver_toml(
+        tmp_path, upstream=daemon.url, rsync=str(counting_rsync(tmp_path, serve_log, delay=5))
+    )
+    start_serve(serve, config, tmp_path / "serve.log")
+    wait_until(lambda: tree_invocations(serve_log), what="the daemon's transfer")
+    # The one-shot sync gets its own counting wrapper (same tree, same lock) so that any
+    # rsync it started would show in its own log.
+    cli_log = tmp_path / "cli-rsync.log"
+    (tmp_path / "cli").mkdir()
+    cli_wrapper = counting_rsync(tmp_path / "cli", cli_log)
+    cli_config = tmp_path / "cli.toml"
+    cli_config.write_text(
+        config.read_text().replace(str(tmp_path / "counting-rsync"), str(cli_wrapper))
+    )
+    result = run("sync", "-c", cli_config, "--force")
+    assert result.returncode == 75, result.stderr
+    assert "lock" in result.stderr
+    assert not cli_log.exists()
+
+
+def _process_group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def test_sigterm_during_a_sync_exits_0_and_stops_rsync(
+    tmp_path: Path, daemon: RsyncDaemon, serve: list[subprocess.Popen[str]]
+) -> None:
+    """SPEC §5.7: SIGTERM mid-sync → exit 0, no rsync left running, marker unchanged."""
+    first = receiver_toml(tmp_path, upstream=daemon.url)
+    assert run("sync", "-c", first).returncode == 0
+    publish(daemon.root, "2", {f"big/{i}.bin": "z" * 300_000 for i in range(8)})
+    pids = tmp_path / "rsync.pids"
+    wrapper = tmp_path / "pid-rsync"
+    wrapper.write_text(f'#!/bin/sh\necho $$ >> {pids}\nexec rsync --bwlimit=300 "$@"\n')
+    wrapper.chmod(0o755)
+    config = receiver_toml(tmp_path, upstream=daemon.url, rsync=str(wrapper))
+    process = start_serve(serve, config, tmp_path / "serve.log")
+    wait_until(lambda: any((tmp_path / "mirror").rglob(".~tmp~")), what="a transfer in progress")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0, (tmp_path / "serve.log").read_text()
+    for pid in map(int, pids.read_text().split()):
+        assert _process_group_members(pid) == [], "an rsync outlived the daemon"
+    assert local_marker(tmp_path) == "1"
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+
+def test_startup_check_catches_up_without_a_webhook(
+    tmp_path: Path, daemon: RsyncDaemon, serve: list[subprocess.Popen[str]]
+) -> None:
+    """SPEC §5.8: a receiver started while stale syncs without any webhook or poll."""
+    config = receiver_toml(tmp_path, upstream=daemon.url, poll_interval=0)
+    process = start_serve(serve, config, tmp_path / "serve.log")
+    wait_until(lambda: local_marker(tmp_path) == "1", what="the startup sync")
+    assert trees_equal(daemon.root, tmp_path / "mirror")
+    process.send_signal(signal.SIGINT)
+    assert process.wait(30) == 0
+
+
+def test_poll_syncs_a_publish_whose_webhook_was_lost(
+    tmp_path: Path, daemon: RsyncDaemon, serve: list[subprocess.Popen[str]]
+) -> None:
+    """No webhook at all: the poll notices the new upstream marker and syncs it."""
+    config = receiver_toml(tmp_path, upstream=daemon.url, poll_interval=0.5, poll_jitter=0)
+    start_serve(serve, config, tmp_path / "serve.log")
+    wait_until(lambda: local_marker(tmp_path) == "1", what="the startup sync")
+    publish(daemon.root, "2", {"dir0/polled.rpm": "found by the poll\n"})
+    wait_until(lambda: local_marker(tmp_path) == "2", what="the poll's sync")
+    assert trees_equal(daemon.root, tmp_path / "mirror")
+    assert "trigger (poll)" in (tmp_path / "serve.log").read_text()
+
+
+def test_serve_with_a_busy_port_exits_1(tmp_path: Path, daemon: RsyncDaemon) -> None:
+    """A listen address already in use is a one-line fatal error, exit 1."""
+    config = receiver_toml(tmp_path, upstream=daemon.url, listen=[f"127.0.0.1:{daemon.port}"])
+    result = run("serve", "-c", config, timeout=30)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{daemon.port}" in result.stderr
+    assert "Traceback" not in result.stderr

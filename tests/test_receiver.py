@@ -1,0 +1,324 @@
+"""The webhook service: every row of SPEC §4's table, against the real aiohttp app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from mirrorhook import signing
+from mirrorhook.receiver import HOOK_PATH, Receiver, background, make_app
+from mirrorhook.service import build_receiver
+from tests.helpers import (
+    RsyncDaemon,
+    counting_rsync,
+    publish,
+    receiver_config,
+    signed_webhook,
+    tree_invocations,
+    trees_equal,
+)
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+Client = TestClient[web.Request, web.Application]
+
+
+def make_receiver(tmp_path: Path, upstream: str, **overrides: object) -> Receiver:
+    config = receiver_config(tmp_path, upstream=upstream, **overrides).receiver
+    assert config is not None
+    return build_receiver(config)
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Receiver:
+    """A receiver whose upstream is never contacted (its background tasks do not run)."""
+    return make_receiver(tmp_path, "rsync://127.0.0.1:9/up/")
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory, receiver: Receiver) -> Client:
+    return await aiohttp_client(make_app(receiver))
+
+
+async def post(
+    client: Client, body: bytes, headers: dict[str, str]
+) -> tuple[int, dict[str, object]]:
+    async with client.post(HOOK_PATH, data=body, headers=headers) as response:
+        return response.status, await response.json()
+
+
+def assert_nothing_scheduled(receiver: Receiver) -> None:
+    assert not receiver.scheduler.pending
+
+
+# --- accepted -------------------------------------------------------------------------
+
+
+async def wait_until_synced(receiver: Receiver, marker: str) -> None:
+    async with asyncio.timeout(30):
+        while receiver.syncer.local_marker() != marker or receiver.scheduler.phase != "idle":
+            await asyncio.sleep(0.02)
+
+
+async def test_valid_webhook_syncs_the_mirror(
+    tmp_path: Path, daemon: RsyncDaemon, aiohttp_client: ClientFactory
+) -> None:
+    """A valid webhook → 202, then the mirror equals the upstream; the same marker again → 200
+    up-to-date and no rsync of the tree runs."""
+    log = tmp_path / "rsync.log"
+    receiver = make_receiver(tmp_path, daemon.url, rsync=str(counting_rsync(tmp_path, log)))
+    app = make_app(receiver)
+    app.cleanup_ctx.append(background)
+    client = await aiohttp_client(app)
+    await wait_until_synced(receiver, "1")  # the startup check's sync
+    publish(daemon.root, "2", {"dir3/new.rpm": "new\n", "dir1/file1.rpm": "changed\n"})
+    (daemon.root / "dir2" / "file2.rpm").unlink()
+    status, answer = await post(client, *signed_webhook(receiver.config.secret, "2"))
+    assert (status, answer["status"]) == (202, "scheduled")
+    await wait_until_synced(receiver, "2")
+    assert trees_equal(daemon.root, receiver.config.target)
+    transfers = len(tree_invocations(log))
+    status, answer = await post(client, *signed_webhook(receiver.config.secret, "2"))
+    assert (status, answer) == (200, {"status": "up-to-date"})
+    await asyncio.sleep(0.2)
+    assert len(tree_invocations(log)) == transfers
+    assert not receiver.scheduler.pending
+
+
+async def test_webhooks_during_a_sync_produce_one_follow_up(
+    tmp_path: Path,
+    daemon: RsyncDaemon,
+    aiohttp_client: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """200 valid webhooks with distinct ids during a running sync → exactly one more sync."""
+    log = tmp_path / "rsync.log"
+    slow = counting_rsync(tmp_path, log, delay=1.5)
+    receiver = make_receiver(tmp_path, daemon.url, rsync=str(slow))
+    app = make_app(receiver)
+    app.cleanup_ctx.append(background)
+    client = await aiohttp_client(app)
+    await wait_until_synced(receiver, "1")  # the startup check's sync
+    before = len(tree_invocations(log))
+    caplog.set_level(logging.INFO, logger="mirrorhook.syncer")
+    caplog.clear()
+    publish(daemon.root, "2", {"dir0/two.rpm": "two\n"})
+    status, _ = await post(client, *signed_webhook(receiver.config.secret, "2"))
+    assert status == 202
+    async with asyncio.timeout(20):
+        while len(tree_invocations(log)) == before:
+            await asyncio.sleep(0.01)
+    publish(daemon.root, "3", {"dir0/three.rpm": "three\n"})
+    secret = receiver.config.secret
+    answers = await asyncio.gather(
+        *(post(client, *signed_webhook(secret, "3")) for _ in range(200))
+    )
+    assert receiver.scheduler.phase == "syncing", "all 200 arrived during the first sync"
+    assert {(status, answer["status"]) for status, answer in answers} == {(202, "queued")}
+    await wait_until_synced(receiver, "3")
+    await asyncio.sleep(0.3)
+    started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sync started")]
+    assert len(started) == 2, started
+    # The first sync saw marker 3 appear during its stage 1 and transferred again; the
+    # follow-up found the mirror current and transferred nothing.
+    assert len(tree_invocations(log)) - before == 2
+    assert not receiver.scheduler.pending
+    assert trees_equal(daemon.root, receiver.config.target)
+
+
+async def test_replayed_webhook_is_a_duplicate(receiver: Receiver, client: Client) -> None:
+    """The same webhook-id twice within the window → 200 duplicate, nothing more scheduled."""
+    body, headers = signed_webhook(receiver.config.secret, "7")
+    assert (await post(client, body, headers))[0] == 202
+    status, answer = await post(client, body, headers)
+    assert (status, answer) == (200, {"status": "duplicate"})
+
+
+async def test_second_distinct_webhook_while_waiting_is_queued(
+    receiver: Receiver, client: Client
+) -> None:
+    """A sync already waiting covers the next webhook: 202 queued."""
+    assert (await post(client, *signed_webhook(receiver.config.secret, "7")))[0] == 202
+    status, answer = await post(client, *signed_webhook(receiver.config.secret, "8"))
+    assert (status, answer) == (202, {"status": "queued"})
+
+
+# --- refused ------------------------------------------------------------------------------
+
+
+def _other_secret() -> signing.Secret:
+    return signing.Secret.parse(signing.new_secret())
+
+
+async def test_signature_by_another_secret_is_401(receiver: Receiver, client: Client) -> None:
+    """A mirror configured with another secret rejects the webhook."""
+    status, answer = await post(client, *signed_webhook(_other_secret(), "7"))
+    assert status == 401
+    assert "signature" in str(answer["error"])
+    assert_nothing_scheduled(receiver)
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        pytest.param(lambda h: h.pop("webhook-signature"), id="no signature"),
+        pytest.param(lambda h: h.pop("webhook-id"), id="no id"),
+        pytest.param(lambda h: h.pop("webhook-timestamp"), id="no timestamp"),
+        pytest.param(lambda h: h.update({"webhook-signature": "v1"}), id="no comma"),
+        pytest.param(lambda h: h.update({"webhook-signature": "v1,%%%"}), id="bad base64"),
+        pytest.param(lambda h: h.update({"webhook-signature": "v1,,,"}), id="many commas"),
+        pytest.param(lambda h: h.update({"webhook-timestamp": "12.5"}), id="fractional time"),
+        pytest.param(lambda h: h.update({"webhook-timestamp": "soon"}), id="word time"),
+        pytest.param(lambda h: h.update({"webhook-id": "a b"}), id="id with space"),
+    ],
+)
+async def test_malformed_signature_headers_are_401(
+    receiver: Receiver, client: Client, mangle: Callable[[dict[str, str]], object]
+) -> None:
+    """Malformed headers are refused with 401, never a 500."""
+    body, headers = signed_webhook(receiver.config.secret, "7")
+    mangle(headers)
+    status, _ = await post(client, body, headers)
+    assert status == 401
+    assert_nothing_scheduled(receiver)
+
+
+@pytest.mark.parametrize("offset", [-301, 301, -3600])
+async def test_timestamp_outside_the_window_is_401(
+    receiver: Receiver, client: Client, offset: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A timestamp beyond ±300 s is refused and the log points at the clocks."""
+    body, headers = signed_webhook(receiver.config.secret, "7", timestamp=int(time.time()) + offset)
+    status, answer = await post(client, body, headers)
+    assert status == 401
+    assert "NTP" in str(answer["error"])
+    assert "NTP" in caplog.text
+    assert_nothing_scheduled(receiver)
+
+
+async def test_body_altered_after_signing_is_401(receiver: Receiver, client: Client) -> None:
+    body, headers = signed_webhook(receiver.config.secret, "7")
+    status, _ = await post(client, body.replace(b'"7"', b'"8"'), headers)
+    assert status == 401
+
+
+def _signed_raw(secret: signing.Secret, body: bytes) -> dict[str, str]:
+    headers = signing.signed_headers(secret, "raw-1", int(time.time()), body)
+    headers["Content-Type"] = "application/json"
+    return headers
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"not json", id="not json"),
+        pytest.param(b"\xff\xfe\x00garbage", id="not utf-8"),
+        pytest.param(b"[1, 2]", id="array"),
+        pytest.param(b'{"type": "mirror.deleted", "data": {}}', id="wrong type"),
+        pytest.param(
+            b'{"type": "mirror.updated", "timestamp": "t", "data": {"marker": "CURRENT", '
+            b'"current": 7, "source": "x"}}',
+            id="current not a string",
+        ),
+        pytest.param(
+            b'{"type": "mirror.updated", "timestamp": "t", "data": {"marker": "OTHER", '
+            b'"current": "7", "source": "x"}}',
+            id="another marker",
+        ),
+    ],
+)
+async def test_signed_but_malformed_body_is_400(
+    receiver: Receiver, client: Client, body: bytes
+) -> None:
+    """A validly signed body that is not the schema is 400, never a 500."""
+    status, answer = await post(client, body, _signed_raw(receiver.config.secret, body))
+    assert status == 400
+    assert "error" in answer
+    assert_nothing_scheduled(receiver)
+
+
+async def test_unsigned_non_utf8_body_is_401(receiver: Receiver, client: Client) -> None:
+    headers = _signed_raw(receiver.config.secret, b"other")
+    status, _ = await post(client, b"\xff\xfe", headers)
+    assert status == 401
+
+
+async def test_oversized_body_by_content_length_is_413(receiver: Receiver, client: Client) -> None:
+    body = b"x" * (receiver.config.max_body + 1)
+    status, _ = await post(client, body, _signed_raw(receiver.config.secret, body))
+    assert status == 413
+    assert_nothing_scheduled(receiver)
+
+
+async def test_oversized_chunked_body_is_413(receiver: Receiver, client: Client) -> None:
+    """A chunked body (no Content-Length) is cut off once it passes max_body."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(200):
+            yield b"y" * 4096
+
+    headers = {"Content-Type": "application/json", "webhook-id": "x", "webhook-timestamp": "1"}
+    async with client.post(HOOK_PATH, data=chunks(), headers=headers) as response:
+        assert response.status == 413
+    assert_nothing_scheduled(receiver)
+
+
+async def test_trickling_body_is_cut_off(receiver: Receiver, client: Client) -> None:
+    """A body slower than the read deadline is refused (408) instead of holding a handler."""
+    receiver.read_deadline = 0.3
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b"{"
+            await asyncio.sleep(0.1)
+
+    headers = {"Content-Type": "application/json"}
+    async with client.post(HOOK_PATH, data=trickle(), headers=headers) as response:
+        assert response.status == 408
+    assert_nothing_scheduled(receiver)
+
+
+async def test_wrong_method_is_405(client: Client) -> None:
+    async with client.get(HOOK_PATH) as response:
+        assert response.status == 405
+
+
+async def test_wrong_content_type_is_415(receiver: Receiver, client: Client) -> None:
+    body, headers = signed_webhook(receiver.config.secret, "7")
+    headers["Content-Type"] = "text/plain"
+    status, _ = await post(client, body, headers)
+    assert status == 415
+    assert_nothing_scheduled(receiver)
+
+
+# --- other endpoints -------------------------------------------------------------------------
+
+
+async def test_healthz(client: Client) -> None:
+    async with client.get("/healthz") as response:
+        assert response.status == 200
+
+
+async def test_status_shows_state_and_no_secrets(
+    tmp_path: Path, aiohttp_client: ClientFactory
+) -> None:
+    """GET /v1/status has the receiver's state, and neither the secret nor upstream credentials."""
+    receiver = make_receiver(tmp_path, "rsync://mirror-login@127.0.0.1:9/up/")
+    client = await aiohttp_client(make_app(receiver))
+    async with client.get("/v1/status") as response:
+        assert response.status == 200
+        text = await response.text()
+        status = await response.json()
+    secret_text = (tmp_path / "receiver.secret").read_text().strip()
+    assert secret_text not in text
+    assert secret_text.removeprefix("whsec_") not in text
+    assert "mirror-login" not in text
+    assert status["upstream"] == "rsync://127.0.0.1:9/up/"
+    assert status["state"] == "idle"
+    assert status["local_marker"] is None

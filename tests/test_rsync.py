@@ -1,0 +1,155 @@
+"""The rsync runner: argument lists, the exit-code policy, deadlines and cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from mirrorhook import rsync
+from mirrorhook.errors import RsyncError, RsyncTimeoutError
+from tests.helpers import receiver_config, stub_rsync
+
+TRANSIENT = [10, 12, 23, 30, 35]
+PERMANENT = [1, 2, 3, 4, 5, 11, 20, 22, 25]
+
+
+@pytest.mark.parametrize("code", TRANSIENT)
+def test_transient_codes_are_retryable(code: int) -> None:
+    """SPEC §5.4: 10, 12, 23, 30 and 35 are worth another attempt."""
+    assert rsync.is_transient(code, [])
+
+
+@pytest.mark.parametrize("code", PERMANENT)
+def test_permanent_codes_are_not_retryable(code: int) -> None:
+    """SPEC §5.4: usage errors, daemon refusals, --max-delete hits... fail at once."""
+    assert not rsync.is_transient(code, ["@ERROR: auth failed on module up"])
+
+
+def test_code_5_depends_on_the_daemons_words() -> None:
+    """A daemon at its connection limit is transient; any other daemon refusal is not."""
+    full = ["@ERROR: max connections (2) reached -- try again later"]
+    assert rsync.is_transient(5, full)
+    assert not rsync.is_transient(5, ["@ERROR: auth failed on module up"])
+    assert not rsync.is_transient(5, ["@ERROR: Unknown module 'nope'"])
+
+
+def test_vanished_files_complete_the_stage() -> None:
+    """Exit 24 (files vanished during a publish) completes the transfer stage."""
+    assert rsync.completes_stage(0)
+    assert rsync.completes_stage(24)
+    assert not rsync.completes_stage(23)
+
+
+def test_tree_args_follow_the_seed_and_protect_the_marker(tmp_path: Path) -> None:
+    """The stage-1 command is the seed's, with guards, the marker excluded and protected."""
+    exclude = tmp_path / "exclude.txt"
+    exclude.write_text("*.iso\n")
+    config = receiver_config(
+        tmp_path,
+        upstream="rsync://mirror.example.org/ius/",
+        exclude_from=str(exclude),
+        max_delete=500,
+        rsync_args=["--bwlimit=1000"],
+    ).receiver
+    assert config is not None
+    args = rsync.tree_args(config)
+    assert args[:6] == [
+        "rsync",
+        "-aH",
+        "--numeric-ids",
+        "--delete",
+        "--delete-after",
+        "--delay-updates",
+    ]
+    for expected in ("--safe-links", "--timeout=600", "--contimeout=60", "--max-delete=500"):
+        assert expected in args
+    assert f"--exclude-from={exclude}" in args
+    assert args.index("--filter=P /CURRENT") < args.index(f"--exclude-from={exclude}")
+    assert args.index("--exclude=/CURRENT") < args.index("--bwlimit=1000")
+    assert args[-3:] == ["--", "rsync://mirror.example.org/ius/", f"{tmp_path}/mirror/"]
+
+
+def test_contimeout_only_for_daemon_upstreams(tmp_path: Path) -> None:
+    """rsync refuses --contimeout over ssh or locally, so it is only added for daemons."""
+    for upstream, daemon in [
+        ("rsync://h/m/", True),
+        ("h::m/", True),
+        ("user@h:/srv/m/", False),
+        ("/srv/m", False),
+    ]:
+        config = receiver_config(tmp_path, upstream=upstream).receiver
+        assert config is not None
+        assert ("--contimeout=60" in rsync.tree_args(config)) is daemon, upstream
+        assert rsync.tree_args(config)[-2] == rsync.source_of(upstream)
+
+
+async def test_run_reports_the_exit_code_and_stderr_tail(tmp_path: Path) -> None:
+    """A failing run raises RsyncError with the code, its class and rsync's last lines."""
+    stub = stub_rsync(
+        tmp_path, "echo 'rsync: some detail' >&2\necho 'rsync error: code 23' >&2\nexit 23\n"
+    )
+    with pytest.raises(RsyncError) as caught:
+        await rsync.run([str(stub)], timeout=10)
+    assert caught.value.returncode == 23
+    assert caught.value.transient
+    assert caught.value.stderr_tail == ("rsync: some detail", "rsync error: code 23")
+    assert "code 23" in str(caught.value)
+
+
+async def test_run_returns_for_vanished_files(tmp_path: Path) -> None:
+    """Exit 24 is a completed run, not an error."""
+    stub = stub_rsync(tmp_path, "echo 'file has vanished: x' >&2\nexit 24\n")
+    result = await rsync.run([str(stub)], timeout=10)
+    assert result.returncode == 24
+
+
+def _running(pid: int) -> bool:
+    """Return whether ``pid`` is a live process (a zombie awaiting its reaper is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def _survivors(pid_file: Path) -> list[int]:
+    """Return the recorded processes still running once SIGKILL has had time to land."""
+    pids = [int(line) for line in pid_file.read_text().split()]
+    async with asyncio.timeout(5):
+        while any(map(_running, pids)):
+            await asyncio.sleep(0.05)
+    return [pid for pid in pids if _running(pid)]
+
+
+async def _wait_for(path: Path, lines: int) -> None:
+    async with asyncio.timeout(10):
+        while not path.exists() or len(path.read_text().split()) < lines:
+            await asyncio.sleep(0.02)
+
+
+async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    """A run past its deadline is killed with its children (a stub that hangs, with a child)."""
+    pids = tmp_path / "pids"
+    stub = stub_rsync(tmp_path, f"sleep 300 &\necho $! >> {pids}\necho $$ >> {pids}\nwait\n")
+    with pytest.raises(RsyncTimeoutError):
+        await rsync.run([str(stub)], timeout=1)
+    await _wait_for(pids, 2)
+    assert await _survivors(pids) == []
+
+
+async def test_cancel_terminates_then_kills(tmp_path: Path) -> None:
+    """Cancelling a run sends TERM to the group; a child that ignores TERM is then killed."""
+    pids = tmp_path / "pids"
+    stub = stub_rsync(
+        tmp_path,
+        f"sh -c 'trap \"\" TERM; echo $$ >> {pids}; while :; do sleep 0.1; done' &\n"
+        f"echo $$ >> {pids}\nwait\n",
+    )
+    task = asyncio.create_task(rsync.run([str(stub)], timeout=60, term_grace=0.5))
+    await _wait_for(pids, 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _survivors(pids) == []

@@ -1,0 +1,211 @@
+"""The sync engine against a real rsync daemon: SPEC §5 rules 3 to 6."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mirrorhook.errors import NoMarkerError, RsyncError
+from mirrorhook.retry import Backoff
+from mirrorhook.syncer import RSYNC_TMP_DIR, Result, Syncer, state_path
+from tests.helpers import (
+    RsyncDaemon,
+    counting_rsync,
+    publish,
+    receiver_config,
+    stub_rsync,
+    tree_invocations,
+    trees_equal,
+)
+
+
+async def no_wait(_seconds: float) -> None:
+    """Stand-in for asyncio.sleep between retries, so retry tests do not wait."""
+
+
+def make_syncer(tmp_path: Path, upstream: str, **overrides: object) -> Syncer:
+    config = receiver_config(tmp_path, upstream=upstream, **overrides).receiver
+    assert config is not None
+    return Syncer(config, backoff=Backoff(first=0.01, cap=0.01), sleep=no_wait)
+
+
+async def test_sync_copies_the_tree_and_installs_the_marker_last(
+    tmp_path: Path, daemon: RsyncDaemon
+) -> None:
+    """A sync from a real daemon leaves a tree equal to the upstream, marker included."""
+    syncer = make_syncer(tmp_path, daemon.url)
+    report = await syncer.sync(if_changed=True, trigger="test")
+    assert report.result is Result.SYNCED
+    assert report.marker == "1"
+    assert trees_equal(daemon.root, syncer.config.target)
+    assert syncer.local_marker() == "1"
+    recorded = json.loads(state_path(syncer.config).read_text())
+    assert recorded["last_sync"]["result"] == "synced"
+    assert recorded["in_progress"] is None
+
+
+async def test_if_changed_transfers_nothing_when_markers_match(
+    tmp_path: Path, daemon: RsyncDaemon
+) -> None:
+    """With equal markers, only the marker is read: no tree transfer runs."""
+    log = tmp_path / "rsync.log"
+    syncer = make_syncer(tmp_path, daemon.url, rsync=str(counting_rsync(tmp_path, log)))
+    await syncer.sync(if_changed=True, trigger="first")
+    assert len(tree_invocations(log)) == 1
+    report = await syncer.sync(if_changed=True, trigger="second")
+    assert report.result is Result.UP_TO_DATE
+    assert len(tree_invocations(log)) == 1
+    forced = await syncer.sync(if_changed=False, trigger="forced")
+    assert forced.result is Result.SYNCED
+    assert len(tree_invocations(log)) == 2
+
+
+async def test_deletions_and_changes_reach_the_mirror(tmp_path: Path, daemon: RsyncDaemon) -> None:
+    """A publish that changes, adds and deletes files is mirrored exactly."""
+    syncer = make_syncer(tmp_path, daemon.url)
+    await syncer.sync(if_changed=True, trigger="first")
+    (daemon.root / "dir0" / "file0.rpm").unlink()
+    publish(daemon.root, "2", {"dir1/file1.rpm": "changed\n", "new/dir/pkg.rpm": "new\n"})
+    await syncer.sync(if_changed=True, trigger="second")
+    assert trees_equal(daemon.root, syncer.config.target)
+    assert syncer.local_marker() == "2"
+
+
+async def test_upstream_without_marker_is_refused_and_the_mirror_kept(
+    tmp_path: Path, daemon: RsyncDaemon
+) -> None:
+    """SPEC §5.5: an emptied upstream must not make --delete wipe the mirror."""
+    syncer = make_syncer(tmp_path, daemon.url)
+    await syncer.sync(if_changed=True, trigger="first")
+    before = sorted(p.relative_to(syncer.config.target) for p in syncer.config.target.rglob("*"))
+    for child in daemon.root.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    with pytest.raises(NoMarkerError, match="refusing to sync"):
+        await syncer.sync(if_changed=False, trigger="after the upstream was emptied")
+    after = sorted(p.relative_to(syncer.config.target) for p in syncer.config.target.rglob("*"))
+    assert after == before
+    assert syncer.local_marker() == "1"
+    recorded = json.loads(state_path(syncer.config).read_text())
+    assert recorded["last_sync"]["result"] == "failed"
+    assert "no marker" in recorded["last_sync"]["error"]
+
+
+async def test_missing_local_upstream_folder_is_refused(tmp_path: Path) -> None:
+    """An unmounted local upstream (the folder is gone) counts as 'no marker'."""
+    syncer = make_syncer(tmp_path, str(tmp_path / "not-mounted"))
+    with pytest.raises(NoMarkerError):
+        await syncer.sync(if_changed=False, trigger="test")
+    assert not syncer.config.target.exists()
+
+
+async def test_marker_moving_during_stage_one_repeats_it(
+    tmp_path: Path, daemon: RsyncDaemon
+) -> None:
+    """SPEC §5.3: a publish during the transfer makes stage 1 run again; the result is V2."""
+    log = tmp_path / "rsync.log"
+    slow = counting_rsync(tmp_path, log, delay=0.5)
+    syncer = make_syncer(tmp_path, daemon.url, rsync=str(slow))
+    task = asyncio.create_task(syncer.sync(if_changed=True, trigger="test"))
+    async with asyncio.timeout(10):
+        while not tree_invocations(log):
+            await asyncio.sleep(0.01)
+    publish(daemon.root, "2", {"dir2/late.rpm": "published during stage 1\n"})
+    report = await task
+    assert report.rounds == 2
+    assert report.marker == "2"
+    assert len(tree_invocations(log)) == 2
+    assert trees_equal(daemon.root, syncer.config.target)
+
+
+async def test_killed_transfer_keeps_the_old_marker_and_the_next_leaves_no_tmp(
+    tmp_path: Path, daemon: RsyncDaemon
+) -> None:
+    """SPEC §5.3 and §5.6: cancel mid-transfer, then a completed sync leaves no .~tmp~."""
+    first = make_syncer(tmp_path, daemon.url)
+    await first.sync(if_changed=True, trigger="first")
+    big = {f"big/part{i}.bin": "x" * 400_000 for i in range(6)}
+    publish(daemon.root, "2", big)
+    slow = Syncer(dataclasses.replace(first.config, rsync_args=("--bwlimit=500",)))
+    task = asyncio.create_task(slow.sync(if_changed=True, trigger="slow"))
+    target = first.config.target
+    async with asyncio.timeout(20):
+        while not any(target.rglob(RSYNC_TMP_DIR)):
+            await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert any(target.rglob(RSYNC_TMP_DIR)), "the kill should have left rsync's staging folder"
+    assert first.local_marker() == "1"
+    report = await first.sync(if_changed=True, trigger="after the kill")
+    assert report.result is Result.SYNCED
+    assert not any(target.rglob(RSYNC_TMP_DIR))
+    assert trees_equal(daemon.root, target)
+
+
+def _stub_exiting(tmp_path: Path, code: int, message: str) -> tuple[Path, Path]:
+    calls = tmp_path / "calls"
+    stub = stub_rsync(tmp_path, f"echo x >> {calls}\necho '{message}' >&2\nexit {code}\n")
+    return stub, calls
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "attempts"),
+    [
+        (10, "rsync error: error in socket IO (code 10)", 3),
+        (12, "rsync error: error in rsync protocol data stream (code 12)", 3),
+        (23, "rsync error: some files could not be transferred (code 23)", 3),
+        (30, "rsync error: timeout in data send/receive (code 30)", 3),
+        (35, "rsync error: timeout waiting for daemon connection (code 35)", 3),
+        (5, "@ERROR: max connections (1) reached -- try again later", 3),
+        (5, "@ERROR: auth failed on module up", 1),
+        (5, '@ERROR: Unknown module "up"', 1),
+        (1, "rsync error: syntax or usage error (code 1)", 1),
+        (2, "rsync error: protocol incompatibility (code 2)", 1),
+        (3, "rsync error: errors selecting input/output files (code 3)", 1),
+        (4, "rsync error: requested action not supported (code 4)", 1),
+        (11, "rsync error: error in file IO (code 11)", 1),
+        (20, "rsync error: received SIGINT, SIGTERM, or SIGHUP (code 20)", 1),
+        (22, "rsync error: error allocating core memory buffers (code 22)", 1),
+        (25, "rsync error: the --max-delete limit stopped deletions (code 25)", 1),
+    ],
+)
+async def test_exit_code_policy_bounds_attempts(
+    tmp_path: Path, code: int, message: str, attempts: int
+) -> None:
+    """SPEC §5.4 with a stub rsync (real rsync cannot fail with a chosen code on demand):
+    transient codes are tried `retries` (3) times, permanent ones once; the status keeps
+    the code and rsync's last line."""
+    stub, calls = _stub_exiting(tmp_path, code, message)
+    syncer = make_syncer(tmp_path, "rsync://127.0.0.1:9/up/", rsync=str(stub))
+    with pytest.raises(RsyncError) as caught:
+        await syncer.sync(if_changed=True, trigger="test")
+    assert caught.value.returncode == code
+    assert len(calls.read_text().split()) == attempts
+    recorded = json.loads(state_path(syncer.config).read_text())["last_sync"]
+    assert recorded["returncode"] == code
+    assert recorded["stderr_tail"] == [message]
+
+
+async def test_transient_failure_then_success_completes(
+    tmp_path: Path, daemon: RsyncDaemon
+) -> None:
+    """A transient failure on the first attempt is retried and the sync completes."""
+    calls = tmp_path / "calls"
+    real = shutil.which("rsync")
+    stub = stub_rsync(
+        tmp_path,
+        f"echo x >> {calls}\n"
+        f'if [ "$(wc -l < {calls})" -eq 1 ]; then\n'
+        '  echo "@ERROR: max connections (1) reached -- try again later" >&2; exit 5\n'
+        "fi\n"
+        f'exec {real} "$@"\n',
+    )
+    syncer = make_syncer(tmp_path, daemon.url, rsync=str(stub))
+    report = await syncer.sync(if_changed=True, trigger="test")
+    assert report.result is Result.SYNCED
+    assert trees_equal(daemon.root, syncer.config.target)
