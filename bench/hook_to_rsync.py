@@ -18,8 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.stats import ms, save, summary
-from mirrorhook import signing
 from tests.helpers import (
     make_upstream,
     publish,
@@ -28,6 +26,9 @@ from tests.helpers import (
     signed_webhook,
     wait_for_port,
 )
+
+from bench.stats import ms, save, summary
+from mirrorhook import signing
 
 POLL = 0.002
 
@@ -61,9 +62,7 @@ def main() -> int:
         upstream = make_upstream(tmp / "upstream", count=args.files)
         stamps = tmp / "stamps"
         with rsync_daemon(tmp, upstream) as daemon:
-            config = receiver_toml(
-                tmp, upstream=daemon.url, rsync=str(stamping_rsync(tmp, stamps))
-            )
+            config = receiver_toml(tmp, upstream=daemon.url, rsync=str(stamping_rsync(tmp, stamps)))
             port = int(config.read_text().split("127.0.0.1:")[1].split('"')[0])
             secret = signing.Secret.parse((tmp / "receiver.secret").read_text())
             marker = tmp / "mirror" / "CURRENT"
@@ -74,7 +73,7 @@ def main() -> int:
                 )
             try:
                 wait_for_port(port)
-                wait_until(lambda: marker.exists())  # the startup check's first sync
+                wait_until(marker.exists)  # the startup check's first sync
                 time.sleep(0.5)
                 for round_number in range(2, args.rounds + 2):
                     value = str(round_number)
@@ -88,7 +87,7 @@ def main() -> int:
                     answered = time.time()
                     assert response.status == 202, response.read()
                     connection.close()
-                    wait_until(lambda: len(stamps.read_text().split()) > seen)
+                    wait_until(lambda: len(stamps.read_text().split()) > seen)  # noqa: B023
                     started = int(stamps.read_text().split()[seen]) / 1e9
                     installed = wait_until(
                         lambda: marker.read_text().strip() == value  # noqa: B023
