@@ -125,7 +125,7 @@ def test_sync_failure_exits_1_and_status_reports_it(tmp_path: Path) -> None:
     assert "refusing to sync" in status.stdout
     machine = run("status", "-c", config, "--json")
     assert machine.returncode == 1
-    assert json.loads(machine.stdout)["last_sync"]["result"] == "failed"
+    assert json.loads(machine.stdout)["receiver"]["last_sync"]["result"] == "failed"
 
 
 def test_check_config_lists_every_problem(tmp_path: Path) -> None:

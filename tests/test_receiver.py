@@ -314,7 +314,7 @@ async def test_status_shows_state_and_no_secrets(
     async with client.get("/v1/status") as response:
         assert response.status == 200
         text = await response.text()
-        status = await response.json()
+        status = (await response.json())["receiver"]
     secret_text = (tmp_path / "receiver.secret").read_text().strip()
     assert secret_text not in text
     assert secret_text.removeprefix("whsec_") not in text

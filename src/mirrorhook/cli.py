@@ -15,9 +15,17 @@ from typing import Any, TypeVar
 import mirrorhook
 from mirrorhook import lock, rsync, signing
 from mirrorhook import log as logsetup
-from mirrorhook.config import CONFIG_ENV, DEFAULT_CONFIG, Config, config_path, load_config
+from mirrorhook.config import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG,
+    Config,
+    PublisherConfig,
+    ReceiverConfig,
+    config_path,
+    load_config,
+)
 from mirrorhook.errors import ConfigError, LockedError, MirrorhookError, SyncError
-from mirrorhook.status import format_status, is_failing, receiver_status
+from mirrorhook.status import format_status, host_status, is_failing
 from mirrorhook.syncer import Syncer
 
 logger = logging.getLogger("mirrorhook")
@@ -70,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     _add_serve_parser(subparsers, common)
+    _add_notify_parser(subparsers, common)
     _add_sync_parser(subparsers, common)
     _add_status_parser(subparsers, common)
     _add_check_config_parser(subparsers, common)
@@ -93,6 +102,22 @@ def _add_serve_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentPar
         ),
     )
     parser.set_defaults(func=_serve)
+
+
+def _add_notify_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "notify",
+        parents=[common],
+        help="announce the current marker to every mirror now (the upstream's push hook)",
+        description=(
+            "Read the [publisher] marker now and deliver it to every mirror concurrently, with "
+            "a short retry budget; print one line per mirror (result, HTTP status, time). "
+            "Call it at the end of the publish script, after the marker was rewritten. "
+            "Exit status: 0 every mirror accepted, 1 some failed (the rest were delivered), "
+            "2 config error."
+        ),
+    )
+    parser.set_defaults(func=_notify)
 
 
 def _add_sync_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentParser) -> None:
@@ -133,8 +158,12 @@ def _add_status_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentPa
     parser = subparsers.add_parser(
         "status",
         parents=[common],
-        help="show the local marker and the last sync",
-        description="Show this host's state. Exit status: 0, or 1 when the last sync failed.",
+        help="show the last sync (receiver) and the deliveries (publisher)",
+        description=(
+            "Show this host's state: for a receiver, the local marker, the last sync and the "
+            "current state; for a publisher, one row per mirror. Exit status: 0, or 1 when "
+            "the last sync or a delivery is failing."
+        ),
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(func=_status)
@@ -192,10 +221,16 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(config_path(args.config))
 
 
-def _receiver_of(config: Config) -> Any:
+def _receiver_of(config: Config) -> ReceiverConfig:
     if config.receiver is None:
         raise ConfigError([f"{config.path}: receiver: this command needs a [receiver] section"])
     return config.receiver
+
+
+def _publisher_of(config: Config) -> PublisherConfig:
+    if config.publisher is None:
+        raise ConfigError([f"{config.path}: publisher: this command needs a [publisher] section"])
+    return config.publisher
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -236,9 +271,18 @@ def _sync(args: argparse.Namespace) -> int:
         return EXIT_FAILURE  # the sync engine logged why
 
 
+def _notify(args: argparse.Namespace) -> int:
+    from mirrorhook.publisher import Result, format_outcomes, notify  # noqa: PLC0415 - aiohttp
+
+    publisher = _publisher_of(_load(args))
+    value, outcomes = _run_interruptible(notify(publisher))
+    sys.stdout.write(f"marker {value!r}\n{format_outcomes(outcomes)}\n")
+    failed = [outcome for outcome in outcomes if outcome.result is not Result.DELIVERED]
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
 def _status(args: argparse.Namespace) -> int:
-    receiver = _receiver_of(_load(args))
-    status = receiver_status(receiver)
+    status = host_status(_load(args))
     if args.json:
         sys.stdout.write(json.dumps(status, indent=2) + "\n")
     else:
@@ -266,6 +310,17 @@ def _check_config(args: argparse.Namespace) -> int:
             f"  state          {r.state_dir}",
             f"  rsync command  {' '.join(rsync.tree_args(r))}",
         ]
+    if config.publisher is not None:
+        p = config.publisher
+        lines += [
+            "publisher:",
+            f"  watch          {p.root / p.marker} ({p.watch}, rescan every {p.rescan:g} s)",
+            f"  announce as    {p.name}",
+            f"  deliveries     {p.concurrency} at once, {p.timeout:g} s each, "
+            f"retried for {p.retry_for:g} s",
+            f"  state          {p.state_dir}",
+        ]
+        lines += [f"  mirror         {mirror.name}: {mirror.url}" for mirror in p.mirrors]
     sys.stdout.write("\n".join(lines) + "\n")
     return EXIT_OK
 
@@ -287,4 +342,4 @@ def _run_interruptible(coroutine: Coroutine[Any, Any, _T]) -> _T:
     try:
         return asyncio.run(guarded())
     except asyncio.CancelledError:
-        raise SyncError("interrupted by a signal; the local marker was left as it was") from None
+        raise MirrorhookError("interrupted by a signal") from None

@@ -9,10 +9,12 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import stat
 import tomllib
+import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,11 +73,38 @@ class ReceiverConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MirrorConfig:
+    """One ``[[publisher.mirrors]]`` entry: where a mirror's webhook goes and its secret."""
+
+    name: str
+    url: str
+    secret: Secret
+    secret_file: Path
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherConfig:
+    """The ``[publisher]`` section: the upstream's marker watcher and webhook fan-out."""
+
+    root: Path
+    state_dir: Path
+    mirrors: tuple[MirrorConfig, ...]
+    name: str = field(default_factory=socket.gethostname)
+    marker: str = "CURRENT"
+    watch: str = "inotify"
+    rescan: float = 60.0
+    concurrency: int = 64
+    timeout: float = 10.0
+    retry_for: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole configuration file; at least one role section is present."""
 
     path: Path
     receiver: ReceiverConfig | None = None
+    publisher: PublisherConfig | None = None
 
 
 def config_path(explicit: str | None) -> Path:
@@ -99,17 +128,17 @@ def load_config(path: Path) -> Config:
 
     problems: list[str] = []
     root = _Table(path, "", document, problems)
-    receiver = None
-    if "receiver" in document:
-        table = root.table("receiver")
-        if table is not None:
-            receiver = _receiver(table)
-    root.finish(known=("receiver",))
-    if not problems and receiver is None:
-        problems.append(f"{path}: no [receiver] section: nothing to run")
+    receiver = publisher = None
+    if "receiver" in document and (table := root.table("receiver")) is not None:
+        receiver = _receiver(table)
+    if "publisher" in document and (table := root.table("publisher")) is not None:
+        publisher = _publisher(table)
+    root.finish(known=("receiver", "publisher"))
+    if not problems and receiver is None and publisher is None:
+        problems.append(f"{path}: neither a [receiver] nor a [publisher] section: nothing to run")
     if problems:
         raise ConfigError(problems)
-    return Config(path=path, receiver=receiver)
+    return Config(path=path, receiver=receiver, publisher=publisher)
 
 
 def _receiver(t: _Table) -> ReceiverConfig | None:
@@ -141,6 +170,57 @@ def _receiver(t: _Table) -> ReceiverConfig | None:
     if any(value is _INVALID for value in optional.values()):
         return None
     return ReceiverConfig(secret=secret, **required, **optional)
+
+
+def _publisher(t: _Table) -> PublisherConfig | None:
+    required: dict[str, Any] = {
+        "root": t.get("root", _absolute_path),
+        "state_dir": t.get("state_dir", _absolute_path),
+        "mirrors": t.get("mirrors", lambda value: _mirrors(t, value)),
+    }
+    optional: dict[str, Any] = {
+        "name": t.get("name", _name, socket.gethostname()),
+        "marker": t.get("marker", _marker, "CURRENT"),
+        "watch": t.get("watch", _choice("inotify", "poll"), "inotify"),
+        "rescan": t.get("rescan", _positive_duration, 60.0),
+        "concurrency": t.get("concurrency", _positive_int, 64),
+        "timeout": t.get("timeout", _positive_duration, 10.0),
+        "retry_for": t.get("retry_for", _positive_duration, 86400.0),
+    }
+    t.finish(known=(*required, *optional))
+    if not all(map(_valid, required.values())):
+        return None
+    if any(value is _INVALID for value in optional.values()):
+        return None
+    return PublisherConfig(**required, **optional)
+
+
+def _mirrors(t: _Table, value: Any) -> tuple[MirrorConfig, ...] | None:
+    """Check ``[[publisher.mirrors]]``; problems inside an entry are reported with its index."""
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ValueError("must be an array of tables ([[publisher.mirrors]])")
+    if not value:
+        raise ValueError("must list at least one mirror")
+    mirrors: list[MirrorConfig] = []
+    ok = True
+    names: set[str] = set()
+    for index, item in enumerate(value):
+        entry = _Table(t.path, f"{t.prefix}mirrors[{index}].", item, t.problems)
+        name: Any = entry.get("name", _name)
+        url: Any = entry.get("url", _webhook_url)
+        secret_file: Any = entry.get("secret_file", _absolute_path)
+        entry.finish(known=("name", "url", "secret_file"))
+        secret = _load_secret(entry, "secret_file", secret_file) if _valid(secret_file) else None
+        if _valid(name) and name in names:
+            entry.problem("name", f"{name!r} is used by another mirror already")
+            ok = False
+        names.add(str(name))
+        if secret is None or not (_valid(name) and _valid(url)):
+            ok = False
+            continue
+        mirrors.append(MirrorConfig(name=name, url=url, secret=secret, secret_file=secret_file))
+    # Problems were recorded entry by entry; None keeps the section from loading.
+    return tuple(mirrors) if ok else None
 
 
 def _valid(value: object) -> bool:
@@ -295,6 +375,33 @@ def _body_size(value: Any) -> int:
             f"must be at least 1024 bytes (a webhook body is a few hundred), not {size}"
         )
     return size
+
+
+def _name(value: Any) -> str:
+    text = _string(value)
+    if not _MARKER_RE.fullmatch(text):
+        raise ValueError(f"must be letters, digits, '.', '_' or '-', not {text!r}")
+    return text
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        text = _string(value)
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(map(repr, choices))}, not {text!r}")
+        return text
+
+    return check
+
+
+def _webhook_url(value: Any) -> str:
+    text = _string(value)
+    parsed = urllib.parse.urlsplit(text)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"must be an http:// or https:// URL, not {text!r}")
+    if parsed.username or parsed.password:
+        raise ValueError("must not hold a login: the signature authenticates the upstream")
+    return text
 
 
 def _string_list(value: Any) -> tuple[str, ...]:

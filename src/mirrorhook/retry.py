@@ -11,8 +11,16 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_any,
+    stop_before_delay,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,33 +46,46 @@ class Backoff:
 
 def retrying(
     *,
-    attempts: int,
     should_retry: Callable[[BaseException], bool],
     backoff: Backoff,
     what: str,
+    attempts: int | None = None,
+    within: float | None = None,
+    wait: Callable[[RetryCallState], float] | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> AsyncRetrying:
     """Return a tenacity loop that retries ``what`` while ``should_retry(error)`` holds.
 
-    The last error is re-raised unchanged when the attempts run out or the error is not
-    retryable; every scheduled retry is logged with its reason and delay.
+    It stops after ``attempts`` tries, or when the next try would start more than
+    ``within`` seconds after the first, whichever comes first. Waits follow ``backoff``
+    unless ``wait`` decides (it may honour a server's Retry-After, say). The last error is
+    re-raised unchanged when the loop stops or the error is not retryable; every scheduled
+    retry is logged with its reason and delay.
     """
+    stops: list[Any] = []
+    if attempts is not None:
+        stops.append(stop_after_attempt(attempts))
+    if within is not None:
+        stops.append(stop_before_delay(within))
+    if not stops:
+        raise ValueError("a retry loop needs attempts or within")
+    of_attempts = f" of {attempts}" if attempts is not None else ""
 
     def log_retry(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
         logger.warning(
-            "%s failed (attempt %d of %d): %s; retrying in %.1f s",
+            "%s failed (attempt %d%s): %s; retrying in %.1f s",
             what,
             state.attempt_number,
-            attempts,
+            of_attempts,
             error,
             delay,
         )
 
     return AsyncRetrying(
-        stop=stop_after_attempt(attempts),
-        wait=backoff,
+        stop=stop_any(*stops),
+        wait=wait or backoff,
         retry=retry_if_exception(should_retry),
         before_sleep=log_retry,
         sleep=sleep,

@@ -8,6 +8,7 @@ marker untouched, SPEC §5.7).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -17,13 +18,16 @@ from pathlib import Path
 from aiohttp import web
 
 from mirrorhook import lock
-from mirrorhook.config import Config, Listen, ReceiverConfig
+from mirrorhook.config import Config, Listen, PublisherConfig, ReceiverConfig, redact_upstream
+from mirrorhook.delivery import Courier
 from mirrorhook.errors import MirrorhookError
 from mirrorhook.poller import Poller
+from mirrorhook.publisher import Publisher
 from mirrorhook.receiver import Receiver, background, make_app
 from mirrorhook.scheduler import Scheduler
-from mirrorhook.status import receiver_status
+from mirrorhook.status import host_status
 from mirrorhook.syncer import Syncer
+from mirrorhook.watcher import MarkerWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ class ListenError(MirrorhookError):
         return f"cannot listen on {self.listen}: {self.reason}"
 
 
-def build_receiver(config: ReceiverConfig) -> Receiver:
+def build_receiver(config: ReceiverConfig, host: Config | None = None) -> Receiver:
     """Wire the receiver's parts together for one tree."""
     syncer = Syncer(config)
 
@@ -65,36 +69,78 @@ def build_receiver(config: ReceiverConfig) -> Receiver:
         syncer=syncer,
         scheduler=scheduler,
         poller=poller,
-        status=lambda: receiver_status(config, scheduler=scheduler, poller=poller),
+        status=lambda: host_status(
+            host or Config(path=Path("-"), receiver=config), scheduler=scheduler, poller=poller
+        ),
     )
 
 
 async def serve(config: Config) -> None:
-    """Run every role of ``config`` until SIGTERM or SIGINT."""
+    """Run every role of ``config`` until SIGTERM or SIGINT (or a role fails)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _stopper(stop, sig))
-    assert config.receiver is not None  # noqa: S101 - load_config guarantees a role
-    receiver_config = config.receiver
-    receiver_config.state_dir.mkdir(parents=True, exist_ok=True)
-    app = make_app(build_receiver(receiver_config))
+    async with contextlib.AsyncExitStack() as stack:
+        roles: list[asyncio.Task[None]] = []
+        if config.receiver is not None:
+            runner = await _start_receiver(config.receiver, config)
+            stack.push_async_callback(runner.cleanup)
+        if config.publisher is not None:
+            courier = await stack.enter_async_context(
+                Courier(timeout=config.publisher.timeout, concurrency=config.publisher.concurrency)
+            )
+            roles.append(asyncio.create_task(_run_publisher(config.publisher, courier)))
+        waiter = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([waiter, *roles], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, *roles):
+                task.cancel("shutting down")
+            await asyncio.gather(waiter, *roles, return_exceptions=True)
+        for role in roles:
+            if role.done() and not role.cancelled() and role.exception() is not None:
+                raise role.exception()  # type: ignore[misc]
+        logger.info("shutting down")
+    logger.info("stopped")
+
+
+async def _start_receiver(config: ReceiverConfig, host: Config) -> web.AppRunner:
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    app = make_app(build_receiver(config, host))
     app.cleanup_ctx.append(background)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
     try:
-        for listen in receiver_config.listen:
+        for listen in config.listen:
             await _start_site(runner, listen)
-        logger.info(
-            "receiver ready: following %s into %s",
-            receiver_config.upstream,
-            receiver_config.target,
-        )
-        await stop.wait()
-        logger.info("shutting down")
-    finally:
+    except BaseException:
         await runner.cleanup()
-    logger.info("stopped")
+        raise
+    logger.info(
+        "receiver ready: following %s into %s", redact_upstream(config.upstream), config.target
+    )
+    return runner
+
+
+async def _run_publisher(config: PublisherConfig, courier: Courier) -> None:
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    publisher = Publisher(config, courier)
+    watcher = MarkerWatcher(
+        config.root,
+        config.marker,
+        publisher.publish,
+        polling=config.watch == "poll",
+        rescan=config.rescan,
+    )
+    logger.info(
+        "publisher ready: announcing %s to %d mirrors",
+        config.root / config.marker,
+        len(config.mirrors),
+    )
+    async with asyncio.TaskGroup() as group:
+        group.create_task(publisher.run(), name="publisher")
+        group.create_task(watcher.run(), name="watcher")
 
 
 def _stopper(stop: asyncio.Event, sig: signal.Signals) -> Callable[[], None]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,24 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
     """Write ``document`` as indented JSON, atomically, creating the folder if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+
+
+def update_json(path: Path, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Read, ``change`` and rewrite ``path`` under an exclusive lock on ``path.lock``.
+
+    Processes that share a state file (``serve`` and ``notify``, say) thus never lose each
+    other's updates. Returns the document as written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        document = read_json(path)
+        change(document)
+        write_json(path, document)
+        return document
+    finally:
+        os.close(fd)
 
 
 def read_json(path: Path) -> dict[str, Any]:

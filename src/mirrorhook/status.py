@@ -7,11 +7,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mirrorhook import lock, marker
-from mirrorhook.config import ReceiverConfig, redact_upstream
+from mirrorhook.config import Config, PublisherConfig, ReceiverConfig, redact_upstream
 from mirrorhook.poller import Poller
+from mirrorhook.publisher import Result as DeliveryResult
+from mirrorhook.publisher import state_path as publisher_state_path
 from mirrorhook.scheduler import Phase, Scheduler
 from mirrorhook.state import read_json
 from mirrorhook.syncer import Result, state_path
+from mirrorhook.table import format_table
 
 
 def receiver_status(
@@ -46,14 +49,94 @@ def receiver_status(
     }
 
 
+def publisher_status(config: PublisherConfig) -> dict[str, Any]:
+    """Return the publisher's record: the current marker and one entry per mirror."""
+    recorded = read_json(publisher_state_path(config)).get("mirrors")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    mirrors = []
+    for mirror in config.mirrors:
+        entry = recorded.get(mirror.name)
+        entry = entry if isinstance(entry, dict) else {}
+        mirrors.append(
+            {
+                "name": mirror.name,
+                "url": mirror.url,
+                "delivered": entry.get("delivered"),
+                "delivered_at": entry.get("delivered_at"),
+                "pending": entry.get("pending"),
+                "result": entry.get("result"),
+                "attempts": entry.get("attempts"),
+                "last_status": entry.get("last_status"),
+                "last_error": entry.get("last_error"),
+            }
+        )
+    return {
+        "root": str(config.root),
+        "marker_file": config.marker,
+        "current_marker": marker.read(config.root / config.marker),
+        "mirrors": mirrors,
+    }
+
+
+def host_status(
+    config: Config, *, scheduler: Scheduler | None = None, poller: Poller | None = None
+) -> dict[str, Any]:
+    """Return the status of every role in ``config`` (what ``status --json`` prints)."""
+    status: dict[str, Any] = {}
+    if config.receiver is not None:
+        status["receiver"] = receiver_status(config.receiver, scheduler=scheduler, poller=poller)
+    if config.publisher is not None:
+        status["publisher"] = publisher_status(config.publisher)
+    return status
+
+
 def is_failing(status: dict[str, Any]) -> bool:
-    """Return whether the last sync failed (``mirrorhook status`` then exits 1)."""
-    last = status.get("last_sync")
-    return isinstance(last, dict) and last.get("result") == Result.FAILED
+    """Return whether the last sync or any delivery is failing (``status`` then exits 1)."""
+    last = status.get("receiver", {}).get("last_sync")
+    if isinstance(last, dict) and last.get("result") == Result.FAILED:
+        return True
+    mirrors = status.get("publisher", {}).get("mirrors", [])
+    return any(
+        mirror["result"] in (DeliveryResult.RETRYING, DeliveryResult.FAILED) for mirror in mirrors
+    )
 
 
 def format_status(status: dict[str, Any]) -> str:
-    """Return the status as aligned ``key: value`` lines for a terminal."""
+    """Return every role's status for a terminal."""
+    parts = []
+    if "receiver" in status:
+        parts.append("receiver\n" + _indent(format_receiver(status["receiver"])))
+    if "publisher" in status:
+        parts.append("publisher\n" + _indent(format_publisher(status["publisher"])))
+    return "\n\n".join(parts)
+
+
+def format_publisher(status: dict[str, Any]) -> str:
+    """Return the publisher's status: its marker, then one aligned row per mirror."""
+    rows = [("MIRROR", "DELIVERED", "WHEN", "RESULT", "ATTEMPTS", "LAST ERROR")]
+    rows += [
+        (
+            mirror["name"],
+            mirror["delivered"] or "-",
+            mirror["delivered_at"] or "-",
+            mirror["result"] or "never tried",
+            str(mirror["attempts"] or "-"),
+            mirror["last_error"] or "",
+        )
+        for mirror in status["mirrors"]
+    ]
+    current = status["current_marker"] or "(none)"
+    return f"marker {status['root']}/{status['marker_file']}: {current}\n" + format_table(
+        rows, right=(4,)
+    )
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line if line else line for line in text.splitlines())
+
+
+def format_receiver(status: dict[str, Any]) -> str:
+    """Return the receiver's status as aligned ``key: value`` lines."""
     last = status.get("last_sync") or {}
     rows = [
         ("upstream", status["upstream"]),

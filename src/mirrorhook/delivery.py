@@ -1,0 +1,172 @@
+"""Sending one webhook to one mirror, and what its answer means (SPEC §4, §5.9).
+
+One ``Courier`` owns the publisher's single ``ClientSession``: explicit timeouts (aiohttp's
+default is five minutes), no redirects followed, a User-Agent. Every non-2xx answer or
+network failure becomes a ``DeliveryError`` whose ``kind`` is the policy: retry soon,
+retry at the longest interval (the mirror is misconfigured), or stop (410 Gone).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import aiohttp
+
+import mirrorhook
+from mirrorhook import signing
+from mirrorhook.config import MirrorConfig
+from mirrorhook.errors import MirrorhookError
+from mirrorhook.message import Update
+
+MAX_RETRY_AFTER = 3600.0
+"""A Retry-After longer than this is capped: a typo on the mirror must not silence it for days."""
+
+
+class Kind(enum.StrEnum):
+    """What a failed delivery means for the next attempt."""
+
+    TRANSIENT = "transient"  # 429, 5xx, network errors, timeouts: retry with backoff
+    MISCONFIGURED = "misconfigured"  # 400, 401, 3xx, other 4xx: retry at the longest interval
+    GONE = "gone"  # 410: the mirror asks us to stop sending this marker
+
+
+class DeliveryError(MirrorhookError):
+    """A webhook was not accepted; ``status`` is the HTTP status when there was an answer."""
+
+    def __init__(
+        self,
+        kind: Kind,
+        reason: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.kind = kind
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+        super().__init__(kind, reason, status)
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One announcement of a marker value: its id and body stay the same across retries."""
+
+    update: Update
+    msg_id: str = field(default_factory=lambda: f"msg_{uuid.uuid4().hex}")
+    body: bytes = b""
+
+    @classmethod
+    def of(cls, update: Update) -> Message:
+        return cls(update=update, body=update.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A delivered webhook: the mirror's status code and its answer."""
+
+    status: int
+    answer: str
+
+
+def classify(status: int) -> Kind | None:
+    """Return the policy for an HTTP status, ``None`` for success (the one place it lives)."""
+    if 200 <= status < 300:
+        return None
+    if status == 410:
+        return Kind.GONE
+    if status == 429 or status >= 500:
+        return Kind.TRANSIENT
+    return Kind.MISCONFIGURED
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Parse a Retry-After header (seconds or an HTTP date) into seconds from ``now``."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER)
+
+
+class Courier:
+    """Posts signed webhooks over one shared HTTP session (an async context manager)."""
+
+    def __init__(
+        self, *, timeout: float, concurrency: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._concurrency = concurrency
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Courier:
+        connector = aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=0)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            headers={"User-Agent": f"mirrorhook/{mirrorhook.__version__}"},
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def send(self, mirror: MirrorConfig, message: Message) -> Receipt:
+        """POST ``message`` to ``mirror`` once; raise ``DeliveryError`` unless it is accepted."""
+        assert self._session is not None, "use Courier as an async context manager"  # noqa: S101
+        # Signed afresh on every attempt: a retry hours later still needs a fresh timestamp,
+        # while the id stays the same so the mirror can tell it is a retry.
+        now = self._clock()
+        headers = signing.signed_headers(mirror.secret, message.msg_id, int(now), message.body)
+        headers["Content-Type"] = "application/json"
+        try:
+            async with self._session.post(
+                mirror.url, data=message.body, headers=headers, allow_redirects=False
+            ) as response:
+                answer = (await response.content.read(512)).decode("utf-8", "replace")
+                status = response.status
+                after = retry_after(response.headers.get("Retry-After"), self._clock())
+                location = response.headers.get("Location", "")
+        except TimeoutError:
+            raise DeliveryError(
+                Kind.TRANSIENT, f"no answer within {self._timeout.total:g} s"
+            ) from None
+        except aiohttp.ClientConnectorError as err:
+            reason = err.os_error.strerror or str(err.os_error)
+            raise DeliveryError(Kind.TRANSIENT, f"cannot connect: {reason}") from None
+        except aiohttp.ClientError as err:
+            raise DeliveryError(Kind.TRANSIENT, f"{type(err).__name__}: {err}") from None
+        kind = classify(status)
+        if kind is None:
+            return Receipt(status, answer)
+        reason = f"HTTP {status}"
+        if 300 <= status < 400:
+            reason += f" redirect to {location or '?'} (not followed: fix the mirror's url)"
+        elif status in (400, 401):
+            reason += f" (check this mirror's secret and url): {answer.strip()[:200]}"
+        elif answer.strip():
+            reason += f": {answer.strip()[:200]}"
+        raise DeliveryError(kind, reason, status=status, retry_after=after)

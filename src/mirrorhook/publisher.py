@@ -1,0 +1,384 @@
+"""The publisher: announces each new marker value to every mirror, at least once, newest wins.
+
+One worker per mirror delivers the newest announcement, retrying with backoff and jitter
+until the mirror accepts it or ``retry_for`` passes (SPEC §5.9); a newer marker replaces
+an older one still being retried. A semaphore bounds the deliveries in flight, so a slow
+or dead mirror holds one slot, never the others' turn. What each mirror acknowledged is
+kept in ``state_dir/publisher.json``, so a restart re-delivers what was not acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tenacity import RetryCallState
+
+from mirrorhook import marker
+from mirrorhook.config import MirrorConfig, PublisherConfig
+from mirrorhook.delivery import Courier, DeliveryError, Kind, Message
+from mirrorhook.errors import MirrorhookError
+from mirrorhook.message import new_update
+from mirrorhook.retry import Backoff, Sleep, retrying
+from mirrorhook.state import read_json, update_json
+from mirrorhook.table import format_table
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "publisher.json"
+FLUSH_INTERVAL = 0.5
+"""Seconds between writes of the delivery record: one write covers many mirrors."""
+DELIVERY_FIRST_WAIT = 5.0
+DELIVERY_MAX_WAIT = 600.0
+"""Between attempts to one mirror: about 5 s, 10 s, 20 s… capped at 10 minutes (SPEC §5.9)."""
+
+
+def delivery_backoff() -> Backoff:
+    """The backoff between attempts to one mirror."""
+    return Backoff(first=DELIVERY_FIRST_WAIT, cap=DELIVERY_MAX_WAIT)
+
+
+class Result(enum.StrEnum):
+    """Where a mirror stands with the newest marker."""
+
+    DELIVERED = "delivered"
+    RETRYING = "retrying"
+    GONE = "gone"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How the delivery of one message to one mirror ended."""
+
+    mirror: str
+    result: Result
+    status: int | None
+    seconds: float
+    attempts: int
+    error: str | None = None
+
+
+class SupersededError(Exception):
+    """A newer marker was announced while an older one was being delivered."""
+
+
+def state_path(config: PublisherConfig) -> Path:
+    """Return the publisher's delivery record."""
+    return config.state_dir / STATE_NAME
+
+
+def iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+class DeliveryLog:
+    """The durable per-mirror record, written in batches (at most every ``FLUSH_INTERVAL``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._dirty = asyncio.Event()
+
+    def mirrors(self) -> dict[str, dict[str, Any]]:
+        """Return the record as last written, per mirror name."""
+        recorded = read_json(self.path).get("mirrors")
+        return recorded if isinstance(recorded, dict) else {}
+
+    def note(self, mirror: str, **fields: Any) -> None:
+        """Record ``fields`` for ``mirror``; they reach the disk at the next flush."""
+        self._pending.setdefault(mirror, {}).update(fields)
+        self._dirty.set()
+
+    def flush(self) -> None:
+        """Write the pending changes now, merged under the file's lock."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+
+        def merge(document: dict[str, Any]) -> None:
+            mirrors = document.setdefault("mirrors", {})
+            for name, fields in pending.items():
+                mirrors.setdefault(name, {}).update(fields)
+
+        update_json(self.path, merge)
+
+    async def run(self) -> None:
+        """Flush in the background until cancelled; the last flush happens on the way out."""
+        try:
+            while True:
+                await self._dirty.wait()
+                self._dirty.clear()
+                await asyncio.to_thread(self.flush)
+                await asyncio.sleep(FLUSH_INTERVAL)
+        finally:
+            self.flush()
+
+
+async def deliver(
+    courier: Courier,
+    mirror: MirrorConfig,
+    message: Message,
+    *,
+    record: DeliveryLog,
+    slots: asyncio.Semaphore,
+    within: float,
+    backoff: Backoff,
+    attempts: int | None = None,
+    sleep: Sleep = asyncio.sleep,
+    is_current: Callable[[], bool] = lambda: True,
+    clock: Callable[[], float] = time.time,
+) -> Outcome:
+    """Deliver ``message`` to ``mirror`` with retries; return how it ended (never raise).
+
+    Retries stop after ``within`` seconds (or ``attempts``), on 410 Gone, or when
+    ``is_current()`` turns false because a newer marker was announced.
+    """
+    value = message.update.current
+    started = clock()
+    tries = 0
+    status: int | None = None
+
+    async def attempt_once() -> int:
+        nonlocal tries, status
+        if not is_current():
+            raise SupersededError
+        tries += 1
+        async with slots:
+            try:
+                receipt = await courier.send(mirror, message)
+            except DeliveryError as err:
+                status = err.status
+                record.note(
+                    mirror.name,
+                    pending=value,
+                    result=str(Result.RETRYING),
+                    attempts=tries,
+                    last_attempt=iso(clock()),
+                    last_status=err.status,
+                    last_error=str(err),
+                )
+                if err.kind is Kind.MISCONFIGURED:
+                    logger.error("mirror %s refused the webhook: %s", mirror.name, err)
+                raise
+        status = receipt.status
+        return receipt.status
+
+    def wait(state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, DeliveryError):
+            if error.retry_after is not None:
+                return error.retry_after
+            if error.kind is Kind.MISCONFIGURED:
+                return backoff.cap
+        return backoff(state)
+
+    try:
+        async for attempt in retrying(
+            should_retry=lambda err: isinstance(err, DeliveryError) and err.kind is not Kind.GONE,
+            backoff=backoff,
+            what=f"webhook to {mirror.name}",
+            attempts=attempts,
+            within=within,
+            wait=wait,
+            sleep=sleep,
+        ):
+            with attempt:
+                await attempt_once()
+    except SupersededError:
+        return Outcome(mirror.name, Result.SUPERSEDED, status, clock() - started, tries)
+    except DeliveryError as err:
+        result = Result.GONE if err.kind is Kind.GONE else Result.FAILED
+        record.note(mirror.name, pending=None, result=str(result))
+        if result is Result.GONE:
+            logger.warning(
+                "mirror %s answered 410 Gone: not retrying marker %r", mirror.name, value
+            )
+        else:
+            logger.error(
+                "gave up delivering marker %r to %s after %d attempts: %s",
+                value,
+                mirror.name,
+                tries,
+                err,
+            )
+        return Outcome(mirror.name, result, err.status, clock() - started, tries, str(err))
+    finished = clock()
+    record.note(
+        mirror.name,
+        delivered=value,
+        delivered_at=iso(finished),
+        pending=None,
+        result=str(Result.DELIVERED),
+        attempts=tries,
+        last_status=status,
+        last_error=None,
+    )
+    logger.info(
+        "delivered marker %r to %s (HTTP %s) in %.0f ms",
+        value,
+        mirror.name,
+        status,
+        1000 * (finished - started),
+    )
+    return Outcome(mirror.name, Result.DELIVERED, status, finished - started, tries)
+
+
+class MirrorWorker:
+    """Delivers the newest announced message to one mirror, one message at a time."""
+
+    def __init__(self, mirror: MirrorConfig, deliver_one: Callable[..., Any]) -> None:
+        self.mirror = mirror
+        self.latest: Message | None = None
+        self.delivered: str | None = None
+        self._deliver = deliver_one
+        self._wake = asyncio.Event()
+
+    def announce(self, message: Message) -> None:
+        """Make ``message`` the one to deliver; an older one still retrying is dropped."""
+        self.latest = message
+        self._wake.set()
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait between attempts, cut short when a newer message is announced."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            message = self.latest
+            if message is None or message.update.current == self.delivered:
+                continue
+            outcome: Outcome = await self._deliver(
+                self.mirror,
+                message,
+                sleep=self.sleep,
+                is_current=lambda message=message: self.latest is message,
+            )
+            if outcome.result is Result.DELIVERED:
+                self.delivered = message.update.current
+
+
+NOTIFY_ATTEMPTS = 3
+NOTIFY_WITHIN = 30.0
+"""``mirrorhook notify`` is a push hook: a short retry budget, then it reports and exits."""
+
+
+async def notify(
+    config: PublisherConfig, *, clock: Callable[[], float] = time.time
+) -> tuple[str, list[Outcome]]:
+    """Deliver the current marker to every mirror once (with a short retry budget)."""
+    value = marker.read(config.root / config.marker)
+    if not value:
+        raise MirrorhookError(
+            f"no marker to announce: {config.root / config.marker} is missing or empty"
+        )
+    message = Message.of(new_update(config.marker, value, config.name, clock()))
+    record = DeliveryLog(state_path(config))
+    slots = asyncio.Semaphore(config.concurrency)
+    async with Courier(timeout=config.timeout, concurrency=config.concurrency) as courier:
+        outcomes = await asyncio.gather(
+            *(
+                deliver(
+                    courier,
+                    mirror,
+                    message,
+                    record=record,
+                    slots=slots,
+                    within=NOTIFY_WITHIN,
+                    attempts=NOTIFY_ATTEMPTS,
+                    backoff=Backoff(first=1.0, cap=5.0),
+                    clock=clock,
+                )
+                for mirror in config.mirrors
+            )
+        )
+    record.flush()
+    return value, outcomes
+
+
+def format_outcomes(outcomes: list[Outcome]) -> str:
+    """Return one aligned line per mirror: name, result, HTTP status, milliseconds, error."""
+    rows = [("MIRROR", "RESULT", "HTTP", "MS", "ERROR")]
+    rows += [
+        (
+            outcome.mirror,
+            str(outcome.result),
+            str(outcome.status or "-"),
+            f"{outcome.seconds * 1000:.0f}",
+            outcome.error or "",
+        )
+        for outcome in outcomes
+    ]
+    return format_table(rows, right=(2, 3))
+
+
+class Publisher:
+    """Fans marker values out to every mirror of ``config``."""
+
+    def __init__(
+        self,
+        config: PublisherConfig,
+        courier: Courier,
+        *,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.record = DeliveryLog(state_path(config))
+        self.current: str | None = None
+        self._clock = clock
+        slots = asyncio.Semaphore(config.concurrency)
+        backoff = backoff or delivery_backoff()
+
+        async def deliver_one(mirror: MirrorConfig, message: Message, **options: Any) -> Outcome:
+            return await deliver(
+                courier,
+                mirror,
+                message,
+                record=self.record,
+                slots=slots,
+                within=config.retry_for,
+                backoff=backoff,
+                clock=clock,
+                **options,
+            )
+
+        self.workers = [MirrorWorker(mirror, deliver_one) for mirror in config.mirrors]
+        recorded = self.record.mirrors()
+        for worker in self.workers:
+            delivered = recorded.get(worker.mirror.name, {}).get("delivered")
+            worker.delivered = delivered if isinstance(delivered, str) else None
+
+    def publish(self, value: str) -> None:
+        """Announce marker ``value`` to every mirror that has not acknowledged it yet."""
+        if not value or value == self.current:
+            return
+        self.current = value
+        message = Message.of(new_update(self.config.marker, value, self.config.name, self._clock()))
+        behind = [worker for worker in self.workers if worker.delivered != value]
+        logger.info(
+            "marker %r: announcing to %d of %d mirrors", value, len(behind), len(self.workers)
+        )
+        for worker in behind:
+            worker.announce(message)
+
+    async def run(self) -> None:
+        """Run the delivery workers and the record's writer until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.record.run(), name="publisher-record")
+            for worker in self.workers:
+                group.create_task(worker.run(), name=f"deliver-{worker.mirror.name}")

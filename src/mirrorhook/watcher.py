@@ -1,0 +1,175 @@
+"""Watching the marker file: watchdog events, collapsed into one reading per change.
+
+The observer watches the tree root (not recursively) and reacts to the marker being
+created, modified, closed after writing, or renamed into place. Its thread only hands a
+note to the event loop (``call_soon_threadsafe``); the loop reads the marker once for a
+burst of events. A ``rescan`` timer re-reads the marker and re-establishes the watch when
+the root folder was replaced (its device and inode changed), because inotify loses events
+when its queue overflows and goes deaf when the watched folder is swapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from mirrorhook import marker
+
+logger = logging.getLogger(__name__)
+
+SETTLE = 0.05
+"""Seconds without further writes before an in-place write is read (it may be half done)."""
+POLL_OBSERVER_INTERVAL = 1.0
+"""How often watch = "poll" lists the folder."""
+
+_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+]
+
+
+class _Handler(FileSystemEventHandler):
+    """Runs in the observer's thread: filters for the marker, then hops to the loop."""
+
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, note: Callable[[bool], None]):
+        self._path = os.fsencode(path)
+        self._loop = loop
+        self._note = note
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        touched = event.dest_path if isinstance(event, FileMovedEvent) else event.src_path
+        if os.fsencode(touched) != self._path:
+            return
+        # A closed-after-writing or renamed-into-place marker is complete; a created or
+        # modified one may still be being written.
+        complete = isinstance(event, FileClosedEvent | FileMovedEvent)
+        self._loop.call_soon_threadsafe(self._note, complete)
+
+
+class MarkerWatcher:
+    """Calls ``on_value(value)`` with the marker's value whenever the file may have changed.
+
+    The same value may be reported more than once (after a rescan, say); the receiver of
+    the calls ignores values it has already seen.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        marker_name: str,
+        on_value: Callable[[str], None],
+        *,
+        polling: bool = False,
+        rescan: float = 60.0,
+        settle: float = SETTLE,
+    ) -> None:
+        self.root = root
+        self.path = root / marker_name
+        self._on_value = on_value
+        self._polling = polling
+        self._rescan = rescan
+        self._settle = settle
+        self._observer: BaseObserver | None = None
+        self._identity: tuple[int, int] | None = None
+        self._pending: asyncio.TimerHandle | None = None
+        self.reads = 0
+        """How many times the marker was read (to check that bursts collapse)."""
+
+    async def run(self) -> None:
+        """Watch until cancelled; the marker is read once at the start."""
+        loop = asyncio.get_running_loop()
+        try:
+            self._watch(loop)
+            self.read()
+            while True:
+                await asyncio.sleep(self._rescan)
+                self._check_identity(loop)
+                self.read()
+        finally:
+            self._cancel_pending()
+            self._stop_observer()
+
+    def read(self) -> None:
+        """Read the marker now and report its value (an empty or missing marker is not)."""
+        self._cancel_pending()
+        self.reads += 1
+        try:
+            value = marker.read(self.path)
+        except OSError as err:
+            logger.warning("cannot read the marker %s: %s", self.path, err.strerror)
+            return
+        if value:
+            self._on_value(value)
+
+    def _note(self, complete: bool) -> None:
+        """An event touched the marker: read it now, or once the writes settle."""
+        if complete:
+            self.read()
+            return
+        self._cancel_pending()
+        self._pending = asyncio.get_running_loop().call_later(self._settle, self.read)
+
+    def _cancel_pending(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._stop_observer()
+        observer: BaseObserver = (
+            PollingObserver(timeout=POLL_OBSERVER_INTERVAL) if self._polling else Observer()
+        )
+        try:
+            observer.schedule(
+                _Handler(self.path, loop, self._note),
+                str(self.root),
+                recursive=False,
+                event_filter=_EVENTS,
+            )
+            observer.start()
+        except OSError as err:
+            # The root may be missing for a moment (a swap in progress): the rescan retries.
+            logger.warning("cannot watch %s: %s; retrying at the next rescan", self.root, err)
+            self._identity = None
+            return
+        self._observer = observer
+        self._identity = self._current_identity()
+        logger.info(
+            "watching %s (%s)", self.path, "polling" if self._polling else type(observer).__name__
+        )
+
+    def _check_identity(self, loop: asyncio.AbstractEventLoop) -> None:
+        identity = self._current_identity()
+        if identity is not None and identity != self._identity:
+            logger.warning("%s was replaced by another folder: watching the new one", self.root)
+            self._watch(loop)
+
+    def _current_identity(self) -> tuple[int, int] | None:
+        try:
+            stat = self.root.stat()
+        except OSError:
+            return None
+        return (stat.st_dev, stat.st_ino)
+
+    def _stop_observer(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
