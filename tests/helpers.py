@@ -222,3 +222,45 @@ def tree_invocations(log: Path) -> list[str]:
     if not log.exists():
         return []
     return [line for line in log.read_text().splitlines() if "--delay-updates" in line]
+
+
+def publisher_toml(
+    tmp: Path,
+    *,
+    root: Path,
+    mirrors: list[tuple[str, str]],
+    extra: str = "",
+    **overrides: Any,
+) -> Path:
+    """Write a ``[publisher]`` config for ``mirrors`` (name, url), each with its own secret
+    file ``tmp/secrets/NAME.secret`` (reused when it exists); return the config's path."""
+    secrets = tmp / "secrets"
+    secrets.mkdir(exist_ok=True)
+    values: dict[str, Any] = {
+        "root": str(root),
+        "state_dir": str(tmp / "publisher-state"),
+        "name": "test-upstream",
+        "rescan": 5,
+        "timeout": 2,
+    }
+    values.update(overrides)
+    lines = ["[publisher]"] + [f"{key} = {_toml(value)}" for key, value in values.items()]
+    for name, url in mirrors:
+        secret_file = secrets / f"{name}.secret"
+        if not secret_file.exists():
+            write_secret(secret_file)
+        lines += [
+            "",
+            "[[publisher.mirrors]]",
+            f"name = {_toml(name)}",
+            f"url = {_toml(url)}",
+            f"secret_file = {_toml(str(secret_file))}",
+        ]
+    path = tmp / "publisher.toml"
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
+def mirror_secret(tmp: Path, name: str) -> signing.Secret:
+    """The secret ``publisher_toml`` wrote for mirror ``name``."""
+    return signing.Secret.parse((tmp / "secrets" / f"{name}.secret").read_text())

@@ -1,0 +1,341 @@
+"""Delivery and fan-out against real aiohttp mirrors on loopback (SPEC §4, §5.9)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from mirrorhook import signing
+from mirrorhook.config import PublisherConfig, load_config
+from mirrorhook.delivery import Courier, Kind, Message, classify, retry_after
+from mirrorhook.message import new_update
+from mirrorhook.publisher import (
+    DeliveryLog,
+    Outcome,
+    Publisher,
+    Result,
+    deliver,
+    notify,
+    state_path,
+)
+from mirrorhook.retry import Backoff
+from tests.helpers import mirror_secret, publish, publisher_toml
+from tests.mirrors import HookMirror, always, hang
+
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+FAST = Backoff(first=0.01, cap=0.05)
+
+
+def sequence(
+    *statuses: int, then: int = 202, headers: dict[str, str] | None = None
+) -> Callable[[int], web.Response]:
+    """Answer the given statuses in turn (with ``headers``), then ``then`` forever."""
+
+    def answer(n: int) -> web.Response:
+        if n > len(statuses):
+            return web.json_response({}, status=then)
+        return web.json_response({}, status=statuses[n - 1], headers=headers or {})
+
+    return answer
+
+
+class Sleeps:
+    """Records the waits between attempts instead of waiting."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        await asyncio.sleep(0)
+
+
+async def start(aiohttp_server: ServerFactory, mirror: HookMirror) -> str:
+    server = await aiohttp_server(mirror.app())
+    return str(server.make_url("/v1/hook"))
+
+
+def load(path: Path) -> PublisherConfig:
+    config = load_config(path).publisher
+    assert config is not None
+    return config
+
+
+def a_message(value: str = "20261125") -> Message:
+    return Message.of(new_update("CURRENT", value, "test-upstream", time.time()))
+
+
+async def deliver_once(
+    tmp_path: Path,
+    aiohttp_server: ServerFactory,
+    answer: Callable[[int], web.Response | None],
+    *,
+    attempts: int = 4,
+    sleeps: Sleeps | None = None,
+) -> tuple[HookMirror, Sleeps, Outcome]:
+    """Deliver one message to one test mirror; return the mirror, the waits and the outcome."""
+    (tmp_path / "repo").mkdir(exist_ok=True)
+    config = load(
+        publisher_toml(tmp_path, root=tmp_path / "repo", mirrors=[("m", "http://127.0.0.1:1/")])
+    )
+    mirror = HookMirror(mirror_secret(tmp_path, "m"), answer)
+    url = await start(aiohttp_server, mirror)
+    target = dataclasses.replace(config.mirrors[0], url=url)
+    sleeps = sleeps or Sleeps()
+    async with Courier(timeout=1, concurrency=4) as courier:
+        outcome = await deliver(
+            courier,
+            target,
+            a_message(),
+            record=DeliveryLog(state_path(config)),
+            slots=asyncio.Semaphore(4),
+            within=60,
+            attempts=attempts,
+            backoff=FAST,
+            sleep=sleeps,
+        )
+    return mirror, sleeps, outcome
+
+
+# --- the policy table ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (200, None),
+        (202, None),
+        (204, None),
+        (301, Kind.MISCONFIGURED),
+        (308, Kind.MISCONFIGURED),
+        (400, Kind.MISCONFIGURED),
+        (401, Kind.MISCONFIGURED),
+        (404, Kind.MISCONFIGURED),
+        (410, Kind.GONE),
+        (429, Kind.TRANSIENT),
+        (500, Kind.TRANSIENT),
+        (503, Kind.TRANSIENT),
+    ],
+)
+def test_status_policy(status: int, kind: Kind | None) -> None:
+    """SPEC §5.9: 2xx delivered, 410 stop, 429/5xx transient, 3xx/400/401 misconfiguration."""
+    assert classify(status) is kind
+
+
+def test_retry_after_forms() -> None:
+    """Retry-After as seconds or an HTTP date; junk is ignored; absurd values are capped."""
+    now = 1_700_000_000.0
+    assert retry_after("7", now) == 7
+    assert retry_after("Tue, 14 Nov 2023 22:13:40 GMT", now) == 20
+    assert retry_after("soon", now) is None
+    assert retry_after(None, now) is None
+    assert retry_after("999999", now) == 3600
+
+
+# --- one delivery ---------------------------------------------------------------------------
+
+
+async def test_delivered_webhook_verifies_with_the_mirrors_secret(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    mirror, _sleeps, outcome = await deliver_once(tmp_path, aiohttp_server, always(202))
+    assert outcome.result is Result.DELIVERED
+    assert [hook.verified for hook in mirror.received] == [True]
+    assert mirror.values() == ["20261125"]
+
+
+async def test_retries_keep_the_id_and_resign_each_attempt(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """500, 503, then 202: three attempts, one webhook-id, each a valid signature."""
+    mirror, sleeps, outcome = await deliver_once(tmp_path, aiohttp_server, sequence(500, 503))
+    assert outcome.result is Result.DELIVERED
+    assert outcome.attempts == 3
+    assert len({hook.msg_id for hook in mirror.received}) == 1
+    assert all(hook.verified for hook in mirror.received)
+    assert len(sleeps.delays) == 2
+
+
+async def test_retry_after_is_honoured(tmp_path: Path, aiohttp_server: ServerFactory) -> None:
+    """A 429 with Retry-After: 7 makes the next attempt wait 7 s."""
+    _mirror, sleeps, outcome = await deliver_once(
+        tmp_path, aiohttp_server, sequence(429, headers={"Retry-After": "7"})
+    )
+    assert outcome.result is Result.DELIVERED
+    assert sleeps.delays == [7]
+
+
+async def test_gone_stops_retrying(tmp_path: Path, aiohttp_server: ServerFactory) -> None:
+    mirror, sleeps, outcome = await deliver_once(tmp_path, aiohttp_server, always(410))
+    assert outcome.result is Result.GONE
+    assert len(mirror.received) == 1
+    assert sleeps.delays == []
+
+
+async def test_redirect_is_not_followed_and_waits_longest(
+    tmp_path: Path, aiohttp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 301 is a failed delivery: the target of the redirect receives nothing; the next
+    attempt waits the longest interval and the log says the mirror is misconfigured."""
+    elsewhere = HookMirror(signing.Secret.parse(signing.new_secret()))
+    target_url = await start(aiohttp_server, elsewhere)
+    _mirror, sleeps, outcome = await deliver_once(
+        tmp_path, aiohttp_server, sequence(301, headers={"Location": target_url}), attempts=2
+    )
+    assert outcome.result is Result.DELIVERED
+    assert elsewhere.received == []
+    assert sleeps.delays == [FAST.cap]
+    assert "redirect" in caplog.text
+
+
+async def test_unauthorised_is_logged_as_an_error(
+    tmp_path: Path, aiohttp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    _mirror, sleeps, outcome = await deliver_once(tmp_path, aiohttp_server, always(401), attempts=2)
+    assert outcome.result is Result.FAILED
+    assert sleeps.delays == [FAST.cap]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("secret" in r.getMessage() for r in errors)
+
+
+# --- fan-out ---------------------------------------------------------------------------------
+
+
+async def fan_out(
+    tmp_path: Path,
+    aiohttp_server: ServerFactory,
+    answers: dict[str, Callable[[int], web.Response | None]],
+    **overrides: Any,
+) -> tuple[PublisherConfig, dict[str, HookMirror]]:
+    """Start one test mirror per answer; return a publisher config listing them."""
+    root = tmp_path / "repo"
+    root.mkdir(exist_ok=True)
+    placeholder = [(name, "http://127.0.0.1:1/") for name in answers]
+    publisher_toml(tmp_path, root=root, mirrors=placeholder, **overrides)
+    mirrors = {
+        name: HookMirror(mirror_secret(tmp_path, name), answer) for name, answer in answers.items()
+    }
+    urls = [(name, await start(aiohttp_server, mirror)) for name, mirror in mirrors.items()]
+    return load(publisher_toml(tmp_path, root=root, mirrors=urls, **overrides)), mirrors
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_hanging_mirror_does_not_delay_the_others(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """Healthy mirrors receive their webhook before the hanging mirror's attempt times out."""
+    answers: dict[str, Callable[[int], web.Response | None]] = {"hangs": hang()}
+    answers |= {f"ok{i}": always(202) for i in range(5)}
+    config, mirrors = await fan_out(tmp_path, aiohttp_server, answers, timeout=1)
+    async with Courier(timeout=config.timeout, concurrency=config.concurrency) as courier:
+        publisher = Publisher(config, courier, backoff=FAST)
+        task = asyncio.create_task(publisher.run())
+        publisher.publish("7")
+        await wait_for(lambda: all(m.received for m in mirrors.values()))
+        hung_at = mirrors["hangs"].received[0].at
+        await wait_for(lambda: all(mirrors[f"ok{i}"].values() == ["7"] for i in range(5)))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    latest_healthy = max(mirrors[f"ok{i}"].received[0].at for i in range(5))
+    assert latest_healthy < hung_at + config.timeout
+
+
+async def test_newest_marker_wins_over_one_still_retrying(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """A mirror down during publish 1 and 2 receives only 2 once it is back."""
+    down = True
+
+    def answer(_n: int) -> web.Response:
+        return web.json_response({}, status=503 if down else 202)
+
+    config, mirrors = await fan_out(tmp_path, aiohttp_server, {"m": answer})
+    async with Courier(timeout=1, concurrency=4) as courier:
+        publisher = Publisher(config, courier, backoff=FAST)
+        task = asyncio.create_task(publisher.run())
+        publisher.publish("1")
+        await wait_for(lambda: len(mirrors["m"].received) >= 2)
+        publisher.publish("2")
+        await wait_for(lambda: mirrors["m"].values()[-1:] == ["2"])
+        seen = len(mirrors["m"].received)
+        down = False
+        await wait_for(lambda: publisher.workers[0].delivered == "2")
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    after_recovery = mirrors["m"].values()[seen:]
+    assert after_recovery
+    assert set(after_recovery) == {"2"}
+    assert DeliveryLog(state_path(config)).mirrors()["m"]["delivered"] == "2"
+
+
+async def test_restart_redelivers_only_what_was_not_acknowledged(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """The record survives a restart: a mirror that acknowledged marker 1 is not sent it
+    again; one that did not is."""
+    answers: dict[str, Callable[[int], web.Response | None]] = {
+        "ok": always(202),
+        "down": always(503),
+    }
+    config, mirrors = await fan_out(tmp_path, aiohttp_server, answers)
+    async with Courier(timeout=1, concurrency=4) as courier:
+        first = Publisher(config, courier, backoff=FAST)
+        task = asyncio.create_task(first.run())
+        first.publish("1")
+        await wait_for(
+            lambda: first.workers[0].delivered == "1" and len(mirrors["down"].received) >= 2
+        )
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    ok_before, down_before = len(mirrors["ok"].received), len(mirrors["down"].received)
+    mirrors["down"].answer = always(202)
+    async with Courier(timeout=1, concurrency=4) as courier:
+        second = Publisher(config, courier, backoff=FAST)
+        task = asyncio.create_task(second.run())
+        second.publish("1")
+        await wait_for(lambda: second.workers[1].delivered == "1")
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert len(mirrors["ok"].received) == ok_before
+    assert len(mirrors["down"].received) > down_before
+
+
+async def test_notify_reports_each_mirror_and_records_it(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """notify delivers the current marker to all mirrors; a failing one is reported, the
+    others delivered; the record shows both."""
+    answers: dict[str, Callable[[int], web.Response | None]] = {
+        "ok": always(202),
+        "broken": always(500),
+    }
+    config, mirrors = await fan_out(tmp_path, aiohttp_server, answers)
+    publish(config.root, "42")
+    value, outcomes = await notify(config)
+    assert value == "42"
+    results = {outcome.mirror: outcome.result for outcome in outcomes}
+    assert results == {"ok": Result.DELIVERED, "broken": Result.FAILED}
+    assert len(mirrors["broken"].received) == 3
+    recorded = DeliveryLog(state_path(config)).mirrors()
+    assert recorded["ok"]["delivered"] == "42"
+    assert recorded["broken"]["result"] == "failed"
