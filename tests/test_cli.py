@@ -18,13 +18,17 @@ from mirrorhook.config import load_config
 from tests.helpers import (
     RsyncDaemon,
     counting_rsync,
+    free_port,
+    mirror_secret,
     publish,
+    publisher_toml,
     receiver_toml,
     tree_invocations,
     trees_equal,
     wait_for_port,
     write_secret,
 )
+from tests.mirrors import HookMirror, always, mirror_in_thread
 
 REPO = Path(__file__).resolve().parent.parent
 MIRRORHOOK = [sys.executable, "-m", "mirrorhook"]
@@ -274,4 +278,48 @@ def test_serve_with_a_busy_port_exits_1(tmp_path: Path, daemon: RsyncDaemon) -> 
     result = run("serve", "-c", config, timeout=30)
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{daemon.port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_notify_prints_one_line_per_mirror_and_exits_by_the_worst(tmp_path: Path) -> None:
+    """notify: exit 0 when every mirror accepted, 1 when one failed (the rest delivered)."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    publish(root, "20261125")
+    up, down = free_port(), free_port()
+    config = publisher_toml(
+        tmp_path,
+        root=root,
+        mirrors=[("up", f"http://127.0.0.1:{up}/v1/hook"), ("down", f"http://127.0.0.1:{down}/")],
+    )
+    mirror = HookMirror(mirror_secret(tmp_path, "up"), always(202))
+    with mirror_in_thread(mirror, up):
+        result = run("notify", "-c", config)
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "marker '20261125'"
+    assert lines[1].split()[:4] == ["MIRROR", "RESULT", "HTTP", "MS"]
+    assert lines[2].split()[:3] == ["up", "delivered", "202"]
+    assert lines[3].split()[:3] == ["down", "failed", "-"]
+    assert "cannot connect" in lines[3]
+    assert mirror.values() == ["20261125"]
+    (tmp_path / "single").mkdir()
+    single = publisher_toml(
+        tmp_path / "single", root=root, mirrors=[("up", f"http://127.0.0.1:{up}/v1/hook")]
+    )
+    (tmp_path / "single" / "secrets" / "up.secret").write_text(
+        (tmp_path / "secrets" / "up.secret").read_text()
+    )
+    with mirror_in_thread(HookMirror(mirror_secret(tmp_path, "up"), always(200)), up):
+        assert run("notify", "-c", single).returncode == 0
+
+
+def test_notify_without_a_marker_fails_clearly(tmp_path: Path) -> None:
+    (tmp_path / "repo").mkdir()
+    config = publisher_toml(
+        tmp_path, root=tmp_path / "repo", mirrors=[("m", "http://127.0.0.1:9/v1/hook")]
+    )
+    result = run("notify", "-c", config)
+    assert result.returncode == 1
+    assert "no marker to announce" in result.stderr
     assert "Traceback" not in result.stderr

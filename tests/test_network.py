@@ -1,0 +1,171 @@
+"""Whole networks of real ``mirrorhook serve`` processes on loopback: publishers, hubs, leaves."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    free_port,
+    make_upstream,
+    mirror_secret,
+    publish,
+    publisher_toml,
+    receiver_toml,
+    rsync_daemon,
+    trees_equal,
+    wait_for_port,
+    write_secret,
+)
+from tests.mirrors import HookMirror, always, mirror_in_thread
+
+MIRRORHOOK = [sys.executable, "-m", "mirrorhook"]
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 30, what: str = "it") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Processes:
+    """``mirrorhook serve`` processes of one test; all are stopped at the end."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def serve(self, config: Path, name: str) -> subprocess.Popen[bytes]:
+        with (self.folder / f"{name}.log").open("ab") as log:
+            process = subprocess.Popen([*MIRRORHOOK, "serve", "-c", str(config)], stderr=log)
+        self.running.append(process)
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text()
+
+    def stop_all(self) -> None:
+        for process in self.running:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.running:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    running = Processes(tmp_path)
+    yield running
+    running.stop_all()
+
+
+def marker_of(tree: Path) -> str | None:
+    path = tree / "CURRENT"
+    return path.read_text().strip() if path.exists() else None
+
+
+def test_publisher_killed_while_a_mirror_is_down_delivers_the_newest_on_restart(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """SIGKILL the publisher while a mirror is down, publish again, bring the mirror up,
+    restart the publisher: the mirror receives the newest marker only."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    publish(root, "1")
+    port = free_port()
+    config = publisher_toml(
+        tmp_path, root=root, mirrors=[("late", f"http://127.0.0.1:{port}/v1/hook")]
+    )
+    first = processes.serve(config, "publisher")
+    state = tmp_path / "publisher-state" / "publisher.json"
+
+    def attempted() -> bool:
+        try:
+            pending: object = json.loads(state.read_text())["mirrors"]["late"]["pending"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return pending == "1"
+
+    wait_until(attempted, what="a failed delivery recorded")
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    publish(root, "2")
+    mirror = HookMirror(mirror_secret(tmp_path, "late"), always(202))
+    with mirror_in_thread(mirror, port):
+        processes.serve(config, "publisher")
+        wait_until(mirror.values, what="the redelivery")
+        time.sleep(0.5)
+    assert mirror.values() == ["2"]
+    assert json.loads(state.read_text())["mirrors"]["late"]["delivered"] == "2"
+
+
+def test_three_tier_chain_converges(tmp_path: Path, processes: Processes) -> None:
+    """upstream → hub → two leaves, each its own process, each tree served by a real rsync
+    daemon: after a publish (changes, additions, deletions) every tree equals the upstream."""
+    upstream = make_upstream(tmp_path / "upstream", marker="1")
+    hub_tree = tmp_path / "hub" / "tree"
+    hub_tree.mkdir(parents=True)
+    leaves = {name: tmp_path / name for name in ("leaf1", "leaf2")}
+    for folder in leaves.values():
+        folder.mkdir()
+    with (
+        rsync_daemon(tmp_path, upstream) as upstream_daemon,
+        rsync_daemon(tmp_path / "hub", hub_tree) as hub_daemon,
+    ):
+        leaf_ports = {}
+        for name, folder in leaves.items():
+            leaf_ports[name] = free_port()
+            receiver_toml(folder, upstream=hub_daemon.url, port=leaf_ports[name], poll_interval=0)
+        hub_port = free_port()
+        hub = tmp_path / "hub"
+        # the hub's receiver secret and its publisher's secrets for the leaves
+        hub_receiver = receiver_toml(
+            hub, upstream=upstream_daemon.url, port=hub_port, poll_interval=0, target=str(hub_tree)
+        )
+        hub_publisher = publisher_toml(
+            hub,
+            root=hub_tree,
+            mirrors=[(name, f"http://127.0.0.1:{leaf_ports[name]}/v1/hook") for name in leaves],
+        )
+        for name, folder in leaves.items():
+            (folder / "receiver.secret").write_text(
+                (hub / "secrets" / f"{name}.secret").read_text()
+            )
+        hub_config = hub / "hub.toml"
+        hub_config.write_text(hub_receiver.read_text() + "\n" + hub_publisher.read_text())
+        top = tmp_path / "top"
+        top.mkdir()
+        top_config = publisher_toml(
+            top, root=upstream, mirrors=[("hub", f"http://127.0.0.1:{hub_port}/v1/hook")]
+        )
+        write_secret(hub / "receiver.secret", (top / "secrets" / "hub.secret").read_text().strip())
+        for name, folder in leaves.items():
+            processes.serve(folder / "mirrorhook.toml", name)
+            wait_for_port(leaf_ports[name])
+        processes.serve(hub_config, "hub")
+        wait_for_port(hub_port)
+        processes.serve(top_config, "top")
+        trees = [hub_tree, *(folder / "mirror" for folder in leaves.values())]
+        wait_until(lambda: all(marker_of(tree) == "1" for tree in trees), what="first convergence")
+
+        (upstream / "dir0" / "file0.rpm").unlink()
+        publish(upstream, "2", {"dir1/file1.rpm": "changed\n", "new/pkg-2.rpm": "added\n"})
+        wait_until(lambda: all(marker_of(tree) == "2" for tree in trees), what="convergence")
+        for tree in trees:
+            assert trees_equal(upstream, tree), tree
+        assert "delivered marker '2' to hub" in processes.log("top")
+        assert "delivered marker '2' to leaf1" in processes.log("hub")
