@@ -4,17 +4,23 @@ One ``Courier`` owns the publisher's single ``ClientSession``: explicit timeouts
 default is five minutes), no redirects followed, a User-Agent. Every non-2xx answer or
 network failure becomes a ``DeliveryError`` whose ``kind`` is the policy: retry soon,
 retry at the longest interval (the mirror is misconfigured), or stop (410 Gone).
+
+``concurrency`` bounds the requests being *started* — connecting, TLS, writing — which is
+where the publisher spends CPU and sockets. A request whose bytes are out only waits for
+its answer and holds no slot, so mirrors that accept a connection and never answer cannot
+starve the healthy ones (each mirror has at most one request in flight anyway).
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import enum
 import time
+import types
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 
 import aiohttp
 
@@ -112,16 +118,22 @@ class Courier:
         self, *, timeout: float, concurrency: int, clock: Callable[[], float] = time.time
     ) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Courier:
-        connector = aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=0)
+        tracing = aiohttp.TraceConfig()
+        tracing.on_request_headers_sent.append(_request_written)
+        tracing.on_request_chunk_sent.append(_request_written)
+        # No pool limit: the slots bound the requests being started, and connections are
+        # bounded by the number of mirrors (one request in flight each).
+        connector = aiohttp.TCPConnector(limit=0)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
             headers={"User-Agent": f"mirrorhook/{mirrorhook.__version__}"},
+            trace_configs=[tracing],
         )
         return self
 
@@ -129,7 +141,7 @@ class Courier:
         self,
         _type: type[BaseException] | None,
         _value: BaseException | None,
-        _traceback: TracebackType | None,
+        _traceback: types.TracebackType | None,
     ) -> None:
         if self._session is not None:
             await self._session.close()
@@ -142,10 +154,17 @@ class Courier:
         now = self._clock()
         headers = signing.signed_headers(mirror.secret, message.msg_id, int(now), message.body)
         headers["Content-Type"] = "application/json"
+        slot = _Slot(self._slots)
+        await slot.take()
         try:
             async with self._session.post(
-                mirror.url, data=message.body, headers=headers, allow_redirects=False
+                mirror.url,
+                data=message.body,
+                headers=headers,
+                allow_redirects=False,
+                trace_request_ctx=slot,
             ) as response:
+                slot.give_back()
                 answer = (await response.content.read(512)).decode("utf-8", "replace")
                 status = response.status
                 after = retry_after(response.headers.get("Retry-After"), self._clock())
@@ -159,6 +178,8 @@ class Courier:
             raise DeliveryError(Kind.TRANSIENT, f"cannot connect: {reason}") from None
         except aiohttp.ClientError as err:
             raise DeliveryError(Kind.TRANSIENT, f"{type(err).__name__}: {err}") from None
+        finally:
+            slot.give_back()
         kind = classify(status)
         if kind is None:
             return Receipt(status, answer)
@@ -170,3 +191,29 @@ class Courier:
         elif answer.strip():
             reason += f": {answer.strip()[:200]}"
         raise DeliveryError(kind, reason, status=status, retry_after=after)
+
+
+class _Slot:
+    """One request's claim on the courier's concurrency, given back once (whichever first:
+    the request is written, an answer arrives, or the attempt ends)."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots = slots
+        self._held = False
+
+    async def take(self) -> None:
+        await self._slots.acquire()
+        self._held = True
+
+    def give_back(self) -> None:
+        if self._held:
+            self._held = False
+            self._slots.release()
+
+
+async def _request_written(
+    _session: aiohttp.ClientSession, context: types.SimpleNamespace, _params: object
+) -> None:
+    slot = context.trace_request_ctx
+    if isinstance(slot, _Slot):
+        slot.give_back()

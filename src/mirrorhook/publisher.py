@@ -2,9 +2,10 @@
 
 One worker per mirror delivers the newest announcement, retrying with backoff and jitter
 until the mirror accepts it or ``retry_for`` passes (SPEC §5.9); a newer marker replaces
-an older one still being retried. A semaphore bounds the deliveries in flight, so a slow
-or dead mirror holds one slot, never the others' turn. What each mirror acknowledged is
-kept in ``state_dir/publisher.json``, so a restart re-delivers what was not acknowledged.
+an older one still being retried. A slow or dead mirror only ever delays itself: the
+courier's concurrency bound covers starting requests, not waiting for answers. What each
+mirror acknowledged is kept in ``state_dir/publisher.json``, so a restart re-delivers
+what was not acknowledged.
 """
 
 from __future__ import annotations
@@ -129,7 +130,6 @@ async def deliver(
     message: Message,
     *,
     record: DeliveryLog,
-    slots: asyncio.Semaphore,
     within: float,
     backoff: Backoff,
     attempts: int | None = None,
@@ -152,23 +152,22 @@ async def deliver(
         if not is_current():
             raise SupersededError
         tries += 1
-        async with slots:
-            try:
-                receipt = await courier.send(mirror, message)
-            except DeliveryError as err:
-                status = err.status
-                record.note(
-                    mirror.name,
-                    pending=value,
-                    result=str(Result.RETRYING),
-                    attempts=tries,
-                    last_attempt=iso(clock()),
-                    last_status=err.status,
-                    last_error=str(err),
-                )
-                if err.kind is Kind.MISCONFIGURED:
-                    logger.error("mirror %s refused the webhook: %s", mirror.name, err)
-                raise
+        try:
+            receipt = await courier.send(mirror, message)
+        except DeliveryError as err:
+            status = err.status
+            record.note(
+                mirror.name,
+                pending=value,
+                result=str(Result.RETRYING),
+                attempts=tries,
+                last_attempt=iso(clock()),
+                last_status=err.status,
+                last_error=str(err),
+            )
+            if err.kind is Kind.MISCONFIGURED:
+                logger.error("mirror %s refused the webhook: %s", mirror.name, err)
+            raise
         status = receipt.status
         return receipt.status
 
@@ -288,7 +287,6 @@ async def notify(
         )
     message = Message.of(new_update(config.marker, value, config.name, clock()))
     record = DeliveryLog(state_path(config))
-    slots = asyncio.Semaphore(config.concurrency)
     async with Courier(timeout=config.timeout, concurrency=config.concurrency) as courier:
         outcomes = await asyncio.gather(
             *(
@@ -297,7 +295,6 @@ async def notify(
                     mirror,
                     message,
                     record=record,
-                    slots=slots,
                     within=NOTIFY_WITHIN,
                     attempts=NOTIFY_ATTEMPTS,
                     backoff=Backoff(first=1.0, cap=5.0),
@@ -341,7 +338,6 @@ class Publisher:
         self.record = DeliveryLog(state_path(config))
         self.current: str | None = None
         self._clock = clock
-        slots = asyncio.Semaphore(config.concurrency)
         backoff = backoff or delivery_backoff()
 
         async def deliver_one(mirror: MirrorConfig, message: Message, **options: Any) -> Outcome:
@@ -350,7 +346,6 @@ class Publisher:
                 mirror,
                 message,
                 record=self.record,
-                slots=slots,
                 within=config.retry_for,
                 backoff=backoff,
                 clock=clock,
