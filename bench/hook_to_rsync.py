@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.stats import ms, save, summary
+from mirrorhook import signing
 from tests.helpers import (
     make_upstream,
     publish,
@@ -26,9 +28,6 @@ from tests.helpers import (
     signed_webhook,
     wait_for_port,
 )
-
-from bench.stats import ms, save, summary
-from mirrorhook import signing
 
 POLL = 0.002
 

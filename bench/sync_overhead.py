@@ -16,11 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.helpers import make_upstream, receiver_toml, rsync_daemon
-
 from bench.stats import ms, save, summary
 from mirrorhook import rsync as rsync_args
 from mirrorhook.config import load_config
+from tests.helpers import make_upstream, receiver_toml, rsync_daemon
 
 
 def timed(command: list[str]) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import filecmp
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -264,3 +265,19 @@ def publisher_toml(
 def mirror_secret(tmp: Path, name: str) -> signing.Secret:
     """The secret ``publisher_toml`` wrote for mirror ``name``."""
     return signing.Secret.parse((tmp / "secrets" / f"{name}.secret").read_text())
+
+
+def failing_once_rsync(
+    folder: Path, calls: Path, *, code: int, message: str, tree_only: bool = False
+) -> Path:
+    """A wrapper that fails its first call with ``code`` and ``message`` on stderr, then
+    execs the real rsync (a fake for that one call: real rsync cannot fail on demand).
+    With ``tree_only``, only tree transfers count, not marker reads."""
+    real = shutil.which("rsync")
+    fail = (
+        f"echo x >> {calls}\n"
+        f'if [ "$(wc -l < {calls})" -eq 1 ]; then echo "{message}" >&2; exit {code}; fi\n'
+    )
+    if tree_only:
+        fail = f'case "$*" in *--delay-updates*)\n{fail};;\nesac\n'
+    return stub_rsync(folder, fail + f'exec {real} "$@"\n')

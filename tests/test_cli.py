@@ -117,6 +117,26 @@ def test_sync_if_changed_is_the_cron_drop_in(tmp_path: Path, daemon: RsyncDaemon
     assert len(tree_invocations(log)) == 1
 
 
+def test_randomized_cron_sync_sleeps_then_syncs_and_reports_failures(
+    tmp_path: Path, daemon: RsyncDaemon
+) -> None:
+    """--if-changed --randomize: a stale mirror is synced after the sleep; when the upstream
+    cannot be read, the pre-check fails with one line on stderr and status records it."""
+    config = receiver_toml(tmp_path, upstream=daemon.url)
+    result = run("sync", "-c", config, "--if-changed", "--randomize", "0.2")
+    assert result.returncode == 0, result.stderr
+    assert "sleeping" in result.stderr
+    assert trees_equal(daemon.root, tmp_path / "mirror")
+    broken = receiver_toml(tmp_path, upstream=daemon.url.replace("/up/", "/nope/"))
+    result = run("sync", "-c", broken, "--if-changed", "--randomize", "0.2")
+    assert result.returncode == 1
+    assert "Unknown module" in result.stderr
+    assert "sleeping" not in result.stderr
+    status = run("status", "-c", broken)
+    assert status.returncode == 1
+    assert "Unknown module" in status.stdout
+
+
 def test_sync_failure_exits_1_and_status_reports_it(tmp_path: Path) -> None:
     """A failed sync exits 1; status shows the error and exits 1 too (also in JSON)."""
     config = receiver_toml(tmp_path, upstream=str(tmp_path / "unmounted"))
@@ -323,3 +343,31 @@ def test_notify_without_a_marker_fails_clearly(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "no marker to announce" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_status_shows_what_the_running_daemon_does(
+    tmp_path: Path, daemon: RsyncDaemon, serve: list[subprocess.Popen[str]]
+) -> None:
+    """`status` (another process) shows the daemon's pid and next poll while it runs, and
+    no daemon once it stopped."""
+    config = receiver_toml(tmp_path, upstream=daemon.url, poll_interval=600)
+    process = start_serve(serve, config, tmp_path / "serve.log")
+    wait_until(lambda: local_marker(tmp_path) == "1", what="the startup sync")
+
+    def receiver() -> dict[str, object]:
+        document: dict[str, object] = json.loads(run("status", "-c", config, "--json").stdout)[
+            "receiver"
+        ]
+        return document
+
+    wait_until(lambda: receiver()["next_poll"] is not None, what="the next poll noted")
+    live = receiver()
+    assert live["daemon_pid"] == process.pid
+    assert live["state"] == "idle"
+    human = run("status", "-c", config).stdout
+    assert "next poll" in human
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    stopped = receiver()
+    assert stopped["daemon_pid"] is None
+    assert stopped["next_poll"] is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
+import shutil
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,9 @@ def test_minimal_receiver_config_loads_with_spec_defaults(tmp_path: Path) -> Non
     assert receiver.max_body == 65536
 
 
+RSYNC = shutil.which("rsync") or "/usr/bin/rsync"
+
+
 def test_full_receiver_config_loads_every_value(tmp_path: Path) -> None:
     """Every key of SPEC §3's [receiver] example is read into the matching field."""
     secret_text = write_secret(tmp_path / "hook.secret")
@@ -114,7 +118,7 @@ def test_full_receiver_config_loads_every_value(tmp_path: Path) -> None:
         target = "/srv/mirror/ius"
         marker = "TIME.stamp_1"
         exclude_from = "/etc/mirrorhook/exclude.txt"
-        rsync = "/usr/local/bin/rsync"
+        rsync = "{RSYNC}"
         rsync_args = ["--bwlimit=1000", "--ipv4"]
         max_delete = 500
         backoff = 12
@@ -139,7 +143,7 @@ def test_full_receiver_config_loads_every_value(tmp_path: Path) -> None:
     assert receiver.target == Path("/srv/mirror/ius")
     assert receiver.marker == "TIME.stamp_1"
     assert receiver.exclude_from == Path("/etc/mirrorhook/exclude.txt")
-    assert receiver.rsync == "/usr/local/bin/rsync"
+    assert receiver.rsync == RSYNC
     assert receiver.rsync_args == ("--bwlimit=1000", "--ipv4")
     assert receiver.max_delete == 500
     assert receiver.backoff == 12
@@ -233,6 +237,8 @@ BAD_VALUES = [
     pytest.param("exclude_from", "exclude.txt", "absolute", id="relative-exclude-from"),
     pytest.param("rsync", "./x", "absolute", id="relative-rsync"),
     pytest.param("rsync", "bin/rsync", "absolute", id="relative-rsync-in-folder"),
+    pytest.param("rsync", "/nonexistent/rsync", "not an executable", id="missing-rsync"),
+    pytest.param("rsync", "rsynx", "not an executable", id="rsync-not-on-path"),
     pytest.param("target", "", "empty", id="empty-target"),
     # listen forms
     pytest.param("listen", "127.0.0.1:8873", "array", id="listen-not-array"),
@@ -469,3 +475,11 @@ def test_redact_upstream_removes_credentials(upstream: str, expected: str) -> No
 def test_redact_upstream_leaves_sources_without_credentials_untouched(upstream: str) -> None:
     """An ``@`` in a path, not in the host part, is not a credential and is kept."""
     assert redact_upstream(upstream) == upstream
+
+
+@pytest.mark.parametrize("inside", ["", ".mirrorhook", "sub/state"])
+def test_state_dir_inside_the_target_is_refused(tmp_path: Path, inside: str) -> None:
+    """rsync --delete would remove a state folder inside the tree, lock file included."""
+    target = tmp_path / "tree"
+    path = _with(tmp_path, target=str(target), state_dir=str(target / inside))
+    assert "outside target" in _only_problem(path, "receiver.state_dir")

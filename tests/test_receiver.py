@@ -256,6 +256,24 @@ async def test_oversized_body_by_content_length_is_413(receiver: Receiver, clien
     assert_nothing_scheduled(receiver)
 
 
+async def test_oversized_content_length_is_refused_before_the_body_arrives(
+    receiver: Receiver, client: Client
+) -> None:
+    """The Content-Length check answers 413 without waiting for (or reading) the body."""
+    assert client.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(
+        b"POST /v1/hook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 10000000\r\n\r\n"
+    )
+    await writer.drain()
+    async with asyncio.timeout(5):
+        status_line = await reader.readline()
+    writer.close()
+    assert status_line.split()[1] == b"413"
+    assert_nothing_scheduled(receiver)
+
+
 async def test_oversized_chunked_body_is_413(receiver: Receiver, client: Client) -> None:
     """A chunked body (no Content-Length) is cut off once it passes max_body."""
 

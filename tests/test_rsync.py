@@ -153,3 +153,36 @@ async def test_cancel_terminates_then_kills(tmp_path: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await _survivors(pids) == []
+
+
+async def test_progress_output_without_newlines_is_read_in_pieces(tmp_path: Path) -> None:
+    """--info=progress2 rewrites one line with \\r for a whole transfer: megabytes without a
+    newline must not break the reader (a stub, to produce that output on demand)."""
+    stub = stub_rsync(
+        tmp_path,
+        "i=0; while [ $i -lt 20000 ]; do printf '  %d 50%%   1.00MB/s    0:00:01\\r' $i;"
+        " i=$((i+1)); done\necho 'rsync: done' >&2\nprintf 'last' \nexit 0\n",
+    )
+    result = await rsync.run([str(stub)], timeout=60)
+    assert result.returncode == 0
+    assert result.stdout_tail[-1] == "last"
+    assert all(len(line) <= rsync.MAX_LINE for line in result.stdout_tail)
+    assert result.stderr_tail == ("rsync: done",)
+
+
+def test_error_names_the_daemons_reason_not_the_summary() -> None:
+    """The one-line error shows '@ERROR: Unknown module', not rsync's generic last line."""
+    error = RsyncError(
+        5,
+        [
+            "@ERROR: Unknown module 'nope'",
+            "rsync error: error starting client-server protocol (code 5) at main.c(1850)",
+        ],
+        transient=False,
+    )
+    assert "Unknown module 'nope'" in str(error)
+    plain = RsyncError(
+        23, ["rsync: [sender] link_stat failed", "rsync error: code 23"], transient=True
+    )
+    assert "link_stat failed" in str(plain)
+    assert "no error output" in str(RsyncError(12, [], transient=True))

@@ -16,6 +16,7 @@ from mirrorhook.syncer import RSYNC_TMP_DIR, Result, Syncer, state_path
 from tests.helpers import (
     RsyncDaemon,
     counting_rsync,
+    failing_once_rsync,
     publish,
     receiver_config,
     stub_rsync,
@@ -125,11 +126,12 @@ async def test_marker_moving_during_stage_one_repeats_it(
 async def test_killed_transfer_keeps_the_old_marker_and_the_next_leaves_no_tmp(
     tmp_path: Path, daemon: RsyncDaemon
 ) -> None:
-    """SPEC §5.3 and §5.6: cancel mid-transfer, then a completed sync leaves no .~tmp~."""
+    """SPEC §5.3 and §5.6: cancel mid-transfer, the old marker stays; then a completed sync
+    leaves no .~tmp~ even where rsync itself has nothing more to do (the next publish drops
+    the half-copied files but keeps their folder, so rsync never revisits the leftover)."""
     first = make_syncer(tmp_path, daemon.url)
     await first.sync(if_changed=True, trigger="first")
-    big = {f"big/part{i}.bin": "x" * 400_000 for i in range(6)}
-    publish(daemon.root, "2", big)
+    publish(daemon.root, "2", {f"big/part{i}.bin": "x" * 400_000 for i in range(6)})
     slow = Syncer(dataclasses.replace(first.config, rsync_args=("--bwlimit=500",)))
     task = asyncio.create_task(slow.sync(if_changed=True, trigger="slow"))
     target = first.config.target
@@ -141,10 +143,33 @@ async def test_killed_transfer_keeps_the_old_marker_and_the_next_leaves_no_tmp(
         await task
     assert any(target.rglob(RSYNC_TMP_DIR)), "the kill should have left rsync's staging folder"
     assert first.local_marker() == "1"
+    for part in (daemon.root / "big").iterdir():
+        part.unlink()
+    publish(daemon.root, "3")
     report = await first.sync(if_changed=True, trigger="after the kill")
     assert report.result is Result.SYNCED
     assert not any(target.rglob(RSYNC_TMP_DIR))
     assert trees_equal(daemon.root, target)
+
+
+async def test_transient_failure_of_the_tree_transfer_is_retried(
+    tmp_path: Path, daemon: RsyncDaemon
+) -> None:
+    """The tree transfer itself (not only the marker read) is retried on a transient code:
+    a stub that fails the first tree transfer with 30, then runs the real rsync."""
+    calls = tmp_path / "tree-calls"
+    stub = failing_once_rsync(
+        tmp_path,
+        calls,
+        code=30,
+        message="rsync error: timeout in data send/receive (code 30)",
+        tree_only=True,
+    )
+    syncer = make_syncer(tmp_path, daemon.url, rsync=str(stub))
+    report = await syncer.sync(if_changed=True, trigger="test")
+    assert report.result is Result.SYNCED
+    assert len(calls.read_text().split()) == 2
+    assert trees_equal(daemon.root, syncer.config.target)
 
 
 def _stub_exiting(tmp_path: Path, code: int, message: str) -> tuple[Path, Path]:
@@ -196,14 +221,8 @@ async def test_transient_failure_then_success_completes(
 ) -> None:
     """A transient failure on the first attempt is retried and the sync completes."""
     calls = tmp_path / "calls"
-    real = shutil.which("rsync")
-    stub = stub_rsync(
-        tmp_path,
-        f"echo x >> {calls}\n"
-        f'if [ "$(wc -l < {calls})" -eq 1 ]; then\n'
-        '  echo "@ERROR: max connections (1) reached -- try again later" >&2; exit 5\n'
-        "fi\n"
-        f'exec {real} "$@"\n',
+    stub = failing_once_rsync(
+        tmp_path, calls, code=5, message="@ERROR: max connections (1) reached -- try again later"
     )
     syncer = make_syncer(tmp_path, daemon.url, rsync=str(stub))
     report = await syncer.sync(if_changed=True, trigger="test")

@@ -250,11 +250,8 @@ def _sync(args: argparse.Namespace) -> int:
         if args.randomize:
             if lock.is_locked(receiver.state_dir):
                 raise LockedError(str(lock.lock_path(receiver.state_dir)))
-            if args.if_changed:
-                upstream = await syncer.read_upstream_marker()
-                if upstream == syncer.local_marker():
-                    logger.info("already up to date with upstream marker %r", upstream)
-                    return EXIT_OK
+            if args.if_changed and not await syncer.needs_sync(trigger="mirrorhook sync"):
+                return EXIT_OK
             delay = random.uniform(0, args.randomize)
             logger.info("sleeping %.0f s to spread the mirrors' load on the upstream", delay)
             await asyncio.sleep(delay)

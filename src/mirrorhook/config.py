@@ -9,6 +9,7 @@ import ipaddress
 import math
 import os
 import re
+import shutil
 import socket
 import stat
 import tomllib
@@ -163,6 +164,14 @@ def _receiver(t: _Table) -> ReceiverConfig | None:
         "max_body": t.get("max_body", _body_size, 65536),
     }
     t.finish(known=(*required, *optional))
+    target, state_dir = required["target"], required["state_dir"]
+    if _valid(target) and _valid(state_dir) and state_dir.is_relative_to(target):
+        t.problem("state_dir", f"must be outside target ({target}): rsync --delete would remove it")
+        required["state_dir"] = _INVALID
+    rsync = optional["rsync"]
+    if _valid(rsync) and shutil.which(rsync) is None:
+        t.problem("rsync", f"{rsync!r} is not an executable (nor on PATH): install rsync")
+        optional["rsync"] = _INVALID
     secret_file = required["secret_file"]
     secret = _load_secret(t, "secret_file", secret_file) if _valid(secret_file) else None
     if secret is None or not all(map(_valid, required.values())):
@@ -188,6 +197,10 @@ def _publisher(t: _Table) -> PublisherConfig | None:
         "retry_for": t.get("retry_for", _positive_duration, 86400.0),
     }
     t.finish(known=(*required, *optional))
+    root, state_dir = required["root"], required["state_dir"]
+    if _valid(root) and _valid(state_dir) and state_dir.is_relative_to(root):
+        t.problem("state_dir", f"must be outside root ({root}): mirrors would copy it")
+        return None
     if not all(map(_valid, required.values())):
         return None
     if any(value is _INVALID for value in optional.values()):

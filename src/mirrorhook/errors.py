@@ -84,8 +84,20 @@ class RsyncError(SyncError):
 
     def __str__(self) -> str:
         kind = "transient" if self.transient else "permanent"
-        last = self.stderr_tail[-1] if self.stderr_tail else "no error output"
-        return f"rsync exited with code {self.returncode} ({kind}): {last}"
+        return f"rsync exited with code {self.returncode} ({kind}): {self.cause}"
+
+    @property
+    def cause(self) -> str:
+        """rsync's most telling line: a daemon's ``@ERROR``, else the last ``rsync:`` line.
+
+        rsync ends with a generic summary ("rsync error: ... (code 5)"); the line that says
+        what went wrong ("@ERROR: Unknown module 'x'") comes before it.
+        """
+        for prefix in ("@ERROR", "rsync: "):
+            for line in reversed(self.stderr_tail):
+                if line.startswith(prefix):
+                    return line
+        return self.stderr_tail[-1] if self.stderr_tail else "no error output"
 
 
 class RsyncTimeoutError(SyncError):

@@ -32,8 +32,10 @@ class Poller:
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.time,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._scheduler = scheduler
+        self._on_change = on_change
         self._backoff = backoff
         self._interval = interval
         self._jitter = jitter
@@ -50,6 +52,7 @@ class Poller:
         if self._interval <= 0:
             logger.info("polling disabled (poll_interval = 0): relying on webhooks")
             self.next_at = None
+            self._on_change()
             return
         while True:
             await self._wait(self._interval + self._rng.uniform(0, self._jitter))
@@ -57,4 +60,5 @@ class Poller:
 
     async def _wait(self, delay: float) -> None:
         self.next_at = self._clock() + delay
+        self._on_change()
         await self._sleep(delay)

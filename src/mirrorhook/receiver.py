@@ -22,6 +22,7 @@ from mirrorhook.errors import PayloadError, SignatureError, TimestampError
 from mirrorhook.poller import Poller
 from mirrorhook.replay import ReplayCache
 from mirrorhook.scheduler import Scheduled, Scheduler
+from mirrorhook.status import forget_daemon
 from mirrorhook.syncer import Syncer
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ async def background(app: web.Application) -> AsyncIterator[None]:
     for task, result in zip(tasks, results, strict=True):
         if isinstance(result, Exception):
             logger.error("%s task failed: %s", task.get_name(), result)
+    forget_daemon(receiver.config)
 
 
 async def handle_hook(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 from collections import deque
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirrorhook.config import ReceiverConfig
-from mirrorhook.errors import RsyncError, RsyncTimeoutError
+from mirrorhook.errors import RsyncError, RsyncTimeoutError, SyncError
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ TERM_GRACE = 10.0
 
 STDERR_TAIL_LINES = 20
 STDOUT_TAIL_LINES = 50
+READ_CHUNK = 65536
+MAX_LINE = 4096
+"""Characters kept of one output line."""
+_LINE_END = re.compile(r"[\r\n]")
 
 # --- the exit-code policy of SPEC §5.4, the only place that knows it -------------------
 
@@ -130,13 +135,16 @@ async def run(
     seconds) before re-raising.
     """
     logger.debug("running %s", " ".join(args))
-    process = await asyncio.create_subprocess_exec(
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as err:
+        raise SyncError(f"cannot run {args[0]}: {err.strerror or err}") from None
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     stdout: deque[str] = deque(maxlen=STDOUT_TAIL_LINES)
     try:
@@ -159,12 +167,22 @@ async def run(
 
 
 async def _collect(stream: asyncio.StreamReader | None, tail: deque[str]) -> None:
-    """Read a pipe to its end, keeping its last lines (a verbose rsync must not fill memory)."""
+    """Read a pipe to its end, keeping its last lines (a verbose rsync must not fill memory).
+
+    Lines end at ``\n`` or ``\r``: ``--info=progress2`` rewrites one line with ``\r`` for
+    the whole transfer, so reading up to ``\n`` could mean one line of megabytes.
+    """
     assert stream is not None  # noqa: S101 - both pipes are requested above
-    async for raw in stream:
-        line = raw.decode("utf-8", "replace").rstrip("\n")
-        logger.debug("rsync: %s", line)
-        tail.append(line)
+    partial = ""
+    while chunk := await stream.read(READ_CHUNK):
+        *lines, partial = _LINE_END.split(partial + chunk.decode("utf-8", "replace"))
+        partial = partial[-MAX_LINE:]
+        for line in lines:
+            if line:
+                logger.debug("rsync: %s", line)
+                tail.append(line[:MAX_LINE])
+    if partial:
+        tail.append(partial)
 
 
 async def _stop(process: asyncio.subprocess.Process, grace: float) -> None:

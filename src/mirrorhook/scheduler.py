@@ -61,8 +61,10 @@ class Scheduler:
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.time,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._run_sync = run_sync
+        self._on_change = on_change
         self._backoff = backoff
         self._rng = rng or random.Random()
         self._sleep = sleep
@@ -101,19 +103,26 @@ class Scheduler:
             request = self._pending
             if request is None:
                 continue
-            self.phase = Phase.WAITING
-            self.starts_at = self._clock() + request.delay
+            self._enter(Phase.WAITING, self._clock() + request.delay)
             try:
                 await self._sleep(request.delay)
                 self._pending = None
-                self.phase = Phase.SYNCING
-                self.starts_at = None
+                self._enter(Phase.SYNCING)
                 await self._run_sync(request.reason)
             except SyncError:
                 pass  # the sync engine logged and recorded it; wait for the next trigger
-            except Exception:
+            except Exception as err:
                 # A bug must not end the daemon's syncing for good: log it and carry on.
-                logger.exception("unexpected error during a sync (%s)", request.reason)
+                logger.error(
+                    "unexpected error during a sync (%s): %r",
+                    request.reason,
+                    err,
+                    exc_info=logger.isEnabledFor(logging.DEBUG),
+                )
             finally:
-                self.phase = Phase.IDLE
-                self.starts_at = None
+                self._enter(Phase.IDLE)
+
+    def _enter(self, phase: Phase, starts_at: float | None = None) -> None:
+        self.phase = phase
+        self.starts_at = starts_at
+        self._on_change()

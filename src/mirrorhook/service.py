@@ -25,7 +25,7 @@ from mirrorhook.poller import Poller
 from mirrorhook.publisher import Publisher
 from mirrorhook.receiver import Receiver, background, make_app
 from mirrorhook.scheduler import Scheduler
-from mirrorhook.status import host_status
+from mirrorhook.status import host_status, record_daemon
 from mirrorhook.syncer import Syncer
 from mirrorhook.watcher import MarkerWatcher
 
@@ -57,21 +57,25 @@ def build_receiver(config: ReceiverConfig, host: Config | None = None) -> Receiv
         async with lock.hold_waiting(config.state_dir):
             await syncer.sync(if_changed=True, trigger=reason)
 
-    scheduler = Scheduler(run_sync, backoff=config.backoff)
+    def note_change() -> None:
+        record_daemon(
+            config, phase=scheduler.phase, starts_at=scheduler.starts_at, next_poll=poller.next_at
+        )
+
+    scheduler = Scheduler(run_sync, backoff=config.backoff, on_change=note_change)
     poller = Poller(
         scheduler,
         backoff=config.backoff,
         interval=config.poll_interval,
         jitter=config.poll_jitter,
+        on_change=note_change,
     )
     return Receiver(
         config=config,
         syncer=syncer,
         scheduler=scheduler,
         poller=poller,
-        status=lambda: host_status(
-            host or Config(path=Path("-"), receiver=config), scheduler=scheduler, poller=poller
-        ),
+        status=lambda: host_status(host or Config(path=Path("-"), receiver=config)),
     )
 
 

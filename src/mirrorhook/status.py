@@ -1,4 +1,4 @@
-"""The receiver's status: one JSON document for ``GET /v1/status`` and ``mirrorhook status``."""
+"""Status of this host's roles: one JSON document for ``GET /v1/status`` and ``status``."""
 
 from __future__ import annotations
 
@@ -6,35 +6,48 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
-from mirrorhook import lock, marker
+from mirrorhook import marker
 from mirrorhook.config import Config, PublisherConfig, ReceiverConfig, redact_upstream
-from mirrorhook.poller import Poller
 from mirrorhook.publisher import Result as DeliveryResult
 from mirrorhook.publisher import state_path as publisher_state_path
-from mirrorhook.scheduler import Phase, Scheduler
-from mirrorhook.state import read_json
+from mirrorhook.state import read_json, update_json
 from mirrorhook.syncer import Result, state_path
 from mirrorhook.table import format_table
 
 
-def receiver_status(
-    config: ReceiverConfig, *, scheduler: Scheduler | None = None, poller: Poller | None = None
-) -> dict[str, Any]:
-    """Return the receiver's state; live fields come from a running daemon when given."""
+def record_daemon(
+    config: ReceiverConfig, *, phase: str, starts_at: float | None, next_poll: float | None
+) -> None:
+    """Note what the running daemon is doing in the state file, for ``mirrorhook status``."""
+    daemon = {
+        "pid": os.getpid(),
+        "phase": phase,
+        "sync_starts_at": _iso(starts_at),
+        "next_poll": _iso(next_poll),
+    }
+    update_json(state_path(config), lambda document: document.update(daemon=daemon))
+
+
+def forget_daemon(config: ReceiverConfig) -> None:
+    """Note that the daemon stopped."""
+    update_json(state_path(config), lambda document: document.update(daemon=None))
+
+
+def receiver_status(config: ReceiverConfig) -> dict[str, Any]:
+    """Return the receiver's state, from the state file that syncs and the daemon keep.
+
+    Whoever is syncing notes it (with its pid) before it starts; a dead pid means the sync
+    was interrupted, and the next one repairs it.
+    """
     recorded = read_json(state_path(config))
     in_progress = recorded.get("in_progress")
-    if scheduler is not None:
-        state = str(scheduler.phase)
-        starts_at = scheduler.starts_at
+    daemon = recorded.get("daemon")
+    if not (isinstance(daemon, dict) and _alive(daemon.get("pid"))):
+        daemon = {}
+    if isinstance(in_progress, dict):
+        state = "syncing" if _alive(in_progress.get("pid")) else "interrupted"
     else:
-        state = str(Phase.SYNCING) if lock.is_locked(config.state_dir) else str(Phase.IDLE)
-        starts_at = None
-        if (
-            state == Phase.IDLE
-            and isinstance(in_progress, dict)
-            and not _alive(in_progress.get("pid"))
-        ):
-            state = "interrupted"  # the process that was syncing died; the next sync repairs it
+        state = daemon.get("phase") or "idle"
     return {
         "role": "receiver",
         "upstream": redact_upstream(config.upstream),
@@ -42,8 +55,9 @@ def receiver_status(
         "marker_file": config.marker,
         "local_marker": marker.read(config.target / config.marker),
         "state": state,
-        "sync_starts_at": _iso(starts_at),
-        "next_poll": _iso(poller.next_at) if poller is not None else None,
+        "daemon_pid": daemon.get("pid"),
+        "sync_starts_at": daemon.get("sync_starts_at") if state == "waiting" else None,
+        "next_poll": daemon.get("next_poll"),
         "last_sync": recorded.get("last_sync"),
         "last_success": recorded.get("last_success"),
     }
@@ -78,13 +92,11 @@ def publisher_status(config: PublisherConfig) -> dict[str, Any]:
     }
 
 
-def host_status(
-    config: Config, *, scheduler: Scheduler | None = None, poller: Poller | None = None
-) -> dict[str, Any]:
+def host_status(config: Config) -> dict[str, Any]:
     """Return the status of every role in ``config`` (what ``status --json`` prints)."""
     status: dict[str, Any] = {}
     if config.receiver is not None:
-        status["receiver"] = receiver_status(config.receiver, scheduler=scheduler, poller=poller)
+        status["receiver"] = receiver_status(config.receiver)
     if config.publisher is not None:
         status["publisher"] = publisher_status(config.publisher)
     return status

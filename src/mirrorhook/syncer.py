@@ -20,13 +20,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mirrorhook import marker, rsync
 from mirrorhook.config import ReceiverConfig, redact_upstream
 from mirrorhook.errors import NoMarkerError, RsyncError, SyncError
 from mirrorhook.retry import Backoff, Sleep, retrying
-from mirrorhook.state import read_json, write_atomic, write_json
+from mirrorhook.state import update_json, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ MAX_ROUNDS = 3
 RSYNC_TMP_DIR = ".~tmp~"
 """The folder ``--delay-updates`` stages files in; a killed rsync can leave it behind."""
 STATE_NAME = "receiver.json"
+
+_T = TypeVar("_T")
 
 
 class Result(enum.StrEnum):
@@ -91,22 +93,14 @@ class Syncer:
         """Bring the local tree up to the upstream; record the outcome; re-raise failures.
 
         With ``if_changed``, nothing is transferred when the upstream marker equals ours.
+        Every failure is raised as a ``SyncError`` (an unexpected ``OSError`` included).
         """
         started = self._clock()
         self._record(
             {"in_progress": {"trigger": trigger, "started": _iso(started), "pid": os.getpid()}}
         )
         logger.info("sync started (%s)", trigger)
-        try:
-            report = await self._sync(if_changed=if_changed)
-        except SyncError as err:
-            self._finish(trigger, started, Result.FAILED, error=err)
-            logger.error("sync failed (%s): %s", trigger, err)
-            raise
-        except asyncio.CancelledError:
-            self._finish(trigger, started, Result.CANCELLED)
-            logger.info("sync cancelled (%s); the local marker was left as it was", trigger)
-            raise
+        report = await self._recorded(trigger, started, self._sync(if_changed=if_changed))
         self._finish(trigger, started, report.result, marker_value=report.marker)
         if report.result is Result.UP_TO_DATE:
             logger.info("already up to date with upstream marker %r", report.marker)
@@ -118,9 +112,36 @@ class Syncer:
             )
         return report
 
-    async def read_upstream_marker(self) -> str:
-        """Return the upstream marker value (with retries); raise ``NoMarkerError`` if absent."""
-        return (await self._read_upstream()).value
+    async def needs_sync(self, *, trigger: str) -> bool:
+        """Return whether the upstream marker differs from ours (the cron pre-check).
+
+        A failure to read it is recorded and raised like a failed sync, so ``status``
+        shows it.
+        """
+        started = self._clock()
+        upstream = await self._recorded(trigger, started, self._read_upstream())
+        if upstream.value != self.local_marker():
+            return True
+        self._finish(trigger, started, Result.UP_TO_DATE, marker_value=upstream.value)
+        logger.info("already up to date with upstream marker %r", upstream.value)
+        return False
+
+    async def _recorded(self, trigger: str, started: float, work: Awaitable[_T]) -> _T:
+        """Await ``work``; record and log a failure or a cancellation before re-raising."""
+        try:
+            return await work
+        except asyncio.CancelledError:
+            self._finish(trigger, started, Result.CANCELLED)
+            logger.info("sync cancelled (%s); the local marker was left as it was", trigger)
+            raise
+        except SyncError as err:
+            failure = err
+        except OSError as err:  # disk full, permissions...: the same one-line report
+            where = f" ({err.filename})" if err.filename else ""
+            failure = SyncError(f"{err.strerror or err}{where}")
+        self._finish(trigger, started, Result.FAILED, error=failure)
+        logger.error("sync failed (%s): %s", trigger, failure)
+        raise failure
 
     async def _sync(self, *, if_changed: bool) -> Report:
         config = self.config
@@ -193,10 +214,7 @@ class Syncer:
                 await operation()
 
     def _record(self, changes: dict[str, Any]) -> None:
-        path = state_path(self.config)
-        document = read_json(path)
-        document.update(changes)
-        write_json(path, document)
+        update_json(state_path(self.config), lambda document: document.update(changes))
 
     def _finish(
         self,

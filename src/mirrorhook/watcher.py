@@ -48,17 +48,27 @@ _EVENTS: list[type[FileSystemEvent]] = [
 class _Handler(FileSystemEventHandler):
     """Runs in the observer's thread: filters for the marker, then hops to the loop."""
 
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, note: Callable[[bool], None]):
+    def __init__(
+        self,
+        path: Path,
+        loop: asyncio.AbstractEventLoop,
+        note: Callable[[bool], None],
+        *,
+        has_close_events: bool,
+    ):
         self._path = os.fsencode(path)
         self._loop = loop
         self._note = note
+        self._has_close_events = has_close_events
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         touched = event.dest_path if isinstance(event, FileMovedEvent) else event.src_path
         if os.fsencode(touched) != self._path:
             return
-        # A closed-after-writing or renamed-into-place marker is complete; a created or
-        # modified one may still be being written.
+        if isinstance(event, FileModifiedEvent) and self._has_close_events:
+            return  # inotify reports the close after the last write: read the file then
+        # A closed-after-writing or renamed-into-place marker is complete; a created one
+        # (or a modified one, when polling) may still be being written.
         complete = isinstance(event, FileClosedEvent | FileMovedEvent)
         self._loop.call_soon_threadsafe(self._note, complete)
 
@@ -89,6 +99,7 @@ class MarkerWatcher:
         self._observer: BaseObserver | None = None
         self._identity: tuple[int, int] | None = None
         self._pending: asyncio.TimerHandle | None = None
+        self._last_read = float("-inf")
         self.reads = 0
         """How many times the marker was read (to check that bursts collapse)."""
 
@@ -109,6 +120,7 @@ class MarkerWatcher:
     def read(self) -> None:
         """Read the marker now and report its value (an empty or missing marker is not)."""
         self._cancel_pending()
+        self._last_read = asyncio.get_running_loop().time()
         self.reads += 1
         try:
             value = marker.read(self.path)
@@ -119,12 +131,22 @@ class MarkerWatcher:
             self._on_value(value)
 
     def _note(self, complete: bool) -> None:
-        """An event touched the marker: read it now, or once the writes settle."""
+        """An event touched the marker: schedule one reading for the whole burst.
+
+        A complete marker is read at once, or at the end of the ``settle`` window that
+        follows the previous reading, so a burst of events costs a reading or two. A
+        marker that may still be written is read once the events stop for ``settle``.
+        """
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         if complete:
-            self.read()
-            return
+            when = max(now, self._last_read + self._settle)
+            if self._pending is not None and self._pending.when() <= when:
+                return
+        else:
+            when = now + self._settle
         self._cancel_pending()
-        self._pending = asyncio.get_running_loop().call_later(self._settle, self.read)
+        self._pending = loop.call_at(when, self.read)
 
     def _cancel_pending(self) -> None:
         if self._pending is not None:
@@ -138,7 +160,7 @@ class MarkerWatcher:
         )
         try:
             observer.schedule(
-                _Handler(self.path, loop, self._note),
+                _Handler(self.path, loop, self._note, has_close_events=not self._polling),
                 str(self.root),
                 recursive=False,
                 event_filter=_EVENTS,
