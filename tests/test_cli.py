@@ -188,19 +188,29 @@ def test_config_from_environment(tmp_path: Path, daemon: RsyncDaemon) -> None:
     assert "rsync command" in result.stdout
 
 
-def test_contrib_receiver_example_loads(tmp_path: Path) -> None:
-    """contrib/receiver.toml is valid once its files exist (paths moved into tmp)."""
-    text = (REPO / "contrib" / "receiver.toml").read_text()
-    text = text.replace("/etc/mirrorhook/", f"{tmp_path}/etc/")
+@pytest.mark.parametrize("example", ["receiver.toml", "publisher.toml", "hub.toml"])
+def test_contrib_examples_load(tmp_path: Path, example: str) -> None:
+    """Each contrib/ example is valid once the files it names exist (paths moved into tmp)."""
+    text = (REPO / "contrib" / example).read_text().replace("/etc/mirrorhook/", f"{tmp_path}/etc/")
     (tmp_path / "etc").mkdir()
-    write_secret(tmp_path / "etc" / "receiver.secret")
+    for name in ("receiver", "mirror-a", "mirror-b", "leaf-a", "leaf-b"):
+        write_secret(tmp_path / "etc" / f"{name}.secret")
     (tmp_path / "etc" / "exclude.txt").write_text((REPO / "contrib" / "exclude.txt").read_text())
-    config = tmp_path / "receiver.toml"
+    config = tmp_path / example
     config.write_text(text)
-    loaded = load_config(config).receiver
-    assert loaded is not None
-    assert loaded.upstream == "rsync://mirror.example.org/ius/"
-    assert loaded.max_delete == 5000
+    loaded = load_config(config)
+    if example != "publisher.toml":
+        assert loaded.receiver is not None
+        assert loaded.receiver.upstream.startswith("rsync://")
+    if example != "receiver.toml":
+        assert loaded.publisher is not None
+        assert len(loaded.publisher.mirrors) == 2
+    if example == "hub.toml":
+        assert loaded.publisher is not None
+        assert loaded.receiver is not None
+        assert loaded.publisher.root == loaded.receiver.target
+    result = run("check-config", "-c", config)
+    assert result.returncode == 0, result.stderr
 
 
 # --- the daemon ---------------------------------------------------------------------------
