@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test lint typecheck pytest rsync venv clean
 
-test: lint typecheck pytest
+test: rsync lint typecheck pytest
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
