@@ -381,3 +381,12 @@ def test_status_shows_what_the_running_daemon_does(
     stopped = receiver()
     assert stopped["daemon_pid"] is None
     assert stopped["next_poll"] is None
+
+
+def test_one_shot_commands_do_not_import_aiohttp() -> None:
+    """`sync` runs from cron every hour: it must not pay aiohttp's quarter-second import."""
+    probe = "import sys, mirrorhook.cli; print('aiohttp' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert result.stdout.strip() == "False"

@@ -18,15 +18,8 @@ from mirrorhook import signing
 from mirrorhook.config import PublisherConfig, load_config
 from mirrorhook.delivery import Courier, Kind, Message, classify, retry_after
 from mirrorhook.message import new_update
-from mirrorhook.publisher import (
-    DeliveryLog,
-    Outcome,
-    Publisher,
-    Result,
-    deliver,
-    notify,
-    state_path,
-)
+from mirrorhook.publisher import Outcome, Publisher, deliver, notify
+from mirrorhook.record import DeliveryLog, Result, state_path
 from mirrorhook.retry import Backoff
 from tests.helpers import mirror_secret, publish, publisher_toml
 from tests.mirrors import HookMirror, always, hang

@@ -269,7 +269,8 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _notify(args: argparse.Namespace) -> int:
-    from mirrorhook.publisher import Result, format_outcomes, notify  # noqa: PLC0415 - aiohttp
+    from mirrorhook.publisher import format_outcomes, notify  # noqa: PLC0415 - aiohttp
+    from mirrorhook.record import Result  # noqa: PLC0415
 
     publisher = _publisher_of(_load(args))
     value, outcomes = _run_interruptible(notify(publisher))

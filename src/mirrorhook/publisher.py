@@ -11,13 +11,10 @@ what was not acknowledged.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from tenacity import RetryCallState
@@ -27,15 +24,12 @@ from mirrorhook.config import MirrorConfig, PublisherConfig
 from mirrorhook.delivery import Courier, DeliveryError, Kind, Message
 from mirrorhook.errors import MirrorhookError
 from mirrorhook.message import new_update
+from mirrorhook.record import DeliveryLog, Result, iso, state_path
 from mirrorhook.retry import Backoff, Sleep, retrying
-from mirrorhook.state import read_json, update_json
 from mirrorhook.table import format_table
 
 logger = logging.getLogger(__name__)
 
-STATE_NAME = "publisher.json"
-FLUSH_INTERVAL = 0.5
-"""Seconds between writes of the delivery record: one write covers many mirrors."""
 DELIVERY_FIRST_WAIT = 5.0
 DELIVERY_MAX_WAIT = 600.0
 """Between attempts to one mirror: about 5 s, 10 s, 20 s… capped at 10 minutes (SPEC §5.9)."""
@@ -44,16 +38,6 @@ DELIVERY_MAX_WAIT = 600.0
 def delivery_backoff() -> Backoff:
     """The backoff between attempts to one mirror."""
     return Backoff(first=DELIVERY_FIRST_WAIT, cap=DELIVERY_MAX_WAIT)
-
-
-class Result(enum.StrEnum):
-    """Where a mirror stands with the newest marker."""
-
-    DELIVERED = "delivered"
-    RETRYING = "retrying"
-    GONE = "gone"
-    FAILED = "failed"
-    SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,58 +54,6 @@ class Outcome:
 
 class SupersededError(Exception):
     """A newer marker was announced while an older one was being delivered."""
-
-
-def state_path(config: PublisherConfig) -> Path:
-    """Return the publisher's delivery record."""
-    return config.state_dir / STATE_NAME
-
-
-def iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
-
-
-class DeliveryLog:
-    """The durable per-mirror record, written in batches (at most every ``FLUSH_INTERVAL``)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._pending: dict[str, dict[str, Any]] = {}
-        self._dirty = asyncio.Event()
-
-    def mirrors(self) -> dict[str, dict[str, Any]]:
-        """Return the record as last written, per mirror name."""
-        recorded = read_json(self.path).get("mirrors")
-        return recorded if isinstance(recorded, dict) else {}
-
-    def note(self, mirror: str, **fields: Any) -> None:
-        """Record ``fields`` for ``mirror``; they reach the disk at the next flush."""
-        self._pending.setdefault(mirror, {}).update(fields)
-        self._dirty.set()
-
-    def flush(self) -> None:
-        """Write the pending changes now, merged under the file's lock."""
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, {}
-
-        def merge(document: dict[str, Any]) -> None:
-            mirrors = document.setdefault("mirrors", {})
-            for name, fields in pending.items():
-                mirrors.setdefault(name, {}).update(fields)
-
-        update_json(self.path, merge)
-
-    async def run(self) -> None:
-        """Flush in the background until cancelled; the last flush happens on the way out."""
-        try:
-            while True:
-                await self._dirty.wait()
-                self._dirty.clear()
-                await asyncio.to_thread(self.flush)
-                await asyncio.sleep(FLUSH_INTERVAL)
-        finally:
-            self.flush()
 
 
 async def deliver(

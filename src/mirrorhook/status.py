@@ -8,8 +8,8 @@ from typing import Any
 
 from mirrorhook import marker
 from mirrorhook.config import Config, PublisherConfig, ReceiverConfig, redact_upstream
-from mirrorhook.publisher import Result as DeliveryResult
-from mirrorhook.publisher import state_path as publisher_state_path
+from mirrorhook.record import Result as DeliveryResult
+from mirrorhook.record import state_path as publisher_state_path
 from mirrorhook.state import read_json, update_json
 from mirrorhook.syncer import Result, state_path
 from mirrorhook.table import format_table

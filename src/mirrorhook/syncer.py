@@ -184,7 +184,7 @@ class Syncer:
 
             async def fetch() -> None:
                 try:
-                    await rsync.run(args, timeout=config.timeout)
+                    await rsync.run(args, timeout=min(config.timeout, rsync.MARKER_TIMEOUT))
                 except RsyncError as err:
                     # A missing upstream folder (unmounted, say) is not a transient failure.
                     if err.returncode == rsync.PARTIAL and any(

@@ -1,0 +1,114 @@
+"""The publisher's durable record: what each mirror acknowledged (``publisher.json``).
+
+Written in batches from the event loop's side (one write covers many mirrors), atomically
+and under a lock, so that ``serve`` and ``notify`` on one host never lose each other's
+updates. Kept free of aiohttp so that ``mirrorhook status`` starts fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mirrorhook.config import PublisherConfig
+from mirrorhook.state import read_json, update_json
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "publisher.json"
+FLUSH_INTERVAL = 0.5
+"""Seconds between writes of the record: one write covers many mirrors."""
+RETRY_WRITE = 10.0
+"""Seconds before a failed write (disk full, say) is tried again; deliveries go on."""
+
+Fields = dict[str, dict[str, Any]]
+
+
+class Result(enum.StrEnum):
+    """Where a mirror stands with the newest marker."""
+
+    DELIVERED = "delivered"
+    RETRYING = "retrying"
+    GONE = "gone"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
+
+
+def state_path(config: PublisherConfig) -> Path:
+    """Return the publisher's delivery record."""
+    return config.state_dir / STATE_NAME
+
+
+def iso(timestamp: float) -> str:
+    """Return ``timestamp`` as RFC 3339 UTC with milliseconds."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+class DeliveryLog:
+    """The per-mirror record; ``note`` changes it, ``run`` or ``flush`` writes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pending: Fields = {}
+        self._dirty = asyncio.Event()
+
+    def mirrors(self) -> Fields:
+        """Return the record as last written, per mirror name."""
+        recorded = read_json(self.path).get("mirrors")
+        return recorded if isinstance(recorded, dict) else {}
+
+    def note(self, mirror: str, **fields: Any) -> None:
+        """Record ``fields`` for ``mirror``; they reach the disk at the next flush."""
+        self._pending.setdefault(mirror, {}).update(fields)
+        self._dirty.set()
+
+    def flush(self) -> None:
+        """Write the pending changes now (from the event loop's thread)."""
+        self._write(self._take())
+
+    async def run(self) -> None:
+        """Write changes in the background until cancelled, then a last time."""
+        try:
+            while True:
+                await self._dirty.wait()
+                self._dirty.clear()
+                pending = self._take()  # taken on the loop's thread, written in another
+                try:
+                    await asyncio.to_thread(self._write, pending)
+                except OSError as err:
+                    self._give_back(pending)
+                    logger.error(
+                        "cannot write %s: %s; retrying in %g s", self.path, err, RETRY_WRITE
+                    )
+                    await asyncio.sleep(RETRY_WRITE)
+                    self._dirty.set()
+                    continue
+                await asyncio.sleep(FLUSH_INTERVAL)
+        finally:
+            try:
+                self.flush()
+            except OSError as err:
+                logger.error("cannot write %s: %s", self.path, err)
+
+    def _take(self) -> Fields:
+        pending, self._pending = self._pending, {}
+        return pending
+
+    def _give_back(self, pending: Fields) -> None:
+        for name, fields in pending.items():
+            self._pending[name] = {**fields, **self._pending.get(name, {})}
+
+    def _write(self, pending: Fields) -> None:
+        if not pending:
+            return
+
+        def merge(document: dict[str, Any]) -> None:
+            mirrors = document.setdefault("mirrors", {})
+            for name, fields in pending.items():
+                mirrors.setdefault(name, {}).update(fields)
+
+        update_json(self.path, merge)
