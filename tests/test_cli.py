@@ -390,3 +390,35 @@ def test_one_shot_commands_do_not_import_aiohttp() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=30
     )
     assert result.stdout.strip() == "False"
+
+
+def test_publisher_status_rows_and_exit_status(tmp_path: Path) -> None:
+    """status for a publisher: one row per mirror, --json alike, exit 1 while one fails."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    publish(root, "7")
+    up, down = free_port(), free_port()
+    config = publisher_toml(
+        tmp_path,
+        root=root,
+        mirrors=[("up", f"http://127.0.0.1:{up}/v1/hook"), ("down", f"http://127.0.0.1:{down}/")],
+    )
+    before = run("status", "-c", config)
+    assert before.returncode == 0
+    assert "never tried" in before.stdout
+    with mirror_in_thread(HookMirror(mirror_secret(tmp_path, "up"), always(202)), up):
+        assert run("notify", "-c", config).returncode == 1
+    human = run("status", "-c", config)
+    assert human.returncode == 1
+    rows = {line.split()[0]: line.split() for line in human.stdout.splitlines()[3:]}
+    assert rows["up"][1:2] == ["7"]
+    assert "delivered" in rows["up"]
+    assert "failed" in rows["down"]
+    machine = run("status", "-c", config, "--json")
+    assert machine.returncode == 1
+    document = json.loads(machine.stdout)["publisher"]
+    assert document["current_marker"] == "7"
+    by_name = {mirror["name"]: mirror for mirror in document["mirrors"]}
+    assert by_name["up"]["delivered"] == "7"
+    assert by_name["down"]["result"] == "failed"
+    assert "cannot connect" in by_name["down"]["last_error"]

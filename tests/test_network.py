@@ -106,11 +106,18 @@ def test_publisher_killed_while_a_mirror_is_down_delivers_the_newest_on_restart(
     publish(root, "2")
     mirror = HookMirror(mirror_secret(tmp_path, "late"), always(202))
     with mirror_in_thread(mirror, port):
-        processes.serve(config, "publisher")
+        second = processes.serve(config, "publisher")
         wait_until(mirror.values, what="the redelivery")
         time.sleep(0.5)
+        assert mirror.values() == ["2"]
+        assert json.loads(state.read_text())["mirrors"]["late"]["delivered"] == "2"
+        # Once acknowledged, a restart sends nothing: the record is what decides.
+        second.terminate()
+        assert second.wait(15) == 0
+        processes.serve(config, "publisher")
+        wait_until(lambda: "announcing to 0 of 1 mirrors" in processes.log("publisher"))
+        time.sleep(0.5)
     assert mirror.values() == ["2"]
-    assert json.loads(state.read_text())["mirrors"]["late"]["delivered"] == "2"
 
 
 def test_three_tier_chain_converges(tmp_path: Path, processes: Processes) -> None:

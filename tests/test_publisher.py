@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from mirrorhook.message import new_update
 from mirrorhook.publisher import Outcome, Publisher, deliver, notify
 from mirrorhook.record import DeliveryLog, Result, state_path
 from mirrorhook.retry import Backoff
+from mirrorhook.watcher import MarkerWatcher
 from tests.helpers import mirror_secret, publish, publisher_toml
 from tests.mirrors import HookMirror, always, hang
 
@@ -166,6 +168,22 @@ async def test_retry_after_is_honoured(tmp_path: Path, aiohttp_server: ServerFac
     assert sleeps.delays == [7]
 
 
+@pytest.mark.parametrize(
+    ("status", "header"),
+    [(503, "0"), (429, "0"), (503, "Thu, 01 Jan 1970 00:00:00 GMT")],
+)
+async def test_retry_after_now_still_waits_the_backoff(
+    tmp_path: Path, aiohttp_server: ServerFactory, status: int, header: str
+) -> None:
+    """Retry-After of 0 or a past date does not turn retries into a tight loop."""
+    _mirror, sleeps, outcome = await deliver_once(
+        tmp_path, aiohttp_server, sequence(status, status, headers={"Retry-After": header})
+    )
+    assert outcome.result is Result.DELIVERED
+    assert len(sleeps.delays) == 2
+    assert all(delay >= FAST.first / 2 for delay in sleeps.delays)
+
+
 async def test_gone_stops_retrying(tmp_path: Path, aiohttp_server: ServerFactory) -> None:
     mirror, sleeps, outcome = await deliver_once(tmp_path, aiohttp_server, always(410))
     assert outcome.result is Result.GONE
@@ -173,15 +191,16 @@ async def test_gone_stops_retrying(tmp_path: Path, aiohttp_server: ServerFactory
     assert sleeps.delays == []
 
 
+@pytest.mark.parametrize("status", [301, 307, 308])
 async def test_redirect_is_not_followed_and_waits_longest(
-    tmp_path: Path, aiohttp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, aiohttp_server: ServerFactory, caplog: pytest.LogCaptureFixture, status: int
 ) -> None:
     """A 301 is a failed delivery: the target of the redirect receives nothing; the next
     attempt waits the longest interval and the log says the mirror is misconfigured."""
     elsewhere = HookMirror(signing.Secret.parse(signing.new_secret()))
     target_url = await start(aiohttp_server, elsewhere)
     _mirror, sleeps, outcome = await deliver_once(
-        tmp_path, aiohttp_server, sequence(301, headers={"Location": target_url}), attempts=2
+        tmp_path, aiohttp_server, sequence(status, headers={"Location": target_url}), attempts=2
     )
     assert outcome.result is Result.DELIVERED
     assert elsewhere.received == []
@@ -334,3 +353,155 @@ async def test_notify_reports_each_mirror_and_records_it(
     recorded = DeliveryLog(state_path(config)).mirrors()
     assert recorded["ok"]["delivered"] == "42"
     assert recorded["broken"]["result"] == "failed"
+
+
+async def run_publisher(publisher: Publisher) -> asyncio.Task[None]:
+    return asyncio.create_task(publisher.run())
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_going_back_to_an_acknowledged_marker_stops_the_newer_ones_retries(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """Mirror has A; B is published while the mirror fails; the upstream goes back to A:
+    the retries of B stop and the mirror's record stays at A."""
+    failing = False
+
+    def answer(_n: int) -> web.Response:
+        return web.json_response({}, status=503 if failing else 202)
+
+    config, mirrors = await fan_out(tmp_path, aiohttp_server, {"m": answer})
+    async with Courier(timeout=1, concurrency=4) as courier:
+        publisher = Publisher(config, courier, backoff=FAST)
+        task = await run_publisher(publisher)
+        publisher.publish("A")
+        await wait_for(lambda: publisher.workers[0].delivered == "A")
+        failing = True
+        publisher.publish("B")
+        await wait_for(lambda: mirrors["m"].values().count("B") >= 2)
+        publisher.publish("A")
+        await asyncio.sleep(0.1)
+        requests = len(mirrors["m"].received)
+        failing = False
+        await asyncio.sleep(0.3)
+        await stop(task)
+    assert len(mirrors["m"].received) == requests, "B was still being retried"
+    assert publisher.workers[0].delivered == "A"
+    assert DeliveryLog(state_path(config)).mirrors()["m"]["delivered"] == "A"
+
+
+async def test_a_marker_refused_with_410_is_not_sent_again_after_a_restart(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    config, mirrors = await fan_out(tmp_path, aiohttp_server, {"m": always(410)})
+    for _run in range(2):
+        async with Courier(timeout=1, concurrency=4) as courier:
+            publisher = Publisher(config, courier, backoff=FAST)
+            task = await run_publisher(publisher)
+            publisher.publish("1")
+            await asyncio.sleep(0.3)
+            await stop(task)
+    assert mirrors["m"].values() == ["1"]
+    assert DeliveryLog(state_path(config)).mirrors()["m"]["gone"] == "1"
+
+
+@contextlib.asynccontextmanager
+async def stalling_server() -> AsyncIterator[tuple[int, list[float]]]:
+    """A TCP server that accepts connections and never says a word (a stuck TLS peer);
+    yields its port and the times it accepted."""
+    accepted: list[float] = []
+    held: list[asyncio.StreamWriter] = []
+
+    async def stall(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(time.monotonic())
+        held.append(writer)
+
+    server = await asyncio.start_server(stall, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], accepted
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_mirrors_stuck_in_the_tls_handshake_do_not_starve_the_others(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """Four https mirrors that accept TCP and never answer, two slots: healthy mirrors
+    still get their webhook long before the stuck attempts time out."""
+    answers: dict[str, Callable[[int], web.Response | None]] = {
+        f"ok{i}": always(202) for i in range(5)
+    }
+    config, mirrors = await fan_out(tmp_path, aiohttp_server, answers, timeout=6, concurrency=2)
+    async with stalling_server() as (port, accepted):
+        stuck = [
+            dataclasses.replace(
+                config.mirrors[0], name=f"stuck{i}", url=f"https://127.0.0.1:{port}/"
+            )
+            for i in range(4)
+        ]
+        config = dataclasses.replace(config, mirrors=(*stuck, *config.mirrors))
+        async with Courier(timeout=config.timeout, concurrency=config.concurrency) as courier:
+            publisher = Publisher(config, courier, backoff=FAST)
+            task = await run_publisher(publisher)
+            published = time.monotonic()
+            publisher.publish("7")
+            await wait_for(lambda: all(m.values() == ["7"] for m in mirrors.values()))
+            latest = max(m.received[0].at for m in mirrors.values())
+            await stop(task)
+    assert len(accepted) >= 2, "the stuck mirrors were contacted first"
+    assert latest - published < config.timeout / 2
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["inotify", "poll"])
+async def test_every_way_of_publishing_gives_one_webhook_per_value_per_mirror(
+    tmp_path: Path, aiohttp_server: ServerFactory, polling: bool
+) -> None:
+    """Real observer + publisher + mirrors: rename-into-place, in-place write, rename from
+    another folder and a burst of duplicate rewrites each give exactly one webhook per
+    marker value to each mirror."""
+    answers: dict[str, Callable[[int], web.Response | None]] = {
+        "a": always(202),
+        "b": always(202),
+    }
+    config, mirrors = await fan_out(tmp_path, aiohttp_server, answers)
+    publish(config.root, "1")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+
+    def rename_into_place(value: str, folder: Path) -> None:
+        temporary = folder / ".CURRENT.new"
+        temporary.write_text(value + "\n")
+        temporary.replace(config.root / "CURRENT")
+
+    def in_place(value: str, times: int = 1) -> None:
+        for _ in range(times):
+            with (config.root / "CURRENT").open("w") as file:
+                file.write(value + "\n")
+
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("2", lambda: rename_into_place("2", config.root)),
+        ("3", lambda: in_place("3")),
+        ("4", lambda: rename_into_place("4", staging)),
+        ("5", lambda: in_place("5", times=30)),
+    ]
+    async with Courier(timeout=2, concurrency=4) as courier:
+        publisher = Publisher(config, courier, backoff=FAST)
+        watcher = MarkerWatcher(config.root, "CURRENT", publisher.publish, polling=polling)
+        tasks = [await run_publisher(publisher), asyncio.create_task(watcher.run())]
+        await wait_for(lambda: all(m.values() == ["1"] for m in mirrors.values()))
+        for value, act in steps:
+            act()
+            await wait_for(lambda: all(m.values()[-1:] == [value] for m in mirrors.values()))  # noqa: B023
+        await asyncio.sleep(0.3)
+        for task in tasks:
+            await stop(task)
+    for mirror in mirrors.values():
+        assert mirror.values() == ["1", "2", "3", "4", "5"]

@@ -367,3 +367,22 @@ async def test_root_missing_at_start_is_watched_once_it_exists(
         publish_by_rename(root, "2")
         await watching.until_value("2")
     assert watching.recorder.values == ["1", "2"]
+
+
+@BOTH_OBSERVERS
+async def test_marker_created_then_written_slowly_is_never_read_half_written(
+    tmp_path: Path, polling: bool
+) -> None:
+    """A new marker file created by open() and written with a pause longer than the settle
+    time (and a rescan meanwhile) is reported whole: a file open for writing is not read."""
+    root = tmp_path / "root"
+    root.mkdir()
+    async with Watching(root, polling=polling, rescan=0.1) as watching:
+        with (root / MARKER).open("w") as file:
+            file.write("2026")
+            file.flush()
+            await asyncio.sleep(max(10 * SETTLE, 1.5 if polling else 0))
+            file.write("1125\n")
+        await watching.until_value("20261125")
+    assert watching.recorder.calls[0] == "20261125"
+    assert "2026" not in watching.recorder.calls

@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.error("interrupted")
         return EXIT_FAILURE
+    except Exception as err:  # a bug: still one line, the traceback with -v
+        logger.error("unexpected error: %r", err, exc_info=args.verbose)
+        return EXIT_FAILURE
 
 
 def build_parser() -> argparse.ArgumentParser:

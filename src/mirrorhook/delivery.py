@@ -6,9 +6,11 @@ network failure becomes a ``DeliveryError`` whose ``kind`` is the policy: retry 
 retry at the longest interval (the mirror is misconfigured), or stop (410 Gone).
 
 ``concurrency`` bounds the requests being *started* — connecting, TLS, writing — which is
-where the publisher spends CPU and sockets. A request whose bytes are out only waits for
-its answer and holds no slot, so mirrors that accept a connection and never answer cannot
-starve the healthy ones (each mirror has at most one request in flight anyway).
+where the publisher spends its CPU. A request whose bytes are out only waits for its
+answer and holds no slot, nor does one stuck for over ``SLOT_HOLD`` seconds in a connect
+or handshake, so mirrors that never answer cannot starve the healthy ones. Connections
+are not kept alive: publishes are minutes apart, and each mirror has at most one request
+in flight, so open sockets stay bounded by the mirrors that are mid-delivery.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from mirrorhook.config import MirrorConfig
 from mirrorhook.errors import MirrorhookError
 from mirrorhook.message import Update
 
+SLOT_HOLD = 1.0
+"""Seconds at most that one attempt holds one of the ``concurrency`` slots."""
 MAX_RETRY_AFTER = 3600.0
 """A Retry-After longer than this is capped: a typo on the mirror must not silence it for days."""
 
@@ -126,9 +130,8 @@ class Courier:
         tracing = aiohttp.TraceConfig()
         tracing.on_request_headers_sent.append(_request_written)
         tracing.on_request_chunk_sent.append(_request_written)
-        # No pool limit: the slots bound the requests being started, and connections are
-        # bounded by the number of mirrors (one request in flight each).
-        connector = aiohttp.TCPConnector(limit=0)
+        # No pool limit: the slots bound the requests being started.
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
@@ -156,6 +159,9 @@ class Courier:
         headers["Content-Type"] = "application/json"
         slot = _Slot(self._slots)
         await slot.take()
+        # Past SLOT_HOLD an attempt is waiting on the network (a connect or TLS handshake
+        # that never completes), not using this host: it holds no slot any more.
+        releaser = asyncio.get_running_loop().call_later(SLOT_HOLD, slot.give_back)
         try:
             async with self._session.post(
                 mirror.url,
@@ -174,11 +180,12 @@ class Courier:
                 Kind.TRANSIENT, f"no answer within {self._timeout.total:g} s"
             ) from None
         except aiohttp.ClientConnectorError as err:
-            reason = err.os_error.strerror or str(err.os_error)
+            reason = err.os_error.strerror or str(err.os_error) or type(err.os_error).__name__
             raise DeliveryError(Kind.TRANSIENT, f"cannot connect: {reason}") from None
         except aiohttp.ClientError as err:
             raise DeliveryError(Kind.TRANSIENT, f"{type(err).__name__}: {err}") from None
         finally:
+            releaser.cancel()
             slot.give_back()
         kind = classify(status)
         if kind is None:

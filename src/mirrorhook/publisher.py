@@ -107,7 +107,9 @@ async def deliver(
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, DeliveryError):
             if error.retry_after is not None:
-                return error.retry_after
+                # Never sooner than our own backoff: "Retry-After: 0" must not mean a
+                # tight loop against a struggling mirror.
+                return max(error.retry_after, backoff(state))
             if error.kind is Kind.MISCONFIGURED:
                 return backoff.cap
         return backoff(state)
@@ -128,7 +130,10 @@ async def deliver(
         return Outcome(mirror.name, Result.SUPERSEDED, status, clock() - started, tries)
     except DeliveryError as err:
         result = Result.GONE if err.kind is Kind.GONE else Result.FAILED
-        record.note(mirror.name, pending=None, result=str(result))
+        if result is Result.GONE:
+            record.note(mirror.name, pending=None, result=str(result), gone=value)
+        else:
+            record.note(mirror.name, pending=None, result=str(result))
         if result is Result.GONE:
             logger.warning(
                 "mirror %s answered 410 Gone: not retrying marker %r", mirror.name, value
@@ -170,8 +175,15 @@ class MirrorWorker:
         self.mirror = mirror
         self.latest: Message | None = None
         self.delivered: str | None = None
+        """The marker value the mirror last accepted."""
+        self.gone: str | None = None
+        """The marker value the mirror last refused with 410 Gone (not sent again)."""
         self._deliver = deliver_one
         self._wake = asyncio.Event()
+
+    def settled(self, value: str) -> bool:
+        """Whether the mirror needs nothing more for ``value``."""
+        return value in (self.delivered, self.gone)
 
     def announce(self, message: Message) -> None:
         """Make ``message`` the one to deliver; an older one still retrying is dropped."""
@@ -191,7 +203,7 @@ class MirrorWorker:
             await self._wake.wait()
             self._wake.clear()
             message = self.latest
-            if message is None or message.update.current == self.delivered:
+            if message is None or self.settled(message.update.current):
                 continue
             outcome: Outcome = await self._deliver(
                 self.mirror,
@@ -201,6 +213,8 @@ class MirrorWorker:
             )
             if outcome.result is Result.DELIVERED:
                 self.delivered = message.update.current
+            elif outcome.result is Result.GONE:
+                self.gone = message.update.current
 
 
 NOTIFY_ATTEMPTS = 3
@@ -287,20 +301,23 @@ class Publisher:
         self.workers = [MirrorWorker(mirror, deliver_one) for mirror in config.mirrors]
         recorded = self.record.mirrors()
         for worker in self.workers:
-            delivered = recorded.get(worker.mirror.name, {}).get("delivered")
-            worker.delivered = delivered if isinstance(delivered, str) else None
+            entry = recorded.get(worker.mirror.name, {})
+            worker.delivered = _text(entry.get("delivered"))
+            worker.gone = _text(entry.get("gone"))
 
     def publish(self, value: str) -> None:
-        """Announce marker ``value`` to every mirror that has not acknowledged it yet."""
+        """Announce marker ``value``; mirrors that already have it send nothing.
+
+        Every worker hears of it, also those whose mirror acknowledged ``value`` earlier:
+        when the upstream goes back to an older marker, a retry of the newer one must stop.
+        """
         if not value or value == self.current:
             return
         self.current = value
         message = Message.of(new_update(self.config.marker, value, self.config.name, self._clock()))
-        behind = [worker for worker in self.workers if worker.delivered != value]
-        logger.info(
-            "marker %r: announcing to %d of %d mirrors", value, len(behind), len(self.workers)
-        )
-        for worker in behind:
+        behind = sum(not worker.settled(value) for worker in self.workers)
+        logger.info("marker %r: announcing to %d of %d mirrors", value, behind, len(self.workers))
+        for worker in self.workers:
             worker.announce(message)
 
     async def run(self) -> None:
@@ -309,3 +326,7 @@ class Publisher:
             group.create_task(self.record.run(), name="publisher-record")
             for worker in self.workers:
                 group.create_task(worker.run(), name=f"deliver-{worker.mirror.name}")
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import socket
 from collections.abc import Callable
@@ -81,6 +82,7 @@ def build_receiver(config: ReceiverConfig, host: Config | None = None) -> Receiv
 
 async def serve(config: Config) -> None:
     """Run every role of ``config`` until SIGTERM or SIGINT (or a role fails)."""
+    _raise_open_files_limit()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -103,8 +105,8 @@ async def serve(config: Config) -> None:
                 task.cancel("shutting down")
             await asyncio.gather(waiter, *roles, return_exceptions=True)
         for role in roles:
-            if role.done() and not role.cancelled() and role.exception() is not None:
-                raise role.exception()  # type: ignore[misc]
+            if role.done() and not role.cancelled() and (error := role.exception()):
+                raise _first_leaf(error)
         logger.info("shutting down")
     logger.info("stopped")
 
@@ -145,6 +147,22 @@ async def _run_publisher(config: PublisherConfig, courier: Courier) -> None:
     async with asyncio.TaskGroup() as group:
         group.create_task(publisher.run(), name="publisher")
         group.create_task(watcher.run(), name="watcher")
+
+
+def _raise_open_files_limit() -> None:
+    """Lift the soft limit on open files to the hard one: a publisher with a thousand
+    mirrors, several of them slow, can have that many deliveries in flight."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        logger.debug("open files limit raised from %d to %d", soft, hard)
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    """The first error inside nested exception groups (a TaskGroup wraps what failed)."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def _stopper(stop: asyncio.Event, sig: signal.Signals) -> Callable[[], None]:

@@ -11,6 +11,7 @@ when its queue overflows and goes deaf when the watched folder is swapped.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 from collections.abc import Callable
@@ -43,6 +44,29 @@ _EVENTS: list[type[FileSystemEvent]] = [
     FileClosedEvent,
     FileMovedEvent,
 ]
+
+
+def _open_for_writing(path: Path) -> bool:
+    """Return whether some process has ``path`` open for writing (Linux read-lease probe).
+
+    A read lease is refused with EAGAIN while the file is open for writing. Taking one
+    needs the file's owner or CAP_LEASE; when we cannot tell, assume nobody writes.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
 
 
 class _Handler(FileSystemEventHandler):
@@ -118,9 +142,17 @@ class MarkerWatcher:
             self._stop_observer()
 
     def read(self) -> None:
-        """Read the marker now and report its value (an empty or missing marker is not)."""
+        """Read the marker now and report its value (an empty or missing marker is not).
+
+        A marker that some process still has open for writing is read later instead: a
+        publisher that writes in place, slowly, must not have half a value announced.
+        """
         self._cancel_pending()
-        self._last_read = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        if _open_for_writing(self.path):
+            self._pending = loop.call_later(self._settle, self.read)
+            return
+        self._last_read = loop.time()
         self.reads += 1
         try:
             value = marker.read(self.path)
@@ -144,6 +176,9 @@ class MarkerWatcher:
             if self._pending is not None and self._pending.when() <= when:
                 return
         else:
+            # Created (inotify: by an open, or a rename from another folder) or modified
+            # (polling): possibly still being written. A close event, if one comes, reads
+            # it sooner; ``read`` itself waits while a writer holds the file open.
             when = now + self._settle
         self._cancel_pending()
         self._pending = loop.call_at(when, self.read)
