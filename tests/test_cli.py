@@ -422,3 +422,30 @@ def test_publisher_status_rows_and_exit_status(tmp_path: Path) -> None:
     assert by_name["up"]["delivered"] == "7"
     assert by_name["down"]["result"] == "failed"
     assert "cannot connect" in by_name["down"]["last_error"]
+
+
+def test_publish_hook_rewrites_the_marker_atomically_and_notifies(tmp_path: Path) -> None:
+    """contrib/publish-hook.sh: a new marker in place (no temporary left) and notify run."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    publish(root, "old")
+    port = free_port()
+    config = publisher_toml(
+        tmp_path, root=root, mirrors=[("m", f"http://127.0.0.1:{port}/v1/hook")]
+    )
+    mirror = HookMirror(mirror_secret(tmp_path, "m"), always(202))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    with mirror_in_thread(mirror, port):
+        result = subprocess.run(
+            ["sh", str(REPO / "contrib" / "publish-hook.sh"), str(root), str(config)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    marker = (root / "CURRENT").read_text().strip()
+    assert marker != "old"
+    assert mirror.values() == [marker]
+    assert sorted(path.name for path in root.iterdir()) == ["CURRENT"]

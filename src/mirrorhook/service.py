@@ -26,6 +26,7 @@ from mirrorhook.poller import Poller
 from mirrorhook.publisher import Publisher
 from mirrorhook.receiver import Receiver, background, make_app
 from mirrorhook.scheduler import Scheduler
+from mirrorhook.sdnotify import Notifier
 from mirrorhook.status import host_status, record_daemon
 from mirrorhook.syncer import Syncer
 from mirrorhook.watcher import MarkerWatcher
@@ -97,13 +98,17 @@ async def serve(config: Config) -> None:
                 Courier(timeout=config.publisher.timeout, concurrency=config.publisher.concurrency)
             )
             roles.append(asyncio.create_task(_run_publisher(config.publisher, courier)))
+        systemd = Notifier()
+        systemd.ready(_summary(config))
+        watchdog = asyncio.create_task(systemd.keep_alive())
         waiter = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait([waiter, *roles], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (waiter, *roles):
+            systemd.stopping()
+            for task in (waiter, watchdog, *roles):
                 task.cancel("shutting down")
-            await asyncio.gather(waiter, *roles, return_exceptions=True)
+            await asyncio.gather(waiter, watchdog, *roles, return_exceptions=True)
         for role in roles:
             if role.done() and not role.cancelled() and (error := role.exception()):
                 raise _first_leaf(error)
@@ -147,6 +152,16 @@ async def _run_publisher(config: PublisherConfig, courier: Courier) -> None:
     async with asyncio.TaskGroup() as group:
         group.create_task(publisher.run(), name="publisher")
         group.create_task(watcher.run(), name="watcher")
+
+
+def _summary(config: Config) -> str:
+    """One line for systemd's STATUS=: what this daemon does."""
+    parts = []
+    if config.receiver is not None:
+        parts.append(f"mirroring {redact_upstream(config.receiver.upstream)}")
+    if config.publisher is not None:
+        parts.append(f"announcing to {len(config.publisher.mirrors)} mirrors")
+    return ", ".join(parts)
 
 
 def _raise_open_files_limit() -> None:
