@@ -12,15 +12,27 @@ from pathlib import Path
 from typing import Any
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, mtime: float | None = None) -> None:
-    """Replace ``path`` with ``data`` so that a reader (or a crash) sees the old or the new file."""
+def write_atomic(
+    path: Path,
+    data: bytes,
+    *,
+    mode: int = 0o644,
+    mtime: float | None = None,
+    durable: bool = True,
+) -> None:
+    """Replace ``path`` with ``data`` so that a reader (or a crash) sees the old or the new file.
+
+    ``durable`` adds the fsyncs that make the new file survive a power cut; without them
+    a crash may bring back the old content (fine for notes that are redone anyway).
+    """
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
             file.flush()
             os.fchmod(file.fileno(), mode)
-            os.fsync(file.fileno())
+            if durable:
+                os.fsync(file.fileno())
         if mtime is not None:
             os.utime(temp, (mtime, mtime))
         Path(temp).replace(path)
@@ -28,16 +40,20 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, mtime: float | N
         with contextlib.suppress(FileNotFoundError):
             Path(temp).unlink()
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
-def write_json(path: Path, document: dict[str, Any]) -> None:
+def write_json(path: Path, document: dict[str, Any], *, durable: bool = True) -> None:
     """Write ``document`` as indented JSON, atomically, creating the folder if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+    data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+    write_atomic(path, data, durable=durable)
 
 
-def update_json(path: Path, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def update_json(
+    path: Path, change: Callable[[dict[str, Any]], None], *, durable: bool = True
+) -> dict[str, Any]:
     """Read, ``change`` and rewrite ``path`` under an exclusive lock on ``path.lock``.
 
     Processes that share a state file (``serve`` and ``notify``, say) thus never lose each
@@ -49,7 +65,7 @@ def update_json(path: Path, change: Callable[[dict[str, Any]], None]) -> dict[st
         fcntl.flock(fd, fcntl.LOCK_EX)
         document = read_json(path)
         change(document)
-        write_json(path, document)
+        write_json(path, document, durable=durable)
         return document
     finally:
         os.close(fd)

@@ -25,7 +25,9 @@ def record_daemon(
         "sync_starts_at": _iso(starts_at),
         "next_poll": _iso(next_poll),
     }
-    update_json(state_path(config), lambda document: document.update(daemon=daemon))
+    # A live note, rewritten at every change: atomic, but not worth an fsync on the way
+    # from a webhook to rsync.
+    update_json(state_path(config), lambda document: document.update(daemon=daemon), durable=False)
 
 
 def forget_daemon(config: ReceiverConfig) -> None:

@@ -96,9 +96,10 @@ class Syncer:
         Every failure is raised as a ``SyncError`` (an unexpected ``OSError`` included).
         """
         started = self._clock()
-        self._record(
-            {"in_progress": {"trigger": trigger, "started": _iso(started), "pid": os.getpid()}}
-        )
+        in_progress = {"trigger": trigger, "started": _iso(started), "pid": os.getpid()}
+        # Only a note for `status` (a crash leaves a dead pid, shown as "interrupted"):
+        # no fsync between the webhook and rsync's start.
+        self._record({"in_progress": in_progress}, durable=False)
         logger.info("sync started (%s)", trigger)
         report = await self._recorded(trigger, started, self._sync(if_changed=if_changed))
         self._finish(trigger, started, report.result, marker_value=report.marker)
@@ -213,8 +214,10 @@ class Syncer:
             with attempt:
                 await operation()
 
-    def _record(self, changes: dict[str, Any]) -> None:
-        update_json(state_path(self.config), lambda document: document.update(changes))
+    def _record(self, changes: dict[str, Any], *, durable: bool = True) -> None:
+        update_json(
+            state_path(self.config), lambda document: document.update(changes), durable=durable
+        )
 
     def _finish(
         self,
