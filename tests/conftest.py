@@ -6,8 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.helpers import RsyncDaemon, make_upstream, rsync_daemon
+
+# Property tests check behaviour, not speed: no per-example deadline, so a loaded CI
+# machine cannot turn a slow example into a failure.
+settings.register_profile("mirrorhook", deadline=None)
+settings.load_profile("mirrorhook")
 
 
 @pytest.fixture

@@ -110,7 +110,7 @@ def make_upstream(root: Path, marker: str | None = "1", count: int = 20) -> Path
     for index in range(count):
         path = root / f"dir{index % 4}" / f"file{index}.rpm"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"package {index}\n" * (index + 1))
+        path.write_text(f"package {index}\n" * (index % 50 + 1))  # bounded: trees of 100k files
     if marker is not None:
         publish(root, marker)
     return root
