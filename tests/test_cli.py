@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -449,3 +450,35 @@ def test_publish_hook_rewrites_the_marker_atomically_and_notifies(tmp_path: Path
     assert marker != "old"
     assert mirror.values() == [marker]
     assert sorted(path.name for path in root.iterdir()) == ["CURRENT"]
+
+
+def test_publisher_only_host_serves_status_and_metrics_on_its_listen(
+    tmp_path: Path, serve: list[subprocess.Popen[str]]
+) -> None:
+    """[publisher] listen: /healthz, /v1/status and /metrics without a receiver."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    publish(root, "5")
+    port, mirror_port = free_port(), free_port()
+    config = publisher_toml(
+        tmp_path,
+        root=root,
+        mirrors=[("m", f"http://127.0.0.1:{mirror_port}/v1/hook")],
+        listen=[f"127.0.0.1:{port}"],
+    )
+    with mirror_in_thread(HookMirror(mirror_secret(tmp_path, "m"), always(202)), mirror_port):
+        with (tmp_path / "serve.log").open("w") as log:
+            serve.append(
+                subprocess.Popen([*MIRRORHOOK, "serve", "-c", str(config)], stderr=log, text=True)
+            )
+        wait_for_port(port)
+        base = f"http://127.0.0.1:{port}"
+        wait_until(
+            lambda: (
+                'result="delivered"' in urllib.request.urlopen(f"{base}/metrics").read().decode()
+            ),
+            what="the delivery counted",
+        )
+        status = json.loads(urllib.request.urlopen(f"{base}/v1/status").read())
+        assert status["publisher"]["current_marker"] == "5"
+        assert urllib.request.urlopen(f"{base}/healthz").status == 200

@@ -19,6 +19,7 @@ from mirrorhook import signing
 from mirrorhook.config import PublisherConfig, load_config
 from mirrorhook.delivery import Courier, Kind, Message, classify, retry_after
 from mirrorhook.message import new_update
+from mirrorhook.metrics import Metrics
 from mirrorhook.publisher import Outcome, Publisher, deliver, notify
 from mirrorhook.record import DeliveryLog, Result, state_path
 from mirrorhook.retry import Backoff
@@ -505,3 +506,28 @@ async def test_every_way_of_publishing_gives_one_webhook_per_value_per_mirror(
             await stop(task)
     for mirror in mirrors.values():
         assert mirror.values() == ["1", "2", "3", "4", "5"]
+
+
+async def test_delivery_metrics(tmp_path: Path, aiohttp_server: ServerFactory) -> None:
+    """Deliveries by mirror and result, attempt latency, publish-to-delivered lag, pending."""
+    metrics = Metrics()
+    answers: dict[str, Callable[[int], web.Response | None]] = {
+        "ok": always(202),
+        "flaky": sequence(503),
+        "down": always(503),
+    }
+    config, mirrors = await fan_out(tmp_path, aiohttp_server, answers)
+    async with Courier(timeout=1, concurrency=4) as courier:
+        publisher = Publisher(config, courier, backoff=FAST, metrics=metrics)
+        task = await run_publisher(publisher)
+        publisher.publish("9")
+        await wait_for(lambda: mirrors["flaky"].values() == ["9", "9"])
+        await wait_for(lambda: publisher.workers[1].delivered == "9")
+        text = metrics.render().decode()
+        await stop(task)
+    lines = set(text.splitlines())
+    assert 'mirrorhook_deliveries_total{mirror="ok",result="delivered"} 1.0' in lines
+    assert 'mirrorhook_deliveries_total{mirror="flaky",result="transient"} 1.0' in lines
+    assert 'mirrorhook_deliveries_total{mirror="flaky",result="delivered"} 1.0' in lines
+    assert "mirrorhook_publish_to_delivered_seconds_count 2.0" in lines
+    assert "mirrorhook_deliveries_pending 1.0" in lines

@@ -340,3 +340,37 @@ async def test_status_shows_state_and_no_secrets(
     assert status["upstream"] == "rsync://127.0.0.1:9/up/"
     assert status["state"] == "idle"
     assert status["local_marker"] is None
+
+
+async def test_metrics_count_syncs_stages_bytes_markers_and_webhooks(
+    tmp_path: Path, daemon: RsyncDaemon, aiohttp_client: ClientFactory
+) -> None:
+    """GET /metrics (Prometheus text): syncs by result, stage durations, bytes received
+    (from rsync --stats), last success, both markers, and webhooks by outcome."""
+    receiver = make_receiver(tmp_path, daemon.url)
+    app = make_app(receiver)
+    app.cleanup_ctx.append(background)
+    client = await aiohttp_client(app)
+    await wait_until_synced(receiver, "1")
+    await post(client, *signed_webhook(receiver.config.secret, "1"))
+    await post(client, *signed_webhook(_other_secret(), "2"))
+    async with client.get("/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    lines = set(text.splitlines())
+    assert 'mirrorhook_syncs_total{result="synced"} 1.0' in lines
+    assert 'mirrorhook_webhooks_total{outcome="up_to_date"} 1.0' in lines
+    assert 'mirrorhook_webhooks_total{outcome="bad_signature"} 1.0' in lines
+    assert 'mirrorhook_marker_info{marker="1",side="local"} 1.0' in lines
+    assert 'mirrorhook_marker_info{marker="1",side="upstream"} 1.0' in lines
+    assert 'mirrorhook_sync_stage_seconds_count{stage="transfer"} 1.0' in lines
+    assert 'mirrorhook_sync_stage_seconds_count{stage="read_marker"} 2.0' in lines
+    received = [line for line in lines if line.startswith("mirrorhook_rsync_received_bytes_total")]
+    assert received
+    assert (
+        float(received[0].split()[1])
+        > sum(path.stat().st_size for path in daemon.root.rglob("*.rpm")) / 2
+    )
+    success = [line for line in lines if line.startswith("mirrorhook_last_success_timestamp")]
+    assert float(success[0].split()[1]) > time.time() - 60

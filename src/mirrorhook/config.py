@@ -90,6 +90,7 @@ class PublisherConfig:
     root: Path
     state_dir: Path
     mirrors: tuple[MirrorConfig, ...]
+    listen: tuple[Listen, ...] = ()
     name: str = field(default_factory=socket.gethostname)
     marker: str = "CURRENT"
     watch: str = "inotify"
@@ -188,6 +189,7 @@ def _publisher(t: _Table) -> PublisherConfig | None:
         "mirrors": t.get("mirrors", lambda value: _mirrors(t, value)),
     }
     optional: dict[str, Any] = {
+        "listen": t.get("listen", _listen_list, ()),
         "name": t.get("name", _name, socket.gethostname()),
         "marker": t.get("marker", _marker, "CURRENT"),
         "watch": t.get("watch", _choice("inotify", "poll"), "inotify"),

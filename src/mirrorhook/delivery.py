@@ -74,6 +74,8 @@ class Message:
     update: Update
     msg_id: str = field(default_factory=lambda: f"msg_{uuid.uuid4().hex}")
     body: bytes = b""
+    created: float = field(default_factory=time.time)
+    """When the publisher noticed the marker (for the publish-to-delivered lag)."""
 
     @classmethod
     def of(cls, update: Update) -> Message:

@@ -24,6 +24,7 @@ from mirrorhook.config import MirrorConfig, PublisherConfig
 from mirrorhook.delivery import Courier, DeliveryError, Kind, Message
 from mirrorhook.errors import MirrorhookError
 from mirrorhook.message import new_update
+from mirrorhook.metrics import Metrics
 from mirrorhook.record import DeliveryLog, Result, iso, state_path
 from mirrorhook.retry import Backoff, Sleep, retrying
 from mirrorhook.table import format_table
@@ -68,6 +69,7 @@ async def deliver(
     sleep: Sleep = asyncio.sleep,
     is_current: Callable[[], bool] = lambda: True,
     clock: Callable[[], float] = time.time,
+    metrics: Metrics | None = None,
 ) -> Outcome:
     """Deliver ``message`` to ``mirror`` with retries; return how it ended (never raise).
 
@@ -78,15 +80,19 @@ async def deliver(
     started = clock()
     tries = 0
     status: int | None = None
+    metrics = metrics or Metrics()
 
     async def attempt_once() -> int:
         nonlocal tries, status
         if not is_current():
             raise SupersededError
         tries += 1
+        attempt_started = clock()
         try:
             receipt = await courier.send(mirror, message)
         except DeliveryError as err:
+            metrics.delivery_seconds.observe(clock() - attempt_started)
+            metrics.deliveries.labels(mirror=mirror.name, result=str(err.kind)).inc()
             status = err.status
             record.note(
                 mirror.name,
@@ -100,6 +106,8 @@ async def deliver(
             if err.kind is Kind.MISCONFIGURED:
                 logger.error("mirror %s refused the webhook: %s", mirror.name, err)
             raise
+        metrics.delivery_seconds.observe(clock() - attempt_started)
+        metrics.deliveries.labels(mirror=mirror.name, result="delivered").inc()
         status = receipt.status
         return receipt.status
 
@@ -148,6 +156,7 @@ async def deliver(
             )
         return Outcome(mirror.name, result, err.status, clock() - started, tries, str(err))
     finished = clock()
+    metrics.publish_lag.observe(max(0.0, finished - message.created))
     record.note(
         mirror.name,
         delivered=value,
@@ -279,8 +288,10 @@ class Publisher:
         *,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        metrics = metrics or Metrics()
         self.record = DeliveryLog(state_path(config))
         self.current: str | None = None
         self._clock = clock
@@ -295,6 +306,7 @@ class Publisher:
                 within=config.retry_for,
                 backoff=backoff,
                 clock=clock,
+                metrics=metrics,
                 **options,
             )
 
@@ -304,6 +316,9 @@ class Publisher:
             entry = recorded.get(worker.mirror.name, {})
             worker.delivered = _text(entry.get("delivered"))
             worker.gone = _text(entry.get("gone"))
+        metrics.pending.set_function(
+            lambda: sum(not worker.settled(self.current or "") for worker in self.workers)
+        )
 
     def publish(self, value: str) -> None:
         """Announce marker ``value``; mirrors that already have it send nothing.

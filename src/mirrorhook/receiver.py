@@ -1,4 +1,4 @@
-"""The webhook service of a downstream mirror: ``POST /v1/hook``, ``/v1/status``, ``/healthz``.
+"""The webhook service of a downstream mirror: ``POST /v1/hook`` (and the common endpoints).
 
 The hook handler only verifies and schedules (SPEC §4): it reads at most ``max_body`` bytes
 within a deadline, checks the signature before looking at the body, drops replays, and
@@ -18,7 +18,9 @@ from aiohttp import web
 
 from mirrorhook import message, signing
 from mirrorhook.config import ReceiverConfig
+from mirrorhook.endpoints import Endpoints, add_routes
 from mirrorhook.errors import PayloadError, SignatureError, TimestampError
+from mirrorhook.metrics import Metrics
 from mirrorhook.poller import Poller
 from mirrorhook.replay import ReplayCache
 from mirrorhook.scheduler import Scheduled, Scheduler
@@ -41,6 +43,7 @@ class Receiver:
     scheduler: Scheduler
     poller: Poller
     status: Callable[[], dict[str, Any]]
+    metrics: Metrics
     clock: Callable[[], float] = time.time
     read_deadline: float = READ_DEADLINE
     replays: ReplayCache = field(default_factory=lambda: ReplayCache(signing.TOLERANCE))
@@ -54,8 +57,7 @@ def make_app(receiver: Receiver) -> web.Application:
     app = web.Application()
     app[RECEIVER] = receiver
     app.router.add_post(HOOK_PATH, handle_hook)
-    app.router.add_get("/v1/status", handle_status)
-    app.router.add_get("/healthz", handle_health)
+    add_routes(app, Endpoints(status=receiver.status, metrics=receiver.metrics))
     return app
 
 
@@ -79,34 +81,46 @@ async def background(app: web.Application) -> AsyncIterator[None]:
 async def handle_hook(request: web.Request) -> web.Response:
     """Verify a webhook and schedule a sync (see the status table of SPEC §4)."""
     receiver = request.app[RECEIVER]
+    outcome, response = await _hook(request, receiver)
+    receiver.metrics.webhooks.labels(outcome=outcome).inc()
+    return response
+
+
+async def _hook(request: web.Request, receiver: Receiver) -> tuple[str, web.Response]:
+    """Answer one webhook; return the outcome's name (for the metrics) and the response."""
     peer = request.remote or "unix socket"
     if request.content_type != "application/json":
-        return _refuse(415, "content type must be application/json", peer)
+        return _refuse("bad_content_type", 415, "content type must be application/json", peer)
     limit = receiver.config.max_body
     if request.content_length is not None and request.content_length > limit:
-        return _refuse(413, f"body larger than {limit} bytes", peer, close=True)
+        return _refuse("too_large", 413, f"body larger than {limit} bytes", peer, close=True)
     try:
         body = await _read_body(request, limit, receiver.read_deadline)
     except _TooLargeError:
-        return _refuse(413, f"body larger than {limit} bytes", peer, close=True)
+        return _refuse("too_large", 413, f"body larger than {limit} bytes", peer, close=True)
     except TimeoutError:
         return _refuse(
-            408, f"body not received within {receiver.read_deadline:g} s", peer, close=True
+            "too_slow",
+            408,
+            f"body not received within {receiver.read_deadline:g} s",
+            peer,
+            close=True,
         )
 
     now = receiver.clock()
     try:
         verified = signing.verify(receiver.config.secret, request.headers, body, now=now)
     except TimestampError as err:
-        return _refuse(401, str(err), peer)
+        return _refuse("stale", 401, str(err), peer)
     except SignatureError as err:
-        return _refuse(401, f"bad signature: {err}", peer)
+        return _refuse("bad_signature", 401, f"bad signature: {err}", peer)
     try:
         update = message.decode(body)
     except PayloadError as err:
-        return _refuse(400, str(err), peer)
+        return _refuse("bad_body", 400, str(err), peer)
     if update.marker != receiver.config.marker:
         return _refuse(
+            "bad_body",
             400,
             f"webhook is about marker {update.marker!r}, "
             f"this mirror follows {receiver.config.marker!r}",
@@ -114,7 +128,7 @@ async def handle_hook(request: web.Request) -> web.Response:
         )
     if receiver.replays.seen(verified.msg_id, verified.timestamp, now):
         logger.info("webhook %s from %s: duplicate, ignored", verified.msg_id, peer)
-        return web.json_response({"status": "duplicate"})
+        return "duplicate", web.json_response({"status": "duplicate"})
     if update.current == receiver.syncer.local_marker():
         logger.info(
             "webhook %s (%s, marker %r): already up to date",
@@ -122,25 +136,14 @@ async def handle_hook(request: web.Request) -> web.Response:
             update.source,
             update.current,
         )
-        return web.json_response({"status": "up-to-date"})
+        return "up_to_date", web.json_response({"status": "up-to-date"})
     outcome = receiver.scheduler.trigger(
         f"webhook from {update.source or peer}, marker {update.current!r}"
     )
     if isinstance(outcome, Scheduled):
-        return web.json_response(
-            {"status": "scheduled", "delay": round(outcome.delay, 3)}, status=202
-        )
-    return web.json_response({"status": "queued"}, status=202)
-
-
-async def handle_status(request: web.Request) -> web.Response:
-    """Return the JSON of ``mirrorhook status --json`` (no secrets, no credentials)."""
-    return web.json_response(request.app[RECEIVER].status())
-
-
-async def handle_health(_request: web.Request) -> web.Response:
-    """Answer 200 while the service runs."""
-    return web.json_response({"status": "ok"})
+        answer = {"status": "scheduled", "delay": round(outcome.delay, 3)}
+        return "scheduled", web.json_response(answer, status=202)
+    return "queued", web.json_response({"status": "queued"}, status=202)
 
 
 class _TooLargeError(Exception):
@@ -160,10 +163,12 @@ async def _read_body(request: web.Request, limit: int, deadline: float) -> bytes
     return b"".join(chunks)
 
 
-def _refuse(status: int, reason: str, peer: str, *, close: bool = False) -> web.Response:
+def _refuse(
+    outcome: str, status: int, reason: str, peer: str, *, close: bool = False
+) -> tuple[str, web.Response]:
     logger.warning("webhook from %s refused (%d): %s", peer, status, reason)
     response = web.json_response({"error": reason}, status=status)
     if close:
         # The rest of the body is not read: the connection cannot be reused.
         response.force_close()
-    return response
+    return outcome, response

@@ -84,8 +84,9 @@ def tree_args(config: ReceiverConfig) -> list[str]:
     """The arguments of the stage-1 run: the whole tree except the marker."""
     # The marker is excluded on the sender and protected on the receiver (even if the
     # operator adds --delete-excluded): it is installed separately, last (SPEC §5.3).
-    # The guards that end a stalled transfer instead of letting it hang for days.
-    args = [config.rsync, *SEED_ARGS, "--safe-links", *IO_TIMEOUT_ARGS]
+    # The guards that end a stalled transfer instead of letting it hang for days; --stats
+    # for the bytes-transferred metric.
+    args = [config.rsync, *SEED_ARGS, "--safe-links", *IO_TIMEOUT_ARGS, "--stats"]
     args += connect_args(config.upstream)
     args += [f"--filter=P /{config.marker}", f"--exclude=/{config.marker}"]
     if config.exclude_from is not None:

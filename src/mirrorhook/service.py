@@ -18,10 +18,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from mirrorhook import lock
+from mirrorhook import endpoints, lock
 from mirrorhook.config import Config, Listen, PublisherConfig, ReceiverConfig, redact_upstream
 from mirrorhook.delivery import Courier
 from mirrorhook.errors import MirrorhookError
+from mirrorhook.metrics import Metrics
 from mirrorhook.poller import Poller
 from mirrorhook.publisher import Publisher
 from mirrorhook.receiver import Receiver, background, make_app
@@ -49,9 +50,12 @@ class ListenError(MirrorhookError):
         return f"cannot listen on {self.listen}: {self.reason}"
 
 
-def build_receiver(config: ReceiverConfig, host: Config | None = None) -> Receiver:
+def build_receiver(
+    config: ReceiverConfig, host: Config | None = None, metrics: Metrics | None = None
+) -> Receiver:
     """Wire the receiver's parts together for one tree."""
-    syncer = Syncer(config)
+    metrics = metrics or Metrics()
+    syncer = Syncer(config, metrics=metrics)
 
     async def run_sync(reason: str) -> None:
         if lock.is_locked(config.state_dir):
@@ -78,6 +82,7 @@ def build_receiver(config: ReceiverConfig, host: Config | None = None) -> Receiv
         scheduler=scheduler,
         poller=poller,
         status=lambda: host_status(host or Config(path=Path("-"), receiver=config)),
+        metrics=metrics,
     )
 
 
@@ -88,16 +93,30 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _stopper(stop, sig))
+    metrics = Metrics()
     async with contextlib.AsyncExitStack() as stack:
         roles: list[asyncio.Task[None]] = []
+        listen = config.publisher.listen if config.publisher is not None else ()
         if config.receiver is not None:
-            runner = await _start_receiver(config.receiver, config)
-            stack.push_async_callback(runner.cleanup)
+            config.receiver.state_dir.mkdir(parents=True, exist_ok=True)
+            app = make_app(build_receiver(config.receiver, config, metrics))
+            app.cleanup_ctx.append(background)
+            listen = (*config.receiver.listen, *listen)
+        else:
+            app = endpoints.make_app(endpoints.Endpoints(lambda: host_status(config), metrics))
+        if listen:
+            stack.push_async_callback((await _start_web(app, listen)).cleanup)
+        if config.receiver is not None:
+            logger.info(
+                "receiver ready: following %s into %s",
+                redact_upstream(config.receiver.upstream),
+                config.receiver.target,
+            )
         if config.publisher is not None:
             courier = await stack.enter_async_context(
                 Courier(timeout=config.publisher.timeout, concurrency=config.publisher.concurrency)
             )
-            roles.append(asyncio.create_task(_run_publisher(config.publisher, courier)))
+            roles.append(asyncio.create_task(_run_publisher(config.publisher, courier, metrics)))
         systemd = Notifier()
         systemd.ready(_summary(config))
         watchdog = asyncio.create_task(systemd.keep_alive())
@@ -116,27 +135,21 @@ async def serve(config: Config) -> None:
     logger.info("stopped")
 
 
-async def _start_receiver(config: ReceiverConfig, host: Config) -> web.AppRunner:
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    app = make_app(build_receiver(config, host))
-    app.cleanup_ctx.append(background)
+async def _start_web(app: web.Application, listen: tuple[Listen, ...]) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
     try:
-        for listen in config.listen:
-            await _start_site(runner, listen)
+        for address in listen:
+            await _start_site(runner, address)
     except BaseException:
         await runner.cleanup()
         raise
-    logger.info(
-        "receiver ready: following %s into %s", redact_upstream(config.upstream), config.target
-    )
     return runner
 
 
-async def _run_publisher(config: PublisherConfig, courier: Courier) -> None:
+async def _run_publisher(config: PublisherConfig, courier: Courier, metrics: Metrics) -> None:
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    publisher = Publisher(config, courier)
+    publisher = Publisher(config, courier, metrics=metrics)
     watcher = MarkerWatcher(
         config.root,
         config.marker,

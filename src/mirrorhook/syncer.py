@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from mirrorhook import marker, rsync
 from mirrorhook.config import ReceiverConfig, redact_upstream
 from mirrorhook.errors import NoMarkerError, RsyncError, SyncError
+from mirrorhook.metrics import Metrics
 from mirrorhook.retry import Backoff, Sleep, retrying
 from mirrorhook.state import update_json, write_atomic
 
@@ -79,8 +80,10 @@ class Syncer:
         backoff: Backoff | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or Metrics()
         self._backoff = backoff or Backoff()
         self._sleep = sleep
         self._clock = clock
@@ -157,13 +160,18 @@ class Syncer:
                 upstream.value,
                 local,
             )
-            transfer = functools.partial(rsync.run, rsync.tree_args(config), timeout=config.timeout)
-            await self._retry(transfer, "rsync of the tree")
-            _remove_rsync_leftovers(config.target)
+            with self.metrics.stage_seconds.labels(stage="transfer").time():
+                result = await self._retry(
+                    functools.partial(rsync.run, rsync.tree_args(config), timeout=config.timeout),
+                    "rsync of the tree",
+                )
+                _remove_rsync_leftovers(config.target)
+            self.metrics.count_received_bytes(result.stdout_tail)
             again = await self._read_upstream()
             if again.value == upstream.value:
                 logger.info("stage 2: installing marker %r", again.value)
-                write_atomic(config.target / config.marker, again.data, mtime=again.mtime)
+                with self.metrics.stage_seconds.labels(stage="install").time():
+                    write_atomic(config.target / config.marker, again.data, mtime=again.mtime)
                 return Report(Result.SYNCED, again.value, round_number)
             logger.info(
                 "upstream marker moved from %r to %r during stage 1: transferring again",
@@ -194,15 +202,18 @@ class Syncer:
                         raise NoMarkerError(source) from None
                     raise
 
-            await self._retry(fetch, "reading the upstream marker")
+            with self.metrics.stage_seconds.labels(stage="read_marker").time():
+                await self._retry(fetch, "reading the upstream marker")
             try:
                 data = path.read_bytes()
                 mtime = path.stat().st_mtime
             except FileNotFoundError:
                 raise NoMarkerError(source) from None
-        return _Upstream(marker.value_of(data), data, mtime)
+        upstream = _Upstream(marker.value_of(data), data, mtime)
+        self.metrics.set_marker("upstream", upstream.value)
+        return upstream
 
-    async def _retry(self, operation: Callable[[], Awaitable[object]], what: str) -> None:
+    async def _retry(self, operation: Callable[[], Awaitable[_T]], what: str) -> _T:
         """Run ``operation``, retrying transient rsync failures as SPEC §5.4 says."""
         async for attempt in retrying(
             attempts=self.config.retries,
@@ -212,7 +223,8 @@ class Syncer:
             sleep=self._sleep,
         ):
             with attempt:
-                await operation()
+                return await operation()
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     def _record(self, changes: dict[str, Any], *, durable: bool = True) -> None:
         update_json(
@@ -245,6 +257,9 @@ class Syncer:
                 last["stderr_tail"] = list(error.stderr_tail)
         if result in (Result.SYNCED, Result.UP_TO_DATE):
             changes["last_success"] = _iso(finished)
+            self.metrics.last_success.set(finished)
+        self.metrics.syncs.labels(result=str(result)).inc()
+        self.metrics.set_marker("local", self.local_marker())
         self._record(changes)
 
 

@@ -1,0 +1,98 @@
+"""Prometheus metrics (``GET /metrics``): one registry per process, passed explicitly."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# rsync --stats: "Total bytes received: 1,234,567" (thousands separators since 3.1).
+_RECEIVED = re.compile(r"Total bytes received: ([\d,.]+)")
+
+_SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600)
+_FAST = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """Every metric mirrorhook exports; the roles update the ones that concern them."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.syncs = Counter("mirrorhook_syncs", "Syncs by result.", ["result"], registry=registry)
+        self.stage_seconds = Histogram(
+            "mirrorhook_sync_stage_seconds",
+            "Duration of the stages of a sync: reading the upstream marker, transferring "
+            "the tree (stage 1), installing the marker (stage 2).",
+            ["stage"],
+            buckets=_SECONDS,
+            registry=registry,
+        )
+        self.bytes_received = Counter(
+            "mirrorhook_rsync_received_bytes",
+            "Bytes rsync received while transferring trees (from --stats).",
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "mirrorhook_last_success_timestamp_seconds",
+            "When the last sync succeeded (or found the mirror up to date).",
+            registry=registry,
+        )
+        self.marker = Gauge(
+            "mirrorhook_marker_info",
+            "The marker value, local (installed) and upstream (last read), as a label.",
+            ["side", "marker"],
+            registry=registry,
+        )
+        self.webhooks = Counter(
+            "mirrorhook_webhooks",
+            "Webhooks received, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.deliveries = Counter(
+            "mirrorhook_deliveries",
+            "Delivery attempts to mirrors, by mirror and result.",
+            ["mirror", "result"],
+            registry=registry,
+        )
+        self.delivery_seconds = Histogram(
+            "mirrorhook_delivery_attempt_seconds",
+            "Duration of one delivery attempt.",
+            buckets=_FAST,
+            registry=registry,
+        )
+        self.publish_lag = Histogram(
+            "mirrorhook_publish_to_delivered_seconds",
+            "From noticing a new marker to a mirror's acceptance of it.",
+            buckets=_SECONDS,
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "mirrorhook_deliveries_pending",
+            "Mirrors that have not accepted the newest marker yet.",
+            registry=registry,
+        )
+
+    def set_marker(self, side: str, value: str | None) -> None:
+        """Show ``value`` as the ``side`` marker (one series per side)."""
+        for labels in list(self.marker._metrics):
+            if labels[0] == side:
+                self.marker.remove(*labels)
+        if value is not None:
+            self.marker.labels(side=side, marker=value).set(1)
+
+    def count_received_bytes(self, stdout_tail: Sequence[str]) -> None:
+        """Add the bytes of an rsync run's --stats summary."""
+        for line in stdout_tail:
+            if match := _RECEIVED.search(line):
+                self.bytes_received.inc(int(re.sub(r"[,.]", "", match.group(1))))
+                return
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
