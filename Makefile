@@ -5,9 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest rsync venv clean
+.PHONY: test demo bench lint typecheck pytest rsync venv clean
 
 test: rsync lint typecheck pytest
+
+demo: venv rsync
+	$(BIN)/mirrorhook demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -482,3 +483,44 @@ def test_publisher_only_host_serves_status_and_metrics_on_its_listen(
         status = json.loads(urllib.request.urlopen(f"{base}/v1/status").read())
         assert status["publisher"]["current_marker"] == "5"
         assert urllib.request.urlopen(f"{base}/healthz").status == 200
+
+
+def _demo_folders() -> set[str]:
+    return {path.name for path in Path(tempfile.gettempdir()).glob("mirrorhook-demo-*")}
+
+
+def test_demo_converges_prints_its_timeline_and_cleans_up() -> None:
+    """`mirrorhook demo`: three publishes, a timeline per mirror, every tree identical,
+    exit 0, and no folder or process left behind."""
+    before = _demo_folders()
+    result = run("demo", timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "every mirror converged"
+    timeline = [line for line in lines if "tree identical" in line]
+    assert len(timeline) == 6
+    assert all("webhook" in line and "sync finished" in line for line in timeline)
+    assert _demo_folders() == before
+
+
+def test_demo_interrupted_cleans_up() -> None:
+    """Ctrl-C (SIGINT) during the demo stops every process and removes the folder."""
+    before = _demo_folders()
+    process = subprocess.Popen(
+        [*MIRRORHOOK, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    assert first.startswith("demo folder: ")
+    folder = Path(first.split()[2])
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    out, _err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "cleaning up" in out
+    assert not folder.exists()
+    assert _demo_folders() == before
+    leftovers = subprocess.run(
+        ["pgrep", "-f", str(folder)], capture_output=True, text=True, check=False
+    )
+    assert leftovers.stdout == ""

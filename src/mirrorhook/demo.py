@@ -1,0 +1,293 @@
+"""``mirrorhook demo``: a whole mirror network on loopback, three publishes, a timeline.
+
+In a temporary folder: an upstream tree served by a real ``rsync --daemon`` on 127.0.0.1,
+a publisher and two receivers, each a real ``mirrorhook serve`` process with a real config
+written next to it. Each publish changes the tree, rewrites the marker atomically, and the
+demo prints when each mirror got the webhook, started and finished its sync (milliseconds
+since the rename), then compares each mirror's tree with the upstream's, file by file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import filecmp
+import functools
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from mirrorhook.signing import new_secret
+
+MIRRORS = (("mirror-a", 0), ("mirror-b", 3))
+"""The receivers: name and backoff (the second shows how mirrors spread their syncs)."""
+WAIT = 60.0
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+_EVENTS = {
+    "webhook": re.compile(r"trigger \(webhook from .*marker '(?P<v>[^']*)'\)"),
+    "sync started": re.compile(r"sync started \(webhook from .*marker '(?P<v>[^']*)'\)"),
+    "sync finished": re.compile(r"sync finished .*marker '(?P<v>[^']*)' installed"),
+}
+
+
+class DemoError(Exception):
+    """The demo network did not come up or did not converge."""
+
+
+@dataclass
+class Network:
+    folder: Path
+    upstream: Path
+    processes: list[subprocess.Popen[bytes]]
+
+    def log(self, name: str) -> Path:
+        return self.folder / f"{name}.log"
+
+
+def run(*, keep: bool = False, out: Callable[[str], None] = print) -> int:
+    """Build the network, publish three times, print the timeline; 0 if all converged."""
+    folder = Path(tempfile.mkdtemp(prefix="mirrorhook-demo-"))
+    network = Network(folder, folder / "upstream", [])
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        out(
+            f"demo folder: {folder}  (configs: {folder}/*.toml"
+            + (", kept afterwards)" if keep else ", removed at the end; --keep keeps them)")
+        )
+        _start(network, out)
+        converged = True
+        for number, (what, change) in enumerate(_publishes(network.upstream), start=1):
+            converged &= _publish(network, number, what, change, out)
+    except KeyboardInterrupt:
+        out("interrupted: cleaning up")
+        return 130
+    else:
+        out("")
+        out("every mirror converged" if converged else "SOME MIRROR DID NOT CONVERGE")
+        return 0 if converged else 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop(network)
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _raise_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _secret(path: Path, text: str) -> Path:
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def _start(network: Network, out: Callable[[str], None]) -> None:
+    folder, upstream = network.folder, network.upstream
+    for index in range(30):
+        _write(upstream / f"packages/pkg-{index}.rpm", f"package {index} version 1\n" * 200)
+    _write(upstream / "repodata/repomd.xml", "<repomd revision='1'/>\n")
+    _set_marker(upstream, "publish-0")
+    rsync_port = _free_port()
+    (folder / "rsyncd.conf").write_text(
+        f"pid file = {folder}/rsyncd.pid\nuse chroot = no\nreverse lookup = no\n"
+        f"uid = {os.getuid()}\ngid = {os.getgid()}\n"
+        f"[demo]\npath = {upstream}\nread only = yes\n"
+    )
+    _spawn(
+        network,
+        "rsyncd",
+        [
+            "rsync",
+            "--daemon",
+            "--no-detach",
+            f"--config={folder}/rsyncd.conf",
+            f"--port={rsync_port}",
+            "--address=127.0.0.1",
+        ],
+    )
+    _wait_port(rsync_port)
+    mirror_lines = []
+    for name, backoff in MIRRORS:
+        port = _free_port()
+        secret = new_secret()
+        _secret(folder / f"{name}.secret", secret)
+        _secret(folder / f"publisher-{name}.secret", secret)
+        (folder / f"{name}.toml").write_text(
+            f'[receiver]\nlisten = ["127.0.0.1:{port}"]\nsecret_file = "{folder}/{name}.secret"\n'
+            f'upstream = "rsync://127.0.0.1:{rsync_port}/demo/"\ntarget = "{folder}/{name}"\n'
+            f'state_dir = "{folder}/{name}-state"\nbackoff = {backoff}\npoll_interval = 0\n'
+        )
+        mirror_lines += [
+            "[[publisher.mirrors]]",
+            f'name = "{name}"',
+            f'url = "http://127.0.0.1:{port}/v1/hook"',
+            f'secret_file = "{folder}/publisher-{name}.secret"',
+        ]
+        _spawn(
+            network,
+            name,
+            [sys.executable, "-m", "mirrorhook", "serve", "-c", str(folder / f"{name}.toml")],
+        )
+        _wait_port(port)
+    (folder / "publisher.toml").write_text(
+        f'[publisher]\nroot = "{upstream}"\nstate_dir = "{folder}/publisher-state"\n'
+        'name = "demo-upstream"\n' + "\n".join(mirror_lines) + "\n"
+    )
+    for name, _backoff in MIRRORS:
+        _until(functools.partial(_has_marker, folder / name, "publish-0"), f"{name}'s sync")
+    _spawn(
+        network,
+        "publisher",
+        [sys.executable, "-m", "mirrorhook", "serve", "-c", str(folder / "publisher.toml")],
+    )
+    _until(lambda: "watching" in network.log("publisher").read_text(), "the publisher")
+    out(
+        f"upstream served by rsync --daemon on 127.0.0.1:{rsync_port}; publisher watching "
+        f"{upstream}/CURRENT; mirrors: "
+        + ", ".join(f"{name} (backoff {backoff} s)" for name, backoff in MIRRORS)
+    )
+
+
+def _publishes(upstream: Path) -> Iterator[tuple[str, Callable[[], None]]]:
+    def change() -> None:
+        for index in range(0, 30, 3):
+            _write(upstream / f"packages/pkg-{index}.rpm", f"package {index} version 2\n" * 200)
+        _write(upstream / "repodata/repomd.xml", "<repomd revision='2'/>\n")
+
+    def add() -> None:
+        for index in range(30, 40):
+            _write(upstream / f"packages/pkg-{index}.rpm", f"package {index} version 1\n" * 200)
+
+    def delete() -> None:
+        for index in range(0, 40, 4):
+            (upstream / f"packages/pkg-{index}.rpm").unlink()
+
+    yield "10 files changed", change
+    yield "10 files added", add
+    yield "10 files deleted", delete
+
+
+def _publish(
+    network: Network, number: int, what: str, change: Callable[[], None], out: Callable[[str], None]
+) -> bool:
+    value = f"publish-{number}"
+    change()
+    renamed = time.time()
+    _set_marker(network.upstream, value)
+    out("")
+    out(f"publish {number}: {what}, marker {value!r} renamed into place")
+    for name, _backoff in MIRRORS:
+        _until(functools.partial(_has_marker, network.folder / name, value), f"{name}'s sync")
+    rows = [(name, _timeline(network.log(name), value, renamed)) for name, _ in MIRRORS]
+    converged = True
+    for name, times in rows:
+        same = _same_tree(network.upstream, network.folder / name)
+        converged &= same
+        cells = "  ".join(f"{event} {times.get(event, '?'):>8}" for event in _EVENTS)
+        out(f"  {name:9} {cells}   tree {'identical' if same else 'DIFFERS'}")
+    return converged
+
+
+def _timeline(log: Path, value: str, since: float) -> dict[str, str]:
+    times: dict[str, str] = {}
+    for line in log.read_text().splitlines():
+        stamp = _STAMP.match(line)
+        if not stamp:
+            continue
+        for event, pattern in _EVENTS.items():
+            found = pattern.search(line)
+            if found and found.group("v") == value and event not in times:
+                at = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                times[event] = f"{(at - since) * 1000:.0f} ms"
+    return times
+
+
+def _same_tree(left: Path, right: Path) -> bool:
+    compared = filecmp.dircmp(left, right)
+    return _same(compared)
+
+
+def _same(compared: filecmp.dircmp[str]) -> bool:
+    if compared.left_only or compared.right_only or compared.funny_files:
+        return False
+    _match, mismatch, errors = filecmp.cmpfiles(
+        compared.left, compared.right, compared.common_files, shallow=False
+    )
+    return not mismatch and not errors and all(map(_same, compared.subdirs.values()))
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _set_marker(root: Path, value: str) -> None:
+    temporary = root / ".CURRENT.new"
+    temporary.write_text(value + "\n")
+    temporary.replace(root / "CURRENT")
+
+
+def _marker(tree: Path) -> str | None:
+    with contextlib.suppress(FileNotFoundError):
+        return (tree / "CURRENT").read_text().strip()
+    return None
+
+
+def _has_marker(tree: Path, value: str) -> bool:
+    return _marker(tree) == value
+
+
+def _spawn(network: Network, name: str, command: list[str]) -> None:
+    with network.log(name).open("wb") as log:
+        network.processes.append(
+            subprocess.Popen(  # noqa: S603 - the demo's own fixed commands, no shell
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        )
+
+
+def _stop(network: Network) -> None:
+    for process in network.processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in network.processes:
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def _wait_port(port: int) -> None:
+    def listening() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+        return False
+
+    _until(listening, f"a listener on port {port}")
+
+
+def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.01)
+    raise DemoError(f"timed out waiting for {what}")
