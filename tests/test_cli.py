@@ -500,6 +500,7 @@ def test_demo_converges_prints_its_timeline_and_cleans_up() -> None:
     timeline = [line for line in lines if "tree identical" in line]
     assert len(timeline) == 6
     assert all("webhook" in line and "sync finished" in line for line in timeline)
+    assert not any(" ? " in line for line in timeline), "an event missing from the timeline"
     assert _demo_folders() == before
 
 

@@ -195,6 +195,9 @@ def _publish(
     out(f"publish {number}: {what}, marker {value!r} renamed into place")
     for name, _backoff in MIRRORS:
         _until(functools.partial(_has_marker, network.folder / name, value), f"{name}'s sync")
+        # The marker is installed just before the log line that says so.
+        logged = functools.partial(_fully_logged, network.log(name), value, renamed)
+        _until(logged, f"{name}'s log")
     rows = [(name, _timeline(network.log(name), value, renamed)) for name, _ in MIRRORS]
     converged = True
     for name, times in rows:
@@ -248,6 +251,10 @@ def _marker(tree: Path) -> str | None:
     with contextlib.suppress(FileNotFoundError):
         return (tree / "CURRENT").read_text().strip()
     return None
+
+
+def _fully_logged(log: Path, value: str, since: float) -> bool:
+    return len(_timeline(log, value, since)) == len(_EVENTS)
 
 
 def _has_marker(tree: Path, value: str) -> bool:
