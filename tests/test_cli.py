@@ -378,6 +378,9 @@ def test_status_shows_what_the_running_daemon_does(
     assert live["state"] == "idle"
     human = run("status", "-c", config).stdout
     assert "next poll" in human
+    port = port_of(config)
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    assert 'mirrorhook_marker_info{marker="1",side="local"} 1.0' in metrics
     process.send_signal(signal.SIGTERM)
     assert process.wait(30) == 0
     stopped = receiver()
@@ -525,3 +528,17 @@ def test_demo_interrupted_cleans_up() -> None:
         ["pgrep", "-f", str(folder)], capture_output=True, text=True, check=False
     )
     assert leftovers.stdout == ""
+
+
+def test_restarted_daemon_reports_the_last_success_from_before(
+    tmp_path: Path, daemon: RsyncDaemon, serve: list[subprocess.Popen[str]]
+) -> None:
+    """The last-success gauge survives a restart (an age alert must not fire on restart)."""
+    config = receiver_toml(tmp_path, upstream=daemon.url, backoff=3600)
+    assert run("sync", "-c", config).returncode == 0
+    start_serve(serve, config, tmp_path / "serve.log")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port_of(config)}/metrics").read().decode()
+    gauge = next(
+        line for line in text.splitlines() if line.startswith("mirrorhook_last_success_timestamp")
+    )
+    assert time.time() - 120 < float(gauge.split()[1]) <= time.time()

@@ -14,6 +14,7 @@ import resource
 import signal
 import socket
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -28,8 +29,9 @@ from mirrorhook.publisher import Publisher
 from mirrorhook.receiver import Receiver, background, make_app
 from mirrorhook.scheduler import Scheduler
 from mirrorhook.sdnotify import Notifier
+from mirrorhook.state import read_json
 from mirrorhook.status import host_status, record_daemon
-from mirrorhook.syncer import Syncer
+from mirrorhook.syncer import Syncer, state_path
 from mirrorhook.watcher import MarkerWatcher
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ def build_receiver(
     """Wire the receiver's parts together for one tree."""
     metrics = metrics or Metrics()
     syncer = Syncer(config, metrics=metrics)
+    _restore_metrics(config, syncer, metrics)
 
     async def run_sync(reason: str) -> None:
         if lock.is_locked(config.state_dir):
@@ -165,6 +168,16 @@ async def _run_publisher(config: PublisherConfig, courier: Courier, metrics: Met
     async with asyncio.TaskGroup() as group:
         group.create_task(publisher.run(), name="publisher")
         group.create_task(watcher.run(), name="watcher")
+
+
+def _restore_metrics(config: ReceiverConfig, syncer: Syncer, metrics: Metrics) -> None:
+    """Start the gauges from the state file: an alert on the last success's age must not
+    fire just because the daemon restarted."""
+    last_success = read_json(state_path(config)).get("last_success")
+    if isinstance(last_success, str):
+        with contextlib.suppress(ValueError):
+            metrics.last_success.set(datetime.fromisoformat(last_success).timestamp())
+    metrics.set_marker("local", syncer.local_marker())
 
 
 def _summary(config: Config) -> str:
