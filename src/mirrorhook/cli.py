@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import random
 import signal
 import sys
@@ -308,7 +309,8 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(status, indent=2) + "\n")
     else:
-        sys.stdout.write(format_status(status) + "\n")
+        colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        sys.stdout.write(format_status(status, colour=colour) + "\n")
     return EXIT_FAILURE if is_failing(status) else EXIT_OK
 
 

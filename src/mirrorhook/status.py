@@ -12,7 +12,7 @@ from mirrorhook.record import Result as DeliveryResult
 from mirrorhook.record import state_path as publisher_state_path
 from mirrorhook.state import read_json, update_json
 from mirrorhook.syncer import Result, state_path
-from mirrorhook.table import format_table
+from mirrorhook.table import colour_of, format_table, paint
 
 
 def record_daemon(
@@ -115,17 +115,17 @@ def is_failing(status: dict[str, Any]) -> bool:
     )
 
 
-def format_status(status: dict[str, Any]) -> str:
-    """Return every role's status for a terminal."""
+def format_status(status: dict[str, Any], *, colour: bool = False) -> str:
+    """Return every role's status for a terminal (status words coloured if ``colour``)."""
     parts = []
     if "receiver" in status:
-        parts.append("receiver\n" + _indent(format_receiver(status["receiver"])))
+        parts.append("receiver\n" + _indent(format_receiver(status["receiver"], colour=colour)))
     if "publisher" in status:
-        parts.append("publisher\n" + _indent(format_publisher(status["publisher"])))
+        parts.append("publisher\n" + _indent(format_publisher(status["publisher"], colour=colour)))
     return "\n\n".join(parts)
 
 
-def format_publisher(status: dict[str, Any]) -> str:
+def format_publisher(status: dict[str, Any], *, colour: bool = False) -> str:
     """Return the publisher's status: its marker, then one aligned row per mirror."""
     rows = [("MIRROR", "DELIVERED", "WHEN", "RESULT", "ATTEMPTS", "LAST ERROR")]
     rows += [
@@ -141,7 +141,7 @@ def format_publisher(status: dict[str, Any]) -> str:
     ]
     current = status["current_marker"] or "(none)"
     return f"marker {status['root']}/{status['marker_file']}: {current}\n" + format_table(
-        rows, right=(4,)
+        rows, right=(4,), colour=colour
     )
 
 
@@ -149,7 +149,7 @@ def _indent(text: str) -> str:
     return "\n".join("  " + line if line else line for line in text.splitlines())
 
 
-def format_receiver(status: dict[str, Any]) -> str:
+def format_receiver(status: dict[str, Any], *, colour: bool = False) -> str:
     """Return the receiver's status as aligned ``key: value`` lines."""
     last = status.get("last_sync") or {}
     rows = [
@@ -166,7 +166,12 @@ def format_receiver(status: dict[str, Any]) -> str:
         rows.append(("error", last["error"]))
     rows.extend(("rsync said", line) for line in last.get("stderr_tail", [])[-5:])
     width = max(len(key) for key, _ in rows)
-    return "\n".join(f"{key + ':':<{width + 1}} {value}" for key, value in rows)
+    shade = {"state": status["state"], "last sync": last.get("result"), "error": "failed"}
+    return "\n".join(
+        f"{key + ':':<{width + 1}} "
+        + paint(str(value), colour_of(str(shade.get(key))), enabled=colour)
+        for key, value in rows
+    )
 
 
 def _describe(last: dict[str, Any]) -> str:
