@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -542,3 +543,18 @@ def test_restarted_daemon_reports_the_last_success_from_before(
         line for line in text.splitlines() if line.startswith("mirrorhook_last_success_timestamp")
     )
     assert time.time() - 120 < float(gauge.split()[1]) <= time.time()
+
+
+def test_unix_socket_listener_is_group_writable_only(
+    tmp_path: Path, daemon: RsyncDaemon, serve: list[subprocess.Popen[str]]
+) -> None:
+    """A unix socket listener is mode 0660: nginx's user, in mirrorhook's group, can
+    connect (connecting needs write permission); others cannot."""
+    sock = tmp_path / "hook.sock"
+    config = receiver_toml(tmp_path, upstream=daemon.url, listen=[f"unix:{sock}"])
+    with (tmp_path / "serve.log").open("w") as log:
+        serve.append(
+            subprocess.Popen([*MIRRORHOOK, "serve", "-c", str(config)], stderr=log, text=True)
+        )
+    wait_until(lambda: "listening on unix:" in (tmp_path / "serve.log").read_text())
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o660

@@ -36,6 +36,7 @@ from mirrorhook.watcher import MarkerWatcher
 
 logger = logging.getLogger(__name__)
 
+SOCKET_MODE = 0o660
 SHUTDOWN_GRACE = 5.0
 """Seconds in-flight requests get to finish at shutdown."""
 
@@ -223,6 +224,10 @@ async def _start_site(runner: web.AppRunner, listen: Listen) -> None:
         site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
     try:
         await site.start()
+        if listen.path is not None:
+            # Connecting needs write permission on the socket: let the group in (nginx's
+            # user joins mirrorhook's group), keep everyone else out.
+            listen.path.chmod(SOCKET_MODE)
     except OSError as err:
         raise ListenError(listen, err.strerror or str(err)) from None
     logger.info("listening on %s", listen)
