@@ -12,6 +12,15 @@ test: rsync lint typecheck pytest
 demo: venv rsync
 	$(BIN)/mirrorhook demo
 
+# Every benchmark in turn (about 5 minutes on 2 cores); tables on stdout, JSON in
+# bench/results/. BENCHMARKS.md records a run.
+bench: venv rsync
+	$(BIN)/python -m bench.end_to_end
+	$(BIN)/python -m bench.fanout
+	$(BIN)/python -m bench.capacity
+	$(BIN)/python -m bench.sync_overhead
+	$(BIN)/python -m bench.hook_to_rsync
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

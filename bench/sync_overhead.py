@@ -1,8 +1,12 @@
-"""No-change ``mirrorhook sync --if-changed`` against a plain rsync walk of the same tree.
+"""Sync overhead: ``mirrorhook sync`` against plain rsync with the same flags.
 
-This is what the marker saves every hour on a mirror that is already current: one small
-rsync of the marker instead of a walk of every file. Both run against a real rsync daemon
-on 127.0.0.1 serving a 10,000-file tree.
+1. A publish that changed 1% of a 10,000-file tree: ``mirrorhook sync`` (marker read,
+   transfer, marker re-read, install) into one copy, plain rsync into another, after the
+   same change — what mirrorhook's guarantees cost on top of rsync.
+2. No change: ``mirrorhook sync --if-changed`` against a plain rsync walk — what the marker
+   saves every hour on a mirror that is already current.
+
+Both against a real rsync daemon on 127.0.0.1.
 
     .venv/bin/python -m bench.sync_overhead [--files 10000] [--repeat 15]
 """
@@ -19,7 +23,7 @@ from pathlib import Path
 from bench.stats import ms, save, summary
 from mirrorhook import rsync as rsync_args
 from mirrorhook.config import load_config
-from tests.helpers import make_upstream, receiver_toml, rsync_daemon
+from tests.helpers import make_upstream, publish, receiver_toml, rsync_daemon
 
 
 def timed(command: list[str]) -> float:
@@ -43,25 +47,46 @@ def main() -> int:
             cli = [sys.executable, "-m", "mirrorhook", "sync", "-c", str(config)]
             subprocess.run(cli, check=True, capture_output=True)  # the first, full sync
             plain = rsync_args.tree_args(receiver)  # same flags, same source and target
+            copy = tmp / "plain-copy"
+            plain_copy = [*plain[:-1], f"{copy}/"]
+            subprocess.run(plain_copy, check=True, capture_output=True)
             marker_only = [sys.executable, "-c", "pass"]  # interpreter start, for reference
-            runs: dict[str, list[float]] = {"if_changed": [], "plain_rsync": [], "python": []}
-            for _ in range(args.repeat):  # interleaved, so drift hits both alike
+            runs: dict[str, list[float]] = {
+                "changed_sync": [],
+                "changed_plain": [],
+                "if_changed": [],
+                "plain_rsync": [],
+                "python": [],
+            }
+            for number in range(args.repeat):  # interleaved, so drift hits both alike
+                for index in range(number % 100, args.files, 100):  # 1% of the files
+                    (upstream / f"dir{index % 4}" / f"file{index}.rpm").write_text(f"v{number}\n")
+                publish(upstream, f"changed-{number}")
+                runs["changed_sync"].append(timed(cli))
+                runs["changed_plain"].append(timed(plain_copy))
                 runs["if_changed"].append(timed([*cli, "--if-changed"]))
                 runs["plain_rsync"].append(timed(plain))
                 runs["python"].append(timed(marker_only))
     result = {name: summary(samples) for name, samples in runs.items()}
     ratio = result["if_changed"]["median"] / result["plain_rsync"]["median"]
-    print(f"no-change sync of a {args.files}-file tree over rsync://127.0.0.1, {args.repeat} runs")
-    print(f"{'':32} {'median':>11} {'p25':>11} {'p75':>11}")
+    changed_ratio = result["changed_sync"]["median"] / result["changed_plain"]["median"]
+    print(f"{args.files}-file tree over rsync://127.0.0.1, {args.repeat} runs each")
+    print(f"{'':36} {'median':>11} {'p25':>11} {'p75':>11}")
     for name, label in [
-        ("if_changed", "mirrorhook sync --if-changed"),
-        ("plain_rsync", "rsync walk, same flags"),
+        ("changed_sync", "1% changed: mirrorhook sync"),
+        ("changed_plain", "1% changed: plain rsync"),
+        ("if_changed", "no change: mirrorhook sync --if-changed"),
+        ("plain_rsync", "no change: plain rsync walk"),
         ("python", "python -c pass (start-up)"),
     ]:
         row = result[name]
-        print(f"{label:32} {ms(row['median'])} {ms(row['p25'])} {ms(row['p75'])}")
-    print(f"ratio if-changed / plain walk: {ratio:.3f}")
-    path = save("sync_overhead", {"files": args.files, "runs": result, "ratio": ratio})
+        print(f"{label:36} {ms(row['median'])} {ms(row['p25'])} {ms(row['p75'])}")
+    print(f"ratio 1% changed, mirrorhook / plain: {changed_ratio:.3f}")
+    print(f"ratio no change, if-changed / walk:   {ratio:.3f}")
+    path = save(
+        "sync_overhead",
+        {"files": args.files, "runs": result, "ratio": ratio, "changed_ratio": changed_ratio},
+    )
     print(f"wrote {path}")
     return 0
 
