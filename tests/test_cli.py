@@ -558,3 +558,14 @@ def test_unix_socket_listener_is_group_writable_only(
         )
     wait_until(lambda: "listening on unix:" in (tmp_path / "serve.log").read_text())
     assert stat.S_IMODE(sock.stat().st_mode) == 0o660
+
+
+def test_one_shot_sync_does_not_import_prometheus_client() -> None:
+    """The cron sync records no metrics: prometheus_client's import is the daemon's cost."""
+    probe = (
+        "import sys, mirrorhook.cli, mirrorhook.syncer; print('prometheus_client' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=30
+    )
+    assert result.stdout.strip() == "False"

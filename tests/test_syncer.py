@@ -228,3 +228,21 @@ async def test_transient_failure_then_success_completes(
     report = await syncer.sync(if_changed=True, trigger="test")
     assert report.result is Result.SYNCED
     assert trees_equal(daemon.root, syncer.config.target)
+
+
+async def test_sync_after_a_crash_sweeps_leftovers(tmp_path: Path, daemon: RsyncDaemon) -> None:
+    """A sync whose predecessor died mid-run (its in-progress note is still there, as after
+    a SIGKILL) removes .~tmp~ folders that rsync itself would not revisit."""
+    syncer = make_syncer(tmp_path, daemon.url)
+    await syncer.sync(if_changed=True, trigger="first")
+    leftover = syncer.config.target / "dir1" / RSYNC_TMP_DIR
+    leftover.mkdir()
+    (leftover / "file1.rpm").write_text("half a file")
+    state = state_path(syncer.config)
+    recorded = json.loads(state.read_text())
+    recorded["in_progress"] = {"trigger": "killed", "started": "t", "pid": 999999}
+    state.write_text(json.dumps(recorded))
+    publish(daemon.root, "2")
+    await syncer.sync(if_changed=True, trigger="after the crash")
+    assert not leftover.exists()
+    assert trees_equal(daemon.root, syncer.config.target)

@@ -1,14 +1,22 @@
-"""Prometheus metrics (``GET /metrics``): one registry per process, passed explicitly."""
+"""Prometheus metrics (``GET /metrics``): one registry per process, passed explicitly.
+
+prometheus_client is imported when a ``Metrics`` is made (by the daemon): it costs some
+50 ms of start-up that a one-shot ``mirrorhook sync`` from cron has no use for; that one
+records into ``NoMetrics``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # rsync --stats: "Total bytes received: 1,234,567" (thousands separators since 3.1).
 _RECEIVED = re.compile(r"Total bytes received: ([\d,.]+)")
@@ -17,11 +25,43 @@ _SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 2
 _FAST = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+class SyncMetrics(Protocol):
+    """What the sync engine records (``Metrics`` in the daemon, ``NoMetrics`` elsewhere)."""
+
+    def time_stage(self, stage: str) -> AbstractContextManager[object]: ...
+    def set_marker(self, side: str, value: str | None) -> None: ...
+    def count_received_bytes(self, stdout_tail: Sequence[str]) -> None: ...
+    def sync_finished(self, result: str, *, success_at: float | None) -> None: ...
+
+
+class NoMetrics:
+    """Records nothing (for one-shot commands)."""
+
+    def time_stage(self, _stage: str) -> AbstractContextManager[object]:
+        return contextlib.nullcontext()
+
+    def set_marker(self, side: str, value: str | None) -> None:
+        pass
+
+    def count_received_bytes(self, stdout_tail: Sequence[str]) -> None:
+        pass
+
+    def sync_finished(self, result: str, *, success_at: float | None) -> None:
+        pass
+
+
 class Metrics:
     """Every metric mirrorhook exports; the roles update the ones that concern them."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        from prometheus_client import (  # noqa: PLC0415 - deferred, see the module's docstring
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            Histogram,
+        )
+
+        self.registry: CollectorRegistry = CollectorRegistry()
         registry = self.registry
         self.syncs = Counter("mirrorhook_syncs", "Syncs by result.", ["result"], registry=registry)
         self.stage_seconds = Histogram(
@@ -78,6 +118,16 @@ class Metrics:
             registry=registry,
         )
 
+    def time_stage(self, stage: str) -> AbstractContextManager[object]:
+        """Time one stage of a sync."""
+        return self.stage_seconds.labels(stage=stage).time()
+
+    def sync_finished(self, result: str, *, success_at: float | None) -> None:
+        """Count a sync by result; note when it succeeded."""
+        self.syncs.labels(result=result).inc()
+        if success_at is not None:
+            self.last_success.set(success_at)
+
     def set_marker(self, side: str, value: str | None) -> None:
         """Show ``value`` as the ``side`` marker (one series per side)."""
         for labels in list(self.marker._metrics):
@@ -95,4 +145,6 @@ class Metrics:
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
+        from prometheus_client import generate_latest  # noqa: PLC0415 - see the docstring
+
         return generate_latest(self.registry)

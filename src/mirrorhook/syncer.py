@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from mirrorhook import marker, rsync
 from mirrorhook.config import ReceiverConfig, redact_upstream
 from mirrorhook.errors import NoMarkerError, RsyncError, SyncError
-from mirrorhook.metrics import Metrics
+from mirrorhook.metrics import NoMetrics, SyncMetrics
 from mirrorhook.retry import Backoff, Sleep, retrying
 from mirrorhook.state import update_json, write_atomic
 
@@ -80,10 +80,10 @@ class Syncer:
         backoff: Backoff | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.time,
-        metrics: Metrics | None = None,
+        metrics: SyncMetrics | None = None,
     ) -> None:
         self.config = config
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or NoMetrics()
         self._backoff = backoff or Backoff()
         self._sleep = sleep
         self._clock = clock
@@ -100,11 +100,12 @@ class Syncer:
         """
         started = self._clock()
         in_progress = {"trigger": trigger, "started": _iso(started), "pid": os.getpid()}
-        # Only a note for `status` (a crash leaves a dead pid, shown as "interrupted"):
-        # no fsync between the webhook and rsync's start.
-        self._record({"in_progress": in_progress}, durable=False)
+        # Durable: after a crash, this note is how the next sync knows to sweep the tree
+        # for rsync's leftovers (and how `status` shows "interrupted").
+        before = self._record({"in_progress": in_progress})
         logger.info("sync started (%s)", trigger)
-        report = await self._recorded(trigger, started, self._sync(if_changed=if_changed))
+        work = self._sync(if_changed=if_changed, sweep=_may_have_leftovers(before))
+        report = await self._recorded(trigger, started, work)
         self._finish(trigger, started, report.result, marker_value=report.marker)
         if report.result is Result.UP_TO_DATE:
             logger.info("already up to date with upstream marker %r", report.marker)
@@ -147,7 +148,7 @@ class Syncer:
         logger.error("sync failed (%s): %s", trigger, failure)
         raise failure
 
-    async def _sync(self, *, if_changed: bool) -> Report:
+    async def _sync(self, *, if_changed: bool, sweep: bool) -> Report:
         config = self.config
         local = self.local_marker()
         upstream = await self._read_upstream()
@@ -160,17 +161,19 @@ class Syncer:
                 upstream.value,
                 local,
             )
-            with self.metrics.stage_seconds.labels(stage="transfer").time():
+            with self.metrics.time_stage("transfer"):
                 result = await self._retry(
                     functools.partial(rsync.run, rsync.tree_args(config), timeout=config.timeout),
                     "rsync of the tree",
                 )
-                _remove_rsync_leftovers(config.target)
+                if sweep:
+                    _remove_rsync_leftovers(config.target)
+                    sweep = False
             self.metrics.count_received_bytes(result.stdout_tail)
             again = await self._read_upstream()
             if again.value == upstream.value:
                 logger.info("stage 2: installing marker %r", again.value)
-                with self.metrics.stage_seconds.labels(stage="install").time():
+                with self.metrics.time_stage("install"):
                     write_atomic(config.target / config.marker, again.data, mtime=again.mtime)
                 return Report(Result.SYNCED, again.value, round_number)
             logger.info(
@@ -202,7 +205,7 @@ class Syncer:
                         raise NoMarkerError(source) from None
                     raise
 
-            with self.metrics.stage_seconds.labels(stage="read_marker").time():
+            with self.metrics.time_stage("read_marker"):
                 await self._retry(fetch, "reading the upstream marker")
             try:
                 data = path.read_bytes()
@@ -226,10 +229,16 @@ class Syncer:
                 return await operation()
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    def _record(self, changes: dict[str, Any], *, durable: bool = True) -> None:
-        update_json(
-            state_path(self.config), lambda document: document.update(changes), durable=durable
-        )
+    def _record(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply ``changes`` to the state file; return the state as it was before."""
+        before: dict[str, Any] = {}
+
+        def change(document: dict[str, Any]) -> None:
+            before.update(document)
+            document.update(changes)
+
+        update_json(state_path(self.config), change)
+        return before
 
     def _finish(
         self,
@@ -255,12 +264,26 @@ class Syncer:
             if isinstance(error, RsyncError):
                 last["returncode"] = error.returncode
                 last["stderr_tail"] = list(error.stderr_tail)
-        if result in (Result.SYNCED, Result.UP_TO_DATE):
+        succeeded = result in (Result.SYNCED, Result.UP_TO_DATE)
+        if succeeded:
             changes["last_success"] = _iso(finished)
-            self.metrics.last_success.set(finished)
-        self.metrics.syncs.labels(result=str(result)).inc()
+        self.metrics.sync_finished(str(result), success_at=finished if succeeded else None)
         self.metrics.set_marker("local", self.local_marker())
         self._record(changes)
+
+
+def _may_have_leftovers(state: dict[str, Any]) -> bool:
+    """Whether the sync before this one may have left ``.~tmp~`` folders: it did not finish
+    (a crash leaves its in-progress note), failed or was cancelled, or there was none.
+
+    A completed rsync removes its own staging folders, so a tree whose last sync completed
+    need not be walked (a walk of a 100,000-file tree costs a noticeable fraction of a
+    no-change sync).
+    """
+    last = state.get("last_sync")
+    if state.get("in_progress") or not isinstance(last, dict):
+        return True
+    return last.get("result") not in (Result.SYNCED, Result.UP_TO_DATE)
 
 
 def _remove_rsync_leftovers(target: Path) -> None:
