@@ -193,20 +193,23 @@ async def _collect(stream: asyncio.StreamReader | None, tail: deque[str]) -> Non
 
 
 async def _stop(process: asyncio.subprocess.Process, grace: float) -> None:
-    """Terminate rsync's process group: TERM, a grace period, then KILL; reap the process."""
-    if process.returncode is not None:
-        _signal_group(process.pid, signal.SIGKILL)  # children it may have left behind
-        return
-    _signal_group(process.pid, signal.SIGTERM)
-    try:
-        async with asyncio.timeout(grace):
-            await asyncio.shield(process.wait())
-    except TimeoutError:
-        logger.warning("rsync did not exit %g s after SIGTERM: killing it", grace)
-    _signal_group(process.pid, signal.SIGKILL)
+    """Terminate rsync's process group: TERM, a grace period, then KILL; reap the process
+    and drain its pipes (so that nothing of it is left open)."""
+    if process.returncode is None:
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.shield(process.wait())
+        except TimeoutError:
+            logger.warning("rsync did not exit %g s after SIGTERM: killing it", grace)
+    _signal_group(process.pid, signal.SIGKILL)  # and any child it may have left behind
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(grace):
             await asyncio.shield(process.wait())
+            for pipe in (process.stdout, process.stderr):
+                if pipe is not None:
+                    await pipe.read()  # to the end: the pipes close with the process
+            await asyncio.sleep(0)  # let the transport notice and close
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
