@@ -569,3 +569,34 @@ def test_one_shot_sync_does_not_import_prometheus_client() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=30
     )
     assert result.stdout.strip() == "False"
+
+
+def test_daemon_killed_mid_sync_its_orphaned_rsync_keeps_the_tree_locked(
+    tmp_path: Path, daemon: RsyncDaemon, serve: list[subprocess.Popen[str]]
+) -> None:
+    """SIGKILL of `serve` during a transfer: rsync (its own process group) lives on, and
+    holds the sync lock until it ends, so no second rsync writes the tree meanwhile; the
+    marker is never ahead of the content; the next sync converges with no .~tmp~ left."""
+    config = receiver_toml(tmp_path, upstream=daemon.url)
+    assert run("sync", "-c", config).returncode == 0
+    publish(daemon.root, "2", {f"big/{i}.bin": "z" * 200_000 for i in range(6)})
+    pids = tmp_path / "rsync.pids"
+    wrapper = tmp_path / "pid-rsync"
+    wrapper.write_text(f'#!/bin/sh\necho $$ >> {pids}\nexec rsync --bwlimit=400 "$@"\n')
+    wrapper.chmod(0o755)
+    slow = receiver_toml(tmp_path, upstream=daemon.url, rsync=str(wrapper))
+    process = start_serve(serve, slow, tmp_path / "serve.log")
+    wait_until(lambda: any((tmp_path / "mirror").rglob(".~tmp~")), what="a transfer in progress")
+    process.kill()
+    process.wait(10)
+    orphan = int(pids.read_text().split()[-1])
+    assert _process_group_members(orphan), "rsync should outlive the killed daemon"
+    assert local_marker(tmp_path) == "1"
+    locked = run("sync", "-c", config)
+    assert locked.returncode == 75, locked.stderr
+    wait_until(lambda: not _process_group_members(orphan), timeout=60, what="the orphan's end")
+    assert local_marker(tmp_path) == "1", "the orphan must not install the marker"
+    assert run("sync", "-c", config, "--if-changed").returncode == 0
+    assert local_marker(tmp_path) == "2"
+    assert not any((tmp_path / "mirror").rglob(".~tmp~"))
+    assert trees_equal(daemon.root, tmp_path / "mirror")

@@ -280,8 +280,10 @@ def _sync(args: argparse.Namespace) -> int:
             delay = random.uniform(0, args.randomize)
             logger.info("sleeping %.0f s to spread the mirrors' load on the upstream", delay)
             await asyncio.sleep(delay)
-        with lock.hold(receiver.state_dir):
-            await syncer.sync(if_changed=args.if_changed, trigger="mirrorhook sync")
+        with lock.hold(receiver.state_dir) as lock_fd:
+            await syncer.sync(
+                if_changed=args.if_changed, trigger="mirrorhook sync", lock_fd=lock_fd
+            )
         return EXIT_OK
 
     try:

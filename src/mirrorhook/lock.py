@@ -1,7 +1,10 @@
 """The per-tree sync lock: an exclusive ``flock`` on ``state_dir/sync.lock`` (SPEC §5.1).
 
 The daemon and ``mirrorhook sync`` take the same lock, so only one rsync ever writes a tree.
-The kernel drops a ``flock`` when its holder dies, so a crash never leaves a stale lock.
+The kernel drops a ``flock`` when the last descriptor of it is closed, so a crash never
+leaves a stale lock. The holders yield that descriptor: the sync engine hands it to rsync,
+so that an rsync orphaned by a killed daemon keeps the tree locked until it ends (a
+restarted daemon then waits for it instead of running a second rsync beside it).
 """
 
 from __future__ import annotations
@@ -26,17 +29,17 @@ def lock_path(state_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def hold(state_dir: Path) -> Iterator[None]:
+def hold(state_dir: Path) -> Iterator[int]:
     """Hold the sync lock for the ``with`` block; raise ``LockedError`` at once if it is taken."""
     fd = _try_lock(lock_path(state_dir))
     try:
-        yield
+        yield fd
     finally:
         os.close(fd)
 
 
 @contextlib.asynccontextmanager
-async def hold_waiting(state_dir: Path, poll: float = POLL_INTERVAL) -> AsyncIterator[None]:
+async def hold_waiting(state_dir: Path, poll: float = POLL_INTERVAL) -> AsyncIterator[int]:
     """Hold the sync lock for the block, waiting (cancellably) while another process has it."""
     path = lock_path(state_dir)
     while True:
@@ -46,7 +49,7 @@ async def hold_waiting(state_dir: Path, poll: float = POLL_INTERVAL) -> AsyncIte
         except LockedError:
             await asyncio.sleep(poll)
     try:
-        yield
+        yield fd
     finally:
         os.close(fd)
 
@@ -65,8 +68,6 @@ def is_locked(state_dir: Path) -> bool:
 
 def _try_lock(path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # O_CLOEXEC (Python's default) keeps the descriptor out of rsync, so a killed daemon's
-    # orphaned rsync cannot keep holding the lock.
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -132,14 +132,18 @@ class RsyncResult:
 
 
 async def run(
-    args: Sequence[str], *, timeout: float, term_grace: float = TERM_GRACE
+    args: Sequence[str],
+    *,
+    timeout: float,
+    term_grace: float = TERM_GRACE,
+    pass_fds: Sequence[int] = (),
 ) -> RsyncResult:
     """Run rsync to completion in its own process group, within ``timeout`` seconds.
 
     Returns the result for exit codes that complete a stage (0 and 24); raises
     ``RsyncError`` for every other code, ``RsyncTimeoutError`` when the deadline passes.
     Cancellation terminates the process group (TERM, then KILL after ``term_grace``
-    seconds) before re-raising.
+    seconds) before re-raising. ``pass_fds`` are inherited by rsync (the sync lock).
     """
     logger.debug("running %s", " ".join(args))
     try:
@@ -149,6 +153,7 @@ async def run(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
     except OSError as err:
         raise SyncError(f"cannot run {args[0]}: {err.strerror or err}") from None

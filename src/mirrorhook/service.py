@@ -64,8 +64,8 @@ def build_receiver(
     async def run_sync(reason: str) -> None:
         if lock.is_locked(config.state_dir):
             logger.info("another sync of this tree is running: waiting for it to finish")
-        async with lock.hold_waiting(config.state_dir):
-            await syncer.sync(if_changed=True, trigger=reason)
+        async with lock.hold_waiting(config.state_dir) as lock_fd:
+            await syncer.sync(if_changed=True, trigger=reason, lock_fd=lock_fd)
 
     def note_change() -> None:
         record_daemon(

@@ -84,6 +84,7 @@ class Syncer:
     ) -> None:
         self.config = config
         self.metrics = metrics or NoMetrics()
+        self._pass_fds: tuple[int, ...] = ()
         self._backoff = backoff or Backoff()
         self._sleep = sleep
         self._clock = clock
@@ -92,10 +93,11 @@ class Syncer:
         """Return the marker value of the local tree, ``None`` before the first sync."""
         return marker.read(self.config.target / self.config.marker)
 
-    async def sync(self, *, if_changed: bool, trigger: str) -> Report:
+    async def sync(self, *, if_changed: bool, trigger: str, lock_fd: int | None = None) -> Report:
         """Bring the local tree up to the upstream; record the outcome; re-raise failures.
 
         With ``if_changed``, nothing is transferred when the upstream marker equals ours.
+        ``lock_fd``, the caller's sync lock, is handed to rsync (see ``lock.py``).
         Every failure is raised as a ``SyncError`` (an unexpected ``OSError`` included).
         """
         started = self._clock()
@@ -104,6 +106,7 @@ class Syncer:
         # for rsync's leftovers (and how `status` shows "interrupted").
         before = self._record({"in_progress": in_progress})
         logger.info("sync started (%s)", trigger)
+        self._pass_fds = () if lock_fd is None else (lock_fd,)
         work = self._sync(if_changed=if_changed, sweep=_may_have_leftovers(before))
         report = await self._recorded(trigger, started, work)
         self._finish(trigger, started, report.result, marker_value=report.marker)
@@ -163,7 +166,12 @@ class Syncer:
             )
             with self.metrics.time_stage("transfer"):
                 result = await self._retry(
-                    functools.partial(rsync.run, rsync.tree_args(config), timeout=config.timeout),
+                    functools.partial(
+                        rsync.run,
+                        rsync.tree_args(config),
+                        timeout=config.timeout,
+                        pass_fds=self._pass_fds,
+                    ),
                     "rsync of the tree",
                 )
                 if sweep:
@@ -196,7 +204,11 @@ class Syncer:
 
             async def fetch() -> None:
                 try:
-                    await rsync.run(args, timeout=min(config.timeout, rsync.MARKER_TIMEOUT))
+                    await rsync.run(
+                        args,
+                        timeout=min(config.timeout, rsync.MARKER_TIMEOUT),
+                        pass_fds=self._pass_fds,
+                    )
                 except RsyncError as err:
                     # A missing upstream folder (unmounted, say) is not a transient failure.
                     if err.returncode == rsync.PARTIAL and any(
