@@ -59,9 +59,12 @@ class RsyncDaemon:
 
 
 @contextlib.contextmanager
-def rsync_daemon(folder: Path, root: Path, *, max_connections: int = 0) -> Iterator[RsyncDaemon]:
-    """Run a real rsync daemon for the duration of the block."""
-    port = free_port()
+def rsync_daemon(
+    folder: Path, root: Path, *, max_connections: int = 0, port: int | None = None
+) -> Iterator[RsyncDaemon]:
+    """Run a real rsync daemon for the duration of the block (on ``port``, or a free one)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
     conf = folder / f"rsyncd-{port}.conf"
     conf.write_text(
         f"pid file = {folder}/rsyncd-{port}.pid\n"

@@ -189,7 +189,9 @@ async def test_malformed_signature_headers_are_401(
     assert_nothing_scheduled(receiver)
 
 
-@pytest.mark.parametrize("offset", [-301, 301, -600, 600, -3600])
+# Not ±301: the request takes time on a loaded machine; the exact boundary is tested in
+# test_signing.py with an injected clock.
+@pytest.mark.parametrize("offset", [-310, 310, -600, 600, -3600])
 async def test_timestamp_outside_the_window_is_401(
     receiver: Receiver, client: Client, offset: int, caplog: pytest.LogCaptureFixture
 ) -> None:
