@@ -6,6 +6,7 @@ import contextlib
 import filecmp
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -53,8 +54,10 @@ class RsyncDaemon:
         return f"rsync://127.0.0.1:{self.port}/up/"
 
     def stop(self) -> None:
+        """Stop the daemon and every connection it is serving (its whole process group)."""
         if self.process.poll() is None:
-            self.process.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(10)
 
 
@@ -88,6 +91,7 @@ def rsync_daemon(
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     daemon = RsyncDaemon(root=root, port=port, process=process, config=conf)
     try:

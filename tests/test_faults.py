@@ -7,6 +7,9 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -96,3 +99,62 @@ async def test_full_target_file_system_fails_clearly_and_keeps_the_old_tree(
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
         shutil.rmtree(mount, ignore_errors=True)
+
+
+def test_upstream_stopping_mid_transfer_fails_cleanly_then_the_poll_recovers(
+    tmp_path: Path,
+) -> None:
+    """A real `serve` (poll every 2 s, 2 attempts): the upstream daemon stops during a
+    transfer → the attempt and its retry fail, the status says so with rsync's exit code,
+    the marker stays; the daemon comes back → the next poll converges the mirror."""
+    upstream = make_upstream(tmp_path / "upstream")
+    config_dir = tmp_path / "mirror-host"
+    config_dir.mkdir()
+    with rsync_daemon(tmp_path / "d1", upstream) as daemon:
+        port = daemon.port
+        config = receiver_config(
+            config_dir,
+            upstream=daemon.url,
+            retries=2,
+            poll_interval=2,
+            poll_jitter=0,
+            rsync_args=["--bwlimit=300"],
+        )
+        assert config.receiver is not None
+        target = config.receiver.target
+        log = config_dir / "serve.log"
+        with log.open("w") as sink:
+            serve = subprocess.Popen(
+                [sys.executable, "-m", "mirrorhook", "serve", "-c", str(config.path)], stderr=sink
+            )
+        try:
+            wait((target / "CURRENT").exists, "the first sync")
+            publish(upstream, "2", {f"big/{i}.bin": "q" * 300_000 for i in range(4)})
+            wait(lambda: any(target.rglob(".~tmp~")), "a transfer in progress")
+            daemon.stop()
+            wait(lambda: "sync failed" in log.read_text(), "the failure", timeout=40)
+            status = subprocess.run(
+                [sys.executable, "-m", "mirrorhook", "status", "-c", str(config.path), "--json"],
+                capture_output=True, text=True, check=False, timeout=30,
+            )  # fmt: skip
+            assert status.returncode == 1
+            last = json.loads(status.stdout)["receiver"]["last_sync"]
+            assert last["result"] == "failed"
+            assert last["returncode"] in (10, 12, 20, 30, 35), last
+            assert "retrying in" in log.read_text(), "the failed transfer was retried"
+            assert (target / "CURRENT").read_text().strip() == "1"
+            with rsync_daemon(tmp_path / "d2", upstream, port=port):
+                wait(lambda: (target / "CURRENT").read_text().strip() == "2", "the poll's sync")
+                assert trees_equal(upstream, target)
+        finally:
+            serve.terminate()
+            serve.wait(30)
+
+
+def wait(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -35,6 +35,17 @@ def test_code_5_depends_on_the_daemons_words() -> None:
     assert not rsync.is_transient(5, ["@ERROR: Unknown module 'nope'"])
 
 
+def test_code_20_is_transient_only_when_the_upstream_was_signalled() -> None:
+    """20 from the sender (the upstream daemon stopped mid-transfer) is retried; 20 from our
+    own side (we are shutting down) is not."""
+    signalled = "rsync error: received SIGINT, SIGTERM, or SIGHUP (code 20)"
+    theirs = [f"{signalled} at io.c(586) [sender=3.5.0]"]
+    ours = [f"{signalled} at rsync.c(713) [generator=3.5.0]"]
+    assert rsync.is_transient(20, theirs)
+    assert not rsync.is_transient(20, ours)
+    assert not rsync.is_transient(20, [])
+
+
 def test_vanished_files_complete_the_stage() -> None:
     """Exit 24 (files vanished during a publish) completes the transfer stage."""
     assert rsync.completes_stage(0)

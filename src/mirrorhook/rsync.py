@@ -54,10 +54,18 @@ MAX_CONNECTIONS = "max connections"
 """What an rsync daemon says (with exit code 5) when all its slots are taken."""
 
 
+SIGNALLED = 20
+"""rsync was signalled. Ours means we are shutting down (permanent); a daemon that stops or
+restarts mid-transfer makes its *sender* report it ("... (code 20) ... [sender=...]"): that
+is the upstream going away for a moment, retried like a broken connection."""
+
+
 def is_transient(returncode: int, stderr_tail: Sequence[str]) -> bool:
     """Return whether a failed rsync run is worth retrying (SPEC §5.4)."""
     if returncode in TRANSIENT_CODES:
         return True
+    if returncode == SIGNALLED:
+        return any("[sender=" in line for line in stderr_tail)
     return returncode == 5 and any(MAX_CONNECTIONS in line.lower() for line in stderr_tail)
 
 
