@@ -29,6 +29,7 @@ from tests.helpers import (
     tree_invocations,
     trees_equal,
     wait_for_port,
+    wait_until,
     write_secret,
 )
 from tests.mirrors import HookMirror, always, mirror_in_thread
@@ -41,16 +42,6 @@ def run(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[s
     return subprocess.run(
         [*MIRRORHOOK, *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False
     )
-
-
-def wait_until(condition: object, timeout: float = 30, what: str = "condition") -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def local_marker(tmp: Path) -> str | None:

@@ -8,8 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,14 @@ import pytest
 from mirrorhook.errors import RsyncError, SyncError
 from mirrorhook.retry import Backoff
 from mirrorhook.syncer import Result, Syncer, state_path
-from tests.helpers import make_upstream, publish, receiver_config, rsync_daemon, trees_equal
+from tests.helpers import (
+    make_upstream,
+    publish,
+    receiver_config,
+    rsync_daemon,
+    trees_equal,
+    wait_until,
+)
 
 
 def syncer_for(tmp_path: Path, upstream: str, *, retries: int = 6, **overrides: object) -> Syncer:
@@ -128,11 +133,11 @@ def test_upstream_stopping_mid_transfer_fails_cleanly_then_the_poll_recovers(
                 [sys.executable, "-m", "mirrorhook", "serve", "-c", str(config.path)], stderr=sink
             )
         try:
-            wait((target / "CURRENT").exists, "the first sync")
+            wait_until((target / "CURRENT").exists, "the first sync")
             publish(upstream, "2", {f"big/{i}.bin": "q" * 300_000 for i in range(4)})
-            wait(lambda: any(target.rglob(".~tmp~")), "a transfer in progress")
+            wait_until(lambda: any(target.rglob(".~tmp~")), "a transfer in progress")
             daemon.stop()
-            wait(lambda: "sync failed" in log.read_text(), "the failure", timeout=40)
+            wait_until(lambda: "sync failed" in log.read_text(), "the failure", timeout=40)
             status = subprocess.run(
                 [sys.executable, "-m", "mirrorhook", "status", "-c", str(config.path), "--json"],
                 capture_output=True, text=True, check=False, timeout=30,
@@ -144,17 +149,10 @@ def test_upstream_stopping_mid_transfer_fails_cleanly_then_the_poll_recovers(
             assert "retrying in" in log.read_text(), "the failed transfer was retried"
             assert (target / "CURRENT").read_text().strip() == "1"
             with rsync_daemon(tmp_path / "d2", upstream, port=port):
-                wait(lambda: (target / "CURRENT").read_text().strip() == "2", "the poll's sync")
+                wait_until(
+                    lambda: (target / "CURRENT").read_text().strip() == "2", "the poll's sync"
+                )
                 assert trees_equal(upstream, target)
         finally:
             serve.terminate()
             serve.wait(30)
-
-
-def wait(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")

@@ -12,13 +12,20 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_upstream, publish, publisher_toml, receiver_toml, trees_equal
+from tests.helpers import (
+    make_upstream,
+    publish,
+    publisher_toml,
+    receiver_toml,
+    trees_equal,
+    wait_until,
+)
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None,
@@ -117,15 +124,6 @@ def rsyncd(net: Network, host: str, root: Path, folder: Path) -> str:
     return f"rsync://{net.address(host)}/up/"
 
 
-def until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def marker(tree: Path) -> str | None:
     path = tree / "CURRENT"
     return path.read_text().strip() if path.exists() else None
@@ -173,15 +171,15 @@ def test_chain_across_namespaces_survives_a_cut_link(tmp_path: Path, network: Ne
     net.run("hub", [*mirrorhook, str(hub_dir / "hub.toml")], hub_dir / "serve.log")
     net.run("up", [*mirrorhook, str(top_config)], top / "serve.log")
     trees = {"hub": hub_tree, **{name: folder / "mirror" for name, folder in leaves.items()}}
-    until(lambda: all(marker(tree) == "1" for tree in trees.values()), "first convergence")
+    wait_until(lambda: all(marker(tree) == "1" for tree in trees.values()), "first convergence")
 
     net.link("l1", up=False)
     (upstream / "dir0" / "file0.rpm").unlink()
     publish(upstream, "2", {"dir1/file1.rpm": "changed\n", "new/pkg.rpm": "added\n"})
-    until(lambda: marker(hub_tree) == "2" and marker(trees["l2"]) == "2", "hub and l2")
+    wait_until(lambda: marker(hub_tree) == "2" and marker(trees["l2"]) == "2", "hub and l2")
     time.sleep(1)
     assert marker(trees["l1"]) == "1", "l1 is cut off"
     net.link("l1", up=True)
-    until(lambda: marker(trees["l1"]) == "2", "l1 after its link came back")
+    wait_until(lambda: marker(trees["l1"]) == "2", "l1 after its link came back")
     for tree in trees.values():
         assert trees_equal(upstream, tree), tree

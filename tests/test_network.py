@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,20 +22,12 @@ from tests.helpers import (
     rsync_daemon,
     trees_equal,
     wait_for_port,
+    wait_until,
     write_secret,
 )
 from tests.mirrors import HookMirror, always, mirror_in_thread
 
 MIRRORHOOK = [sys.executable, "-m", "mirrorhook"]
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 30, what: str = "it") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Processes:
