@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import filecmp
 import os
 import shutil
 import signal
@@ -18,6 +17,7 @@ from typing import Any
 
 from mirrorhook import message, signing
 from mirrorhook.config import Config, load_config
+from mirrorhook.demo import same_tree
 
 MARKER = "CURRENT"
 
@@ -194,23 +194,6 @@ def signed_webhook(
     return body, headers
 
 
-def trees_equal(left: Path, right: Path, *, ignore: tuple[str, ...] = ()) -> bool:
-    """Return whether two trees hold the same names and the same file contents."""
-    compared = filecmp.dircmp(left, right, ignore=list(ignore))
-    return _same(compared)
-
-
-def _same(compared: filecmp.dircmp[str]) -> bool:
-    if compared.left_only or compared.right_only or compared.funny_files:
-        return False
-    _match, mismatch, errors = filecmp.cmpfiles(
-        compared.left, compared.right, compared.common_files, shallow=False
-    )
-    if mismatch or errors:
-        return False
-    return all(_same(sub) for sub in compared.subdirs.values())
-
-
 def stub_rsync(folder: Path, script: str) -> Path:
     """Write an executable stand-in for rsync (a fake: real rsync cannot fail on demand)."""
     path = folder / "stub-rsync"
@@ -282,6 +265,33 @@ def publisher_toml(
 def mirror_secret(tmp: Path, name: str) -> signing.Secret:
     """The secret ``publisher_toml`` wrote for mirror ``name``."""
     return signing.Secret.parse((tmp / "secrets" / f"{name}.secret").read_text())
+
+
+def slow_rsync(folder: Path, pids: Path, *, bwlimit: int) -> Path:
+    """A wrapper that records its pid (the rsync's, after exec) and runs the real rsync
+    with ``--bwlimit``, so a test can act during a transfer and find its processes."""
+    path = folder / "pid-rsync"
+    path.write_text(f'#!/bin/sh\necho $$ >> {pids}\nexec rsync --bwlimit={bwlimit} "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+def stop_processes(processes: list[subprocess.Popen[Any]]) -> None:
+    """TERM every process still running, wait, KILL those that do not exit."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def trees_equal(left: Path, right: Path) -> bool:
+    """Return whether two trees hold the same names and the same file contents."""
+    return same_tree(left, right)
 
 
 def failing_once_rsync(

@@ -26,6 +26,8 @@ from tests.helpers import (
     publish,
     publisher_toml,
     receiver_toml,
+    slow_rsync,
+    stop_processes,
     tree_invocations,
     trees_equal,
     wait_for_port,
@@ -59,13 +61,11 @@ def port_of(config: Path) -> int:
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
-    """Started ``mirrorhook serve`` processes; any left running are killed at the end."""
+    """Started ``mirrorhook serve`` processes; any left running are stopped at the end (TERM
+    first, so that each stops its own rsync)."""
     processes: list[subprocess.Popen[str]] = []
     yield processes
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+    stop_processes(processes)
 
 
 def start_serve(
@@ -257,9 +257,7 @@ def test_sigterm_during_a_sync_exits_0_and_stops_rsync(
     assert run("sync", "-c", first).returncode == 0
     publish(daemon.root, "2", {f"big/{i}.bin": "z" * 300_000 for i in range(8)})
     pids = tmp_path / "rsync.pids"
-    wrapper = tmp_path / "pid-rsync"
-    wrapper.write_text(f'#!/bin/sh\necho $$ >> {pids}\nexec rsync --bwlimit=300 "$@"\n')
-    wrapper.chmod(0o755)
+    wrapper = slow_rsync(tmp_path, pids, bwlimit=300)
     config = receiver_toml(tmp_path, upstream=daemon.url, rsync=str(wrapper))
     process = start_serve(serve, config, tmp_path / "serve.log")
     wait_until(lambda: any((tmp_path / "mirror").rglob(".~tmp~")), what="a transfer in progress")
@@ -572,9 +570,7 @@ def test_daemon_killed_mid_sync_its_orphaned_rsync_keeps_the_tree_locked(
     assert run("sync", "-c", config).returncode == 0
     publish(daemon.root, "2", {f"big/{i}.bin": "z" * 200_000 for i in range(6)})
     pids = tmp_path / "rsync.pids"
-    wrapper = tmp_path / "pid-rsync"
-    wrapper.write_text(f'#!/bin/sh\necho $$ >> {pids}\nexec rsync --bwlimit=400 "$@"\n')
-    wrapper.chmod(0o755)
+    wrapper = slow_rsync(tmp_path, pids, bwlimit=400)
     slow = receiver_toml(tmp_path, upstream=daemon.url, rsync=str(wrapper))
     process = start_serve(serve, slow, tmp_path / "serve.log")
     wait_until(lambda: any((tmp_path / "mirror").rglob(".~tmp~")), what="a transfer in progress")

@@ -23,6 +23,7 @@ from tests.helpers import (
     publish,
     publisher_toml,
     receiver_toml,
+    stop_processes,
     trees_equal,
     wait_until,
 )
@@ -95,15 +96,7 @@ def network() -> Iterator[Network]:
             ip("-n", net.ns(host), "link", "set", "eth0", "up")
         yield net
     finally:
-        for process in net.processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in net.processes:
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        stop_processes(net.processes)
         for name in names:
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 

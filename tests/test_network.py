@@ -20,6 +20,7 @@ from tests.helpers import (
     publisher_toml,
     receiver_toml,
     rsync_daemon,
+    stop_processes,
     trees_equal,
     wait_for_port,
     wait_until,
@@ -46,23 +47,12 @@ class Processes:
     def log(self, name: str) -> str:
         return (self.folder / f"{name}.log").read_text()
 
-    def stop_all(self) -> None:
-        for process in self.running:
-            if process.poll() is None:
-                process.terminate()
-        for process in self.running:
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-
 
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Processes]:
     running = Processes(tmp_path)
     yield running
-    running.stop_all()
+    stop_processes(running.running)
 
 
 def marker_of(tree: Path) -> str | None:

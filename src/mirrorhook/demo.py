@@ -201,7 +201,7 @@ def _publish(
     rows = [(name, _timeline(network.log(name), value, renamed)) for name, _ in MIRRORS]
     converged = True
     for name, times in rows:
-        same = _same_tree(network.upstream, network.folder / name)
+        same = same_tree(network.upstream, network.folder / name)
         converged &= same
         cells = "  ".join(f"{event} {times.get(event, '?'):>8}" for event in _EVENTS)
         out(f"  {name:9} {cells}   tree {'identical' if same else 'DIFFERS'}")
@@ -222,9 +222,9 @@ def _timeline(log: Path, value: str, since: float) -> dict[str, str]:
     return times
 
 
-def _same_tree(left: Path, right: Path) -> bool:
-    compared = filecmp.dircmp(left, right)
-    return _same(compared)
+def same_tree(left: Path, right: Path) -> bool:
+    """Return whether two trees hold the same names and the same file contents."""
+    return _same(filecmp.dircmp(left, right))
 
 
 def _same(compared: filecmp.dircmp[str]) -> bool:

@@ -84,7 +84,6 @@ class Syncer:
     ) -> None:
         self.config = config
         self.metrics = metrics or NoMetrics()
-        self._pass_fds: tuple[int, ...] = ()
         self._backoff = backoff or Backoff()
         self._sleep = sleep
         self._clock = clock
@@ -106,8 +105,10 @@ class Syncer:
         # for rsync's leftovers (and how `status` shows "interrupted").
         before = self._record({"in_progress": in_progress})
         logger.info("sync started (%s)", trigger)
-        self._pass_fds = () if lock_fd is None else (lock_fd,)
-        work = self._sync(if_changed=if_changed, sweep=_may_have_leftovers(before))
+        pass_fds = () if lock_fd is None else (lock_fd,)
+        work = self._sync(
+            if_changed=if_changed, sweep=_may_have_leftovers(before), pass_fds=pass_fds
+        )
         report = await self._recorded(trigger, started, work)
         self._finish(trigger, started, report.result, marker_value=report.marker)
         if report.result is Result.UP_TO_DATE:
@@ -151,10 +152,10 @@ class Syncer:
         logger.error("sync failed (%s): %s", trigger, failure)
         raise failure
 
-    async def _sync(self, *, if_changed: bool, sweep: bool) -> Report:
+    async def _sync(self, *, if_changed: bool, sweep: bool, pass_fds: tuple[int, ...]) -> Report:
         config = self.config
         local = self.local_marker()
-        upstream = await self._read_upstream()
+        upstream = await self._read_upstream(pass_fds)
         if if_changed and upstream.value == local:
             return Report(Result.UP_TO_DATE, local, 0)
         config.target.mkdir(parents=True, exist_ok=True)
@@ -170,7 +171,7 @@ class Syncer:
                         rsync.run,
                         rsync.tree_args(config),
                         timeout=config.timeout,
-                        pass_fds=self._pass_fds,
+                        pass_fds=pass_fds,
                     ),
                     "rsync of the tree",
                 )
@@ -178,7 +179,7 @@ class Syncer:
                     _remove_rsync_leftovers(config.target)
                     sweep = False
             self.metrics.count_received_bytes(result.stdout_tail)
-            again = await self._read_upstream()
+            again = await self._read_upstream(pass_fds)
             if again.value == upstream.value:
                 logger.info("stage 2: installing marker %r", again.value)
                 with self.metrics.time_stage("install"):
@@ -195,7 +196,7 @@ class Syncer:
             "the local marker was left as it was and the next trigger will retry"
         )
 
-    async def _read_upstream(self) -> _Upstream:
+    async def _read_upstream(self, pass_fds: tuple[int, ...] = ()) -> _Upstream:
         config = self.config
         source = rsync.source_of(redact_upstream(config.upstream)) + config.marker
         with tempfile.TemporaryDirectory(dir=config.state_dir, prefix=".upstream-") as folder:
@@ -207,7 +208,7 @@ class Syncer:
                     await rsync.run(
                         args,
                         timeout=min(config.timeout, rsync.MARKER_TIMEOUT),
-                        pass_fds=self._pass_fds,
+                        pass_fds=pass_fds,
                     )
                 except RsyncError as err:
                     # A missing upstream folder (unmounted, say) is not a transient failure.
