@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +21,8 @@ from mirrorhook.config import Config, load_config
 from mirrorhook.demo import same_tree
 
 MARKER = "CURRENT"
+MIRRORHOOK = [sys.executable, "-m", "mirrorhook"]
+"""How tests start the command line: the interpreter running the tests."""
 
 
 def free_port() -> int:
@@ -274,6 +277,23 @@ def slow_rsync(folder: Path, pids: Path, *, bwlimit: int) -> Path:
     path.write_text(f'#!/bin/sh\necho $$ >> {pids}\nexec rsync --bwlimit={bwlimit} "$@"\n')
     path.chmod(0o755)
     return path
+
+
+class Processes:
+    """``mirrorhook serve`` processes of one test, each logging to ``folder/NAME.log``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def serve(self, config: Path, name: str) -> subprocess.Popen[bytes]:
+        with (self.folder / f"{name}.log").open("ab") as log:
+            process = subprocess.Popen([*MIRRORHOOK, "serve", "-c", str(config)], stderr=log)
+        self.running.append(process)
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text()
 
 
 def stop_processes(processes: list[subprocess.Popen[Any]]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -99,3 +100,49 @@ def mirror_in_thread(mirror: HookMirror, port: int) -> Iterator[HookMirror]:
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+class RawMirror:
+    """A mirror that answers each request with raw bytes of our choosing, from a thread.
+
+    aiohttp's server will not send what a hostile mirror can (non-ASCII header bytes, a
+    status line that is no HTTP, a body that is not what its encoding says), so this one
+    writes the answer itself: request number n gets ``answers[(n - 1) % len(answers)]``.
+    """
+
+    def __init__(self, answers: list[bytes]) -> None:
+        self.answers = answers
+        self.requests = 0
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> RawMirror:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/hook"
+
+    def _handler(self) -> type[socketserver.StreamRequestHandler]:
+        mirror = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                length = 0
+                while (line := self.rfile.readline(65536)) not in (b"\r\n", b"\n", b""):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value.strip())
+                self.rfile.read(length)
+                mirror.requests += 1
+                self.wfile.write(mirror.answers[(mirror.requests - 1) % len(mirror.answers)])
+
+        return Handler

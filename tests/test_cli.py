@@ -19,6 +19,7 @@ import pytest
 from mirrorhook import signing
 from mirrorhook.config import load_config
 from tests.helpers import (
+    MIRRORHOOK,
     RsyncDaemon,
     counting_rsync,
     free_port,
@@ -37,7 +38,6 @@ from tests.helpers import (
 from tests.mirrors import HookMirror, always, mirror_in_thread
 
 REPO = Path(__file__).resolve().parent.parent
-MIRRORHOOK = [sys.executable, "-m", "mirrorhook"]
 
 
 def run(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:

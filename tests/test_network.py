@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import (
+    Processes,
     free_port,
     make_upstream,
     mirror_secret,
@@ -20,39 +16,12 @@ from tests.helpers import (
     publisher_toml,
     receiver_toml,
     rsync_daemon,
-    stop_processes,
     trees_equal,
     wait_for_port,
     wait_until,
     write_secret,
 )
 from tests.mirrors import HookMirror, always, mirror_in_thread
-
-MIRRORHOOK = [sys.executable, "-m", "mirrorhook"]
-
-
-class Processes:
-    """``mirrorhook serve`` processes of one test; all are stopped at the end."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.running: list[subprocess.Popen[bytes]] = []
-
-    def serve(self, config: Path, name: str) -> subprocess.Popen[bytes]:
-        with (self.folder / f"{name}.log").open("ab") as log:
-            process = subprocess.Popen([*MIRRORHOOK, "serve", "-c", str(config)], stderr=log)
-        self.running.append(process)
-        return process
-
-    def log(self, name: str) -> str:
-        return (self.folder / f"{name}.log").read_text()
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    running = Processes(tmp_path)
-    yield running
-    stop_processes(running.running)
 
 
 def marker_of(tree: Path) -> str | None:

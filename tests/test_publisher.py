@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mirrorhook import signing
 from mirrorhook.config import PublisherConfig, load_config
-from mirrorhook.delivery import Courier, Kind, Message, classify, retry_after
+from mirrorhook.delivery import MAX_RETRY_AFTER, Courier, Kind, Message, classify, retry_after
 from mirrorhook.message import new_update
 from mirrorhook.metrics import Metrics
 from mirrorhook.publisher import Outcome, Publisher, deliver, notify
@@ -134,6 +136,23 @@ def test_retry_after_forms() -> None:
     assert retry_after("soon", now) is None
     assert retry_after(None, now) is None
     assert retry_after("999999", now) == 3600
+
+
+@given(st.text())
+def test_retry_after_never_raises(value: str) -> None:
+    """Any header text is a delay within [0, MAX_RETRY_AFTER] or ignored, never an error."""
+    delay = retry_after(value, 1_700_000_000.0)
+    assert delay is None or 0 <= delay <= MAX_RETRY_AFTER
+
+
+def test_retry_after_is_ascii_digits_or_a_date() -> None:
+    """Unicode digits, signs, exponents and dates without a zone are ignored."""
+    now = 1_700_000_000.0
+    for value in ("²", "٣", "-5", "1e3", "nan", "Tue, 14 Nov 2023 22:13:40", " "):
+        assert retry_after(value, now) is None, value
+    assert retry_after("9" * 400, now) == MAX_RETRY_AFTER
+    assert retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now) == MAX_RETRY_AFTER
+    assert retry_after("Thu, 01 Jan 1970 00:00:00 GMT", now) == 0
 
 
 # --- one delivery ---------------------------------------------------------------------------

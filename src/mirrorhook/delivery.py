@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import enum
+import math
 import time
 import types
 import uuid
@@ -102,19 +103,26 @@ def classify(status: int) -> Kind | None:
 
 
 def retry_after(value: str | None, now: float) -> float | None:
-    """Parse a Retry-After header (seconds or an HTTP date) into seconds from ``now``."""
+    """Parse a Retry-After header (seconds or an HTTP date) into seconds from ``now``.
+
+    The value comes from a mirror and may be anything: whatever cannot be read as ASCII
+    digits or an HTTP date with a zone is ignored (``None``), never an exception. The
+    result lies within [0, ``MAX_RETRY_AFTER``].
+    """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # ASCII only: "²" or "٣" pass str.isdigit() but are no HTTP delay-seconds.
+    if value.isascii() and value.isdigit():
         return min(float(value), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        seconds = when.timestamp() - now if when.tzinfo is not None else None
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    if when.tzinfo is None:
+    if seconds is None or math.isnan(seconds):
         return None
-    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER)
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 class Courier:

@@ -6,6 +6,8 @@ import logging
 import os
 import sys
 
+from mirrorhook.escape import printable
+
 # sd-daemon(3) priority prefixes: journald stores each line at its level.
 _JOURNAL_PRIORITY = {
     logging.DEBUG: "<7>",
@@ -16,7 +18,16 @@ _JOURNAL_PRIORITY = {
 }
 
 
-class _JournalFormatter(logging.Formatter):
+class _Formatter(logging.Formatter):
+    """Escapes control characters in the message: a mirror's answer or a webhook field
+    in it must not rewrite the terminal or forge a log line (tracebacks stay as they are)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
+class _JournalFormatter(_Formatter):
     def format(self, record: logging.LogRecord) -> str:
         prefix = _JOURNAL_PRIORITY.get(record.levelno, "<6>")
         return prefix + super().format(record)
@@ -29,7 +40,7 @@ def setup(*, verbose: bool) -> None:
         # journald adds its own timestamps and host; the prefix carries the level.
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -21,7 +21,7 @@ from tenacity import RetryCallState
 
 from mirrorhook import marker
 from mirrorhook.config import MirrorConfig, PublisherConfig
-from mirrorhook.delivery import Courier, DeliveryError, Kind, Message
+from mirrorhook.delivery import Courier, DeliveryError, Kind, Message, Receipt
 from mirrorhook.errors import MirrorhookError
 from mirrorhook.message import new_update
 from mirrorhook.metrics import Metrics
@@ -89,7 +89,7 @@ async def deliver(
         tries += 1
         attempt_started = clock()
         try:
-            receipt = await courier.send(mirror, message)
+            receipt = await _send(courier, mirror, message)
         except DeliveryError as err:
             metrics.delivery_seconds.observe(clock() - attempt_started)
             metrics.deliveries.labels(mirror=mirror.name, result=str(err.kind)).inc()
@@ -177,6 +177,26 @@ async def deliver(
     return Outcome(mirror.name, Result.DELIVERED, status, finished - started, tries)
 
 
+async def _send(courier: Courier, mirror: MirrorConfig, message: Message) -> Receipt:
+    """One attempt; any failure at all is a ``DeliveryError``.
+
+    Whatever a mirror answers is at worst a failed delivery to that mirror: an error
+    nobody foresaw must not end this worker, the others or the daemon.
+    """
+    try:
+        return await courier.send(mirror, message)
+    except DeliveryError:
+        raise
+    except Exception as err:
+        logger.error(
+            "unexpected error delivering to %s: %r",
+            mirror.name,
+            err,
+            exc_info=logger.isEnabledFor(logging.DEBUG),
+        )
+        raise DeliveryError(Kind.TRANSIENT, f"unexpected error: {err!r}"[:300]) from None
+
+
 class MirrorWorker:
     """Delivers the newest announced message to one mirror, one message at a time."""
 
@@ -214,12 +234,22 @@ class MirrorWorker:
             message = self.latest
             if message is None or self.settled(message.update.current):
                 continue
-            outcome: Outcome = await self._deliver(
-                self.mirror,
-                message,
-                sleep=self.sleep,
-                is_current=lambda message=message: self.latest is message,
-            )
+            try:
+                outcome: Outcome = await self._deliver(
+                    self.mirror,
+                    message,
+                    sleep=self.sleep,
+                    is_current=lambda message=message: self.latest is message,
+                )
+            except Exception as err:  # one mirror's trouble never ends its worker
+                logger.error(
+                    "delivery of marker %r to %s failed unexpectedly: %r",
+                    message.update.current,
+                    self.mirror.name,
+                    err,
+                    exc_info=logger.isEnabledFor(logging.DEBUG),
+                )
+                continue
             if outcome.result is Result.DELIVERED:
                 self.delivered = message.update.current
             elif outcome.result is Result.GONE:
@@ -243,7 +273,7 @@ async def notify(
     message = Message.of(new_update(config.marker, value, config.name, clock()))
     record = DeliveryLog(state_path(config))
     async with Courier(timeout=config.timeout, concurrency=config.concurrency) as courier:
-        outcomes = await asyncio.gather(
+        results = await asyncio.gather(
             *(
                 deliver(
                     courier,
@@ -256,9 +286,17 @@ async def notify(
                     clock=clock,
                 )
                 for mirror in config.mirrors
-            )
+            ),
+            return_exceptions=True,
         )
     record.flush()
+    # Every mirror gets its row, also one whose delivery failed in a way nobody foresaw.
+    outcomes = [
+        result
+        if isinstance(result, Outcome)
+        else Outcome(mirror.name, Result.FAILED, None, 0.0, 0, f"unexpected error: {result!r}")
+        for mirror, result in zip(config.mirrors, results, strict=True)
+    ]
     return value, outcomes
 
 

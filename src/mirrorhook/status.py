@@ -8,6 +8,7 @@ from typing import Any
 
 from mirrorhook import marker
 from mirrorhook.config import Config, PublisherConfig, ReceiverConfig, redact_upstream
+from mirrorhook.escape import printable
 from mirrorhook.record import Result as DeliveryResult
 from mirrorhook.record import state_path as publisher_state_path
 from mirrorhook.state import read_json, update_json
@@ -140,9 +141,8 @@ def format_publisher(status: dict[str, Any], *, colour: bool = False) -> str:
         for mirror in status["mirrors"]
     ]
     current = status["current_marker"] or "(none)"
-    return f"marker {status['root']}/{status['marker_file']}: {current}\n" + format_table(
-        rows, right=(4,), colour=colour
-    )
+    heading = printable(f"marker {status['root']}/{status['marker_file']}: {current}")
+    return heading + "\n" + format_table(rows, right=(4,), colour=colour)
 
 
 def _indent(text: str) -> str:
@@ -169,7 +169,7 @@ def format_receiver(status: dict[str, Any], *, colour: bool = False) -> str:
     shade = {"state": status["state"], "last sync": last.get("result"), "error": "failed"}
     return "\n".join(
         f"{key + ':':<{width + 1}} "
-        + paint(str(value), colour_of(str(shade.get(key))), enabled=colour)
+        + paint(printable(str(value)), colour_of(str(shade.get(key))), enabled=colour)
         for key, value in rows
     )
 

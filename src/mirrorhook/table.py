@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mirrorhook.escape import printable
+
 _COLOURS = {
     "green": "\033[32m",
     "yellow": "\033[33m",
@@ -40,8 +42,10 @@ def format_table(
     """Return ``rows`` (the first is the header) as aligned columns; ``right`` are numeric.
 
     The last column is left ragged, so a long error message does not pad every line. With
-    ``colour``, status words are coloured after padding, so alignment holds.
+    ``colour``, status words are coloured after padding, so alignment holds. Control
+    characters in cells (a mirror's answer, say) are escaped.
     """
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines = []
     for number, row in enumerate(rows):
