@@ -125,6 +125,12 @@ def publish(root: Path, value: str, files: dict[str, str] | None = None) -> None
     temp.replace(root / MARKER)
 
 
+def marker_of(tree: Path) -> str | None:
+    """The marker value of ``tree`` as the tests wrote it, ``None`` when there is none."""
+    path = tree / MARKER
+    return path.read_text().strip() if path.exists() else None
+
+
 def make_upstream(root: Path, marker: str | None = "1", count: int = 20) -> Path:
     """Create an upstream tree of ``count`` files in a few folders, with its marker."""
     for index in range(count):

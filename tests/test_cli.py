@@ -23,6 +23,7 @@ from tests.helpers import (
     RsyncDaemon,
     counting_rsync,
     free_port,
+    marker_of,
     mirror_secret,
     publish,
     publisher_toml,
@@ -47,8 +48,7 @@ def run(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[s
 
 
 def local_marker(tmp: Path) -> str | None:
-    path = tmp / "mirror" / "CURRENT"
-    return path.read_text().strip() if path.exists() else None
+    return marker_of(tmp / "mirror")
 
 
 def port_of(config: Path) -> int:

@@ -3,23 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import os
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mirrorhook import signing
 from mirrorhook.errors import RsyncError, SyncError
 from mirrorhook.retry import Backoff
 from mirrorhook.syncer import Result, Syncer, state_path
 from tests.helpers import (
+    Processes,
+    RsyncDaemon,
+    free_port,
     make_upstream,
+    marker_of,
     publish,
     receiver_config,
+    receiver_toml,
     rsync_daemon,
+    signed_webhook,
     trees_equal,
     wait_until,
 )
@@ -79,10 +93,7 @@ async def test_full_target_file_system_fails_clearly_and_keeps_the_old_tree(
 ) -> None:
     """The mirror's file system fills up during a sync: a clear failure, the old tree and
     marker intact (rsync --delay-updates never replaced a file it could not finish)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "small", "2m") as mount:
         upstream = make_upstream(tmp_path / "upstream")
         with rsync_daemon(tmp_path, upstream) as daemon:
             syncer = syncer_for(tmp_path, daemon.url, retries=1, target=str(mount / "mirror"))
@@ -101,9 +112,89 @@ async def test_full_target_file_system_fails_clearly_and_keeps_the_old_tree(
             leftovers = [p for p in after if ".~tmp~" in p.parts]
             assert {p: b for p, b in after.items() if p not in leftovers} == before
             assert syncer.local_marker() == "1"
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``folder`` (root only); unmounted afterwards."""
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-        shutil.rmtree(mount, ignore_errors=True)
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the file system of ``folder`` to the brim; return the file that does it."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    error: OSError | None = None
+    try:
+        while True:
+            os.write(fd, b"x" * 4096)
+    except OSError as err:
+        error = err
+    finally:
+        os.close(fd)
+    assert error is not None
+    assert error.errno == errno.ENOSPC
+    return filler
+
+
+def post_webhook(port: int, secret: signing.Secret, value: str) -> tuple[int, dict[str, object]]:
+    body, headers = signed_webhook(secret, value)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/hook", data=body, headers=headers, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, json.loads(response.read())
+
+
+def get_json(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def logged(processes: Processes, text: str, times: int) -> bool:
+    return processes.log("receiver").count(text) >= times
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_full_state_dir_fails_syncs_clearly_and_the_next_webhook_after_freeing_it_syncs(
+    tmp_path: Path, daemon: RsyncDaemon, processes: Processes
+) -> None:
+    """state_dir's file system full: every webhook still schedules a sync, which fails
+    with ENOSPC named; the daemon stays healthy with a warning about its state notes; once
+    space is freed the next webhook syncs (the scheduler died here before)."""
+    with small_tmpfs(tmp_path / "small", "1m") as small:
+        port = free_port()
+        config = receiver_toml(tmp_path, upstream=daemon.url, port=port, state_dir=str(small))
+        secret = signing.Secret.parse((tmp_path / "receiver.secret").read_text())
+        processes.serve(config, "receiver")
+        wait_until(lambda: marker_of(tmp_path / "mirror") == "1", what="the startup sync")
+        filler = fill(small)
+        publish(daemon.root, "2")
+        for attempt in (1, 2, 3):
+            assert post_webhook(port, secret, "2") == (202, {"status": "scheduled", "delay": 0})
+            wait_until(
+                partial(logged, processes, "No space left on device", attempt),
+                what=f"failed sync {attempt}",
+            )
+            wait_until(lambda: get_json(port, "/v1/status")[1]["receiver"]["state"] == "idle")
+        status, health = get_json(port, "/healthz")
+        assert status == 200
+        assert "state notes" in health["warnings"], health
+        assert marker_of(tmp_path / "mirror") == "1"
+        filler.unlink()
+        assert post_webhook(port, secret, "2")[0] == 202
+        wait_until(lambda: marker_of(tmp_path / "mirror") == "2", what="the sync after freeing")
+        assert trees_equal(daemon.root, tmp_path / "mirror")
+        wait_until(lambda: get_json(port, "/healthz")[1]["warnings"] == {}, what="no warnings")
 
 
 def test_upstream_stopping_mid_transfer_fails_cleanly_then_the_poll_recovers(

@@ -11,6 +11,7 @@ from tests.helpers import (
     Processes,
     free_port,
     make_upstream,
+    marker_of,
     mirror_secret,
     publish,
     publisher_toml,
@@ -22,11 +23,6 @@ from tests.helpers import (
     write_secret,
 )
 from tests.mirrors import HookMirror, always, mirror_in_thread
-
-
-def marker_of(tree: Path) -> str | None:
-    path = tree / "CURRENT"
-    return path.read_text().strip() if path.exists() else None
 
 
 def test_publisher_killed_while_a_mirror_is_down_delivers_the_newest_on_restart(

@@ -7,12 +7,13 @@ serves these on ``publisher.listen``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from mirrorhook.metrics import CONTENT_TYPE, Metrics
+from mirrorhook.supervisor import Supervisor
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,7 @@ class Endpoints:
 
     status: Callable[[], dict[str, Any]]
     metrics: Metrics
+    supervisor: Supervisor = field(default_factory=Supervisor)
 
 
 ENDPOINTS = web.AppKey("endpoints", Endpoints)
@@ -42,13 +44,16 @@ def add_routes(app: web.Application, endpoints: Endpoints) -> None:
 
 
 async def handle_status(request: web.Request) -> web.Response:
-    """Return the JSON of ``mirrorhook status --json`` (no secrets, no credentials)."""
-    return web.json_response(request.app[ENDPOINTS].status())
+    """Return the JSON of ``mirrorhook status --json`` (no secrets, no credentials), with
+    the daemon's health."""
+    endpoints = request.app[ENDPOINTS]
+    return web.json_response({**endpoints.status(), "health": endpoints.supervisor.health()})
 
 
-async def handle_health(_request: web.Request) -> web.Response:
-    """Answer 200 while the service runs."""
-    return web.json_response({"status": "ok"})
+async def handle_health(request: web.Request) -> web.Response:
+    """Answer 200 while every task of the daemon runs, 503 naming those that do not."""
+    supervisor = request.app[ENDPOINTS].supervisor
+    return web.json_response(supervisor.health(), status=200 if supervisor.healthy else 503)
 
 
 async def handle_metrics(request: web.Request) -> web.Response:

@@ -27,6 +27,7 @@ from mirrorhook.message import new_update
 from mirrorhook.metrics import Metrics
 from mirrorhook.record import DeliveryLog, Result, iso, state_path
 from mirrorhook.retry import Backoff, Sleep, retrying
+from mirrorhook.supervisor import Supervisor
 from mirrorhook.table import format_table
 
 logger = logging.getLogger(__name__)
@@ -228,6 +229,9 @@ class MirrorWorker:
             pass
 
     async def run(self) -> None:
+        """Deliver announcements until cancelled; restartable (picks up the latest one)."""
+        if self.latest is not None:
+            self._wake.set()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -327,8 +331,10 @@ class Publisher:
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.config = config
+        self._supervisor = supervisor or Supervisor()
         metrics = metrics or Metrics()
         self.record = DeliveryLog(state_path(config))
         self.current: str | None = None
@@ -374,11 +380,14 @@ class Publisher:
             worker.announce(message)
 
     async def run(self) -> None:
-        """Run the delivery workers and the record's writer until cancelled."""
+        """Run the delivery workers and the record's writer until cancelled (each restarted
+        by the supervisor should it ever stop)."""
+        keep = self._supervisor.keep
         async with asyncio.TaskGroup() as group:
-            group.create_task(self.record.run(), name="publisher-record")
+            group.create_task(keep("publisher record", self.record.run), name="publisher-record")
             for worker in self.workers:
-                group.create_task(worker.run(), name=f"deliver-{worker.mirror.name}")
+                name = f"delivery to {worker.mirror.name}"
+                group.create_task(keep(name, worker.run), name=name)
 
 
 def _text(value: object) -> str | None:

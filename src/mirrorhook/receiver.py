@@ -25,6 +25,7 @@ from mirrorhook.poller import Poller
 from mirrorhook.replay import ReplayCache
 from mirrorhook.scheduler import Scheduled, Scheduler
 from mirrorhook.status import forget_daemon
+from mirrorhook.supervisor import Supervisor
 from mirrorhook.syncer import Syncer
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Receiver:
     clock: Callable[[], float] = time.time
     read_deadline: float = READ_DEADLINE
     replays: ReplayCache = field(default_factory=lambda: ReplayCache(signing.TOLERANCE))
+    supervisor: Supervisor = field(default_factory=Supervisor)
 
 
 RECEIVER = web.AppKey("receiver", Receiver)
@@ -57,25 +59,27 @@ def make_app(receiver: Receiver) -> web.Application:
     app = web.Application()
     app[RECEIVER] = receiver
     app.router.add_post(HOOK_PATH, handle_hook)
-    add_routes(app, Endpoints(status=receiver.status, metrics=receiver.metrics))
+    add_routes(app, Endpoints(receiver.status, receiver.metrics, receiver.supervisor))
     return app
 
 
 async def background(app: web.Application) -> AsyncIterator[None]:
-    """``cleanup_ctx`` that runs the scheduler and the poller for the app's lifetime."""
+    """``cleanup_ctx`` that runs the scheduler and the poller for the app's lifetime, each
+    restarted by the supervisor should it ever stop."""
     receiver = app[RECEIVER]
+    keep = receiver.supervisor.keep
     tasks = [
-        asyncio.create_task(receiver.scheduler.run(), name="scheduler"),
-        asyncio.create_task(receiver.poller.run(), name="poller"),
+        asyncio.create_task(keep("scheduler", receiver.scheduler.run), name="scheduler"),
+        asyncio.create_task(keep("poller", receiver.poller.run, may_finish=True), name="poller"),
     ]
     yield
     for task in tasks:
         task.cancel("receiver shutting down")
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    for task, result in zip(tasks, results, strict=True):
-        if isinstance(result, Exception):
-            logger.error("%s task failed: %s", task.get_name(), result)
-    forget_daemon(receiver.config)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    try:
+        forget_daemon(receiver.config)
+    except OSError as err:
+        logger.warning("cannot note the daemon's stop in the state file: %s", err)
 
 
 async def handle_hook(request: web.Request) -> web.Response:

@@ -96,7 +96,13 @@ class Scheduler:
         return Scheduled(delay)
 
     async def run(self) -> None:
-        """Run queued syncs until cancelled; a failed sync waits for the next trigger."""
+        """Run queued syncs until cancelled; a failed sync waits for the next trigger.
+
+        Restartable: a sync queued when an earlier run ended is picked up.
+        """
+        self._enter(Phase.IDLE)
+        if self._pending is not None:
+            self._wake.set()
         while True:
             await self._wake.wait()
             self._wake.clear()

@@ -31,6 +31,7 @@ from mirrorhook.scheduler import Scheduler
 from mirrorhook.sdnotify import Notifier
 from mirrorhook.state import read_json
 from mirrorhook.status import host_status, record_daemon
+from mirrorhook.supervisor import Supervisor
 from mirrorhook.syncer import Syncer, state_path
 from mirrorhook.watcher import MarkerWatcher
 
@@ -54,10 +55,14 @@ class ListenError(MirrorhookError):
 
 
 def build_receiver(
-    config: ReceiverConfig, host: Config | None = None, metrics: Metrics | None = None
+    config: ReceiverConfig,
+    host: Config | None = None,
+    metrics: Metrics | None = None,
+    supervisor: Supervisor | None = None,
 ) -> Receiver:
     """Wire the receiver's parts together for one tree."""
     metrics = metrics or Metrics()
+    supervisor = supervisor or Supervisor()
     syncer = Syncer(config, metrics=metrics)
     _restore_metrics(config, syncer, metrics)
 
@@ -68,9 +73,18 @@ def build_receiver(
             await syncer.sync(if_changed=True, trigger=reason, lock_fd=lock_fd)
 
     def note_change() -> None:
-        record_daemon(
-            config, phase=scheduler.phase, starts_at=scheduler.starts_at, next_poll=poller.next_at
-        )
+        # A live note for `mirrorhook status`, best effort: a full disk must not stop syncs.
+        try:
+            record_daemon(
+                config,
+                phase=scheduler.phase,
+                starts_at=scheduler.starts_at,
+                next_poll=poller.next_at,
+            )
+        except OSError as err:
+            supervisor.warn("state notes", f"cannot write {state_path(config)}: {err.strerror}")
+        else:
+            supervisor.clear("state notes")
 
     scheduler = Scheduler(run_sync, backoff=config.backoff, on_change=note_change)
     poller = Poller(
@@ -87,6 +101,7 @@ def build_receiver(
         poller=poller,
         status=lambda: host_status(host or Config(path=Path("-"), receiver=config)),
         metrics=metrics,
+        supervisor=supervisor,
     )
 
 
@@ -98,16 +113,19 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _stopper(stop, sig))
     metrics = Metrics()
+    supervisor = Supervisor()
     async with contextlib.AsyncExitStack() as stack:
         roles: list[asyncio.Task[None]] = []
         listen = config.publisher.listen if config.publisher is not None else ()
         if config.receiver is not None:
             config.receiver.state_dir.mkdir(parents=True, exist_ok=True)
-            app = make_app(build_receiver(config.receiver, config, metrics))
+            app = make_app(build_receiver(config.receiver, config, metrics, supervisor))
             app.cleanup_ctx.append(background)
             listen = (*config.receiver.listen, *listen)
         else:
-            app = endpoints.make_app(endpoints.Endpoints(lambda: host_status(config), metrics))
+            app = endpoints.make_app(
+                endpoints.Endpoints(lambda: host_status(config), metrics, supervisor)
+            )
         if listen:
             stack.push_async_callback((await _start_web(app, listen)).cleanup)
         if config.receiver is not None:
@@ -120,7 +138,9 @@ async def serve(config: Config) -> None:
             courier = await stack.enter_async_context(
                 Courier(timeout=config.publisher.timeout, concurrency=config.publisher.concurrency)
             )
-            roles.append(asyncio.create_task(_run_publisher(config.publisher, courier, metrics)))
+            roles.append(
+                asyncio.create_task(_run_publisher(config.publisher, courier, metrics, supervisor))
+            )
         systemd = Notifier()
         systemd.ready(_summary(config))
         watchdog = asyncio.create_task(systemd.keep_alive())
@@ -151,9 +171,11 @@ async def _start_web(app: web.Application, listen: tuple[Listen, ...]) -> web.Ap
     return runner
 
 
-async def _run_publisher(config: PublisherConfig, courier: Courier, metrics: Metrics) -> None:
+async def _run_publisher(
+    config: PublisherConfig, courier: Courier, metrics: Metrics, supervisor: Supervisor
+) -> None:
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    publisher = Publisher(config, courier, metrics=metrics)
+    publisher = Publisher(config, courier, metrics=metrics, supervisor=supervisor)
     watcher = MarkerWatcher(
         config.root,
         config.marker,
@@ -168,7 +190,7 @@ async def _run_publisher(config: PublisherConfig, courier: Courier, metrics: Met
     )
     async with asyncio.TaskGroup() as group:
         group.create_task(publisher.run(), name="publisher")
-        group.create_task(watcher.run(), name="watcher")
+        group.create_task(supervisor.keep("watcher", watcher.run), name="watcher")
 
 
 def _restore_metrics(config: ReceiverConfig, syncer: Syncer, metrics: Metrics) -> None:

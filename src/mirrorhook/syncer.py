@@ -102,8 +102,15 @@ class Syncer:
         started = self._clock()
         in_progress = {"trigger": trigger, "started": _iso(started), "pid": os.getpid()}
         # Durable: after a crash, this note is how the next sync knows to sweep the tree
-        # for rsync's leftovers (and how `status` shows "interrupted").
-        before = self._record({"in_progress": in_progress})
+        # for rsync's leftovers (and how `status` shows "interrupted"). No sync without it.
+        try:
+            before = self._record({"in_progress": in_progress})
+        except OSError as err:
+            failure = SyncError(
+                f"cannot note the sync in {state_path(self.config)}: {err.strerror}"
+            )
+            logger.error("sync failed (%s): %s", trigger, failure)
+            raise failure from None
         logger.info("sync started (%s)", trigger)
         pass_fds = () if lock_fd is None else (lock_fd,)
         work = self._sync(
@@ -282,7 +289,16 @@ class Syncer:
             changes["last_success"] = _iso(finished)
         self.metrics.sync_finished(str(result), success_at=finished if succeeded else None)
         self.metrics.set_marker("local", self.local_marker())
-        self._record(changes)
+        try:
+            self._record(changes)
+        except OSError as err:
+            # The tree and its marker are what they are; only `status` misses this outcome.
+            logger.error(
+                "cannot record the sync's outcome (%s) in %s: %s",
+                result,
+                state_path(self.config),
+                err.strerror,
+            )
 
 
 def _may_have_leftovers(state: dict[str, Any]) -> bool:
