@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -322,6 +323,24 @@ def test_world_readable_secret_file_is_refused(tmp_path: Path) -> None:
     write_secret(tmp_path / "receiver.secret")
     (tmp_path / "receiver.secret").chmod(0o644)
     assert "world-readable" in _only_problem(_with(tmp_path), "receiver.secret_file")
+
+
+@pytest.mark.parametrize("mode", [0o620, 0o602, 0o660, 0o622])
+def test_secret_file_writable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
+    """Whoever can rewrite a secret can forge webhooks: group or world write is refused."""
+    write_secret(tmp_path / "receiver.secret")
+    (tmp_path / "receiver.secret").chmod(mode)
+    problem = _only_problem(_with(tmp_path), "receiver.secret_file")
+    assert "writable by others than its owner" in problem
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_secret_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    """A secret owned by some other account (it can chmod it at will) is refused, named."""
+    write_secret(tmp_path / "receiver.secret")
+    os.chown(tmp_path / "receiver.secret", 65534, 65534)
+    problem = _only_problem(_with(tmp_path), "receiver.secret_file")
+    assert "owned by uid 65534, neither this user (uid 0) nor root" in problem
 
 
 def test_secret_without_whsec_prefix_is_refused(tmp_path: Path) -> None:

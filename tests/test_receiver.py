@@ -140,6 +140,35 @@ async def test_replayed_webhook_is_a_duplicate(receiver: Receiver, client: Clien
     assert (status, answer) == (200, {"status": "duplicate"})
 
 
+async def test_a_retry_can_not_be_replayed_once_the_first_attempts_window_ends(
+    receiver: Receiver, client: Client
+) -> None:
+    """A publisher's retry keeps the id and carries a later timestamp: replaying that retry
+    after the first attempt's window (but within its own) is still a duplicate."""
+    now = 1_800_000_000.0
+    receiver.clock = lambda: now
+    first = signed_webhook(receiver.config.secret, "7", msg_id="msg_retried", timestamp=int(now))
+    assert (await post(client, *first))[0] == 202
+    now += 250
+    retry = signed_webhook(receiver.config.secret, "7", msg_id="msg_retried", timestamp=int(now))
+    assert await post(client, *retry) == (200, {"status": "duplicate"})
+    now += 100  # the first attempt's window has ended; the retry's has not
+    assert await post(client, *retry) == (200, {"status": "duplicate"})
+
+
+async def test_an_unreadable_local_marker_is_a_503_with_the_reason(
+    receiver: Receiver, client: Client
+) -> None:
+    """The target is not a folder (a failed mount, say): 503 naming the problem, logged,
+    nothing scheduled, and the publisher will retry."""
+    receiver.config.target.parent.mkdir(parents=True, exist_ok=True)
+    receiver.config.target.write_text("not a folder")
+    status, answer = await post(client, *signed_webhook(receiver.config.secret, "7"))
+    assert status == 503
+    assert answer == {"error": "cannot read the local marker: Not a directory"}
+    assert_nothing_scheduled(receiver)
+
+
 async def test_second_distinct_webhook_while_waiting_is_queued(
     receiver: Receiver, client: Client
 ) -> None:

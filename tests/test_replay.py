@@ -19,6 +19,16 @@ def test_second_sighting_of_an_id_is_a_replay() -> None:
     assert cache.seen("msg-1", T, now=T + 2)
 
 
+def test_a_later_sighting_extends_the_window() -> None:
+    """A retry re-signed later keeps its id remembered until its own window ends."""
+    cache = ReplayCache(tolerance=300)
+    assert not cache.seen("a", 1000, now=1000)
+    assert cache.seen("a", 1250, now=1250)
+    assert cache.seen("a", 1250, now=1400)
+    assert cache.seen("a", 1250, now=1550)
+    assert not cache.seen("a", 1250, now=1551)
+
+
 def test_distinct_ids_are_not_replays() -> None:
     """Different ids with the same timestamp are each new."""
     cache = ReplayCache(TOLERANCE)

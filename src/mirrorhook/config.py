@@ -243,24 +243,39 @@ def _valid(value: object) -> bool:
 
 
 def _load_secret(t: _Table, key: str, path: Path) -> Secret | None:
-    """Read a secret file, refusing one that other users can read."""
+    """Read a secret file, refusing one that other users can read, change or own."""
     try:
-        mode = path.stat().st_mode
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            info = os.fstat(file.fileno())  # of the file read, not of a path swapped meanwhile
+            text = file.read().decode("utf-8")
     except OSError as err:
         t.problem(key, f"cannot read secret file {path}: {err.strerror}")
         return None
     except UnicodeDecodeError:
         t.problem(key, f"secret file {path} is not UTF-8 text")
         return None
-    if mode & stat.S_IROTH:
-        t.problem(key, f"secret file {path} is world-readable: chmod 600 or 640 it")
+    if problem := _unsafe_secret_file(info):
+        t.problem(key, f"secret file {path} {problem}")
         return None
     try:
         return Secret.parse(text)
     except ValueError as err:
         t.problem(key, f"secret file {path}: {err}")
         return None
+
+
+def _unsafe_secret_file(info: os.stat_result) -> str | None:
+    """What makes a secret file unsafe to trust: who else can read, change or own it."""
+    if info.st_mode & stat.S_IROTH:
+        return "is world-readable: chmod 600 or 640 it"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "is writable by others than its owner: chmod 600 or 640 it"
+    if info.st_uid not in (0, os.geteuid()):
+        return (
+            f"is owned by uid {info.st_uid}, neither this user (uid {os.geteuid()}) nor root: "
+            "chown it"
+        )
+    return None
 
 
 # --- value checkers: each returns the converted value or raises ValueError(problem) ---

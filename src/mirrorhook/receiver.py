@@ -133,7 +133,14 @@ async def _hook(request: web.Request, receiver: Receiver) -> tuple[str, web.Resp
     if receiver.replays.seen(verified.msg_id, verified.timestamp, now):
         logger.info("webhook %s from %s: duplicate, ignored", verified.msg_id, peer)
         return "duplicate", web.json_response({"status": "duplicate"})
-    if update.current == receiver.syncer.local_marker():
+    try:
+        local = receiver.syncer.local_marker()
+    except OSError as err:
+        # Not the sender's fault, and maybe passing (a remount, say): let it retry.
+        problem = f"cannot read the local marker: {err.strerror or err}"
+        logger.error("webhook %s from %s not accepted: %s", verified.msg_id, peer, problem)
+        return "unavailable", web.json_response({"error": problem}, status=503)
+    if update.current == local:
         logger.info(
             "webhook %s (%s, marker %r): already up to date",
             verified.msg_id,

@@ -25,13 +25,21 @@ class ReplayCache:
         return len(self._expiry)
 
     def seen(self, msg_id: str, timestamp: float, now: float) -> bool:
-        """Record ``msg_id``; return whether it was already recorded (a replay)."""
+        """Record ``msg_id``; return whether it was already recorded (a replay).
+
+        A hit with a later timestamp (a retry, re-signed with the same id) extends the
+        entry to that timestamp's window: the retry itself can be replayed until then.
+        """
         self._expire(now)
-        if msg_id in self._expiry:
+        expiry = timestamp + self._tolerance
+        known = self._expiry.get(msg_id)
+        if known is not None:
+            if expiry > known:
+                self._expiry[msg_id] = expiry
+                heapq.heappush(self._heap, (expiry, msg_id))
             return True
         while len(self._expiry) >= self._capacity:
             self._pop()
-        expiry = timestamp + self._tolerance
         self._expiry[msg_id] = expiry
         heapq.heappush(self._heap, (expiry, msg_id))
         return False
