@@ -7,7 +7,15 @@ marker into place and waits for the mirror's marker; the tree is then compared b
 Compared with the seed's hourly cron job: a publish waits on average 30 min for the next
 run, then the random sleep of 0..3000 s (1500 s on average) — 3300 s, before rsync starts.
 
+Three socket settings, measured in the same run (README, "Latency: TCP_NODELAY"):
+``neither`` — the mirror's rsync without TCP_NODELAY (its ``rsync_args`` set a neutral
+``--sockopts=SO_KEEPALIVE``, which replaces ours: mirrorhook as shipped before) and an
+upstream daemon without ``socket options = TCP_NODELAY``; ``mirror`` — mirrorhook's
+default against such an upstream (what a mirror of someone else's upstream gets);
+``both`` — the default against an upstream that sets it (contrib/rsyncd.conf).
+
     .venv/bin/python -m bench.end_to_end [--files 100 10000] [--publishes 20]
+        [--settings neither mirror both]
 """
 
 from __future__ import annotations
@@ -58,12 +66,23 @@ def stamp_of(log: Path, pattern: str) -> float | None:
     return None
 
 
-def run_tree(folder: Path, files: int, publishes: int) -> dict[str, object]:
+SETTINGS = {
+    # name: (the upstream daemon sets TCP_NODELAY, the mirror's extra rsync_args)
+    "neither": (False, ["--sockopts=SO_KEEPALIVE"]),
+    "mirror": (False, []),
+    "both": (True, []),
+}
+
+
+def run_tree(folder: Path, files: int, publishes: int, setting: str) -> dict[str, object]:
     upstream = make_upstream(folder / "upstream", marker="0", count=files)
     mirror = folder / "mirror"
-    with rsync_daemon(folder, upstream) as daemon:
+    daemon_nodelay, mirror_args = SETTINGS[setting]
+    with rsync_daemon(folder, upstream, nodelay=daemon_nodelay) as daemon:
         port = free_port()
-        receiver = receiver_toml(folder, upstream=daemon.url, port=port, poll_interval=0)
+        receiver = receiver_toml(
+            folder, upstream=daemon.url, port=port, poll_interval=0, rsync_args=mirror_args
+        )
         (folder / "pub").mkdir()
         publisher = publisher_toml(
             folder / "pub", root=upstream, mirrors=[("m", f"http://127.0.0.1:{port}/v1/hook")]
@@ -118,6 +137,7 @@ def run_tree(folder: Path, files: int, publishes: int) -> dict[str, object]:
                 process.wait(30)
     return {
         "files": files,
+        "setting": setting,
         "latency": summary(latencies),
         "steps": {name: summary(values) for name, values in steps.items() if values},
     }
@@ -127,21 +147,35 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, nargs="+", default=[100, 10_000])
     parser.add_argument("--publishes", type=int, default=20)
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mirrorhook-bench-") as folder:
-        results = [run_tree(Path(folder) / f"t{n}", n, args.publishes) for n in args.files]
+        results = [
+            run_tree(Path(folder) / f"t{n}-{setting}", n, args.publishes, setting)
+            for n in args.files
+            for setting in args.settings
+        ]
     print(f"rename → mirror's marker installed, backoff 0, {args.publishes} publishes, 1% changed")
-    header = f"{'files':>8} {'p50':>11} {'p95':>11} {'max':>11}"
+    print("TCP_NODELAY set by: neither (as shipped before), the mirror only, or both ends")
+    header = f"{'files':>8} {'nodelay':>8} {'p50':>11} {'p95':>11} {'max':>11} {'vs neither':>11}"
     print(f"{header}   vs cron's mean lag ({CRON_MEAN_LAG:.0f} s)")
+    baseline: dict[object, float] = {}
     for result in results:
         latency = result["latency"]
         assert isinstance(latency, dict)
+        if result["setting"] == "neither":
+            baseline[result["files"]] = latency["median"]
+        before = baseline.get(result["files"])
+        ratio = f"{latency['median'] / before:.2f}" if before else "-"
         print(
-            f"{result['files']:>8} {ms(latency['median'])} {ms(latency['p95'])} "
-            f"{ms(latency['max'])}   {CRON_MEAN_LAG / latency['median']:,.0f}x sooner"
+            f"{result['files']:>8} {result['setting']:>8} {ms(latency['median'])} "
+            f"{ms(latency['p95'])} {ms(latency['max'])} {ratio:>11}"
+            f"   {CRON_MEAN_LAG / latency['median']:,.0f}x sooner"
         )
     for result in results:
-        print(f"where the time goes ({result['files']} files, median per step):")
+        print(
+            f"where the time goes ({result['files']} files, {result['setting']}, median per step):"
+        )
         steps = result["steps"]
         assert isinstance(steps, dict)
         for name, row in steps.items():

@@ -3,10 +3,13 @@
 1. A publish that changed 1% of a 10,000-file tree: ``mirrorhook sync`` (marker read,
    transfer, marker re-read, install) into one copy, plain rsync into another, after the
    same change — what mirrorhook's guarantees cost on top of rsync.
-2. No change: ``mirrorhook sync --if-changed`` against a plain rsync walk — what the marker
+2. The same change synced by a running ``mirrorhook serve`` after a webhook (no Python
+   start-up): the sync's own duration, from its record, against the plain rsync.
+3. No change: ``mirrorhook sync --if-changed`` against a plain rsync walk — what the marker
    saves every hour on a mirror that is already current.
 
-Both against a real rsync daemon on 127.0.0.1.
+All against a real rsync daemon on 127.0.0.1 that sets ``socket options = TCP_NODELAY``
+(contrib/rsyncd.conf); plain rsync gets mirrorhook's flags, ``--sockopts`` included.
 
     .venv/bin/python -m bench.sync_overhead [--files 10000] [--repeat 15]
 """
@@ -18,12 +21,40 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from bench.stats import ms, save, summary
 from mirrorhook import rsync as rsync_args
 from mirrorhook.config import load_config
-from tests.helpers import make_upstream, publish, receiver_toml, rsync_daemon
+from mirrorhook.signing import Secret
+from mirrorhook.state import read_json
+from tests.helpers import (
+    make_upstream,
+    marker_of,
+    publish,
+    receiver_toml,
+    rsync_daemon,
+    signed_webhook,
+    wait_for_port,
+)
+
+
+def daemon_sync(port: int, secret: Secret, value: str, state: Path, mirror: Path) -> float:
+    """Send the daemon a webhook for ``value``; return its sync's recorded duration."""
+    body, headers = signed_webhook(secret, value)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/hook", data=body, headers=headers, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 202
+    deadline = time.monotonic() + 120
+    while marker_of(mirror) != value:
+        assert time.monotonic() < deadline, "the daemon's sync did not finish"
+        time.sleep(0.005)
+    while (last := read_json(state).get("last_sync", {})).get("marker") != value:
+        time.sleep(0.005)
+    return float(last["duration"])
 
 
 def timed(command: list[str]) -> float:
@@ -32,14 +63,11 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=15)
-    args = parser.parse_args()
+def measure(files: int, repeat: int) -> dict[str, list[float]]:
+    """Run every variant ``repeat`` times, interleaved; return the samples per variant."""
     with tempfile.TemporaryDirectory(prefix="mirrorhook-bench-") as folder:
         tmp = Path(folder)
-        upstream = make_upstream(tmp / "upstream", count=args.files)
+        upstream = make_upstream(tmp / "upstream", count=files)
         with rsync_daemon(tmp, upstream) as daemon:
             config = receiver_toml(tmp, upstream=daemon.url)
             receiver = load_config(config).receiver
@@ -51,29 +79,78 @@ def main() -> int:
             plain_copy = [*plain[:-1], f"{copy}/"]
             subprocess.run(plain_copy, check=True, capture_output=True)
             marker_only = [sys.executable, "-c", "pass"]  # interpreter start, for reference
+            served = tmp / "served"
+            served.mkdir()
+            port = int(receiver.listen[0].port or 0)
+            served_config = receiver_toml(
+                served,
+                upstream=daemon.url,
+                port=port,
+                secret_file=str(receiver.secret_file),
+                target=str(served / "mirror"),
+                state_dir=str(served / "state"),
+            )
+            with (tmp / "serve.log").open("w") as log:
+                serve = subprocess.Popen(
+                    [sys.executable, "-m", "mirrorhook", "serve", "-c", str(served_config)],
+                    stderr=log,
+                )
+            wait_for_port(port)
             runs: dict[str, list[float]] = {
                 "changed_sync": [],
+                "changed_daemon": [],
                 "changed_plain": [],
                 "if_changed": [],
                 "plain_rsync": [],
                 "python": [],
             }
-            for number in range(args.repeat):  # interleaved, so drift hits both alike
-                for index in range(number % 100, args.files, 100):  # 1% of the files
-                    (upstream / f"dir{index % 4}" / f"file{index}.rpm").write_text(f"v{number}\n")
-                publish(upstream, f"changed-{number}")
-                runs["changed_sync"].append(timed(cli))
-                runs["changed_plain"].append(timed(plain_copy))
-                runs["if_changed"].append(timed([*cli, "--if-changed"]))
-                runs["plain_rsync"].append(timed(plain))
-                runs["python"].append(timed(marker_only))
+            try:
+                deadline = time.monotonic() + 300
+                while marker_of(served / "mirror") != marker_of(upstream):  # its startup sync
+                    assert time.monotonic() < deadline, "the daemon's first sync did not finish"
+                    time.sleep(0.05)
+                for number in range(repeat):  # interleaved, so drift hits all alike
+                    for index in range(number % 100, files, 100):  # 1% of the files
+                        (upstream / f"dir{index % 4}" / f"file{index}.rpm").write_text(
+                            f"v{number}\n"
+                        )
+                    value = f"changed-{number}"
+                    publish(upstream, value)
+                    runs["changed_sync"].append(timed(cli))
+                    runs["changed_daemon"].append(
+                        daemon_sync(
+                            port,
+                            receiver.secret,
+                            value,
+                            served / "state/receiver.json",
+                            served / "mirror",
+                        )
+                    )
+                    runs["changed_plain"].append(timed(plain_copy))
+                    runs["if_changed"].append(timed([*cli, "--if-changed"]))
+                    runs["plain_rsync"].append(timed(plain))
+                    runs["python"].append(timed(marker_only))
+            finally:
+                serve.terminate()
+                serve.wait(30)
+    return runs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=15)
+    args = parser.parse_args()
+    runs = measure(args.files, args.repeat)
     result = {name: summary(samples) for name, samples in runs.items()}
     ratio = result["if_changed"]["median"] / result["plain_rsync"]["median"]
     changed_ratio = result["changed_sync"]["median"] / result["changed_plain"]["median"]
+    daemon_ratio = result["changed_daemon"]["median"] / result["changed_plain"]["median"]
     print(f"{args.files}-file tree over rsync://127.0.0.1, {args.repeat} runs each")
     print(f"{'':36} {'median':>11} {'p25':>11} {'p75':>11}")
     for name, label in [
         ("changed_sync", "1% changed: mirrorhook sync"),
+        ("changed_daemon", "1% changed: serve, webhook-triggered"),
         ("changed_plain", "1% changed: plain rsync"),
         ("if_changed", "no change: mirrorhook sync --if-changed"),
         ("plain_rsync", "no change: plain rsync walk"),
@@ -82,10 +159,17 @@ def main() -> int:
         row = result[name]
         print(f"{label:36} {ms(row['median'])} {ms(row['p25'])} {ms(row['p75'])}")
     print(f"ratio 1% changed, mirrorhook / plain: {changed_ratio:.3f}")
+    print(f"ratio 1% changed, daemon / plain:     {daemon_ratio:.3f}")
     print(f"ratio no change, if-changed / walk:   {ratio:.3f}")
     path = save(
         "sync_overhead",
-        {"files": args.files, "runs": result, "ratio": ratio, "changed_ratio": changed_ratio},
+        {
+            "files": args.files,
+            "runs": result,
+            "ratio": ratio,
+            "changed_ratio": changed_ratio,
+            "daemon_ratio": daemon_ratio,
+        },
     )
     print(f"wrote {path}")
     return 0

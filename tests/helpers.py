@@ -76,9 +76,16 @@ class RsyncDaemon:
 
 @contextlib.contextmanager
 def rsync_daemon(
-    folder: Path, root: Path, *, max_connections: int = 0, port: int | None = None
+    folder: Path,
+    root: Path,
+    *,
+    max_connections: int = 0,
+    port: int | None = None,
+    nodelay: bool = True,
 ) -> Iterator[RsyncDaemon]:
-    """Run a real rsync daemon for the duration of the block (on ``port``, or a free one)."""
+    """Run a real rsync daemon for the duration of the block (on ``port``, or a free one),
+    with ``socket options = TCP_NODELAY`` as contrib/rsyncd.conf has it unless not
+    ``nodelay`` (an upstream that does not set it, for the benchmarks)."""
     folder.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     conf = folder / f"rsyncd-{port}.conf"
@@ -86,7 +93,8 @@ def rsync_daemon(
         f"pid file = {folder}/rsyncd-{port}.pid\n"
         f"lock file = {folder}/rsyncd-{port}.lock\n"
         "use chroot = no\n"
-        f"uid = {os.getuid()}\n"
+        + ("socket options = TCP_NODELAY\n" if nodelay else "")
+        + f"uid = {os.getuid()}\n"
         f"gid = {os.getgid()}\n"
         f"[up]\n"
         f"path = {root}\n"

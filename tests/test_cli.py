@@ -180,6 +180,9 @@ def test_config_from_environment(tmp_path: Path, daemon: RsyncDaemon) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "rsync command" in result.stdout
+    # The printed command is the one that runs: TCP_NODELAY for a daemon upstream.
+    command = next(line for line in result.stdout.splitlines() if "rsync command" in line)
+    assert "--sockopts=TCP_NODELAY" in command
 
 
 @pytest.mark.parametrize("example", ["receiver.toml", "publisher.toml", "hub.toml"])

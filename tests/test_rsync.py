@@ -9,7 +9,7 @@ import pytest
 
 from mirrorhook import rsync
 from mirrorhook.errors import RsyncError, RsyncTimeoutError
-from tests.helpers import receiver_config, stub_rsync
+from tests.helpers import RsyncDaemon, receiver_config, stub_rsync
 
 TRANSIENT = [10, 12, 23, 30, 35]
 PERMANENT = [1, 2, 3, 4, 5, 11, 20, 22, 25]
@@ -82,8 +82,9 @@ def test_tree_args_follow_the_seed_and_protect_the_marker(tmp_path: Path) -> Non
     assert args[-3:] == ["--", "rsync://mirror.example.org/ius/", f"{tmp_path}/mirror/"]
 
 
-def test_contimeout_only_for_daemon_upstreams(tmp_path: Path) -> None:
-    """rsync refuses --contimeout over ssh or locally, so it is only added for daemons."""
+def test_contimeout_and_nodelay_only_for_daemon_upstreams(tmp_path: Path) -> None:
+    """rsync refuses --contimeout over ssh or locally, and opens no socket of its own there
+    for TCP_NODELAY to apply to: both are only added for daemons, to every run."""
     for upstream, daemon in [
         ("rsync://h/m/", True),
         ("h::m/", True),
@@ -92,8 +93,31 @@ def test_contimeout_only_for_daemon_upstreams(tmp_path: Path) -> None:
     ]:
         config = receiver_config(tmp_path, upstream=upstream).receiver
         assert config is not None
-        assert ("--contimeout=60" in rsync.tree_args(config)) is daemon, upstream
+        for args in (rsync.tree_args(config), rsync.marker_args(config, tmp_path / "m")):
+            assert ("--contimeout=60" in args) is daemon, upstream
+            assert ("--sockopts=TCP_NODELAY" in args) is daemon, upstream
         assert rsync.tree_args(config)[-2] == rsync.source_of(upstream)
+
+
+def test_operators_sockopts_replace_ours(tmp_path: Path) -> None:
+    """An operator's own --sockopts in rsync_args is kept, and ours is not added."""
+    config = receiver_config(
+        tmp_path, upstream="rsync://h/m/", rsync_args=["--sockopts=SO_SNDBUF=1048576"]
+    ).receiver
+    assert config is not None
+    args = rsync.tree_args(config)
+    assert [arg for arg in args if arg.startswith("--sockopts")] == ["--sockopts=SO_SNDBUF=1048576"]
+
+
+async def test_nodelay_runs_against_a_real_daemon(tmp_path: Path, daemon: RsyncDaemon) -> None:
+    """rsync accepts TCP_NODELAY against a real daemon that sets it too: the tree arrives."""
+    config = receiver_config(tmp_path, upstream=daemon.url).receiver
+    assert config is not None
+    args = rsync.tree_args(config)
+    assert rsync.NODELAY in args
+    assert "socket options = TCP_NODELAY" in daemon.config.read_text()
+    await rsync.run(args, timeout=60)
+    assert (config.target / "dir0").is_dir()
 
 
 async def test_run_reports_the_exit_code_and_stderr_tail(tmp_path: Path) -> None:

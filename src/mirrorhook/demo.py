@@ -107,6 +107,7 @@ def _start(network: Network, out: Callable[[str], None]) -> None:
     rsync_port = _free_port()
     (folder / "rsyncd.conf").write_text(
         f"pid file = {folder}/rsyncd.pid\nuse chroot = no\nreverse lookup = no\n"
+        "socket options = TCP_NODELAY\n"
         f"uid = {os.getuid()}\ngid = {os.getgid()}\n"
         f"[demo]\npath = {upstream}\nread only = yes\n"
     )

@@ -31,6 +31,12 @@ MARKER_TIMEOUT = 300.0
 """Seconds a read of the upstream marker (one small file) may take before it is killed."""
 DAEMON_ARGS = ("--contimeout=60",)
 """rsync refuses --contimeout unless it talks to an rsync daemon (rsync:// or HOST::MODULE)."""
+NODELAY = "--sockopts=TCP_NODELAY"
+"""rsync's protocol sends many small messages; with Nagle's algorithm on, each waits for the
+peer's delayed ACK (~40 ms on Linux). Off on our side, a run against a daemon on loopback
+drops from ~95 ms to ~30 ms, and to ~10 ms when the daemon sets ``socket options =
+TCP_NODELAY`` too (README: "Latency: TCP_NODELAY"). Only for daemon connections: over ssh
+or locally rsync opens no socket of its own."""
 
 TERM_GRACE = 10.0
 """Seconds rsync gets to exit after SIGTERM before it is killed."""
@@ -82,10 +88,20 @@ def source_of(upstream: str) -> str:
     return upstream if upstream.endswith("/") else upstream + "/"
 
 
-def connect_args(upstream: str) -> list[str]:
-    """``--contimeout`` for a daemon upstream (rsync refuses it for the other forms)."""
-    daemon = upstream.startswith("rsync://") or "::" in upstream.split("/", 1)[0]
-    return list(DAEMON_ARGS) if daemon else []
+def is_daemon(upstream: str) -> bool:
+    """Whether rsync talks to an rsync daemon (``rsync://`` or ``HOST::MODULE``) itself."""
+    return upstream.startswith("rsync://") or "::" in upstream.split("/", 1)[0]
+
+
+def connect_args(config: ReceiverConfig) -> list[str]:
+    """The connection's arguments for a daemon upstream: ``--contimeout`` (rsync refuses it
+    for the other forms) and ``TCP_NODELAY`` unless ``rsync_args`` set socket options."""
+    if not is_daemon(config.upstream):
+        return []
+    args = list(DAEMON_ARGS)
+    if not any(arg.startswith("--sockopts") for arg in config.rsync_args):
+        args.append(NODELAY)
+    return args
 
 
 def tree_args(config: ReceiverConfig) -> list[str]:
@@ -95,7 +111,7 @@ def tree_args(config: ReceiverConfig) -> list[str]:
     # The guards that end a stalled transfer instead of letting it hang for days; --stats
     # for the bytes-transferred metric.
     args = [config.rsync, *SEED_ARGS, "--safe-links", *IO_TIMEOUT_ARGS, "--stats"]
-    args += connect_args(config.upstream)
+    args += connect_args(config)
     args += [f"--filter=P /{config.marker}", f"--exclude=/{config.marker}"]
     if config.exclude_from is not None:
         args.append(f"--exclude-from={config.exclude_from}")
@@ -119,7 +135,7 @@ def marker_args(config: ReceiverConfig, destination: Path) -> list[str]:
         "-t",
         "--no-motd",
         "--ignore-missing-args",
-        *connect_args(config.upstream),
+        *connect_args(config),
         *config.rsync_args,
         "--",
         source_of(config.upstream) + config.marker,
