@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -342,3 +343,36 @@ def failing_once_rsync(
     if tree_only:
         fail = f'case "$*" in *--delay-updates*)\n{fail};;\nesac\n'
     return stub_rsync(folder, fail + f'exec {real} "$@"\n')
+
+
+@contextlib.contextmanager
+def fifo_released_after(path: Path, seconds: float) -> Iterator[None]:
+    """Let readers stuck in ``open()`` of the FIFO ``path`` go, from ``seconds`` on.
+
+    Unless the block has ended by then, a thread keeps opening the FIFO for writing (each
+    time a reader waits), writing ``released`` and closing it, until the block ends: a read
+    that blocks the event loop then makes its test fail (late, and with that value)
+    instead of hanging the whole run.
+    """
+    done = threading.Event()
+
+    def release() -> None:
+        if done.wait(seconds):
+            return
+        while not done.wait(0.01):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader waits
+                continue
+            try:
+                os.write(fd, b"released\n")
+            finally:
+                os.close(fd)
+
+    thread = threading.Thread(target=release, name="fifo-releaser", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(10)

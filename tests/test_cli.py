@@ -350,6 +350,34 @@ def test_notify_without_a_marker_fails_clearly(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_notify_with_a_symlinked_marker_fails_in_one_line_and_sends_nothing(
+    tmp_path: Path,
+) -> None:
+    """CURRENT a symlink to a mirror's secret file: notify exits 1 with one error line that
+    names the marker and the problem; no mirror gets a webhook; the secret is not printed."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    port = free_port()
+    config = publisher_toml(
+        tmp_path, root=root, mirrors=[("m", f"http://127.0.0.1:{port}/v1/hook")]
+    )
+    secret_file = tmp_path / "secrets" / "m.secret"
+    (root / "CURRENT").symlink_to(secret_file)
+    mirror = HookMirror(mirror_secret(tmp_path, "m"), always(202))
+    with mirror_in_thread(mirror, port):
+        result = run("notify", "-c", config)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    current = root / "CURRENT"
+    assert line.endswith(
+        f"mirrorhook: refusing marker {current}: it is a symbolic link (not followed)"
+    )
+    secret = secret_file.read_text().strip()
+    assert secret.removeprefix("whsec_") not in result.stderr
+    assert mirror.received == []
+
+
 def test_status_shows_what_the_running_daemon_does(
     tmp_path: Path, daemon: RsyncDaemon, serve: list[subprocess.Popen[str]]
 ) -> None:

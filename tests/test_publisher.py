@@ -13,23 +13,26 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mirrorhook import signing
-from mirrorhook.config import PublisherConfig, load_config
+from mirrorhook import endpoints, signing
+from mirrorhook.config import Config, PublisherConfig, load_config
 from mirrorhook.delivery import MAX_RETRY_AFTER, Courier, Kind, Message, classify, retry_after
+from mirrorhook.errors import MarkerError
 from mirrorhook.message import new_update
 from mirrorhook.metrics import Metrics
 from mirrorhook.publisher import Outcome, Publisher, deliver, notify
 from mirrorhook.record import DeliveryLog, Result, state_path
 from mirrorhook.retry import Backoff
+from mirrorhook.status import host_status
 from mirrorhook.watcher import MarkerWatcher
 from tests.helpers import mirror_secret, publish, publisher_toml
 from tests.mirrors import HookMirror, always, hang
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 FAST = Backoff(first=0.01, cap=0.05)
 
 
@@ -550,3 +553,69 @@ async def test_delivery_metrics(tmp_path: Path, aiohttp_server: ServerFactory) -
     assert 'mirrorhook_deliveries_total{mirror="flaky",result="delivered"} 1.0' in lines
     assert "mirrorhook_publish_to_delivered_seconds_count 2.0" in lines
     assert "mirrorhook_deliveries_pending 1.0" in lines
+
+
+async def test_symlinked_marker_sends_nothing_and_shows_the_secret_nowhere(
+    tmp_path: Path,
+    aiohttp_server: ServerFactory,
+    aiohttp_client: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Release tooling replaces CURRENT by a symlink to mirror b's secret file: a real
+    watcher and publisher send no webhook, the log says why, and the secret is in no log
+    record, no webhook and not in GET /v1/status, which shows the marker as refused."""
+    caplog.set_level(logging.DEBUG)
+    answers: dict[str, Callable[[int], web.Response | None]] = {
+        "a": always(202),
+        "b": always(202),
+    }
+    config, mirrors = await fan_out(tmp_path, aiohttp_server, answers)
+    secret_file = tmp_path / "secrets" / "b.secret"
+    secret = secret_file.read_text().strip()
+    publish(config.root, "1")
+    status = await aiohttp_client(
+        endpoints.make_app(
+            endpoints.Endpoints(lambda: host_status(Config(Path("-"), publisher=config)), Metrics())
+        )
+    )
+    async with Courier(timeout=2, concurrency=4) as courier:
+        publisher = Publisher(config, courier, backoff=FAST)
+        watcher = MarkerWatcher(config.root, "CURRENT", publisher.publish)
+        tasks = [await run_publisher(publisher), asyncio.create_task(watcher.run())]
+        await wait_for(lambda: all(m.values() == ["1"] for m in mirrors.values()))
+        planted = config.root / ".CURRENT.planted"
+        planted.symlink_to(secret_file)
+        planted.replace(config.root / "CURRENT")
+        await wait_for(lambda: any("symbolic link" in r.getMessage() for r in caplog.records))
+        async with status.get("/v1/status") as response:
+            text = await response.text()
+            document = (await response.json())["publisher"]
+        publish(config.root, "2")  # the sentinel: events are handled in order
+        await wait_for(lambda: all(m.values() == ["1", "2"] for m in mirrors.values()))
+        for task in tasks:
+            await stop(task)
+    assert document["current_marker"] is None
+    assert document["current_marker_error"] == "it is a symbolic link (not followed)"
+    for shown in (secret, secret.removeprefix("whsec_")):
+        assert shown not in text
+        assert not any(shown in record.getMessage() for record in caplog.records)
+        assert not any(shown in hook.current for m in mirrors.values() for hook in m.received)
+    for mirror in mirrors.values():
+        assert mirror.values() == ["1", "2"]
+
+
+async def test_notify_refuses_a_symlinked_marker_and_sends_nothing(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """notify with CURRENT a symlink to a mirror's secret: MarkerError naming the path and
+    the problem, not the secret; no mirror receives anything."""
+    config, mirrors = await fan_out(tmp_path, aiohttp_server, {"a": always(202)})
+    secret_file = tmp_path / "secrets" / "a.secret"
+    (config.root / "CURRENT").symlink_to(secret_file)
+    with pytest.raises(MarkerError) as caught:
+        await notify(config)
+    assert str(caught.value) == (
+        f"refusing marker {config.root / 'CURRENT'}: it is a symbolic link (not followed)"
+    )
+    assert secret_file.read_text().strip() not in str(caught.value)
+    assert mirrors["a"].received == []

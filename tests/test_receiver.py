@@ -165,7 +165,7 @@ async def test_an_unreadable_local_marker_is_a_503_with_the_reason(
     receiver.config.target.write_text("not a folder")
     status, answer = await post(client, *signed_webhook(receiver.config.secret, "7"))
     assert status == 503
-    assert answer == {"error": "cannot read the local marker: Not a directory"}
+    assert answer == {"error": "cannot read the local marker: cannot open it: Not a directory"}
     assert_nothing_scheduled(receiver)
 
 

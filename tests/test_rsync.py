@@ -221,3 +221,39 @@ def test_error_names_the_daemons_reason_not_the_summary() -> None:
     )
     assert "link_stat failed" in str(plain)
     assert "no error output" in str(RsyncError(12, [], transient=True))
+
+
+def test_marker_args_bound_the_size_after_the_extra_arguments(tmp_path: Path) -> None:
+    """The marker read fetches at most 4096 bytes and says when it skips the file for that;
+    the bound comes after rsync_args, so an extra argument cannot lift it."""
+    config = receiver_config(
+        tmp_path, upstream="rsync://h/m/", rsync_args=["--max-size=1G", "--info=skip0"]
+    ).receiver
+    assert config is not None
+    args = rsync.marker_args(config, tmp_path / "CURRENT")
+    assert args[:4] == ["rsync", "-t", "--no-motd", "--ignore-missing-args"]
+    assert args[-5:] == [
+        "--max-size=4096",
+        "--info=skip1",
+        "--",
+        "rsync://h/m/CURRENT",
+        str(tmp_path / "CURRENT"),
+    ]
+    assert args.index("--max-size=1G") < args.index("--max-size=4096")
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("CURRENT is over max-size", "it is larger than 4096 bytes"),
+        (
+            'skipping non-regular file "CURRENT"',
+            "it is not a regular file (a symbolic link, a FIFO or a device: rsync skipped it)",
+        ),
+        ("skipping directory CURRENT", "it is a directory"),
+        ("sent 20 bytes  received 43 bytes  126.00 bytes/sec", None),
+    ],
+)
+def test_skipped_marker_names_what_rsync_skipped(line: str, reason: str | None) -> None:
+    """rsync's own words (3.5, with --info=skip1) for a marker it left on the upstream."""
+    assert rsync.skipped_marker(["receiving file list ... done", line]) == reason

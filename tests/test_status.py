@@ -66,3 +66,22 @@ def test_colour_marks_status_words_and_keeps_alignment() -> None:
     assert "\033[33mretrying" in coloured
     assert "\033[31m" in coloured  # the failed sync
     assert ANSI.sub("", coloured) == format_status(STATUS)
+
+
+def test_a_refused_marker_is_shown_as_refused() -> None:
+    """A marker refused by the rules shows as refused, with the reason, on both roles."""
+    status = {
+        "receiver": {
+            **STATUS["receiver"],
+            "local_marker": None,
+            "local_marker_error": "it is a symbolic link (not followed)",
+        },
+        "publisher": {
+            **STATUS["publisher"],
+            "current_marker": None,
+            "current_marker_error": "it is not a regular file but a FIFO",
+        },
+    }
+    text = format_status(status)
+    assert "local marker: (refused: it is a symbolic link (not followed))" in text
+    assert "marker /srv/repo/ius/CURRENT: (refused: it is not a regular file but a FIFO)" in text

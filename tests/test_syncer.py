@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from mirrorhook.errors import NoMarkerError, RsyncError
+from mirrorhook.errors import NoMarkerError, RsyncError, UpstreamMarkerError
 from mirrorhook.retry import Backoff
+from mirrorhook.status import receiver_status
 from mirrorhook.syncer import RSYNC_TMP_DIR, Result, Syncer, state_path
 from tests.helpers import (
     RsyncDaemon,
@@ -22,6 +26,7 @@ from tests.helpers import (
     stub_rsync,
     tree_invocations,
     trees_equal,
+    write_secret,
 )
 
 
@@ -246,3 +251,145 @@ async def test_sync_after_a_crash_sweeps_leftovers(tmp_path: Path, daemon: Rsync
     await syncer.sync(if_changed=True, trigger="after the crash")
     assert not leftover.exists()
     assert trees_equal(daemon.root, syncer.config.target)
+
+
+def _marker_reads(log: Path) -> list[str]:
+    """The logged rsync invocations that read the upstream marker (not the tree)."""
+    return [line for line in log.read_text().splitlines() if "--delay-updates" not in line]
+
+
+def _files(tree: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(tree)): p.read_bytes() for p in tree.rglob("*") if p.is_file()}
+
+
+def _plant_symlink_to_a_secret(upstream: Path) -> None:
+    secret_file = upstream.parent / "upstream-host.secret"
+    write_secret(secret_file)
+    (upstream / "CURRENT").unlink()
+    (upstream / "CURRENT").symlink_to(secret_file)
+
+
+def _replace_marker(upstream: Path, make: Callable[[Path], None]) -> None:
+    (upstream / "CURRENT").unlink()
+    make(upstream / "CURRENT")
+
+
+@pytest.mark.parametrize(
+    ("plant", "rsync_args", "reason"),
+    [
+        pytest.param(
+            lambda up: (up / "CURRENT").write_text("2" * 10_240 + "\n"),
+            [],
+            "it is larger than 4096 bytes",
+            id="10-KB",
+        ),
+        pytest.param(
+            lambda up: (up / "CURRENT").write_text("2" * 2048 + "\n"),
+            [],
+            "its value is longer than 1024 bytes",
+            id="2-KB-line",
+        ),
+        pytest.param(
+            lambda up: (up / "CURRENT").write_bytes(b"2\x1b]0;pwned\x07\n"),
+            [],
+            "it contains a non-printable character (U+001B)",
+            id="ESC",
+        ),
+        pytest.param(
+            lambda up: (up / "CURRENT").write_bytes(b"2\n\xff\n"),
+            [],
+            "it is not valid UTF-8 text",
+            id="invalid-UTF-8",
+        ),
+        pytest.param(
+            _plant_symlink_to_a_secret,
+            [],
+            "it is not a regular file (a symbolic link, a FIFO or a device: rsync skipped it)",
+            id="symlink",
+        ),
+        pytest.param(
+            _plant_symlink_to_a_secret,
+            ["-l"],
+            "it is a symbolic link (not followed)",
+            id="symlink-copied-by-rsync_args--l",
+        ),
+        pytest.param(
+            lambda up: _replace_marker(up, os.mkfifo),
+            [],
+            "it is not a regular file (a symbolic link, a FIFO or a device: rsync skipped it)",
+            id="FIFO",
+        ),
+        pytest.param(
+            lambda up: _replace_marker(up, Path.mkdir),
+            [],
+            "it is a directory",
+            id="directory",
+        ),
+    ],
+)
+async def test_hostile_upstream_marker_is_refused_and_nothing_installed(
+    tmp_path: Path,
+    daemon: RsyncDaemon,
+    plant: Callable[[Path], object],
+    rsync_args: list[str],
+    reason: str,
+) -> None:
+    """A real rsync daemon serves a marker outside the rules (too big, too long, control
+    characters, not UTF-8, a symlink to a secret, a FIFO, a folder) next to a new file: the
+    sync fails at once with a clear, permanent error (one marker read, no retry, no tree
+    transfer); the local tree and marker are as they were; status records why."""
+    log = tmp_path / "rsync.log"
+    syncer = make_syncer(
+        tmp_path, daemon.url, rsync=str(counting_rsync(tmp_path, log)), rsync_args=rsync_args
+    )
+    await syncer.sync(if_changed=True, trigger="first")
+    before = _files(syncer.config.target)
+    calls = len(log.read_text().splitlines())
+    (daemon.root / "dir0" / "new.rpm").write_text("published with a hostile marker\n")
+    plant(daemon.root)
+    with pytest.raises(UpstreamMarkerError) as caught:
+        await syncer.sync(if_changed=True, trigger="hostile marker")
+    source = f"{daemon.url}CURRENT"
+    assert str(caught.value) == (
+        f"refusing the upstream marker {source}: {reason}; the local marker was left as it was"
+    )
+    assert _files(syncer.config.target) == before
+    assert syncer.local_marker() == "1"
+    assert not (syncer.config.target / "CURRENT").is_symlink()
+    assert len(log.read_text().splitlines()) == calls + 1, "one marker read, nothing more"
+    assert "--max-size=4096" in _marker_reads(log)[-1]
+    recorded = json.loads(state_path(syncer.config).read_text())["last_sync"]
+    assert recorded["result"] == "failed"
+    assert recorded["error"] == str(caught.value)
+
+
+async def test_local_marker_symlink_is_not_followed_and_the_next_sync_replaces_it(
+    tmp_path: Path, daemon: RsyncDaemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A symlink to a secret planted as the mirror's CURRENT: local_marker() does not follow
+    it (no marker, with a warning), status shows it refused without the secret, and the next
+    sync installs a real marker in its place, leaving the secret file alone."""
+    caplog.set_level(logging.DEBUG)
+    syncer = make_syncer(tmp_path, daemon.url)
+    await syncer.sync(if_changed=True, trigger="first")
+    secret_file = tmp_path / "elsewhere.secret"
+    secret = write_secret(secret_file)
+    current = syncer.config.target / "CURRENT"
+    current.unlink()
+    current.symlink_to(secret_file)
+    assert syncer.local_marker() is None
+    status = receiver_status(syncer.config)
+    assert status["local_marker"] is None
+    assert status["local_marker_error"] == "it is a symbolic link (not followed)"
+    assert secret.removeprefix("whsec_") not in json.dumps(status)
+    report = await syncer.sync(if_changed=True, trigger="after the plant")
+    assert report.result is Result.SYNCED
+    assert not current.is_symlink()
+    assert current.read_text() == "1\n"
+    assert secret_file.read_text() == secret + "\n"
+    assert any(
+        record.getMessage().startswith(f"refusing marker {current}: it is a symbolic link")
+        for record in caplog.records
+    )
+    for record in caplog.records:
+        assert secret.removeprefix("whsec_") not in record.getMessage()

@@ -14,7 +14,9 @@ reported, every earlier event has been handled too.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +25,7 @@ from typing import Self
 import pytest
 
 from mirrorhook.watcher import SETTLE, MarkerWatcher
+from tests.helpers import fifo_released_after, write_secret
 
 MARKER = "CURRENT"
 WAIT = 10.0
@@ -386,3 +389,88 @@ async def test_marker_created_then_written_slowly_is_never_read_half_written(
         await watching.until_value("20261125")
     assert watching.recorder.calls[0] == "20261125"
     assert "2026" not in watching.recorder.calls
+
+
+def plant(root: Path, make: Callable[[Path], None]) -> None:
+    """Replace the marker by what ``make`` creates, renamed into place in one step."""
+    staged = root / f".{MARKER}.planted"
+    make(staged)
+    staged.replace(root / MARKER)
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.getMessage().startswith("refusing marker")
+    ]
+
+
+@BOTH_OBSERVERS
+async def test_symlinked_marker_is_refused_once_in_the_log_and_never_reported(
+    tmp_path: Path, polling: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CURRENT replaced by a symlink to a mirror's secret file: nothing is reported, one
+    warning says why (not repeated by the rescans), and the secret is in no log record.
+    A valid marker published afterwards is reported again."""
+    caplog.set_level(logging.DEBUG)
+    secret_file = tmp_path / "mirror-a.secret"
+    secret = write_secret(secret_file)
+    root = make_root(tmp_path, "1")
+    async with Watching(root, polling=polling, rescan=RESCAN) as watching:
+        await watching.until_value("1")
+        plant(root, lambda path: path.symlink_to(secret_file))
+        await watching.until(lambda: bool(refusals(caplog)), "the refusal in the log")
+        reads = watching.watcher.reads
+        await watching.until_read(reads + 2)  # two rescans later, still one warning
+        assert refusals(caplog) == [
+            f"refusing marker {root / MARKER}: it is a symbolic link (not followed); "
+            "announcing nothing until it is a valid marker"
+        ]
+        publish_by_rename(root, "2")
+        await watching.until_value("2")
+    assert watching.recorder.calls.count("1") >= 1
+    assert set(watching.recorder.calls) == {"1", "2"}
+    for record in caplog.records:
+        assert secret not in record.getMessage()
+        assert secret.removeprefix("whsec_") not in record.getMessage()
+
+
+@pytest.mark.parametrize("when", ["at-start", "published"])
+async def test_fifo_as_marker_is_refused_without_blocking_the_loop(
+    tmp_path: Path, when: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A FIFO as CURRENT (there at start, or renamed into place) is refused at once: a
+    ticking coroutine never stalls. (A read that blocked the loop would be let go after
+    5 s by a writer, and the test fail on the stall and on the value it reported.)"""
+    caplog.set_level(logging.WARNING, logger="mirrorhook.watcher")
+    root = make_root(tmp_path, "1")
+    if when == "at-start":
+        (root / MARKER).unlink()
+        os.mkfifo(root / MARKER)
+    ticks: list[float] = []
+
+    async def tick() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            ticks.append(loop.time())
+            await asyncio.sleep(0.01)
+
+    async with asyncio.TaskGroup() as group:
+        ticker = group.create_task(tick())
+        await asyncio.sleep(0.05)  # the ticker is ticking before the watcher starts
+        with fifo_released_after(root / MARKER, 5):
+            async with Watching(root, polling=False) as watching:
+                if when == "published":
+                    await watching.until_value("1")
+                    plant(root, os.mkfifo)
+                await watching.until(lambda: bool(refusals(caplog)), "the refusal in the log")
+        await asyncio.sleep(0.05)  # ... and after it read the FIFO
+        ticker.cancel()
+    assert refusals(caplog) == [
+        f"refusing marker {root / MARKER}: it is not a regular file but a FIFO; "
+        "announcing nothing until it is a valid marker"
+    ]
+    assert "released" not in watching.recorder.calls
+    stall = max(later - earlier for earlier, later in itertools.pairwise(ticks))
+    assert stall < 1, f"the event loop stalled for {stall:.1f} s"

@@ -118,8 +118,9 @@ def _add_notify_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentPa
             "Read the [publisher] marker now and deliver it to every mirror concurrently, with "
             "a short retry budget; print one line per mirror (result, HTTP status, time). "
             "Call it at the end of the publish script, after the marker was rewritten. "
-            "Exit status: 0 every mirror accepted, 1 some failed (the rest were delivered), "
-            "2 config error."
+            "Exit status: 0 every mirror accepted, 1 some failed (the rest were delivered) or "
+            "the marker is missing or refused (a symlink, not a regular file, not one short "
+            "line of text: nothing sent), 2 config error."
         ),
     )
     parser.set_defaults(func=_notify)

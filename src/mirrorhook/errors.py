@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class MirrorhookError(Exception):
@@ -55,6 +56,25 @@ class LockedError(MirrorhookError):
         return f"another sync holds the lock {self.path}"
 
 
+class MarkerError(MirrorhookError):
+    """A marker file was refused: a symlink, not a regular file, unreadable, or not one
+    short line of printable text. ``reason`` never quotes the file's content (it may be a
+    secret that a symlink pointed at)."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(self.path, reason)
+
+    def __str__(self) -> str:
+        return f"refusing marker {self.path}: {self.reason}"
+
+
+class MarkerUnreadableError(MarkerError):
+    """A marker file that may be fine could not be opened or read (permissions, an I/O
+    error, a path through a non-folder): trouble with the host, not with the file."""
+
+
 class SyncError(MirrorhookError):
     """A sync could not complete; the local marker was left as it was."""
 
@@ -70,6 +90,21 @@ class NoMarkerError(SyncError):
         return (
             f"upstream has no marker at {self.source}: refusing to sync from it "
             "(an unmounted or emptied upstream would make --delete wipe the mirror)"
+        )
+
+
+class UpstreamMarkerError(SyncError):
+    """The upstream's marker breaks the marker rules: the sync installs nothing of it."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(source, reason)
+
+    def __str__(self) -> str:
+        return (
+            f"refusing the upstream marker {self.source}: {self.reason}; "
+            "the local marker was left as it was"
         )
 
 

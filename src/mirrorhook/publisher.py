@@ -268,7 +268,10 @@ NOTIFY_WITHIN = 30.0
 async def notify(
     config: PublisherConfig, *, clock: Callable[[], float] = time.time
 ) -> tuple[str, list[Outcome]]:
-    """Deliver the current marker to every mirror once (with a short retry budget)."""
+    """Deliver the current marker to every mirror once (with a short retry budget).
+
+    A missing, empty or refused marker (see ``marker.load``) raises before anything is sent.
+    """
     value = marker.read(config.root / config.marker)
     if not value:
         raise MirrorhookError(

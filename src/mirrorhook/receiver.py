@@ -19,7 +19,12 @@ from aiohttp import web
 from mirrorhook import message, signing
 from mirrorhook.config import ReceiverConfig
 from mirrorhook.endpoints import Endpoints, add_routes
-from mirrorhook.errors import PayloadError, SignatureError, TimestampError
+from mirrorhook.errors import (
+    MarkerUnreadableError,
+    PayloadError,
+    SignatureError,
+    TimestampError,
+)
 from mirrorhook.metrics import Metrics
 from mirrorhook.poller import Poller
 from mirrorhook.replay import ReplayCache
@@ -135,9 +140,9 @@ async def _hook(request: web.Request, receiver: Receiver) -> tuple[str, web.Resp
         return "duplicate", web.json_response({"status": "duplicate"})
     try:
         local = receiver.syncer.local_marker()
-    except OSError as err:
+    except MarkerUnreadableError as err:
         # Not the sender's fault, and maybe passing (a remount, say): let it retry.
-        problem = f"cannot read the local marker: {err.strerror or err}"
+        problem = f"cannot read the local marker: {err.reason}"
         logger.error("webhook %s from %s not accepted: %s", verified.msg_id, peer, problem)
         return "unavailable", web.json_response({"error": problem}, status=503)
     if update.current == local:

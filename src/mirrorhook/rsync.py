@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mirrorhook import marker
 from mirrorhook.config import ReceiverConfig
 from mirrorhook.errors import RsyncError, RsyncTimeoutError, SyncError
 
@@ -129,6 +130,11 @@ def marker_args(config: ReceiverConfig, destination: Path) -> list[str]:
     "the upstream has no marker" is told apart from a failed transfer. No ``--timeout``:
     it adds some 50 ms to every rsync run (measured with rsync 3.5 against a daemon on
     loopback), and this short run is bounded by ``MARKER_TIMEOUT`` instead.
+
+    The marker is a small regular file: ``--max-size`` leaves a bigger one on the upstream,
+    and without ``-l`` a symlink is not copied (nor followed). rsync skips both with exit 0
+    and no file, saying so on stdout (``--info=skip1`` for the size); ``skipped_marker``
+    reads that. These come after ``rsync_args`` so that no extra argument widens them.
     """
     return [
         config.rsync,
@@ -137,10 +143,34 @@ def marker_args(config: ReceiverConfig, destination: Path) -> list[str]:
         "--ignore-missing-args",
         *connect_args(config),
         *config.rsync_args,
+        f"--max-size={marker.MAX_FILE_BYTES}",
+        "--info=skip1",
         "--",
         source_of(config.upstream) + config.marker,
         str(destination),
     ]
+
+
+# What rsync (3.1 and later; checked with 3.5) prints when it skips the marker argument
+# instead of copying it, and what that means. Without one of these lines, no file after a
+# successful run means the upstream has no marker; either way nothing is installed.
+_MARKER_SKIPS = (
+    ("is over max-size", f"it is larger than {marker.MAX_FILE_BYTES} bytes"),
+    (
+        "skipping non-regular file",
+        "it is not a regular file (a symbolic link, a FIFO or a device: rsync skipped it)",
+    ),
+    ("skipping directory", "it is a directory"),
+)
+
+
+def skipped_marker(output: Sequence[str]) -> str | None:
+    """Return why rsync skipped the upstream marker, from its ``output`` lines, or ``None``."""
+    for line in output:
+        for words, reason in _MARKER_SKIPS:
+            if words in line:
+                return reason
+    return None
 
 
 # --- running --------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from aiohttp import web
 from mirrorhook import endpoints, lock
 from mirrorhook.config import Config, Listen, PublisherConfig, ReceiverConfig, redact_upstream
 from mirrorhook.delivery import Courier
-from mirrorhook.errors import MirrorhookError
+from mirrorhook.errors import MarkerError, MirrorhookError
 from mirrorhook.metrics import Metrics
 from mirrorhook.poller import Poller
 from mirrorhook.publisher import Publisher
@@ -200,7 +200,8 @@ def _restore_metrics(config: ReceiverConfig, syncer: Syncer, metrics: Metrics) -
     if isinstance(last_success, str):
         with contextlib.suppress(ValueError):
             metrics.last_success.set(datetime.fromisoformat(last_success).timestamp())
-    metrics.set_marker("local", syncer.local_marker())
+    with contextlib.suppress(MarkerError):  # unreadable now: the first sync will say why
+        metrics.set_marker("local", syncer.local_marker())
 
 
 def _summary(config: Config) -> str:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from mirrorhook import marker
 from mirrorhook.config import Config, PublisherConfig, ReceiverConfig, redact_upstream
+from mirrorhook.errors import MarkerError
 from mirrorhook.escape import printable
 from mirrorhook.record import Result as DeliveryResult
 from mirrorhook.record import state_path as publisher_state_path
@@ -56,7 +58,7 @@ def receiver_status(config: ReceiverConfig) -> dict[str, Any]:
         "upstream": redact_upstream(config.upstream),
         "target": str(config.target),
         "marker_file": config.marker,
-        "local_marker": marker.read(config.target / config.marker),
+        **_marker_entries("local_marker", config.target / config.marker),
         "state": state,
         "daemon_pid": daemon.get("pid"),
         "sync_starts_at": daemon.get("sync_starts_at") if state == "waiting" else None,
@@ -90,9 +92,18 @@ def publisher_status(config: PublisherConfig) -> dict[str, Any]:
     return {
         "root": str(config.root),
         "marker_file": config.marker,
-        "current_marker": marker.read(config.root / config.marker),
+        **_marker_entries("current_marker", config.root / config.marker),
         "mirrors": mirrors,
     }
+
+
+def _marker_entries(key: str, path: Path) -> dict[str, str | None]:
+    """Return ``key``, the marker's value (``None`` without one), and ``key_error``, why the
+    marker was refused (``None`` when it was not); a refused marker's content is never shown."""
+    try:
+        return {key: marker.read(path), f"{key}_error": None}
+    except MarkerError as err:
+        return {key: None, f"{key}_error": err.reason}
 
 
 def host_status(config: Config) -> dict[str, Any]:
@@ -140,9 +151,15 @@ def format_publisher(status: dict[str, Any], *, colour: bool = False) -> str:
         )
         for mirror in status["mirrors"]
     ]
-    current = status["current_marker"] or "(none)"
+    current = _marker_text(status, "current_marker", "(none)")
     heading = printable(f"marker {status['root']}/{status['marker_file']}: {current}")
     return heading + "\n" + format_table(rows, right=(4,), colour=colour)
+
+
+def _marker_text(status: dict[str, Any], key: str, missing: str) -> str:
+    if status.get(f"{key}_error"):
+        return f"(refused: {status[f'{key}_error']})"
+    return str(status[key] or missing)
 
 
 def _indent(text: str) -> str:
@@ -155,7 +172,7 @@ def format_receiver(status: dict[str, Any], *, colour: bool = False) -> str:
     rows = [
         ("upstream", status["upstream"]),
         ("target", status["target"]),
-        ("local marker", status["local_marker"] or "(none: never synced)"),
+        ("local marker", _marker_text(status, "local_marker", "(none: never synced)")),
         ("state", status["state"]),
         ("last sync", _describe(last) if last else "(never)"),
         ("last success", status.get("last_success") or "(never)"),

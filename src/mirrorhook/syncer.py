@@ -9,6 +9,7 @@ lock (see ``lock.py``); this module does not know who triggered it or how it wai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
 import logging
@@ -24,7 +25,14 @@ from typing import Any, TypeVar
 
 from mirrorhook import marker, rsync
 from mirrorhook.config import ReceiverConfig, redact_upstream
-from mirrorhook.errors import NoMarkerError, RsyncError, SyncError
+from mirrorhook.errors import (
+    MarkerError,
+    MarkerUnreadableError,
+    NoMarkerError,
+    RsyncError,
+    SyncError,
+    UpstreamMarkerError,
+)
 from mirrorhook.metrics import NoMetrics, SyncMetrics
 from mirrorhook.retry import Backoff, Sleep, retrying
 from mirrorhook.state import update_json, write_atomic
@@ -58,13 +66,6 @@ class Report:
     rounds: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Upstream:
-    value: str
-    data: bytes
-    mtime: float
-
-
 def state_path(config: ReceiverConfig) -> Path:
     """Return the file that keeps the last sync's outcome across restarts."""
     return config.state_dir / STATE_NAME
@@ -89,8 +90,19 @@ class Syncer:
         self._clock = clock
 
     def local_marker(self) -> str | None:
-        """Return the marker value of the local tree, ``None`` before the first sync."""
-        return marker.read(self.config.target / self.config.marker)
+        """Return the marker value of the local tree, ``None`` before the first sync.
+
+        A refused local marker (a symlink planted in the tree, say) counts as none, so the
+        next sync replaces it; it is never followed. One that cannot be read at all raises
+        ``MarkerUnreadableError``: no sync could fix that.
+        """
+        try:
+            return marker.read(self.config.target / self.config.marker)
+        except MarkerUnreadableError:
+            raise
+        except MarkerError as err:
+            logger.warning("%s; treating the mirror as never synced", err)
+            return None
 
     async def sync(self, *, if_changed: bool, trigger: str, lock_fd: int | None = None) -> Report:
         """Bring the local tree up to the upstream; record the outcome; re-raise failures.
@@ -152,6 +164,8 @@ class Syncer:
             raise
         except SyncError as err:
             failure = err
+        except MarkerUnreadableError as err:
+            failure = SyncError(str(err))
         except OSError as err:  # disk full, permissions...: the same one-line report
             where = f" ({err.filename})" if err.filename else ""
             failure = SyncError(f"{err.strerror or err}{where}")
@@ -203,16 +217,21 @@ class Syncer:
             "the local marker was left as it was and the next trigger will retry"
         )
 
-    async def _read_upstream(self, pass_fds: tuple[int, ...] = ()) -> _Upstream:
+    async def _read_upstream(self, pass_fds: tuple[int, ...] = ()) -> marker.Marker:
+        """Fetch the upstream marker; refuse one that breaks the marker rules (permanent).
+
+        rsync fetches at most ``marker.MAX_FILE_BYTES`` and no symlink; the copy is then read
+        with the same rules as every other marker before anything of it is used.
+        """
         config = self.config
         source = rsync.source_of(redact_upstream(config.upstream)) + config.marker
         with tempfile.TemporaryDirectory(dir=config.state_dir, prefix=".upstream-") as folder:
             path = Path(folder) / config.marker
             args = rsync.marker_args(config, path)
 
-            async def fetch() -> None:
+            async def fetch() -> rsync.RsyncResult:
                 try:
-                    await rsync.run(
+                    return await rsync.run(
                         args,
                         timeout=min(config.timeout, rsync.MARKER_TIMEOUT),
                         pass_fds=pass_fds,
@@ -226,13 +245,17 @@ class Syncer:
                     raise
 
             with self.metrics.time_stage("read_marker"):
-                await self._retry(fetch, "reading the upstream marker")
+                result = await self._retry(fetch, "reading the upstream marker")
             try:
-                data = path.read_bytes()
-                mtime = path.stat().st_mtime
-            except FileNotFoundError:
-                raise NoMarkerError(source) from None
-        upstream = _Upstream(marker.value_of(data), data, mtime)
+                upstream = marker.load(path)
+            except MarkerError as err:
+                raise UpstreamMarkerError(source, err.reason) from None
+        if upstream is None:
+            # No file after a successful run: missing upstream, unless rsync skipped it.
+            skipped = rsync.skipped_marker(result.stdout_tail + result.stderr_tail)
+            if skipped is not None:
+                raise UpstreamMarkerError(source, skipped)
+            raise NoMarkerError(source)
         self.metrics.set_marker("upstream", upstream.value)
         return upstream
 
@@ -288,7 +311,8 @@ class Syncer:
         if succeeded:
             changes["last_success"] = _iso(finished)
         self.metrics.sync_finished(str(result), success_at=finished if succeeded else None)
-        self.metrics.set_marker("local", self.local_marker())
+        with contextlib.suppress(MarkerError):  # the gauge only; the sync's outcome stands
+            self.metrics.set_marker("local", self.local_marker())
         try:
             self._record(changes)
         except OSError as err:

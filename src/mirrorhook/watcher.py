@@ -30,6 +30,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from mirrorhook import marker
+from mirrorhook.errors import MarkerError
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ def _open_for_writing(path: Path) -> bool:
     needs the file's owner or CAP_LEASE; when we cannot tell, assume nobody writes.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        # Not through a symlink (the marker is refused then anyway), never waiting on a FIFO.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return False
     try:
@@ -124,6 +126,7 @@ class MarkerWatcher:
         self._identity: tuple[int, int] | None = None
         self._pending: asyncio.TimerHandle | None = None
         self._last_read = float("-inf")
+        self._refused: str | None = None
         self.reads = 0
         """How many times the marker was read (to check that bursts collapse)."""
 
@@ -142,7 +145,8 @@ class MarkerWatcher:
             self._stop_observer()
 
     def read(self) -> None:
-        """Read the marker now and report its value (an empty or missing marker is not).
+        """Read the marker now and report its value (an empty, missing or refused marker is
+        not: a refused one is logged, see ``marker.load``).
 
         A marker that some process still has open for writing is read later instead: a
         publisher that writes in place, slowly, must not have half a value announced.
@@ -156,9 +160,13 @@ class MarkerWatcher:
         self.reads += 1
         try:
             value = marker.read(self.path)
-        except OSError as err:
-            logger.warning("cannot read the marker %s: %s", self.path, err.strerror)
+        except MarkerError as err:
+            # Said once per refusal, not at every rescan; nothing is announced meanwhile.
+            if str(err) != self._refused:
+                logger.warning("%s; announcing nothing until it is a valid marker", err)
+                self._refused = str(err)
             return
+        self._refused = None
         if value:
             self._on_value(value)
 
