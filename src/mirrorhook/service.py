@@ -21,6 +21,7 @@ from aiohttp import web
 
 from mirrorhook import endpoints, lock
 from mirrorhook.config import Config, Listen, PublisherConfig, ReceiverConfig, redact_upstream
+from mirrorhook.connections import AcceptErrorLog, ConnectionGuard, GuardedSite, Limits
 from mirrorhook.delivery import Courier
 from mirrorhook.errors import MarkerError, MirrorhookError
 from mirrorhook.metrics import Metrics
@@ -127,7 +128,7 @@ async def serve(config: Config) -> None:
                 endpoints.Endpoints(lambda: host_status(config), metrics, supervisor)
             )
         if listen:
-            stack.push_async_callback((await _start_web(app, listen)).cleanup)
+            stack.push_async_callback((await start_web(app, listen)).cleanup)
         if config.receiver is not None:
             logger.info(
                 "receiver ready: following %s into %s",
@@ -159,12 +160,24 @@ async def serve(config: Config) -> None:
     logger.info("stopped")
 
 
-async def _start_web(app: web.Application, listen: tuple[Listen, ...]) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
+async def start_web(
+    app: web.Application, listen: tuple[Listen, ...], limits: Limits | None = None
+) -> web.AppRunner:
+    """Serve ``app`` on every address of ``listen``, each connection under the deadlines and
+    bounds of ``limits`` (see ``connections.py``); ``runner.cleanup()`` stops it all.
+
+    For the rest of the event loop's life, asyncio's reports of ``accept()`` failing for
+    lack of file descriptors are logged at most once per ``limits.warning_period``."""
+    guard = ConnectionGuard(limits)
+    AcceptErrorLog(guard.limits.warning_period).install(asyncio.get_running_loop())
+    app.middlewares.append(guard.middleware)
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE, **guard.handler_args
+    )
     await runner.setup()
     try:
         for address in listen:
-            await _start_site(runner, address)
+            await _start_site(runner, guard, address)
     except BaseException:
         await runner.cleanup()
         raise
@@ -238,13 +251,10 @@ def _stopper(stop: asyncio.Event, sig: signal.Signals) -> Callable[[], None]:
     return handler
 
 
-async def _start_site(runner: web.AppRunner, listen: Listen) -> None:
-    site: web.BaseSite
+async def _start_site(runner: web.AppRunner, guard: ConnectionGuard, listen: Listen) -> None:
     if listen.path is not None:
         _remove_stale_socket(listen.path)
-        site = web.UnixSite(runner, str(listen.path))
-    else:
-        site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
+    site = GuardedSite(runner, guard, listen)
     try:
         await site.start()
         if listen.path is not None:
