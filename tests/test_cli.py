@@ -252,6 +252,7 @@ def _process_group_members(pgid: int) -> list[int]:
     return members
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_sync_exits_0_and_stops_rsync(
     tmp_path: Path, daemon: RsyncDaemon, serve: list[subprocess.Popen[str]]
 ) -> None:
@@ -284,6 +285,7 @@ def test_startup_check_catches_up_without_a_webhook(
     assert process.wait(30) == 0
 
 
+@pytest.mark.slow
 def test_poll_syncs_a_publish_whose_webhook_was_lost(
     tmp_path: Path, daemon: RsyncDaemon, serve: list[subprocess.Popen[str]]
 ) -> None:
@@ -306,6 +308,7 @@ def test_serve_with_a_busy_port_exits_1(tmp_path: Path, daemon: RsyncDaemon) -> 
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_notify_prints_one_line_per_mirror_and_exits_by_the_worst(tmp_path: Path) -> None:
     """notify: exit 0 when every mirror accepted, 1 when one failed (the rest delivered)."""
     root = tmp_path / "repo"
@@ -378,6 +381,7 @@ def test_notify_with_a_symlinked_marker_fails_in_one_line_and_sends_nothing(
     assert mirror.received == []
 
 
+@pytest.mark.slow
 def test_status_shows_what_the_running_daemon_does(
     tmp_path: Path, daemon: RsyncDaemon, serve: list[subprocess.Popen[str]]
 ) -> None:
@@ -418,6 +422,7 @@ def test_one_shot_commands_do_not_import_aiohttp() -> None:
     assert result.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_publisher_status_rows_and_exit_status(tmp_path: Path) -> None:
     """status for a publisher: one row per mirror, --json alike, exit 1 while one fails."""
     root = tmp_path / "repo"
@@ -513,6 +518,7 @@ def _demo_folders() -> set[str]:
     return {path.name for path in Path(tempfile.gettempdir()).glob("mirrorhook-demo-*")}
 
 
+@pytest.mark.slow
 def test_demo_converges_prints_its_timeline_and_cleans_up() -> None:
     """`mirrorhook demo`: three publishes, a timeline per mirror, every tree identical,
     exit 0, and no folder or process left behind."""
@@ -528,6 +534,7 @@ def test_demo_converges_prints_its_timeline_and_cleans_up() -> None:
     assert _demo_folders() == before
 
 
+@pytest.mark.slow
 def test_demo_interrupted_cleans_up() -> None:
     """Ctrl-C (SIGINT) during the demo stops every process and removes the folder."""
     before = _demo_folders()
@@ -565,6 +572,7 @@ def test_restarted_daemon_reports_the_last_success_from_before(
     assert time.time() - 120 < float(gauge.split()[1]) <= time.time()
 
 
+@pytest.mark.slow
 def test_unix_socket_listener_is_group_writable_only(
     tmp_path: Path, daemon: RsyncDaemon, serve: list[subprocess.Popen[str]]
 ) -> None:
@@ -591,6 +599,7 @@ def test_one_shot_sync_does_not_import_prometheus_client() -> None:
     assert result.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_daemon_killed_mid_sync_its_orphaned_rsync_keeps_the_tree_locked(
     tmp_path: Path, daemon: RsyncDaemon, serve: list[subprocess.Popen[str]]
 ) -> None:

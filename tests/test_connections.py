@@ -93,6 +93,7 @@ async def test_idle_connection_is_closed_after_the_idle_timeout(receiver: Receiv
     assert 0.4 <= elapsed <= 1.5, elapsed
 
 
+@pytest.mark.slow
 async def test_headers_trickling_line_by_line_are_cut_off_at_the_deadline(
     receiver: Receiver,
 ) -> None:
@@ -187,6 +188,7 @@ async def test_beyond_the_bound_the_oldest_idle_connections_are_shed_and_valid_r
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
 
 
+@pytest.mark.slow
 async def test_valid_requests_with_slow_or_large_bodies_are_not_affected(
     receiver: Receiver,
 ) -> None:
@@ -212,6 +214,7 @@ async def test_valid_requests_with_slow_or_large_bodies_are_not_affected(
     assert (slow_status, large_status) == (202, 202)
 
 
+@pytest.mark.slow
 async def test_accept_failing_for_lack_of_descriptors_is_logged_once(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:

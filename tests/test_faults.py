@@ -38,6 +38,8 @@ from tests.helpers import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow  # real daemons and processes: see `make test-fast`
+
 
 def syncer_for(tmp_path: Path, upstream: str, *, retries: int = 6, **overrides: object) -> Syncer:
     config = receiver_config(tmp_path, upstream=upstream, retries=retries, **overrides).receiver

@@ -8,7 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import RsyncDaemon, free_port, publish, receiver_toml, wait_for_port
+
+pytestmark = pytest.mark.slow  # real daemons and processes: see `make test-fast`
 
 TOTAL = 10_000
 

@@ -210,6 +210,7 @@ def toml_value(value: Any) -> str:
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(document=DOCUMENTS)
+@pytest.mark.slow
 def test_random_toml_never_crashes_the_loader_and_every_problem_names_its_key(
     tmp_path: Path, document: dict[str, dict[str, Any]]
 ) -> None:

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import (
     MIRRORHOOK,
     Processes,
@@ -24,6 +26,8 @@ from tests.helpers import (
     wait_until,
 )
 from tests.mirrors import HookMirror, RawMirror, always, mirror_in_thread
+
+pytestmark = pytest.mark.slow  # real daemons and processes: see `make test-fast`
 
 
 def answer(status: str, *headers: bytes, body: bytes = b"") -> bytes:

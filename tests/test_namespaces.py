@@ -28,10 +28,13 @@ from tests.helpers import (
     wait_until,
 )
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("ip") is None,
-    reason="network namespaces need root and iproute2 (ip)",
-)
+pytestmark = [
+    pytest.mark.slow,  # real daemons and processes: see `make test-fast`
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("ip") is None,
+        reason="network namespaces need root and iproute2 (ip)",
+    ),
+]
 HOSTS = ["up", "hub", "l1", "l2"]
 
 

@@ -7,6 +7,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import (
     Processes,
     free_port,
@@ -23,6 +25,8 @@ from tests.helpers import (
     write_secret,
 )
 from tests.mirrors import HookMirror, always, mirror_in_thread
+
+pytestmark = pytest.mark.slow  # real daemons and processes: see `make test-fast`
 
 
 def test_publisher_killed_while_a_mirror_is_down_delivers_the_newest_on_restart(

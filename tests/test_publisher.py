@@ -357,6 +357,7 @@ async def test_restart_redelivers_only_what_was_not_acknowledged(
     assert len(mirrors["down"].received) > down_before
 
 
+@pytest.mark.slow
 async def test_notify_reports_each_mirror_and_records_it(
     tmp_path: Path, aiohttp_server: ServerFactory
 ) -> None:
@@ -454,6 +455,7 @@ async def stalling_server() -> AsyncIterator[tuple[int, list[float]]]:
         await server.wait_closed()
 
 
+@pytest.mark.slow
 async def test_mirrors_stuck_in_the_tls_handshake_do_not_starve_the_others(
     tmp_path: Path, aiohttp_server: ServerFactory
 ) -> None:
@@ -484,6 +486,7 @@ async def test_mirrors_stuck_in_the_tls_handshake_do_not_starve_the_others(
 
 
 @pytest.mark.parametrize("polling", [False, True], ids=["inotify", "poll"])
+@pytest.mark.slow
 async def test_every_way_of_publishing_gives_one_webhook_per_value_per_mirror(
     tmp_path: Path, aiohttp_server: ServerFactory, polling: bool
 ) -> None:

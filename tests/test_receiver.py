@@ -91,6 +91,7 @@ async def test_valid_webhook_syncs_the_mirror(
     assert not receiver.scheduler.pending
 
 
+@pytest.mark.slow
 async def test_webhooks_during_a_sync_produce_one_follow_up(
     tmp_path: Path,
     daemon: RsyncDaemon,

@@ -164,6 +164,7 @@ async def _wait_for(path: Path, lines: int) -> None:
             await asyncio.sleep(0.02)
 
 
+@pytest.mark.slow
 async def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     """A run past its deadline is killed with its children (a stub that hangs, with a child)."""
     pids = tmp_path / "pids"

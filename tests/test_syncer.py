@@ -109,6 +109,7 @@ async def test_missing_local_upstream_folder_is_refused(tmp_path: Path) -> None:
     assert not syncer.config.target.exists()
 
 
+@pytest.mark.slow
 async def test_marker_moving_during_stage_one_repeats_it(
     tmp_path: Path, daemon: RsyncDaemon
 ) -> None:
@@ -128,6 +129,7 @@ async def test_marker_moving_during_stage_one_repeats_it(
     assert trees_equal(daemon.root, syncer.config.target)
 
 
+@pytest.mark.slow
 async def test_killed_transfer_keeps_the_old_marker_and_the_next_leaves_no_tmp(
     tmp_path: Path, daemon: RsyncDaemon
 ) -> None:

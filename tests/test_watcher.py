@@ -162,6 +162,7 @@ async def test_initial_value_is_read_at_start(tmp_path: Path, polling: bool) -> 
 
 
 @BOTH_OBSERVERS
+@pytest.mark.slow
 async def test_rename_into_place_reports_each_publish_once(tmp_path: Path, polling: bool) -> None:
     """Writing CURRENT.tmp and renaming it onto CURRENT reports each new value, in order."""
     root = make_root(tmp_path, "0")
@@ -191,6 +192,7 @@ async def test_rename_into_place_reports_each_publish_once(tmp_path: Path, polli
         ),
     ],
 )
+@pytest.mark.slow
 async def test_in_place_write_reports_final_value_never_a_partial_one(
     tmp_path: Path, polling: bool, pause: float
 ) -> None:
@@ -217,6 +219,7 @@ async def test_in_place_write_reports_final_value_never_a_partial_one(
 
 
 @BOTH_OBSERVERS
+@pytest.mark.slow
 async def test_rename_from_another_folder_is_reported(tmp_path: Path, polling: bool) -> None:
     """A marker written in a sibling folder and renamed onto root/CURRENT is reported."""
     root = make_root(tmp_path, "0")
@@ -240,6 +243,7 @@ async def test_rename_from_another_folder_is_reported(tmp_path: Path, polling: b
         pytest.param(True, id="poll"),
     ],
 )
+@pytest.mark.slow
 async def test_burst_of_rewrites_is_reported_once_and_read_far_fewer_times(
     tmp_path: Path, polling: bool
 ) -> None:
@@ -266,6 +270,7 @@ async def test_burst_of_rewrites_is_reported_once_and_read_far_fewer_times(
 
 
 @BOTH_OBSERVERS
+@pytest.mark.slow
 async def test_empty_marker_is_never_reported(tmp_path: Path, polling: bool) -> None:
     """An empty or blank marker, at start or published later, is read but never reported."""
     root = make_root(tmp_path, "")
@@ -323,6 +328,7 @@ async def test_rescan_finds_a_change_the_observer_cannot_see(tmp_path: Path) -> 
 
 
 @BOTH_OBSERVERS
+@pytest.mark.slow
 async def test_swapped_root_folder_is_rewatched_and_next_publish_reported(
     tmp_path: Path, polling: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -351,6 +357,7 @@ async def test_swapped_root_folder_is_rewatched_and_next_publish_reported(
 
 
 @BOTH_OBSERVERS
+@pytest.mark.slow
 async def test_root_missing_at_start_is_watched_once_it_exists(
     tmp_path: Path, polling: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -373,6 +380,7 @@ async def test_root_missing_at_start_is_watched_once_it_exists(
 
 
 @BOTH_OBSERVERS
+@pytest.mark.slow
 async def test_marker_created_then_written_slowly_is_never_read_half_written(
     tmp_path: Path, polling: bool
 ) -> None:
@@ -407,6 +415,7 @@ def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 @BOTH_OBSERVERS
+@pytest.mark.slow
 async def test_symlinked_marker_is_refused_once_in_the_log_and_never_reported(
     tmp_path: Path, polling: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
