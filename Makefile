@@ -19,8 +19,8 @@ test-fast: venv rsync
 demo: venv rsync
 	$(BIN)/mirrorhook demo
 
-# Every benchmark in turn (about 5 minutes on 2 cores); tables on stdout, JSON in
-# bench/results/. BENCHMARKS.md records a run.
+# Every benchmark in turn; tables on stdout, JSON in bench/results/. BENCHMARKS.md records
+# a run and how long it took.
 bench: venv rsync
 	$(BIN)/python -m bench.end_to_end
 	$(BIN)/python -m bench.fanout

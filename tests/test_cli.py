@@ -216,7 +216,8 @@ def test_contrib_examples_load(tmp_path: Path, example: str) -> None:
 def test_sync_while_serve_syncs_exits_75(
     tmp_path: Path, daemon: RsyncDaemon, serve: list[subprocess.Popen[str]]
 ) -> None:
-    """SPEC §5.1: a one-shot sync finds the daemon's lock, exits 75 and starts no rsync."""
+    """docs/design.md#the-sync-lock: a one-shot sync finds the daemon's lock, exits 75 and
+    starts no rsync."""
     serve_log = tmp_path / "serve-rsync.log"
     config = receiver_toml(
         tmp_path, upstream=daemon.url, rsync=str(counting_rsync(tmp_path, serve_log, delay=5))
@@ -256,7 +257,8 @@ def _process_group_members(pgid: int) -> list[int]:
 def test_sigterm_during_a_sync_exits_0_and_stops_rsync(
     tmp_path: Path, daemon: RsyncDaemon, serve: list[subprocess.Popen[str]]
 ) -> None:
-    """SPEC §5.7: SIGTERM mid-sync → exit 0, no rsync left running, marker unchanged."""
+    """docs/design.md#shutdown: SIGTERM mid-sync → exit 0, no rsync left running, marker
+    unchanged."""
     first = receiver_toml(tmp_path, upstream=daemon.url)
     assert run("sync", "-c", first).returncode == 0
     publish(daemon.root, "2", {f"big/{i}.bin": "z" * 300_000 for i in range(8)})
@@ -276,7 +278,8 @@ def test_sigterm_during_a_sync_exits_0_and_stops_rsync(
 def test_startup_check_catches_up_without_a_webhook(
     tmp_path: Path, daemon: RsyncDaemon, serve: list[subprocess.Popen[str]]
 ) -> None:
-    """SPEC §5.8: a receiver started while stale syncs without any webhook or poll."""
+    """docs/design.md#startup-check-and-polling: a receiver started while stale syncs without
+    any webhook or poll."""
     config = receiver_toml(tmp_path, upstream=daemon.url, poll_interval=0)
     process = start_serve(serve, config, tmp_path / "serve.log")
     wait_until(lambda: local_marker(tmp_path) == "1", what="the startup sync")

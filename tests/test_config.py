@@ -78,7 +78,8 @@ def _key_path(path: Path, problem: str) -> str:
 
 
 def test_minimal_receiver_config_loads_with_spec_defaults(tmp_path: Path) -> None:
-    """Only the required keys given: every optional key takes the default of SPEC §3."""
+    """Only the required keys given: every optional key takes the default of
+    docs/design.md#configuration-defaults."""
     path = _minimal(tmp_path)
     config = load_config(path)
     receiver = config.receiver
@@ -107,7 +108,8 @@ RSYNC = shutil.which("rsync") or "/usr/bin/rsync"
 
 
 def test_full_receiver_config_loads_every_value(tmp_path: Path) -> None:
-    """Every key of SPEC §3's [receiver] example is read into the matching field."""
+    """Every [receiver] key of docs/design.md#configuration-defaults is read into the matching
+    field."""
     secret_text = write_secret(tmp_path / "hook.secret")
     path = _write(
         tmp_path,

@@ -1,4 +1,5 @@
-"""The webhook body of SPEC §4: building, encoding and strictly decoding ``mirror.updated``."""
+"""The webhook body (docs/design.md#body): building, encoding and strictly decoding
+``mirror.updated``."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def test_non_ascii_marker_content_round_trips() -> None:
 
 
 def test_encoded_body_has_the_wire_format_of_spec() -> None:
-    """SPEC §4: type, RFC 3339 timestamp, and data with marker, current and source."""
+    """docs/design.md#the-webhook-wire-format: type, RFC 3339 timestamp, and data with marker,
+    current and source."""
     body = new_update("CURRENT", "1700000000", "upstream", NOW).encode()
     assert json.loads(body) == _document()
 

@@ -34,7 +34,8 @@ class Triggers:
 
 
 async def test_startup_check_then_polls_with_jitter() -> None:
-    """SPEC §5.8: the first check comes within `backoff`, then every interval + jitter."""
+    """docs/design.md#startup-check-and-polling: the first check comes within `backoff`, then
+    every interval + jitter."""
     sleeps = CountedSleeps(limit=3)
     scheduler = Scheduler(Triggers(), backoff=30, sleep=sleeps)
     triggered: list[str] = []

@@ -1,4 +1,5 @@
-"""Delivery and fan-out against real aiohttp mirrors on loopback (SPEC §4, §5.9)."""
+"""Delivery and fan-out against real aiohttp mirrors on loopback
+(docs/design.md#delivery-semantics)."""
 
 from __future__ import annotations
 
@@ -127,7 +128,8 @@ async def deliver_once(
     ],
 )
 def test_status_policy(status: int, kind: Kind | None) -> None:
-    """SPEC §5.9: 2xx delivered, 410 stop, 429/5xx transient, 3xx/400/401 misconfiguration."""
+    """docs/design.md#delivery-semantics: 2xx delivered, 410 stop, 429/5xx transient,
+    3xx/400/401 misconfiguration."""
     assert classify(status) is kind
 
 

@@ -1,4 +1,5 @@
-"""The webhook service: every row of SPEC §4's table, against the real aiohttp app."""
+"""The webhook service: every row of docs/design.md#receiver-answers, against the real aiohttp
+app."""
 
 from __future__ import annotations
 

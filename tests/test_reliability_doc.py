@@ -1,4 +1,5 @@
-"""RELIABILITY.md cannot drift from the suite: every test it names exists."""
+"""The documents cannot drift from the suite and the code: every test and anchor they name
+exists."""
 
 from __future__ import annotations
 
@@ -21,3 +22,30 @@ def test_every_test_named_in_reliability_md_exists() -> None:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
         }
         assert name in functions, f"RELIABILITY.md names {path}::{name}, which does not exist"
+
+
+def _anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_cited_design_anchor_exists_and_nothing_cites_an_outside_document() -> None:
+    """Code, tests and docs cite sections of docs/design.md by anchor, each one a heading;
+    and no file cites a contract the repository does not contain."""
+    design = (REPO / "docs" / "design.md").read_text()
+    anchors = {_anchor(line.lstrip("#")) for line in design.splitlines() if line.startswith("#")}
+    files = [
+        path
+        for pattern in ("src/**/*.py", "tests/*.py", "bench/*.py", "*.md", "docs/*.md", "*.toml")
+        for path in REPO.glob(pattern)
+    ]
+    cited = 0
+    for path in files:
+        text = path.read_text()
+        outside = "SPEC" + " §"  # spelled so that this file does not match itself
+        assert outside not in text, f"{path.relative_to(REPO)} cites an outside document"
+        for anchor in re.findall(r"design\.md#([a-z0-9-]+)", text):
+            cited += 1
+            assert anchor in anchors, f"{path.relative_to(REPO)} cites a missing #{anchor}"
+    assert cited >= 20

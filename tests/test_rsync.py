@@ -17,13 +17,14 @@ PERMANENT = [1, 2, 3, 4, 5, 11, 20, 22, 25]
 
 @pytest.mark.parametrize("code", TRANSIENT)
 def test_transient_codes_are_retryable(code: int) -> None:
-    """SPEC §5.4: 10, 12, 23, 30 and 35 are worth another attempt."""
+    """docs/design.md#the-retry-policy: 10, 12, 23, 30 and 35 are worth another attempt."""
     assert rsync.is_transient(code, [])
 
 
 @pytest.mark.parametrize("code", PERMANENT)
 def test_permanent_codes_are_not_retryable(code: int) -> None:
-    """SPEC §5.4: usage errors, daemon refusals, --max-delete hits... fail at once."""
+    """docs/design.md#the-retry-policy: usage errors, daemon refusals, --max-delete hits...
+    fail at once."""
     assert not rsync.is_transient(code, ["@ERROR: auth failed on module up"])
 
 

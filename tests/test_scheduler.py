@@ -1,4 +1,5 @@
-"""The scheduler: one sync at a time, backoff before each, at most one follow-up (SPEC §5.2)."""
+"""The scheduler: one sync at a time, backoff before each, at most one follow-up
+(docs/design.md#coalescing)."""
 
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ async def test_a_failed_sync_does_not_stop_the_scheduler() -> None:
 
 
 async def test_cancel_during_the_backoff_runs_no_sync() -> None:
-    """Shutdown during the backoff (SPEC §5.7) cancels the pending sync."""
+    """Shutdown during the backoff (docs/design.md#shutdown) cancels the pending sync."""
     recorder = Recorder()
     scheduler = Scheduler(recorder, backoff=30, sleep=asyncio.sleep)
     scheduler.trigger("webhook", delay=30)

@@ -104,7 +104,8 @@ def test_signed_headers_verify() -> None:
 
 
 def test_signature_is_the_spec_formula() -> None:
-    """SPEC §4: ``v1,`` + base64(HMAC-SHA256(key, f"{id}.{timestamp}.{body}"))."""
+    """docs/design.md#the-webhook-wire-format: ``v1,`` + base64(HMAC-SHA256(key,
+    f"{id}.{timestamp}.{body}"))."""
     digest = hmac.new(bytes(range(32)), f"{MSG_ID}.{NOW}.".encode() + BODY, hashlib.sha256)
     assert sign(SECRET, MSG_ID, NOW, BODY) == "v1," + base64.b64encode(digest.digest()).decode()
 

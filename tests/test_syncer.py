@@ -1,4 +1,5 @@
-"""The sync engine against a real rsync daemon: SPEC §5 rules 3 to 6."""
+"""The sync engine against a real rsync daemon: docs/design.md#the-two-stage-sync and what
+follows it."""
 
 from __future__ import annotations
 
@@ -85,7 +86,8 @@ async def test_deletions_and_changes_reach_the_mirror(tmp_path: Path, daemon: Rs
 async def test_upstream_without_marker_is_refused_and_the_mirror_kept(
     tmp_path: Path, daemon: RsyncDaemon
 ) -> None:
-    """SPEC §5.5: an emptied upstream must not make --delete wipe the mirror."""
+    """docs/design.md#the-no-marker-guard: an emptied upstream must not make --delete wipe the
+    mirror."""
     syncer = make_syncer(tmp_path, daemon.url)
     await syncer.sync(if_changed=True, trigger="first")
     before = sorted(p.relative_to(syncer.config.target) for p in syncer.config.target.rglob("*"))
@@ -113,7 +115,8 @@ async def test_missing_local_upstream_folder_is_refused(tmp_path: Path) -> None:
 async def test_marker_moving_during_stage_one_repeats_it(
     tmp_path: Path, daemon: RsyncDaemon
 ) -> None:
-    """SPEC §5.3: a publish during the transfer makes stage 1 run again; the result is V2."""
+    """docs/design.md#the-two-stage-sync: a publish during the transfer makes stage 1 run
+    again; the result is V2."""
     log = tmp_path / "rsync.log"
     slow = counting_rsync(tmp_path, log, delay=0.5)
     syncer = make_syncer(tmp_path, daemon.url, rsync=str(slow))
@@ -133,7 +136,8 @@ async def test_marker_moving_during_stage_one_repeats_it(
 async def test_killed_transfer_keeps_the_old_marker_and_the_next_leaves_no_tmp(
     tmp_path: Path, daemon: RsyncDaemon
 ) -> None:
-    """SPEC §5.3 and §5.6: cancel mid-transfer, the old marker stays; then a completed sync
+    """docs/design.md#the-two-stage-sync and docs/design.md#leftovers-of-an-interrupted-sync:
+    cancel mid-transfer, the old marker stays; then a completed sync
     leaves no .~tmp~ even where rsync itself has nothing more to do (the next publish drops
     the half-copied files but keeps their folder, so rsync never revisits the leftover)."""
     first = make_syncer(tmp_path, daemon.url)
@@ -209,7 +213,8 @@ def _stub_exiting(tmp_path: Path, code: int, message: str) -> tuple[Path, Path]:
 async def test_exit_code_policy_bounds_attempts(
     tmp_path: Path, code: int, message: str, attempts: int
 ) -> None:
-    """SPEC §5.4 with a stub rsync (real rsync cannot fail with a chosen code on demand):
+    """docs/design.md#the-retry-policy with a stub rsync (real rsync cannot fail with a chosen
+    code on demand):
     transient codes are tried `retries` (3) times, permanent ones once; the status keeps
     the code and rsync's last line."""
     stub, calls = _stub_exiting(tmp_path, code, message)

@@ -1,4 +1,4 @@
-"""Sending one webhook to one mirror, and what its answer means (SPEC §4, §5.9).
+"""Sending one webhook to one mirror, and what its answer means (docs/design.md#delivery-semantics).
 
 One ``Courier`` owns the publisher's single ``ClientSession``: explicit timeouts (aiohttp's
 default is five minutes), no redirects followed, a User-Agent. Every non-2xx answer or

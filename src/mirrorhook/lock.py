@@ -1,4 +1,6 @@
-"""The per-tree sync lock: an exclusive ``flock`` on ``state_dir/sync.lock`` (SPEC §5.1).
+"""The per-tree sync lock: an exclusive ``flock`` on ``state_dir/sync.lock``.
+
+See docs/design.md#the-sync-lock.
 
 The daemon and ``mirrorhook sync`` take the same lock, so only one rsync ever writes a tree.
 The kernel drops a ``flock`` when the last descriptor of it is closed, so a crash never

@@ -1,4 +1,7 @@
-"""The webhook body of SPEC §4: one ``mirror.updated`` event naming the new marker value."""
+"""The webhook body: one ``mirror.updated`` event naming the new marker value.
+
+See docs/design.md#body.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The polling fallback: a startup check, then a check every ``poll_interval`` (SPEC §5.8).
+"""The polling fallback: a startup check, then a check every ``poll_interval``.
+
+See docs/design.md#startup-check-and-polling.
 
 A lost webhook thus costs at most one poll interval, and a mirror that was down during a
 publish catches up shortly after it starts. The poller only triggers; the sync engine

@@ -1,11 +1,11 @@
 """The publisher: announces each new marker value to every mirror, at least once, newest wins.
 
 One worker per mirror delivers the newest announcement, retrying with backoff and jitter
-until the mirror accepts it or ``retry_for`` passes (SPEC §5.9); a newer marker replaces
-an older one still being retried. A slow or dead mirror only ever delays itself: the
-courier's concurrency bound covers starting requests, not waiting for answers. What each
-mirror acknowledged is kept in ``state_dir/publisher.json``, so a restart re-delivers
-what was not acknowledged.
+until the mirror accepts it or ``retry_for`` passes (docs/design.md#delivery-semantics); a
+newer marker replaces an older one still being retried. A slow or dead mirror only ever
+delays itself: the courier's concurrency bound covers starting requests, not waiting for
+answers. What each mirror acknowledged is kept in ``state_dir/publisher.json``, so a restart
+re-delivers what was not acknowledged.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 DELIVERY_FIRST_WAIT = 5.0
 DELIVERY_MAX_WAIT = 600.0
-"""Between attempts to one mirror: about 5 s, 10 s, 20 s… capped at 10 minutes (SPEC §5.9)."""
+"""Between attempts to one mirror: about 5 s, 10 s, 20 s… capped at 10 minutes."""
 
 
 def delivery_backoff() -> Backoff:

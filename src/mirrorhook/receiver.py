@@ -1,8 +1,8 @@
 """The webhook service of a downstream mirror: ``POST /v1/hook`` (and the common endpoints).
 
-The hook handler only verifies and schedules (SPEC §4): it reads at most ``max_body`` bytes
-within a deadline, checks the signature before looking at the body, drops replays, and
-hands the trigger to the scheduler. rsync never runs inside a request.
+The hook handler only verifies and schedules (docs/design.md#receiver-answers): it reads at
+most ``max_body`` bytes within a deadline, checks the signature before looking at the body,
+drops replays, and hands the trigger to the scheduler. rsync never runs inside a request.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ async def background(app: web.Application) -> AsyncIterator[None]:
 
 
 async def handle_hook(request: web.Request) -> web.Response:
-    """Verify a webhook and schedule a sync (see the status table of SPEC §4)."""
+    """Verify a webhook and schedule a sync (see the answers in docs/design.md#receiver-answers)."""
     receiver = request.app[RECEIVER]
     outcome, response = await _hook(request, receiver)
     receiver.metrics.webhooks.labels(outcome=outcome).inc()

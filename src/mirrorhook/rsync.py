@@ -49,7 +49,7 @@ MAX_LINE = 4096
 """Characters kept of one output line."""
 _LINE_END = re.compile(r"[\r\n]")
 
-# --- the exit-code policy of SPEC §5.4, the only place that knows it -------------------
+# --- the exit-code policy, the only place that knows it (docs/design.md#the-retry-policy) --
 
 PARTIAL = 23
 """Partial transfer; also what rsync says when a source path does not exist."""
@@ -68,7 +68,7 @@ is the upstream going away for a moment, retried like a broken connection."""
 
 
 def is_transient(returncode: int, stderr_tail: Sequence[str]) -> bool:
-    """Return whether a failed rsync run is worth retrying (SPEC §5.4)."""
+    """Return whether a failed rsync run is worth retrying (docs/design.md#the-retry-policy)."""
     if returncode in TRANSIENT_CODES:
         return True
     if returncode == SIGNALLED:
@@ -108,7 +108,8 @@ def connect_args(config: ReceiverConfig) -> list[str]:
 def tree_args(config: ReceiverConfig) -> list[str]:
     """The arguments of the stage-1 run: the whole tree except the marker."""
     # The marker is excluded on the sender and protected on the receiver (even if the
-    # operator adds --delete-excluded): it is installed separately, last (SPEC §5.3).
+    # operator adds --delete-excluded): it is installed separately, last
+    # (docs/design.md#the-two-stage-sync).
     # The guards that end a stalled transfer instead of letting it hang for days; --stats
     # for the bytes-transferred metric.
     args = [config.rsync, *SEED_ARGS, "--safe-links", *IO_TIMEOUT_ARGS, "--stats"]

@@ -3,7 +3,7 @@
 Webhooks, polls and the startup check all call ``Scheduler.trigger``; a single worker task
 runs the syncs. Triggers that arrive while a sync waits are covered by it (it has not read
 the upstream marker yet); triggers that arrive while a sync runs produce exactly one
-follow-up sync, whatever their number (SPEC §5.2).
+follow-up sync, whatever their number (docs/design.md#coalescing).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Signals only set an event; shutdown then closes the listeners, lets in-flight requests
 finish, and cancels the background work (which terminates a running rsync and leaves the
-marker untouched, SPEC §5.7).
+marker untouched, docs/design.md#shutdown).
 """
 
 from __future__ import annotations

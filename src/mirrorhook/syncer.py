@@ -1,4 +1,6 @@
-"""The sync engine: the two-stage algorithm of SPEC §5.3 with its guards, and its record.
+"""The sync engine: the two-stage algorithm with its guards, and its record.
+
+See docs/design.md#the-two-stage-sync.
 
 Stage 1 copies the tree without the marker; stage 2 installs the marker, atomically and
 only when the upstream marker did not move during stage 1. A local marker equal to V
@@ -260,7 +262,7 @@ class Syncer:
         return upstream
 
     async def _retry(self, operation: Callable[[], Awaitable[_T]], what: str) -> _T:
-        """Run ``operation``, retrying transient rsync failures as SPEC §5.4 says."""
+        """Run ``operation``, retrying transient failures (docs/design.md#the-retry-policy)."""
         async for attempt in retrying(
             attempts=self.config.retries,
             should_retry=lambda err: isinstance(err, RsyncError) and err.transient,
@@ -340,7 +342,10 @@ def _may_have_leftovers(state: dict[str, Any]) -> bool:
 
 
 def _remove_rsync_leftovers(target: Path) -> None:
-    """Delete ``.~tmp~`` folders that a killed rsync left behind (SPEC §5.6)."""
+    """Delete ``.~tmp~`` folders that a killed rsync left behind.
+
+    See docs/design.md#leftovers-of-an-interrupted-sync.
+    """
     for folder, subfolders, _files in os.walk(target):
         if RSYNC_TMP_DIR in subfolders:
             subfolders.remove(RSYNC_TMP_DIR)
