@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from mirrorhook.config import Listen, load_config, parse_listen, redact_upstream
+from mirrorhook.addresses import Listen, parse_listen, redact_upstream
+from mirrorhook.config import load_config
 from mirrorhook.errors import ConfigError
 from mirrorhook.signing import Secret
 from tests.helpers import receiver_toml, write_secret

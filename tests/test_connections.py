@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 
 from mirrorhook import message, signing
-from mirrorhook.config import Listen
+from mirrorhook.addresses import Listen
 from mirrorhook.connections import ACCEPT_BATCH, ACCEPT_QUEUE, Limits, _HeaderCounter
 from mirrorhook.receiver import HOOK_PATH, Receiver, make_app
 from mirrorhook.service import build_receiver, start_web

@@ -22,7 +22,7 @@ import pytest
 from mirrorhook import signing
 from mirrorhook.errors import RsyncError, SyncError
 from mirrorhook.retry import Backoff
-from mirrorhook.syncer import Result, Syncer, state_path
+from mirrorhook.syncer import Syncer, SyncResult, receiver_state_path
 from tests.helpers import (
     Processes,
     RsyncDaemon,
@@ -63,7 +63,7 @@ async def test_daemon_at_max_connections_is_retried_until_a_slot_frees(tmp_path:
         syncer = syncer_for(tmp_path, daemon.url)
         report = await syncer.sync(if_changed=True, trigger="test")
         assert hog.wait(30) == 0
-    assert report.result is Result.SYNCED
+    assert report.result is SyncResult.SYNCED
     assert trees_equal(upstream, syncer.config.target)
 
 
@@ -79,13 +79,13 @@ async def test_upstream_down_fails_cleanly_and_the_next_sync_recovers(tmp_path: 
     with pytest.raises(RsyncError) as caught:
         await syncer.sync(if_changed=True, trigger="while down")
     assert caught.value.transient  # connection refused: exit 10
-    recorded = json.loads(state_path(syncer.config).read_text())["last_sync"]
+    recorded = json.loads(receiver_state_path(syncer.config).read_text())["last_sync"]
     assert recorded["result"] == "failed"
     assert recorded["returncode"] == caught.value.returncode
     assert syncer.local_marker() == "1"
     with rsync_daemon(tmp_path / "again", upstream, port=port):
         report = await syncer.sync(if_changed=True, trigger="back")
-    assert report.result is Result.SYNCED
+    assert report.result is SyncResult.SYNCED
     assert trees_equal(upstream, syncer.config.target)
 
 

@@ -20,12 +20,13 @@ from hypothesis import strategies as st
 
 from mirrorhook import endpoints, signing
 from mirrorhook.config import Config, PublisherConfig, load_config
-from mirrorhook.delivery import MAX_RETRY_AFTER, Courier, Kind, Message, classify, retry_after
-from mirrorhook.errors import MarkerError
+from mirrorhook.delivery import MAX_RETRY_AFTER, Courier, Message, classify, retry_after
+from mirrorhook.errors import DeliveryKind, MarkerError
 from mirrorhook.message import new_update
 from mirrorhook.metrics import Metrics
-from mirrorhook.publisher import Outcome, Publisher, deliver, notify
-from mirrorhook.record import DeliveryLog, Result, state_path
+from mirrorhook.notify import notify
+from mirrorhook.publisher import Outcome, Publisher, deliver
+from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
 from mirrorhook.retry import Backoff
 from mirrorhook.status import host_status
 from mirrorhook.watcher import MarkerWatcher
@@ -98,7 +99,7 @@ async def deliver_once(
             courier,
             target,
             a_message(),
-            record=DeliveryLog(state_path(config)),
+            record=DeliveryLog(publisher_state_path(config)),
             within=60,
             attempts=attempts,
             backoff=FAST,
@@ -116,18 +117,18 @@ async def deliver_once(
         (200, None),
         (202, None),
         (204, None),
-        (301, Kind.MISCONFIGURED),
-        (308, Kind.MISCONFIGURED),
-        (400, Kind.MISCONFIGURED),
-        (401, Kind.MISCONFIGURED),
-        (404, Kind.MISCONFIGURED),
-        (410, Kind.GONE),
-        (429, Kind.TRANSIENT),
-        (500, Kind.TRANSIENT),
-        (503, Kind.TRANSIENT),
+        (301, DeliveryKind.MISCONFIGURED),
+        (308, DeliveryKind.MISCONFIGURED),
+        (400, DeliveryKind.MISCONFIGURED),
+        (401, DeliveryKind.MISCONFIGURED),
+        (404, DeliveryKind.MISCONFIGURED),
+        (410, DeliveryKind.GONE),
+        (429, DeliveryKind.TRANSIENT),
+        (500, DeliveryKind.TRANSIENT),
+        (503, DeliveryKind.TRANSIENT),
     ],
 )
-def test_status_policy(status: int, kind: Kind | None) -> None:
+def test_status_policy(status: int, kind: DeliveryKind | None) -> None:
     """docs/design.md#delivery-semantics: 2xx delivered, 410 stop, 429/5xx transient,
     3xx/400/401 misconfiguration."""
     assert classify(status) is kind
@@ -167,7 +168,7 @@ async def test_delivered_webhook_verifies_with_the_mirrors_secret(
     tmp_path: Path, aiohttp_server: ServerFactory
 ) -> None:
     mirror, _sleeps, outcome = await deliver_once(tmp_path, aiohttp_server, always(202))
-    assert outcome.result is Result.DELIVERED
+    assert outcome.result is DeliveryResult.DELIVERED
     assert [hook.verified for hook in mirror.received] == [True]
     assert mirror.values() == ["20261125"]
 
@@ -177,7 +178,7 @@ async def test_retries_keep_the_id_and_resign_each_attempt(
 ) -> None:
     """500, 503, then 202: three attempts, one webhook-id, each a valid signature."""
     mirror, sleeps, outcome = await deliver_once(tmp_path, aiohttp_server, sequence(500, 503))
-    assert outcome.result is Result.DELIVERED
+    assert outcome.result is DeliveryResult.DELIVERED
     assert outcome.attempts == 3
     assert len({hook.msg_id for hook in mirror.received}) == 1
     assert all(hook.verified for hook in mirror.received)
@@ -189,7 +190,7 @@ async def test_retry_after_is_honoured(tmp_path: Path, aiohttp_server: ServerFac
     _mirror, sleeps, outcome = await deliver_once(
         tmp_path, aiohttp_server, sequence(429, headers={"Retry-After": "7"})
     )
-    assert outcome.result is Result.DELIVERED
+    assert outcome.result is DeliveryResult.DELIVERED
     assert sleeps.delays == [7]
 
 
@@ -204,14 +205,14 @@ async def test_retry_after_now_still_waits_the_backoff(
     _mirror, sleeps, outcome = await deliver_once(
         tmp_path, aiohttp_server, sequence(status, status, headers={"Retry-After": header})
     )
-    assert outcome.result is Result.DELIVERED
+    assert outcome.result is DeliveryResult.DELIVERED
     assert len(sleeps.delays) == 2
     assert all(delay >= FAST.first / 2 for delay in sleeps.delays)
 
 
 async def test_gone_stops_retrying(tmp_path: Path, aiohttp_server: ServerFactory) -> None:
     mirror, sleeps, outcome = await deliver_once(tmp_path, aiohttp_server, always(410))
-    assert outcome.result is Result.GONE
+    assert outcome.result is DeliveryResult.GONE
     assert len(mirror.received) == 1
     assert sleeps.delays == []
 
@@ -227,7 +228,7 @@ async def test_redirect_is_not_followed_and_waits_longest(
     _mirror, sleeps, outcome = await deliver_once(
         tmp_path, aiohttp_server, sequence(status, headers={"Location": target_url}), attempts=2
     )
-    assert outcome.result is Result.DELIVERED
+    assert outcome.result is DeliveryResult.DELIVERED
     assert elsewhere.received == []
     assert sleeps.delays == [FAST.cap]
     assert "redirect" in caplog.text
@@ -237,7 +238,7 @@ async def test_unauthorised_is_logged_as_an_error(
     tmp_path: Path, aiohttp_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     _mirror, sleeps, outcome = await deliver_once(tmp_path, aiohttp_server, always(401), attempts=2)
-    assert outcome.result is Result.FAILED
+    assert outcome.result is DeliveryResult.FAILED
     assert sleeps.delays == [FAST.cap]
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert any("secret" in r.getMessage() for r in errors)
@@ -321,7 +322,7 @@ async def test_newest_marker_wins_over_one_still_retrying(
     after_recovery = mirrors["m"].values()[seen:]
     assert after_recovery
     assert set(after_recovery) == {"2"}
-    assert DeliveryLog(state_path(config)).mirrors()["m"]["delivered"] == "2"
+    assert DeliveryLog(publisher_state_path(config)).mirrors()["m"]["delivered"] == "2"
 
 
 async def test_restart_redelivers_only_what_was_not_acknowledged(
@@ -374,9 +375,9 @@ async def test_notify_reports_each_mirror_and_records_it(
     value, outcomes = await notify(config)
     assert value == "42"
     results = {outcome.mirror: outcome.result for outcome in outcomes}
-    assert results == {"ok": Result.DELIVERED, "broken": Result.FAILED}
+    assert results == {"ok": DeliveryResult.DELIVERED, "broken": DeliveryResult.FAILED}
     assert len(mirrors["broken"].received) == 3
-    recorded = DeliveryLog(state_path(config)).mirrors()
+    recorded = DeliveryLog(publisher_state_path(config)).mirrors()
     assert recorded["ok"]["delivered"] == "42"
     assert recorded["broken"]["result"] == "failed"
 
@@ -418,7 +419,7 @@ async def test_going_back_to_an_acknowledged_marker_stops_the_newer_ones_retries
         await stop(task)
     assert len(mirrors["m"].received) == requests, "B was still being retried"
     assert publisher.workers[0].delivered == "A"
-    assert DeliveryLog(state_path(config)).mirrors()["m"]["delivered"] == "A"
+    assert DeliveryLog(publisher_state_path(config)).mirrors()["m"]["delivered"] == "A"
 
 
 async def test_a_marker_refused_with_410_is_not_sent_again_after_a_restart(
@@ -433,7 +434,7 @@ async def test_a_marker_refused_with_410_is_not_sent_again_after_a_restart(
             await asyncio.sleep(0.3)
             await stop(task)
     assert mirrors["m"].values() == ["1"]
-    assert DeliveryLog(state_path(config)).mirrors()["m"]["gone"] == "1"
+    assert DeliveryLog(publisher_state_path(config)).mirrors()["m"]["gone"] == "1"
 
 
 @contextlib.asynccontextmanager

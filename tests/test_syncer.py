@@ -17,7 +17,7 @@ import pytest
 from mirrorhook.errors import NoMarkerError, RsyncError, UpstreamMarkerError
 from mirrorhook.retry import Backoff
 from mirrorhook.status import receiver_status
-from mirrorhook.syncer import RSYNC_TMP_DIR, Result, Syncer, state_path
+from mirrorhook.syncer import RSYNC_TMP_DIR, Syncer, SyncResult, receiver_state_path
 from tests.helpers import (
     RsyncDaemon,
     counting_rsync,
@@ -47,11 +47,11 @@ async def test_sync_copies_the_tree_and_installs_the_marker_last(
     """A sync from a real daemon leaves a tree equal to the upstream, marker included."""
     syncer = make_syncer(tmp_path, daemon.url)
     report = await syncer.sync(if_changed=True, trigger="test")
-    assert report.result is Result.SYNCED
+    assert report.result is SyncResult.SYNCED
     assert report.marker == "1"
     assert trees_equal(daemon.root, syncer.config.target)
     assert syncer.local_marker() == "1"
-    recorded = json.loads(state_path(syncer.config).read_text())
+    recorded = json.loads(receiver_state_path(syncer.config).read_text())
     assert recorded["last_sync"]["result"] == "synced"
     assert recorded["in_progress"] is None
 
@@ -65,10 +65,10 @@ async def test_if_changed_transfers_nothing_when_markers_match(
     await syncer.sync(if_changed=True, trigger="first")
     assert len(tree_invocations(log)) == 1
     report = await syncer.sync(if_changed=True, trigger="second")
-    assert report.result is Result.UP_TO_DATE
+    assert report.result is SyncResult.UP_TO_DATE
     assert len(tree_invocations(log)) == 1
     forced = await syncer.sync(if_changed=False, trigger="forced")
-    assert forced.result is Result.SYNCED
+    assert forced.result is SyncResult.SYNCED
     assert len(tree_invocations(log)) == 2
 
 
@@ -98,7 +98,7 @@ async def test_upstream_without_marker_is_refused_and_the_mirror_kept(
     after = sorted(p.relative_to(syncer.config.target) for p in syncer.config.target.rglob("*"))
     assert after == before
     assert syncer.local_marker() == "1"
-    recorded = json.loads(state_path(syncer.config).read_text())
+    recorded = json.loads(receiver_state_path(syncer.config).read_text())
     assert recorded["last_sync"]["result"] == "failed"
     assert "no marker" in recorded["last_sync"]["error"]
 
@@ -158,7 +158,7 @@ async def test_killed_transfer_keeps_the_old_marker_and_the_next_leaves_no_tmp(
         part.unlink()
     publish(daemon.root, "3")
     report = await first.sync(if_changed=True, trigger="after the kill")
-    assert report.result is Result.SYNCED
+    assert report.result is SyncResult.SYNCED
     assert not any(target.rglob(RSYNC_TMP_DIR))
     assert trees_equal(daemon.root, target)
 
@@ -178,7 +178,7 @@ async def test_transient_failure_of_the_tree_transfer_is_retried(
     )
     syncer = make_syncer(tmp_path, daemon.url, rsync=str(stub))
     report = await syncer.sync(if_changed=True, trigger="test")
-    assert report.result is Result.SYNCED
+    assert report.result is SyncResult.SYNCED
     assert len(calls.read_text().split()) == 2
     assert trees_equal(daemon.root, syncer.config.target)
 
@@ -223,7 +223,7 @@ async def test_exit_code_policy_bounds_attempts(
         await syncer.sync(if_changed=True, trigger="test")
     assert caught.value.returncode == code
     assert len(calls.read_text().split()) == attempts
-    recorded = json.loads(state_path(syncer.config).read_text())["last_sync"]
+    recorded = json.loads(receiver_state_path(syncer.config).read_text())["last_sync"]
     assert recorded["returncode"] == code
     assert recorded["stderr_tail"] == [message]
 
@@ -238,7 +238,7 @@ async def test_transient_failure_then_success_completes(
     )
     syncer = make_syncer(tmp_path, daemon.url, rsync=str(stub))
     report = await syncer.sync(if_changed=True, trigger="test")
-    assert report.result is Result.SYNCED
+    assert report.result is SyncResult.SYNCED
     assert trees_equal(daemon.root, syncer.config.target)
 
 
@@ -250,7 +250,7 @@ async def test_sync_after_a_crash_sweeps_leftovers(tmp_path: Path, daemon: Rsync
     leftover = syncer.config.target / "dir1" / RSYNC_TMP_DIR
     leftover.mkdir()
     (leftover / "file1.rpm").write_text("half a file")
-    state = state_path(syncer.config)
+    state = receiver_state_path(syncer.config)
     recorded = json.loads(state.read_text())
     recorded["in_progress"] = {"trigger": "killed", "started": "t", "pid": 999999}
     state.write_text(json.dumps(recorded))
@@ -365,7 +365,7 @@ async def test_hostile_upstream_marker_is_refused_and_nothing_installed(
     assert not (syncer.config.target / "CURRENT").is_symlink()
     assert len(log.read_text().splitlines()) == calls + 1, "one marker read, nothing more"
     assert "--max-size=4096" in _marker_reads(log)[-1]
-    recorded = json.loads(state_path(syncer.config).read_text())["last_sync"]
+    recorded = json.loads(receiver_state_path(syncer.config).read_text())["last_sync"]
     assert recorded["result"] == "failed"
     assert recorded["error"] == str(caught.value)
 
@@ -390,7 +390,7 @@ async def test_local_marker_symlink_is_not_followed_and_the_next_sync_replaces_i
     assert status["local_marker_error"] == "it is a symbolic link (not followed)"
     assert secret.removeprefix("whsec_") not in json.dumps(status)
     report = await syncer.sync(if_changed=True, trigger="after the plant")
-    assert report.result is Result.SYNCED
+    assert report.result is SyncResult.SYNCED
     assert not current.is_symlink()
     assert current.read_text() == "1\n"
     assert secret_file.read_text() == secret + "\n"

@@ -297,13 +297,13 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _notify(args: argparse.Namespace) -> int:
-    from mirrorhook.publisher import format_outcomes, notify  # noqa: PLC0415 - aiohttp
-    from mirrorhook.record import Result  # noqa: PLC0415
+    from mirrorhook.notify import format_outcomes, notify  # noqa: PLC0415 - aiohttp
+    from mirrorhook.record import DeliveryResult  # noqa: PLC0415
 
     publisher = _publisher_of(_load(args))
     value, outcomes = _run_interruptible(notify(publisher))
     sys.stdout.write(f"marker {value!r}\n{format_outcomes(outcomes)}\n")
-    failed = [outcome for outcome in outcomes if outcome.result is not Result.DELIVERED]
+    failed = [outcome for outcome in outcomes if outcome.result is not DeliveryResult.DELIVERED]
     return EXIT_FAILURE if failed else EXIT_OK
 
 
@@ -359,10 +359,7 @@ def _demo(args: argparse.Namespace) -> int:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
-    try:
-        return demo.run(keep=args.keep, out=out)
-    except demo.DemoError as err:
-        raise MirrorhookError(f"demo: {err}") from None
+    return demo.run(keep=args.keep, out=out)  # a DemoError is reported like any other
 
 
 def _secret(_args: argparse.Namespace) -> int:

@@ -38,7 +38,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from mirrorhook.config import Listen
+from mirrorhook.addresses import Listen
 
 logger = logging.getLogger(__name__)
 

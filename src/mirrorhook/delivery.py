@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import enum
 import math
 import time
 import types
@@ -30,42 +29,13 @@ import aiohttp
 import mirrorhook
 from mirrorhook import signing
 from mirrorhook.config import MirrorConfig
-from mirrorhook.errors import MirrorhookError
+from mirrorhook.errors import DeliveryError, DeliveryKind
 from mirrorhook.message import Update
 
 SLOT_HOLD = 1.0
 """Seconds at most that one attempt holds one of the ``concurrency`` slots."""
 MAX_RETRY_AFTER = 3600.0
 """A Retry-After longer than this is capped: a typo on the mirror must not silence it for days."""
-
-
-class Kind(enum.StrEnum):
-    """What a failed delivery means for the next attempt."""
-
-    TRANSIENT = "transient"  # 429, 5xx, network errors, timeouts: retry with backoff
-    MISCONFIGURED = "misconfigured"  # 400, 401, 3xx, other 4xx: retry at the longest interval
-    GONE = "gone"  # 410: the mirror asks us to stop sending this marker
-
-
-class DeliveryError(MirrorhookError):
-    """A webhook was not accepted; ``status`` is the HTTP status when there was an answer."""
-
-    def __init__(
-        self,
-        kind: Kind,
-        reason: str,
-        *,
-        status: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        self.kind = kind
-        self.reason = reason
-        self.status = status
-        self.retry_after = retry_after
-        super().__init__(kind, reason, status)
-
-    def __str__(self) -> str:
-        return self.reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,15 +61,15 @@ class Receipt:
     answer: str
 
 
-def classify(status: int) -> Kind | None:
+def classify(status: int) -> DeliveryKind | None:
     """Return the policy for an HTTP status, ``None`` for success (the one place it lives)."""
     if 200 <= status < 300:
         return None
     if status == 410:
-        return Kind.GONE
+        return DeliveryKind.GONE
     if status == 429 or status >= 500:
-        return Kind.TRANSIENT
-    return Kind.MISCONFIGURED
+        return DeliveryKind.TRANSIENT
+    return DeliveryKind.MISCONFIGURED
 
 
 def retry_after(value: str | None, now: float) -> float | None:
@@ -187,13 +157,13 @@ class Courier:
                 location = response.headers.get("Location", "")
         except TimeoutError:
             raise DeliveryError(
-                Kind.TRANSIENT, f"no answer within {self._timeout.total:g} s"
+                DeliveryKind.TRANSIENT, f"no answer within {self._timeout.total:g} s"
             ) from None
         except aiohttp.ClientConnectorError as err:
             reason = err.os_error.strerror or str(err.os_error) or type(err.os_error).__name__
-            raise DeliveryError(Kind.TRANSIENT, f"cannot connect: {reason}") from None
+            raise DeliveryError(DeliveryKind.TRANSIENT, f"cannot connect: {reason}") from None
         except aiohttp.ClientError as err:
-            raise DeliveryError(Kind.TRANSIENT, f"{type(err).__name__}: {err}") from None
+            raise DeliveryError(DeliveryKind.TRANSIENT, f"{type(err).__name__}: {err}") from None
         finally:
             releaser.cancel()
             slot.give_back()

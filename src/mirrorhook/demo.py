@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from mirrorhook.errors import DemoError
 from mirrorhook.signing import new_secret
 
 MIRRORS = (("mirror-a", 0), ("mirror-b", 3))
@@ -37,10 +38,6 @@ _EVENTS = {
     "sync started": re.compile(r"sync started \(webhook from .*marker '(?P<v>[^']*)'\)"),
     "sync finished": re.compile(r"sync finished .*marker '(?P<v>[^']*)' installed"),
 }
-
-
-class DemoError(Exception):
-    """The demo network did not come up or did not converge."""
 
 
 @dataclass
@@ -298,4 +295,4 @@ def _until(condition: Callable[[], bool], what: str) -> None:
         if condition():
             return
         time.sleep(0.01)
-    raise DemoError(f"timed out waiting for {what}")
+    raise DemoError(f"demo: timed out waiting for {what}")

@@ -2,12 +2,58 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from pathlib import Path
 
 
 class MirrorhookError(Exception):
     """Base class of every error mirrorhook reports to a user."""
+
+
+class DeliveryKind(enum.StrEnum):
+    """What a failed delivery means for the next attempt."""
+
+    TRANSIENT = "transient"  # 429, 5xx, network errors, timeouts: retry with backoff
+    MISCONFIGURED = "misconfigured"  # 400, 401, 3xx, other 4xx: retry at the longest interval
+    GONE = "gone"  # 410: the mirror asks us to stop sending this marker
+
+
+class DeliveryError(MirrorhookError):
+    """A webhook was not accepted; ``status`` is the HTTP status when there was an answer."""
+
+    def __init__(
+        self,
+        kind: DeliveryKind,
+        reason: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.kind = kind
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+        super().__init__(kind, reason, status)
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class ListenError(MirrorhookError):
+    """An address in ``listen`` cannot be bound."""
+
+    def __init__(self, listen: object, reason: str) -> None:
+        self.listen = str(listen)
+        self.reason = reason
+        super().__init__(self.listen, reason)
+
+    def __str__(self) -> str:
+        return f"cannot listen on {self.listen}: {self.reason}"
+
+
+class DemoError(MirrorhookError):
+    """The demo network did not come up or did not converge."""
 
 
 class ConfigError(MirrorhookError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
@@ -34,8 +34,25 @@ class SyncMetrics(Protocol):
     def sync_finished(self, result: str, *, success_at: float | None) -> None: ...
 
 
+class DeliveryMetrics(Protocol):
+    """What the publisher records (``Metrics`` in the daemon, ``NoMetrics`` in ``notify``)."""
+
+    def delivery_attempted(self, mirror: str, result: str, seconds: float) -> None: ...
+    def delivered(self, lag: float) -> None: ...
+    def watch_pending(self, count: Callable[[], float]) -> None: ...
+
+
 class NoMetrics:
-    """Records nothing (for one-shot commands)."""
+    """Records nothing (for one-shot commands, which have no /metrics to show it)."""
+
+    def delivery_attempted(self, mirror: str, result: str, seconds: float) -> None:
+        pass
+
+    def delivered(self, lag: float) -> None:
+        pass
+
+    def watch_pending(self, count: Callable[[], float]) -> None:
+        pass
 
     def time_stage(self, _stage: str) -> AbstractContextManager[object]:
         return contextlib.nullcontext()
@@ -62,6 +79,8 @@ class Metrics:
         )
 
         self.registry: CollectorRegistry = CollectorRegistry()
+        self._markers: dict[str, str] = {}
+        """The marker value shown per side, so that a new one replaces it."""
         registry = self.registry
         self.syncs = Counter("mirrorhook_syncs", "Syncs by result.", ["result"], registry=registry)
         self.stage_seconds = Histogram(
@@ -130,11 +149,25 @@ class Metrics:
 
     def set_marker(self, side: str, value: str | None) -> None:
         """Show ``value`` as the ``side`` marker (one series per side)."""
-        for labels in list(self.marker._metrics):
-            if labels[0] == side:
-                self.marker.remove(*labels)
+        shown = self._markers.pop(side, None)
+        if shown is not None:
+            self.marker.remove(side, shown)
         if value is not None:
             self.marker.labels(side=side, marker=value).set(1)
+            self._markers[side] = value
+
+    def delivery_attempted(self, mirror: str, result: str, seconds: float) -> None:
+        """Count one delivery attempt to ``mirror`` by result, and time it."""
+        self.delivery_seconds.observe(seconds)
+        self.deliveries.labels(mirror=mirror, result=result).inc()
+
+    def delivered(self, lag: float) -> None:
+        """A mirror accepted a marker ``lag`` seconds after the publisher noticed it."""
+        self.publish_lag.observe(lag)
+
+    def watch_pending(self, count: Callable[[], float]) -> None:
+        """Report ``count()`` as the number of mirrors still owed the newest marker."""
+        self.pending.set_function(count)
 
     def count_received_bytes(self, stdout_tail: Sequence[str]) -> None:
         """Add the bytes of an rsync run's --stats summary."""

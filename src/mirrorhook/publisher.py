@@ -11,24 +11,24 @@ re-delivers what was not acknowledged.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from tenacity import RetryCallState
 
-from mirrorhook import marker
 from mirrorhook.config import MirrorConfig, PublisherConfig
-from mirrorhook.delivery import Courier, DeliveryError, Kind, Message, Receipt
-from mirrorhook.errors import MirrorhookError
+from mirrorhook.delivery import Courier, Message, Receipt
+from mirrorhook.errors import DeliveryError, DeliveryKind
 from mirrorhook.message import new_update
-from mirrorhook.metrics import Metrics
-from mirrorhook.record import DeliveryLog, Result, iso, state_path
+from mirrorhook.metrics import DeliveryMetrics, NoMetrics
+from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
 from mirrorhook.retry import Backoff, Sleep, retrying
+from mirrorhook.state import iso_time
 from mirrorhook.supervisor import Supervisor
-from mirrorhook.table import format_table
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class Outcome:
     """How the delivery of one message to one mirror ended."""
 
     mirror: str
-    result: Result
+    result: DeliveryResult
     status: int | None
     seconds: float
     attempts: int
@@ -70,7 +70,7 @@ async def deliver(
     sleep: Sleep = asyncio.sleep,
     is_current: Callable[[], bool] = lambda: True,
     clock: Callable[[], float] = time.time,
-    metrics: Metrics | None = None,
+    metrics: DeliveryMetrics | None = None,
 ) -> Outcome:
     """Deliver ``message`` to ``mirror`` with retries; return how it ended (never raise).
 
@@ -81,7 +81,7 @@ async def deliver(
     started = clock()
     tries = 0
     status: int | None = None
-    metrics = metrics or Metrics()
+    metrics = metrics or NoMetrics()
 
     async def attempt_once() -> int:
         nonlocal tries, status
@@ -92,23 +92,21 @@ async def deliver(
         try:
             receipt = await _send(courier, mirror, message)
         except DeliveryError as err:
-            metrics.delivery_seconds.observe(clock() - attempt_started)
-            metrics.deliveries.labels(mirror=mirror.name, result=str(err.kind)).inc()
+            metrics.delivery_attempted(mirror.name, str(err.kind), clock() - attempt_started)
             status = err.status
             record.note(
                 mirror.name,
                 pending=value,
-                result=str(Result.RETRYING),
+                result=str(DeliveryResult.RETRYING),
                 attempts=tries,
-                last_attempt=iso(clock()),
+                last_attempt=iso_time(clock()),
                 last_status=err.status,
                 last_error=str(err),
             )
-            if err.kind is Kind.MISCONFIGURED:
+            if err.kind is DeliveryKind.MISCONFIGURED:
                 logger.error("mirror %s refused the webhook: %s", mirror.name, err)
             raise
-        metrics.delivery_seconds.observe(clock() - attempt_started)
-        metrics.deliveries.labels(mirror=mirror.name, result="delivered").inc()
+        metrics.delivery_attempted(mirror.name, "delivered", clock() - attempt_started)
         status = receipt.status
         return receipt.status
 
@@ -119,13 +117,15 @@ async def deliver(
                 # Never sooner than our own backoff: "Retry-After: 0" must not mean a
                 # tight loop against a struggling mirror.
                 return max(error.retry_after, backoff(state))
-            if error.kind is Kind.MISCONFIGURED:
+            if error.kind is DeliveryKind.MISCONFIGURED:
                 return backoff.cap
         return backoff(state)
 
     try:
         async for attempt in retrying(
-            should_retry=lambda err: isinstance(err, DeliveryError) and err.kind is not Kind.GONE,
+            should_retry=lambda err: (
+                isinstance(err, DeliveryError) and err.kind is not DeliveryKind.GONE
+            ),
             backoff=backoff,
             what=f"webhook to {mirror.name}",
             attempts=attempts,
@@ -136,14 +136,14 @@ async def deliver(
             with attempt:
                 await attempt_once()
     except SupersededError:
-        return Outcome(mirror.name, Result.SUPERSEDED, status, clock() - started, tries)
+        return Outcome(mirror.name, DeliveryResult.SUPERSEDED, status, clock() - started, tries)
     except DeliveryError as err:
-        result = Result.GONE if err.kind is Kind.GONE else Result.FAILED
-        if result is Result.GONE:
+        result = DeliveryResult.GONE if err.kind is DeliveryKind.GONE else DeliveryResult.FAILED
+        if result is DeliveryResult.GONE:
             record.note(mirror.name, pending=None, result=str(result), gone=value)
         else:
             record.note(mirror.name, pending=None, result=str(result))
-        if result is Result.GONE:
+        if result is DeliveryResult.GONE:
             logger.warning(
                 "mirror %s answered 410 Gone: not retrying marker %r", mirror.name, value
             )
@@ -157,13 +157,13 @@ async def deliver(
             )
         return Outcome(mirror.name, result, err.status, clock() - started, tries, str(err))
     finished = clock()
-    metrics.publish_lag.observe(max(0.0, finished - message.created))
+    metrics.delivered(max(0.0, finished - message.created))
     record.note(
         mirror.name,
         delivered=value,
-        delivered_at=iso(finished),
+        delivered_at=iso_time(finished),
         pending=None,
-        result=str(Result.DELIVERED),
+        result=str(DeliveryResult.DELIVERED),
         attempts=tries,
         last_status=status,
         last_error=None,
@@ -175,7 +175,7 @@ async def deliver(
         status,
         1000 * (finished - started),
     )
-    return Outcome(mirror.name, Result.DELIVERED, status, finished - started, tries)
+    return Outcome(mirror.name, DeliveryResult.DELIVERED, status, finished - started, tries)
 
 
 async def _send(courier: Courier, mirror: MirrorConfig, message: Message) -> Receipt:
@@ -195,13 +195,27 @@ async def _send(courier: Courier, mirror: MirrorConfig, message: Message) -> Rec
             err,
             exc_info=logger.isEnabledFor(logging.DEBUG),
         )
-        raise DeliveryError(Kind.TRANSIENT, f"unexpected error: {err!r}"[:300]) from None
+        raise DeliveryError(DeliveryKind.TRANSIENT, f"unexpected error: {err!r}"[:300]) from None
+
+
+class DeliverOne(Protocol):
+    """Delivers one message to one mirror with retries (``deliver`` with the publisher's
+    settings), waiting with ``sleep`` and giving up once ``is_current()`` turns false."""
+
+    async def __call__(
+        self,
+        mirror: MirrorConfig,
+        message: Message,
+        *,
+        sleep: Sleep,
+        is_current: Callable[[], bool],
+    ) -> Outcome: ...
 
 
 class MirrorWorker:
     """Delivers the newest announced message to one mirror, one message at a time."""
 
-    def __init__(self, mirror: MirrorConfig, deliver_one: Callable[..., Any]) -> None:
+    def __init__(self, mirror: MirrorConfig, deliver_one: DeliverOne) -> None:
         self.mirror = mirror
         self.latest: Message | None = None
         self.delivered: str | None = None
@@ -210,6 +224,9 @@ class MirrorWorker:
         """The marker value the mirror last refused with 410 Gone (not sent again)."""
         self._deliver = deliver_one
         self._wake = asyncio.Event()
+
+    def _is_latest(self, message: Message) -> bool:
+        return self.latest is message
 
     def settled(self, value: str) -> bool:
         """Whether the mirror needs nothing more for ``value``."""
@@ -243,7 +260,7 @@ class MirrorWorker:
                     self.mirror,
                     message,
                     sleep=self.sleep,
-                    is_current=lambda message=message: self.latest is message,
+                    is_current=functools.partial(self._is_latest, message),
                 )
             except Exception as err:  # one mirror's trouble never ends its worker
                 logger.error(
@@ -254,73 +271,10 @@ class MirrorWorker:
                     exc_info=logger.isEnabledFor(logging.DEBUG),
                 )
                 continue
-            if outcome.result is Result.DELIVERED:
+            if outcome.result is DeliveryResult.DELIVERED:
                 self.delivered = message.update.current
-            elif outcome.result is Result.GONE:
+            elif outcome.result is DeliveryResult.GONE:
                 self.gone = message.update.current
-
-
-NOTIFY_ATTEMPTS = 3
-NOTIFY_WITHIN = 30.0
-"""``mirrorhook notify`` is a push hook: a short retry budget, then it reports and exits."""
-
-
-async def notify(
-    config: PublisherConfig, *, clock: Callable[[], float] = time.time
-) -> tuple[str, list[Outcome]]:
-    """Deliver the current marker to every mirror once (with a short retry budget).
-
-    A missing, empty or refused marker (see ``marker.load``) raises before anything is sent.
-    """
-    value = marker.read(config.root / config.marker)
-    if not value:
-        raise MirrorhookError(
-            f"no marker to announce: {config.root / config.marker} is missing or empty"
-        )
-    message = Message.of(new_update(config.marker, value, config.name, clock()))
-    record = DeliveryLog(state_path(config))
-    async with Courier(timeout=config.timeout, concurrency=config.concurrency) as courier:
-        results = await asyncio.gather(
-            *(
-                deliver(
-                    courier,
-                    mirror,
-                    message,
-                    record=record,
-                    within=NOTIFY_WITHIN,
-                    attempts=NOTIFY_ATTEMPTS,
-                    backoff=Backoff(first=1.0, cap=5.0),
-                    clock=clock,
-                )
-                for mirror in config.mirrors
-            ),
-            return_exceptions=True,
-        )
-    record.flush()
-    # Every mirror gets its row, also one whose delivery failed in a way nobody foresaw.
-    outcomes = [
-        result
-        if isinstance(result, Outcome)
-        else Outcome(mirror.name, Result.FAILED, None, 0.0, 0, f"unexpected error: {result!r}")
-        for mirror, result in zip(config.mirrors, results, strict=True)
-    ]
-    return value, outcomes
-
-
-def format_outcomes(outcomes: list[Outcome]) -> str:
-    """Return one aligned line per mirror: name, result, HTTP status, milliseconds, error."""
-    rows = [("MIRROR", "RESULT", "HTTP", "MS", "ERROR")]
-    rows += [
-        (
-            outcome.mirror,
-            str(outcome.result),
-            str(outcome.status or "-"),
-            f"{outcome.seconds * 1000:.0f}",
-            outcome.error or "",
-        )
-        for outcome in outcomes
-    ]
-    return format_table(rows, right=(2, 3))
 
 
 class Publisher:
@@ -333,18 +287,20 @@ class Publisher:
         *,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.time,
-        metrics: Metrics | None = None,
+        metrics: DeliveryMetrics | None = None,
         supervisor: Supervisor | None = None,
     ) -> None:
         self.config = config
         self._supervisor = supervisor or Supervisor()
-        metrics = metrics or Metrics()
-        self.record = DeliveryLog(state_path(config))
+        metrics = metrics or NoMetrics()
+        self.record = DeliveryLog(publisher_state_path(config))
         self.current: str | None = None
         self._clock = clock
         backoff = backoff or delivery_backoff()
 
-        async def deliver_one(mirror: MirrorConfig, message: Message, **options: Any) -> Outcome:
+        async def deliver_one(
+            mirror: MirrorConfig, message: Message, *, sleep: Sleep, is_current: Callable[[], bool]
+        ) -> Outcome:
             return await deliver(
                 courier,
                 mirror,
@@ -354,7 +310,8 @@ class Publisher:
                 backoff=backoff,
                 clock=clock,
                 metrics=metrics,
-                **options,
+                sleep=sleep,
+                is_current=is_current,
             )
 
         self.workers = [MirrorWorker(mirror, deliver_one) for mirror in config.mirrors]
@@ -363,7 +320,7 @@ class Publisher:
             entry = recorded.get(worker.mirror.name, {})
             worker.delivered = _text(entry.get("delivered"))
             worker.gone = _text(entry.get("gone"))
-        metrics.pending.set_function(
+        metrics.watch_pending(
             lambda: sum(not worker.settled(self.current or "") for worker in self.workers)
         )
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ RETRY_WRITE = 10.0
 Fields = dict[str, dict[str, Any]]
 
 
-class Result(enum.StrEnum):
+class DeliveryResult(enum.StrEnum):
     """Where a mirror stands with the newest marker."""
 
     DELIVERED = "delivered"
@@ -38,14 +37,9 @@ class Result(enum.StrEnum):
     SUPERSEDED = "superseded"
 
 
-def state_path(config: PublisherConfig) -> Path:
+def publisher_state_path(config: PublisherConfig) -> Path:
     """Return the publisher's delivery record."""
     return config.state_dir / STATE_NAME
-
-
-def iso(timestamp: float) -> str:
-    """Return ``timestamp`` as RFC 3339 UTC with milliseconds."""
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
 
 
 class DeliveryLog:

@@ -20,10 +20,11 @@ from pathlib import Path
 from aiohttp import web
 
 from mirrorhook import endpoints, lock
-from mirrorhook.config import Config, Listen, PublisherConfig, ReceiverConfig, redact_upstream
+from mirrorhook.addresses import Listen, redact_upstream
+from mirrorhook.config import Config, PublisherConfig, ReceiverConfig
 from mirrorhook.connections import AcceptErrorLog, ConnectionGuard, GuardedSite, Limits
 from mirrorhook.delivery import Courier
-from mirrorhook.errors import MarkerError, MirrorhookError
+from mirrorhook.errors import ListenError, MarkerError
 from mirrorhook.metrics import Metrics
 from mirrorhook.poller import Poller
 from mirrorhook.publisher import Publisher
@@ -33,7 +34,7 @@ from mirrorhook.sdnotify import Notifier
 from mirrorhook.state import read_json
 from mirrorhook.status import host_status, record_daemon
 from mirrorhook.supervisor import Supervisor
-from mirrorhook.syncer import Syncer, state_path
+from mirrorhook.syncer import Syncer, receiver_state_path
 from mirrorhook.watcher import MarkerWatcher
 
 logger = logging.getLogger(__name__)
@@ -41,18 +42,6 @@ logger = logging.getLogger(__name__)
 SOCKET_MODE = 0o660
 SHUTDOWN_GRACE = 5.0
 """Seconds in-flight requests get to finish at shutdown."""
-
-
-class ListenError(MirrorhookError):
-    """An address in ``listen`` cannot be bound."""
-
-    def __init__(self, listen: Listen, reason: str) -> None:
-        self.listen = listen
-        self.reason = reason
-        super().__init__(listen, reason)
-
-    def __str__(self) -> str:
-        return f"cannot listen on {self.listen}: {self.reason}"
 
 
 def build_receiver(
@@ -83,7 +72,9 @@ def build_receiver(
                 next_poll=poller.next_at,
             )
         except OSError as err:
-            supervisor.warn("state notes", f"cannot write {state_path(config)}: {err.strerror}")
+            supervisor.warn(
+                "state notes", f"cannot write {receiver_state_path(config)}: {err.strerror}"
+            )
         else:
             supervisor.clear("state notes")
 
@@ -209,7 +200,7 @@ async def _run_publisher(
 def _restore_metrics(config: ReceiverConfig, syncer: Syncer, metrics: Metrics) -> None:
     """Start the gauges from the state file: an alert on the last success's age must not
     fire just because the daemon restarted."""
-    last_success = read_json(state_path(config)).get("last_success")
+    last_success = read_json(receiver_state_path(config)).get("last_success")
     if isinstance(last_success, str):
         with contextlib.suppress(ValueError):
             metrics.last_success.set(datetime.fromisoformat(last_success).timestamp())

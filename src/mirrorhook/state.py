@@ -8,8 +8,14 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+
+def iso_time(timestamp: float) -> str:
+    """Return a Unix time as RFC 3339 in UTC with milliseconds, as state files keep times."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
 
 
 def write_atomic(

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mirrorhook import marker
-from mirrorhook.config import Config, PublisherConfig, ReceiverConfig, redact_upstream
+from mirrorhook.addresses import redact_upstream
+from mirrorhook.config import Config, PublisherConfig, ReceiverConfig
 from mirrorhook.errors import MarkerError
 from mirrorhook.escape import printable
-from mirrorhook.record import Result as DeliveryResult
-from mirrorhook.record import state_path as publisher_state_path
-from mirrorhook.state import read_json, update_json
-from mirrorhook.syncer import Result, state_path
+from mirrorhook.record import DeliveryResult, publisher_state_path
+from mirrorhook.state import iso_time, read_json, update_json
+from mirrorhook.syncer import SyncResult, receiver_state_path
 from mirrorhook.table import colour_of, format_table, paint
 
 
@@ -25,17 +24,19 @@ def record_daemon(
     daemon = {
         "pid": os.getpid(),
         "phase": phase,
-        "sync_starts_at": _iso(starts_at),
-        "next_poll": _iso(next_poll),
+        "sync_starts_at": None if starts_at is None else iso_time(starts_at),
+        "next_poll": None if next_poll is None else iso_time(next_poll),
     }
     # A live note, rewritten at every change: atomic, but not worth an fsync on the way
     # from a webhook to rsync.
-    update_json(state_path(config), lambda document: document.update(daemon=daemon), durable=False)
+    update_json(
+        receiver_state_path(config), lambda document: document.update(daemon=daemon), durable=False
+    )
 
 
 def forget_daemon(config: ReceiverConfig) -> None:
     """Note that the daemon stopped."""
-    update_json(state_path(config), lambda document: document.update(daemon=None))
+    update_json(receiver_state_path(config), lambda document: document.update(daemon=None))
 
 
 def receiver_status(config: ReceiverConfig) -> dict[str, Any]:
@@ -44,7 +45,7 @@ def receiver_status(config: ReceiverConfig) -> dict[str, Any]:
     Whoever is syncing notes it (with its pid) before it starts; a dead pid means the sync
     was interrupted, and the next one repairs it.
     """
-    recorded = read_json(state_path(config))
+    recorded = read_json(receiver_state_path(config))
     in_progress = recorded.get("in_progress")
     daemon = recorded.get("daemon")
     if not (isinstance(daemon, dict) and _alive(daemon.get("pid"))):
@@ -119,7 +120,7 @@ def host_status(config: Config) -> dict[str, Any]:
 def is_failing(status: dict[str, Any]) -> bool:
     """Return whether the last sync or any delivery is failing (``status`` then exits 1)."""
     last = status.get("receiver", {}).get("last_sync")
-    if isinstance(last, dict) and last.get("result") == Result.FAILED:
+    if isinstance(last, dict) and last.get("result") == SyncResult.FAILED:
         return True
     mirrors = status.get("publisher", {}).get("mirrors", [])
     return any(
@@ -208,9 +209,3 @@ def _alive(pid: object) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")

@@ -21,12 +21,12 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from mirrorhook import marker, rsync
-from mirrorhook.config import ReceiverConfig, redact_upstream
+from mirrorhook.addresses import redact_upstream
+from mirrorhook.config import ReceiverConfig
 from mirrorhook.errors import (
     MarkerError,
     MarkerUnreadableError,
@@ -37,7 +37,7 @@ from mirrorhook.errors import (
 )
 from mirrorhook.metrics import NoMetrics, SyncMetrics
 from mirrorhook.retry import Backoff, Sleep, retrying
-from mirrorhook.state import update_json, write_atomic
+from mirrorhook.state import iso_time, update_json, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ STATE_NAME = "receiver.json"
 _T = TypeVar("_T")
 
 
-class Result(enum.StrEnum):
+class SyncResult(enum.StrEnum):
     """How a sync ended."""
 
     SYNCED = "synced"
@@ -63,12 +63,12 @@ class Result(enum.StrEnum):
 class Report:
     """The outcome of one completed sync."""
 
-    result: Result
+    result: SyncResult
     marker: str | None
     rounds: int
 
 
-def state_path(config: ReceiverConfig) -> Path:
+def receiver_state_path(config: ReceiverConfig) -> Path:
     """Return the file that keeps the last sync's outcome across restarts."""
     return config.state_dir / STATE_NAME
 
@@ -114,14 +114,14 @@ class Syncer:
         Every failure is raised as a ``SyncError`` (an unexpected ``OSError`` included).
         """
         started = self._clock()
-        in_progress = {"trigger": trigger, "started": _iso(started), "pid": os.getpid()}
+        in_progress = {"trigger": trigger, "started": iso_time(started), "pid": os.getpid()}
         # Durable: after a crash, this note is how the next sync knows to sweep the tree
         # for rsync's leftovers (and how `status` shows "interrupted"). No sync without it.
         try:
             before = self._record({"in_progress": in_progress})
         except OSError as err:
             failure = SyncError(
-                f"cannot note the sync in {state_path(self.config)}: {err.strerror}"
+                f"cannot note the sync in {receiver_state_path(self.config)}: {err.strerror}"
             )
             logger.error("sync failed (%s): %s", trigger, failure)
             raise failure from None
@@ -132,7 +132,7 @@ class Syncer:
         )
         report = await self._recorded(trigger, started, work)
         self._finish(trigger, started, report.result, marker_value=report.marker)
-        if report.result is Result.UP_TO_DATE:
+        if report.result is SyncResult.UP_TO_DATE:
             logger.info("already up to date with upstream marker %r", report.marker)
         else:
             logger.info(
@@ -152,7 +152,7 @@ class Syncer:
         upstream = await self._recorded(trigger, started, self._read_upstream())
         if upstream.value != self.local_marker():
             return True
-        self._finish(trigger, started, Result.UP_TO_DATE, marker_value=upstream.value)
+        self._finish(trigger, started, SyncResult.UP_TO_DATE, marker_value=upstream.value)
         logger.info("already up to date with upstream marker %r", upstream.value)
         return False
 
@@ -161,7 +161,7 @@ class Syncer:
         try:
             return await work
         except asyncio.CancelledError:
-            self._finish(trigger, started, Result.CANCELLED)
+            self._finish(trigger, started, SyncResult.CANCELLED)
             logger.info("sync cancelled (%s); the local marker was left as it was", trigger)
             raise
         except SyncError as err:
@@ -171,7 +171,7 @@ class Syncer:
         except OSError as err:  # disk full, permissions...: the same one-line report
             where = f" ({err.filename})" if err.filename else ""
             failure = SyncError(f"{err.strerror or err}{where}")
-        self._finish(trigger, started, Result.FAILED, error=failure)
+        self._finish(trigger, started, SyncResult.FAILED, error=failure)
         logger.error("sync failed (%s): %s", trigger, failure)
         raise failure
 
@@ -180,7 +180,7 @@ class Syncer:
         local = self.local_marker()
         upstream = await self._read_upstream(pass_fds)
         if if_changed and upstream.value == local:
-            return Report(Result.UP_TO_DATE, local, 0)
+            return Report(SyncResult.UP_TO_DATE, local, 0)
         config.target.mkdir(parents=True, exist_ok=True)
         for round_number in range(1, MAX_ROUNDS + 1):
             logger.info(
@@ -207,7 +207,7 @@ class Syncer:
                 logger.info("stage 2: installing marker %r", again.value)
                 with self.metrics.time_stage("install"):
                     write_atomic(config.target / config.marker, again.data, mtime=again.mtime)
-                return Report(Result.SYNCED, again.value, round_number)
+                return Report(SyncResult.SYNCED, again.value, round_number)
             logger.info(
                 "upstream marker moved from %r to %r during stage 1: transferring again",
                 upstream.value,
@@ -282,14 +282,14 @@ class Syncer:
             before.update(document)
             document.update(changes)
 
-        update_json(state_path(self.config), change)
+        update_json(receiver_state_path(self.config), change)
         return before
 
     def _finish(
         self,
         trigger: str,
         started: float,
-        result: Result,
+        result: SyncResult,
         *,
         marker_value: str | None = None,
         error: SyncError | None = None,
@@ -297,8 +297,8 @@ class Syncer:
         finished = self._clock()
         last: dict[str, Any] = {
             "trigger": trigger,
-            "started": _iso(started),
-            "finished": _iso(finished),
+            "started": iso_time(started),
+            "finished": iso_time(finished),
             "duration": round(finished - started, 3),
             "result": str(result),
             "marker": marker_value,
@@ -309,9 +309,9 @@ class Syncer:
             if isinstance(error, RsyncError):
                 last["returncode"] = error.returncode
                 last["stderr_tail"] = list(error.stderr_tail)
-        succeeded = result in (Result.SYNCED, Result.UP_TO_DATE)
+        succeeded = result in (SyncResult.SYNCED, SyncResult.UP_TO_DATE)
         if succeeded:
-            changes["last_success"] = _iso(finished)
+            changes["last_success"] = iso_time(finished)
         self.metrics.sync_finished(str(result), success_at=finished if succeeded else None)
         with contextlib.suppress(MarkerError):  # the gauge only; the sync's outcome stands
             self.metrics.set_marker("local", self.local_marker())
@@ -322,7 +322,7 @@ class Syncer:
             logger.error(
                 "cannot record the sync's outcome (%s) in %s: %s",
                 result,
-                state_path(self.config),
+                receiver_state_path(self.config),
                 err.strerror,
             )
 
@@ -338,7 +338,7 @@ def _may_have_leftovers(state: dict[str, Any]) -> bool:
     last = state.get("last_sync")
     if state.get("in_progress") or not isinstance(last, dict):
         return True
-    return last.get("result") not in (Result.SYNCED, Result.UP_TO_DATE)
+    return last.get("result") not in (SyncResult.SYNCED, SyncResult.UP_TO_DATE)
 
 
 def _remove_rsync_leftovers(target: Path) -> None:
@@ -352,7 +352,3 @@ def _remove_rsync_leftovers(target: Path) -> None:
             leftover = Path(folder) / RSYNC_TMP_DIR
             logger.info("removing %s left behind by an interrupted rsync", leftover)
             shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")

@@ -1,0 +1,275 @@
+"""Checking configuration values, every problem recorded with its file and key.
+
+``Table`` walks one TOML table and collects problems as ``FILE: key.path: problem``; each
+checker returns the converted value or raises ``ValueError(problem)``, which ``Table.get``
+records. Secret files are read here too, refusing the ones others could read or change.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import stat
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mirrorhook.addresses import Listen, parse_listen
+from mirrorhook.signing import Secret
+
+_MARKER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# rsync source forms: rsync://HOST[:PORT]/MODULE[/PATH], [USER@]HOST::MODULE[/PATH],
+# [USER@]HOST:PATH, or an absolute local path.
+_RSYNC_URL_RE = re.compile(r"rsync://([^/@\s]+@)?[^/\s]+/[^\s]+")
+_DAEMON_RE = re.compile(r"([^/@:\s]+@)?[^/:\s]+::[^\s]+")
+_OTHER_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_SSH_RE = re.compile(r"([^/@:\s]+@)?[^/:\s]+:[^\s:][^\s]*")
+
+
+def valid(value: object) -> bool:
+    return value is not None and value is not INVALID
+
+
+def load_secret(t: Table, key: str, path: Path) -> Secret | None:
+    """Read a secret file, refusing one that other users can read, change or own."""
+    try:
+        with path.open("rb") as file:
+            info = os.fstat(file.fileno())  # of the file read, not of a path swapped meanwhile
+            text = file.read().decode("utf-8")
+    except OSError as err:
+        t.problem(key, f"cannot read secret file {path}: {err.strerror}")
+        return None
+    except UnicodeDecodeError:
+        t.problem(key, f"secret file {path} is not UTF-8 text")
+        return None
+    if problem := unsafe_secret_file(info):
+        t.problem(key, f"secret file {path} {problem}")
+        return None
+    try:
+        return Secret.parse(text)
+    except ValueError as err:
+        t.problem(key, f"secret file {path}: {err}")
+        return None
+
+
+def unsafe_secret_file(info: os.stat_result) -> str | None:
+    """What makes a secret file unsafe to trust: who else can read, change or own it."""
+    if info.st_mode & stat.S_IROTH:
+        return "is world-readable: chmod 600 or 640 it"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "is writable by others than its owner: chmod 600 or 640 it"
+    if info.st_uid not in (0, os.geteuid()):
+        return (
+            f"is owned by uid {info.st_uid}, neither this user (uid {os.geteuid()}) nor root: "
+            "chown it"
+        )
+    return None
+
+
+# --- value checkers: each returns the converted value or raises ValueError(problem) ---
+
+_T = TypeVar("_T")
+INVALID: Any = object()
+MISSING: Any = object()
+
+
+class Table:
+    """One TOML table being validated; problems accumulate in a shared list."""
+
+    def __init__(self, path: Path, prefix: str, data: dict[str, Any], problems: list[str]):
+        self.path = path
+        self.prefix = prefix
+        self.data = data
+        self.problems = problems
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.path}: {self.prefix}{key}: {message}")
+
+    def table(self, key: str) -> Table | None:
+        value = self.data[key]
+        if not isinstance(value, dict):
+            self.problem(key, f"must be a table ([{self.prefix}{key}]), not {kind_of(value)}")
+            return None
+        return Table(self.path, f"{self.prefix}{key}.", value, self.problems)
+
+    def get(self, key: str, check: Callable[[Any], _T], default: Any = MISSING) -> _T | None:
+        """Return the checked value of ``key``; record a problem and return a sentinel if bad."""
+        if key not in self.data:
+            if default is MISSING:
+                self.problem(key, "required key is missing")
+                return None
+            return default  # type: ignore[no-any-return]
+        try:
+            return check(self.data[key])
+        except ValueError as err:
+            self.problem(key, str(err))
+            return INVALID  # type: ignore[no-any-return]
+
+    def finish(self, known: tuple[str, ...]) -> None:
+        for key in self.data:
+            if key not in known:
+                self.problem(key, "unknown key (a typo?)")
+
+
+def kind_of(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, not {kind_of(value)}")
+    if not value:
+        raise ValueError("must not be empty")
+    if "\x00" in value:
+        raise ValueError("must not contain NUL")
+    return value
+
+
+def absolute_path(value: Any) -> Path:
+    text = string(value)
+    if not text.startswith("/"):
+        raise ValueError(f"must be an absolute path, not {text!r}")
+    return Path(text)
+
+
+def executable(value: Any) -> str:
+    text = string(value)
+    if "/" in text and not text.startswith("/"):
+        raise ValueError(f"must be a command name or an absolute path, not {text!r}")
+    return text
+
+
+def marker_name(value: Any) -> str:
+    text = string(value)
+    if not _MARKER_RE.fullmatch(text):
+        raise ValueError(
+            f"must be a plain file name in the tree root (letters, digits, '.', '_', '-'), "
+            f"not {text!r}"
+        )
+    return text
+
+
+def number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number of seconds, not {kind_of(value)}")
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number of seconds")
+    return float(value)
+
+
+def duration(value: Any) -> float:
+    seconds = number(value)
+    if seconds < 0:
+        raise ValueError(f"must not be negative, not {value}")
+    return seconds
+
+
+def positive_duration(value: Any) -> float:
+    seconds = number(value)
+    if seconds <= 0:
+        raise ValueError(f"must be more than 0 seconds, not {value}")
+    return seconds
+
+
+def positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be an integer, not {kind_of(value)}")
+    if value < 1:
+        raise ValueError(f"must be at least 1, not {value}")
+    return value
+
+
+def body_size(value: Any) -> int:
+    size = positive_int(value)
+    if size < 1024:
+        raise ValueError(
+            f"must be at least 1024 bytes (a webhook body is a few hundred), not {size}"
+        )
+    return size
+
+
+def label(value: Any) -> str:
+    text = string(value)
+    if not _MARKER_RE.fullmatch(text):
+        raise ValueError(f"must be letters, digits, '.', '_' or '-', not {text!r}")
+    return text
+
+
+def choice(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        text = string(value)
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(map(repr, choices))}, not {text!r}")
+        return text
+
+    return check
+
+
+def webhook_url(value: Any) -> str:
+    text = string(value)
+    parsed = urllib.parse.urlsplit(text)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"must be an http:// or https:// URL, not {text!r}")
+    if parsed.username or parsed.password:
+        raise ValueError("must not hold a login: the signature authenticates the upstream")
+    return text
+
+
+def string_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"must be an array of strings, not {kind_of(value)}")
+    items = []
+    for index, item in enumerate(value):
+        try:
+            items.append(string(item))
+        except ValueError as err:
+            raise ValueError(f"item {index}: {err}") from None
+    return tuple(items)
+
+
+def upstream(value: Any) -> str:
+    text = string(value)
+    if text.startswith("-"):
+        raise ValueError(f"must be an rsync source, not an option: {text!r}")
+    if text.startswith("/"):
+        return text
+    user, at, _rest = text.removeprefix("rsync://").split("/", 1)[0].partition("@")
+    if at and ":" in user:
+        raise ValueError(
+            "must not hold a password (rsync ignores it there): use RSYNC_PASSWORD or "
+            'rsync_args = ["--password-file=FILE"]'
+        )
+    if text.startswith("rsync://"):
+        if _RSYNC_URL_RE.fullmatch(text):
+            return text
+    elif _OTHER_URL_RE.match(text):
+        raise ValueError(f"rsync can only fetch rsync:// URLs, not {text!r}")
+    elif _DAEMON_RE.fullmatch(text) or _SSH_RE.fullmatch(text):
+        return text
+    raise ValueError(
+        "must be rsync://HOST/MODULE/, HOST::MODULE/, [USER@]HOST:PATH/ or an absolute path, "
+        f"not {text!r}"
+    )
+
+
+def listen_list(value: Any) -> tuple[Listen, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"must be an array of addresses, not {kind_of(value)}")
+    if not value:
+        raise ValueError("must name at least one address")
+    result = []
+    for index, item in enumerate(value):
+        try:
+            result.append(parse_listen(string(item)))
+        except ValueError as err:
+            raise ValueError(f"item {index}: {err}") from None
+    return tuple(result)
