@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mirrorhook import rsync
+from mirrorhook import process, rsync
 from mirrorhook.errors import RsyncError, RsyncTimeoutError
 from tests.helpers import RsyncDaemon, receiver_config, stub_rsync
 
@@ -203,7 +203,7 @@ async def test_progress_output_without_newlines_is_read_in_pieces(tmp_path: Path
     result = await rsync.run([str(stub)], timeout=60)
     assert result.returncode == 0
     assert result.stdout_tail[-1] == "last"
-    assert all(len(line) <= rsync.MAX_LINE for line in result.stdout_tail)
+    assert all(len(line) <= process.MAX_LINE for line in result.stdout_tail)
     assert result.stderr_tail == ("rsync: done",)
 
 

@@ -134,6 +134,12 @@ def string(value: Any) -> str:
     return value
 
 
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {kind_of(value)}")
+    return value
+
+
 def absolute_path(value: Any) -> Path:
     text = string(value)
     if not text.startswith("/"):

@@ -7,27 +7,27 @@ import asyncio
 import json
 import logging
 import os
-import random
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 import mirrorhook
-from mirrorhook import lock, rsync, signing
 from mirrorhook import log as logsetup
+from mirrorhook import signing
 from mirrorhook.config import (
     CONFIG_ENV,
     DEFAULT_CONFIG,
     Config,
     PublisherConfig,
-    ReceiverConfig,
     config_path,
     load_config,
 )
+from mirrorhook.describe import describe
 from mirrorhook.errors import ConfigError, LockedError, MirrorhookError, SyncError
+from mirrorhook.oneshot import sync_tree
+from mirrorhook.receiver_config import ReceiverConfig, ReceiverHost
 from mirrorhook.status import format_status, host_status, is_failing
-from mirrorhook.syncer import Syncer
 
 logger = logging.getLogger("mirrorhook")
 
@@ -157,6 +157,13 @@ def _add_sync_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentPars
         metavar="SECONDS",
         help="first sleep a random 0..SECONDS (after the marker check, with --if-changed)",
     )
+    parser.add_argument(
+        "repos",
+        nargs="*",
+        metavar="NAME",
+        help="with [receiver.repos.NAME] tables: the repositories to sync, one after the other "
+        "(default: every enabled one); one line per repository is printed",
+    )
     parser.set_defaults(func=_sync)
 
 
@@ -247,12 +254,6 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(config_path(args.config))
 
 
-def _receiver_of(config: Config) -> ReceiverConfig:
-    if config.receiver is None:
-        raise ConfigError([f"{config.path}: receiver: this command needs a [receiver] section"])
-    return config.receiver
-
-
 def _publisher_of(config: Config) -> PublisherConfig:
     if config.publisher is None:
         raise ConfigError([f"{config.path}: publisher: this command needs a [publisher] section"])
@@ -269,31 +270,54 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    receiver = _receiver_of(_load(args))
-    syncer = Syncer(receiver)
+    config = _load(args)
+    host = config.receivers
+    if host is None:
+        raise ConfigError([f"{config.path}: receiver: this command needs a [receiver] section"])
+    if host.single:
+        if args.repos:
+            raise ConfigError([f"{config.path}: receiver: has no repositories to name"])
+        return _sync_one(host.repos[0], args)
+    repos = _named_repos(config, host, args.repos)
+    codes = {}
+    for repo in repos:
+        codes[repo.name] = _sync_one(repo, args) if repo.enabled else EXIT_OK
+        outcome = {EXIT_OK: "ok", EXIT_LOCKED: "locked", EXIT_FAILURE: "failed"}[codes[repo.name]]
+        if not repo.enabled:
+            outcome = "disabled"
+        sys.stdout.write(f"{repo.name}  {outcome}\n")
+    if any(code == EXIT_FAILURE for code in codes.values()):
+        return EXIT_FAILURE
+    if codes and all(code == EXIT_LOCKED for code in codes.values()):
+        return EXIT_LOCKED
+    return EXIT_OK
 
-    async def once() -> int:
-        if args.randomize:
-            if lock.is_locked(receiver.state_dir):
-                raise LockedError(str(lock.lock_path(receiver.state_dir)))
-            if args.if_changed and not await syncer.needs_sync(trigger="mirrorhook sync"):
-                return EXIT_OK
-            delay = random.uniform(0, args.randomize)
-            logger.info("sleeping %.0f s to spread the mirrors' load on the upstream", delay)
-            await asyncio.sleep(delay)
-        with lock.hold(receiver.state_dir) as lock_fd:
-            await syncer.sync(
-                if_changed=args.if_changed, trigger="mirrorhook sync", lock_fd=lock_fd
-            )
-        return EXIT_OK
 
+def _named_repos(config: Config, host: ReceiverHost, names: Sequence[str]) -> list[ReceiverConfig]:
+    """The repositories named on the command line, in that order; every one without names."""
+    if not names:
+        return list(host.repos)
+    chosen = []
+    for name in names:
+        repo = host.named(name)
+        if repo is None:
+            known = ", ".join(str(repo.name) for repo in host.repos)
+            raise ConfigError([f"{config.path}: receiver.repos: no {name!r} (there are {known})"])
+        chosen.append(repo)
+    return chosen
+
+
+def _sync_one(receiver: ReceiverConfig, args: argparse.Namespace) -> int:
     try:
-        return _run_interruptible(once())
+        _run_interruptible(
+            sync_tree(receiver, if_changed=args.if_changed, randomize=args.randomize)
+        )
     except LockedError as err:
         logger.warning("%s: nothing done", err)
         return EXIT_LOCKED
     except SyncError:
         return EXIT_FAILURE  # the sync engine logged why
+    return EXIT_OK
 
 
 def _notify(args: argparse.Namespace) -> int:
@@ -318,37 +342,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    config = _load(args)
-    lines = [f"{config.path}: valid"]
-    if config.receiver is not None:
-        r = config.receiver
-        lines += [
-            "receiver:",
-            f"  listen on      {', '.join(str(listen) for listen in r.listen)}",
-            f"  follow         {r.upstream} -> {r.target} (marker {r.marker})",
-            f"  webhook sync   after a random 0..{r.backoff:g} s backoff",
-            "  poll           "
-            + (
-                f"every {r.poll_interval:g} s + 0..{r.poll_jitter:g} s"
-                if r.poll_interval
-                else "off"
-            ),
-            f"  retries        {r.retries} attempts; one rsync run is killed after {r.timeout:g} s",
-            f"  state          {r.state_dir}",
-            f"  rsync command  {' '.join(rsync.tree_args(r))}",
-        ]
-    if config.publisher is not None:
-        p = config.publisher
-        lines += [
-            "publisher:",
-            f"  watch          {p.root / p.marker} ({p.watch}, rescan every {p.rescan:g} s)",
-            f"  announce as    {p.name}",
-            f"  deliveries     {p.concurrency} at once, {p.timeout:g} s each, "
-            f"retried for {p.retry_for:g} s",
-            f"  state          {p.state_dir}",
-        ]
-        lines += [f"  mirror         {mirror.name}: {mirror.url}" for mirror in p.mirrors]
-    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.write(describe(_load(args)) + "\n")
     return EXIT_OK
 
 

@@ -6,7 +6,6 @@ Each problem reads ``FILE: key.path: problem`` so an operator can go straight to
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -18,49 +17,22 @@ from mirrorhook.checks import (
     INVALID,
     Table,
     absolute_path,
-    body_size,
     choice,
-    duration,
-    executable,
     label,
     listen_list,
     load_secret,
     marker_name,
     positive_duration,
     positive_int,
-    string_list,
-    upstream,
     valid,
     webhook_url,
 )
 from mirrorhook.errors import ConfigError
+from mirrorhook.receiver_config import ReceiverConfig, ReceiverHost, parse_receiver
 from mirrorhook.signing import Secret
 
 DEFAULT_CONFIG = Path("/etc/mirrorhook/mirrorhook.toml")
 CONFIG_ENV = "MIRRORHOOK_CONFIG"
-
-
-@dataclass(frozen=True, slots=True)
-class ReceiverConfig:
-    """The ``[receiver]`` section: a downstream mirror's webhook service and sync engine."""
-
-    listen: tuple[Listen, ...]
-    secret: Secret
-    secret_file: Path
-    upstream: str
-    target: Path
-    state_dir: Path
-    marker: str = "CURRENT"
-    exclude_from: Path | None = None
-    rsync: str = "rsync"
-    rsync_args: tuple[str, ...] = ()
-    max_delete: int | None = None
-    backoff: float = 30.0
-    poll_interval: float = 3600.0
-    poll_jitter: float = 300.0
-    retries: int = 5
-    timeout: float = 21600.0
-    max_body: int = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +67,15 @@ class Config:
     """A whole configuration file; at least one role section is present."""
 
     path: Path
-    receiver: ReceiverConfig | None = None
+    receivers: ReceiverHost | None = None
     publisher: PublisherConfig | None = None
+
+    @property
+    def receiver(self) -> ReceiverConfig | None:
+        """The one repository of a ``[receiver]`` section in the single form, else ``None``."""
+        if self.receivers is None or not self.receivers.single:
+            return None
+        return self.receivers.repos[0]
 
 
 def config_path(explicit: str | None) -> Path:
@@ -120,56 +99,17 @@ def load_config(path: Path) -> Config:
 
     problems: list[str] = []
     root = Table(path, "", document, problems)
-    receiver = publisher = None
+    receivers = publisher = None
     if "receiver" in document and (table := root.table("receiver")) is not None:
-        receiver = _receiver(table)
+        receivers = parse_receiver(table)
     if "publisher" in document and (table := root.table("publisher")) is not None:
         publisher = _publisher(table)
     root.finish(known=("receiver", "publisher"))
-    if not problems and receiver is None and publisher is None:
+    if not problems and receivers is None and publisher is None:
         problems.append(f"{path}: neither a [receiver] nor a [publisher] section: nothing to run")
     if problems:
         raise ConfigError(problems)
-    return Config(path=path, receiver=receiver, publisher=publisher)
-
-
-def _receiver(t: Table) -> ReceiverConfig | None:
-    required: dict[str, Any] = {
-        "listen": t.get("listen", listen_list),
-        "secret_file": t.get("secret_file", absolute_path),
-        "upstream": t.get("upstream", upstream),
-        "target": t.get("target", absolute_path),
-        "state_dir": t.get("state_dir", absolute_path),
-    }
-    optional: dict[str, Any] = {
-        "marker": t.get("marker", marker_name, "CURRENT"),
-        "exclude_from": t.get("exclude_from", absolute_path, None),
-        "rsync": t.get("rsync", executable, "rsync"),
-        "rsync_args": t.get("rsync_args", string_list, ()),
-        "max_delete": t.get("max_delete", positive_int, None),
-        "backoff": t.get("backoff", duration, 30.0),
-        "poll_interval": t.get("poll_interval", duration, 3600.0),
-        "poll_jitter": t.get("poll_jitter", duration, 300.0),
-        "retries": t.get("retries", positive_int, 5),
-        "timeout": t.get("timeout", positive_duration, 21600.0),
-        "max_body": t.get("max_body", body_size, 65536),
-    }
-    t.finish(known=(*required, *optional))
-    target, state_dir = required["target"], required["state_dir"]
-    if valid(target) and valid(state_dir) and state_dir.is_relative_to(target):
-        t.problem("state_dir", f"must be outside target ({target}): rsync --delete would remove it")
-        required["state_dir"] = INVALID
-    rsync = optional["rsync"]
-    if valid(rsync) and shutil.which(rsync) is None:
-        t.problem("rsync", f"{rsync!r} is not an executable (nor on PATH): install rsync")
-        optional["rsync"] = INVALID
-    secret_file = required["secret_file"]
-    secret = load_secret(t, "secret_file", secret_file) if valid(secret_file) else None
-    if secret is None or not all(map(valid, required.values())):
-        return None
-    if any(value is INVALID for value in optional.values()):
-        return None
-    return ReceiverConfig(secret=secret, **required, **optional)
+    return Config(path=path, receivers=receivers, publisher=publisher)
 
 
 def _publisher(t: Table) -> PublisherConfig | None:

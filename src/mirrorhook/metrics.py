@@ -70,7 +70,8 @@ class NoMetrics:
 class Metrics:
     """Every metric mirrorhook exports; the roles update the ones that concern them."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, repos: bool = False) -> None:
+        """``repos``: label every per-tree metric with its repository (the host form)."""
         from prometheus_client import (  # noqa: PLC0415 - deferred, see the module's docstring
             CollectorRegistry,
             Counter,
@@ -79,38 +80,41 @@ class Metrics:
         )
 
         self.registry: CollectorRegistry = CollectorRegistry()
-        self._markers: dict[str, str] = {}
-        """The marker value shown per side, so that a new one replaces it."""
+        tree = ["repo"] if repos else []
         registry = self.registry
-        self.syncs = Counter("mirrorhook_syncs", "Syncs by result.", ["result"], registry=registry)
+        self.syncs = Counter(
+            "mirrorhook_syncs", "Syncs by result.", [*tree, "result"], registry=registry
+        )
         self.stage_seconds = Histogram(
             "mirrorhook_sync_stage_seconds",
             "Duration of the stages of a sync: reading the upstream marker, transferring "
             "the tree (stage 1), installing the marker (stage 2).",
-            ["stage"],
+            [*tree, "stage"],
             buckets=_SECONDS,
             registry=registry,
         )
         self.bytes_received = Counter(
             "mirrorhook_rsync_received_bytes",
             "Bytes rsync received while transferring trees (from --stats).",
+            tree,
             registry=registry,
         )
         self.last_success = Gauge(
             "mirrorhook_last_success_timestamp_seconds",
             "When the last sync succeeded (or found the mirror up to date).",
+            tree,
             registry=registry,
         )
         self.marker = Gauge(
             "mirrorhook_marker_info",
             "The marker value, local (installed) and upstream (last read), as a label.",
-            ["side", "marker"],
+            [*tree, "side", "marker"],
             registry=registry,
         )
         self.webhooks = Counter(
             "mirrorhook_webhooks",
             "Webhooks received, by outcome.",
-            ["outcome"],
+            [*tree, "outcome"],
             registry=registry,
         )
         self.deliveries = Counter(
@@ -137,24 +141,9 @@ class Metrics:
             registry=registry,
         )
 
-    def time_stage(self, stage: str) -> AbstractContextManager[object]:
-        """Time one stage of a sync."""
-        return self.stage_seconds.labels(stage=stage).time()
-
-    def sync_finished(self, result: str, *, success_at: float | None) -> None:
-        """Count a sync by result; note when it succeeded."""
-        self.syncs.labels(result=result).inc()
-        if success_at is not None:
-            self.last_success.set(success_at)
-
-    def set_marker(self, side: str, value: str | None) -> None:
-        """Show ``value`` as the ``side`` marker (one series per side)."""
-        shown = self._markers.pop(side, None)
-        if shown is not None:
-            self.marker.remove(side, shown)
-        if value is not None:
-            self.marker.labels(side=side, marker=value).set(1)
-            self._markers[side] = value
+    def tree(self, repo: str | None) -> TreeMetrics:
+        """The metrics of one tree: repository ``repo`` in the host form, ``None`` else."""
+        return TreeMetrics(self, repo)
 
     def delivery_attempted(self, mirror: str, result: str, seconds: float) -> None:
         """Count one delivery attempt to ``mirror`` by result, and time it."""
@@ -169,15 +158,56 @@ class Metrics:
         """Report ``count()`` as the number of mirrors still owed the newest marker."""
         self.pending.set_function(count)
 
-    def count_received_bytes(self, stdout_tail: Sequence[str]) -> None:
-        """Add the bytes of an rsync run's --stats summary."""
-        for line in stdout_tail:
-            if match := _RECEIVED.search(line):
-                self.bytes_received.inc(int(re.sub(r"[,.]", "", match.group(1))))
-                return
-
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         from prometheus_client import generate_latest  # noqa: PLC0415 - see the docstring
 
         return generate_latest(self.registry)
+
+
+class TreeMetrics:
+    """The per-tree metrics of one repository (``SyncMetrics``, plus its webhooks)."""
+
+    def __init__(self, metrics: Metrics, repo: str | None) -> None:
+        self._metrics = metrics
+        self._tree = {} if repo is None else {"repo": repo}
+        self._markers: dict[str, str] = {}
+        """The marker value shown per side, so that a new one replaces it."""
+
+    def time_stage(self, stage: str) -> AbstractContextManager[object]:
+        """Time one stage of a sync."""
+        return self._metrics.stage_seconds.labels(**self._tree, stage=stage).time()
+
+    def sync_finished(self, result: str, *, success_at: float | None) -> None:
+        """Count a sync by result; note when it succeeded."""
+        self._metrics.syncs.labels(**self._tree, result=result).inc()
+        if success_at is not None:
+            self.succeeded_at(success_at)
+
+    def succeeded_at(self, when: float) -> None:
+        """Show ``when`` as the last success (also restored from the state file at start)."""
+        gauge = self._metrics.last_success
+        (gauge.labels(**self._tree) if self._tree else gauge).set(when)
+
+    def set_marker(self, side: str, value: str | None) -> None:
+        """Show ``value`` as the ``side`` marker (one series per side)."""
+        family = self._metrics.marker
+        shown = self._markers.pop(side, None)
+        if shown is not None:
+            family.remove(*self._tree.values(), side, shown)
+        if value is not None:
+            family.labels(**self._tree, side=side, marker=value).set(1)
+            self._markers[side] = value
+
+    def count_received_bytes(self, stdout_tail: Sequence[str]) -> None:
+        """Add the bytes of an rsync run's --stats summary."""
+        counter = self._metrics.bytes_received
+        for line in stdout_tail:
+            if match := _RECEIVED.search(line):
+                received = int(re.sub(r"[,.]", "", match.group(1)))
+                (counter.labels(**self._tree) if self._tree else counter).inc(received)
+                return
+
+    def webhook(self, outcome: str) -> None:
+        """Count one webhook for this tree by its outcome."""
+        self._metrics.webhooks.labels(**self._tree, outcome=outcome).inc()

@@ -34,9 +34,11 @@ class Poller:
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.time,
+        start_after: float = 0.0,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._scheduler = scheduler
+        self._start_after = start_after
         self._on_change = on_change
         self._backoff = backoff
         self._interval = interval
@@ -49,7 +51,7 @@ class Poller:
 
     async def run(self) -> None:
         """Check at start, then poll forever (or stop after the start check if disabled)."""
-        await self._wait(self._rng.uniform(0, self._backoff))
+        await self._wait(self._start_after + self._rng.uniform(0, self._backoff))
         self._scheduler.trigger("startup check", delay=0)
         if self._interval <= 0:
             logger.info("polling disabled (poll_interval = 0): relying on webhooks")

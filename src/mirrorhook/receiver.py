@@ -17,7 +17,6 @@ from typing import Any
 from aiohttp import web
 
 from mirrorhook import message, signing
-from mirrorhook.config import ReceiverConfig
 from mirrorhook.endpoints import Endpoints, add_routes
 from mirrorhook.errors import (
     MarkerUnreadableError,
@@ -25,8 +24,9 @@ from mirrorhook.errors import (
     SignatureError,
     TimestampError,
 )
-from mirrorhook.metrics import Metrics
+from mirrorhook.metrics import Metrics, TreeMetrics
 from mirrorhook.poller import Poller
+from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.replay import ReplayCache
 from mirrorhook.scheduler import Scheduled, Scheduler
 from mirrorhook.status import forget_daemon
@@ -50,48 +50,74 @@ class Receiver:
     poller: Poller
     status: Callable[[], dict[str, Any]]
     metrics: Metrics
+    tree_metrics: TreeMetrics
     clock: Callable[[], float] = time.time
     read_deadline: float = READ_DEADLINE
     replays: ReplayCache = field(default_factory=lambda: ReplayCache(signing.TOLERANCE))
     supervisor: Supervisor = field(default_factory=Supervisor)
 
 
-RECEIVER = web.AppKey("receiver", Receiver)
+RECEIVERS = web.AppKey("receivers", dict[str | None, Receiver])
+"""The trees an app serves by repository name; ``None`` names the single form's one tree."""
 
 
-def make_app(receiver: Receiver) -> web.Application:
-    """Return the receiver's web application (routes only; see ``background``)."""
+def make_app(*receivers: Receiver, endpoints: Endpoints | None = None) -> web.Application:
+    """Return the receiver's web application (routes only; see ``background``).
+
+    One receiver of the single form answers at ``/v1/hook``; the repositories of the host
+    form each at ``/v1/hook/NAME``. ``endpoints`` default to the first receiver's.
+    """
     app = web.Application()
-    app[RECEIVER] = receiver
-    app.router.add_post(HOOK_PATH, handle_hook)
-    add_routes(app, Endpoints(receiver.status, receiver.metrics, receiver.supervisor))
+    app[RECEIVERS] = {receiver.config.name: receiver for receiver in receivers}
+    if None in app[RECEIVERS]:
+        app.router.add_post(HOOK_PATH, handle_hook)
+    else:
+        app.router.add_post(HOOK_PATH + "/{repo}", handle_hook)
+        app.router.add_post(HOOK_PATH, handle_hook)  # answers which URLs to use instead
+    first = receivers[0]
+    add_routes(app, endpoints or Endpoints(first.status, first.metrics, first.supervisor))
     return app
 
 
 async def background(app: web.Application) -> AsyncIterator[None]:
-    """``cleanup_ctx`` that runs the scheduler and the poller for the app's lifetime, each
-    restarted by the supervisor should it ever stop."""
-    receiver = app[RECEIVER]
-    keep = receiver.supervisor.keep
-    tasks = [
-        asyncio.create_task(keep("scheduler", receiver.scheduler.run), name="scheduler"),
-        asyncio.create_task(keep("poller", receiver.poller.run, may_finish=True), name="poller"),
-    ]
+    """``cleanup_ctx`` that runs the scheduler and the poller of every enabled tree for the
+    app's lifetime, each restarted by the supervisor should it ever stop."""
+    tasks = []
+    for name, receiver in app[RECEIVERS].items():
+        if not receiver.config.enabled:
+            continue
+        keep = receiver.supervisor.keep
+        prefix = f"{name} " if name else ""
+        tasks += [
+            asyncio.create_task(keep(f"{prefix}scheduler", receiver.scheduler.run)),
+            asyncio.create_task(keep(f"{prefix}poller", receiver.poller.run, may_finish=True)),
+        ]
     yield
     for task in tasks:
         task.cancel("receiver shutting down")
     await asyncio.gather(*tasks, return_exceptions=True)
-    try:
-        forget_daemon(receiver.config)
-    except OSError as err:
-        logger.warning("cannot note the daemon's stop in the state file: %s", err)
+    for receiver in app[RECEIVERS].values():
+        try:
+            forget_daemon(receiver.config)
+        except OSError as err:
+            logger.warning("cannot note the daemon's stop in the state file: %s", err)
 
 
 async def handle_hook(request: web.Request) -> web.Response:
     """Verify a webhook and schedule a sync (see the answers in docs/design.md#receiver-answers)."""
-    receiver = request.app[RECEIVER]
+    name = request.match_info.get("repo")
+    receiver = request.app[RECEIVERS].get(name)
+    if receiver is None:
+        names = ", ".join(f"{HOOK_PATH}/{known}" for known in request.app[RECEIVERS])
+        reason = f"no repository {name!r} on this mirror (its hooks: {names})"
+        logger.warning("webhook from %s refused (404): %s", request.remote or "unix socket", reason)
+        return web.json_response({"error": reason}, status=404)
+    if not receiver.config.enabled:
+        logger.info("webhook for %s: the repository is disabled, nothing scheduled", name)
+        receiver.tree_metrics.webhook("disabled")
+        return web.json_response({"status": "disabled"})
     outcome, response = await _hook(request, receiver)
-    receiver.metrics.webhooks.labels(outcome=outcome).inc()
+    receiver.tree_metrics.webhook(outcome)
     return response
 
 

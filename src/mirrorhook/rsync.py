@@ -7,20 +7,14 @@ arrives in a webhook is ever part of an argument list.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import os
-import re
-import signal
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mirrorhook import marker
-from mirrorhook.config import ReceiverConfig
+from mirrorhook import marker, process
 from mirrorhook.errors import RsyncError, RsyncTimeoutError, SyncError
+from mirrorhook.receiver_config import ReceiverConfig
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +33,6 @@ drops from ~95 ms to ~30 ms, and to ~10 ms when the daemon sets ``socket options
 TCP_NODELAY`` too (README: "Latency: TCP_NODELAY"). Only for daemon connections: over ssh
 or locally rsync opens no socket of its own."""
 
-TERM_GRACE = 10.0
-"""Seconds rsync gets to exit after SIGTERM before it is killed."""
-
-STDERR_TAIL_LINES = 20
-STDOUT_TAIL_LINES = 50
-READ_CHUNK = 65536
-MAX_LINE = 4096
-"""Characters kept of one output line."""
-_LINE_END = re.compile(r"[\r\n]")
 
 # --- the exit-code policy, the only place that knows it (docs/design.md#the-retry-policy) --
 
@@ -190,7 +175,7 @@ async def run(
     args: Sequence[str],
     *,
     timeout: float,
-    term_grace: float = TERM_GRACE,
+    term_grace: float = process.TERM_GRACE,
     pass_fds: Sequence[int] = (),
 ) -> RsyncResult:
     """Run rsync to completion in its own process group, within ``timeout`` seconds.
@@ -200,78 +185,16 @@ async def run(
     Cancellation terminates the process group (TERM, then KILL after ``term_grace``
     seconds) before re-raising. ``pass_fds`` are inherited by rsync (the sync lock).
     """
-    logger.debug("running %s", " ".join(args))
     try:
-        process = await asyncio.create_subprocess_exec(
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            pass_fds=tuple(pass_fds),
-        )
-    except OSError as err:
-        raise SyncError(f"cannot run {args[0]}: {err.strerror or err}") from None
-    tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-    stdout: deque[str] = deque(maxlen=STDOUT_TAIL_LINES)
-    try:
-        async with asyncio.timeout(timeout):
-            async with asyncio.TaskGroup() as group:
-                group.create_task(_collect(process.stderr, tail))
-                group.create_task(_collect(process.stdout, stdout))
-                returncode = await process.wait()
+        ran = await process.run(args, timeout=timeout, term_grace=term_grace, pass_fds=pass_fds)
+    except process.StartError as err:
+        raise SyncError(str(err)) from None
     except TimeoutError:
-        await _stop(process, term_grace)
         raise RsyncTimeoutError(timeout) from None
-    except BaseException:
-        await _stop(process, term_grace)
-        raise
-    if completes_stage(returncode):
-        if returncode == VANISHED:
+    if completes_stage(ran.returncode):
+        if ran.returncode == VANISHED:
             logger.info("rsync: some files vanished on the upstream during the transfer")
-        return RsyncResult(returncode, tuple(tail), tuple(stdout))
-    raise RsyncError(returncode, tuple(tail), transient=is_transient(returncode, tail))
-
-
-async def _collect(stream: asyncio.StreamReader | None, tail: deque[str]) -> None:
-    """Read a pipe to its end, keeping its last lines (a verbose rsync must not fill memory).
-
-    Lines end at ``\n`` or ``\r``: ``--info=progress2`` rewrites one line with ``\r`` for
-    the whole transfer, so reading up to ``\n`` could mean one line of megabytes.
-    """
-    assert stream is not None  # noqa: S101 - both pipes are requested above
-    partial = ""
-    while chunk := await stream.read(READ_CHUNK):
-        *lines, partial = _LINE_END.split(partial + chunk.decode("utf-8", "replace"))
-        partial = partial[-MAX_LINE:]
-        for line in lines:
-            if line:
-                logger.debug("rsync: %s", line)
-                tail.append(line[:MAX_LINE])
-    if partial:
-        tail.append(partial)
-
-
-async def _stop(process: asyncio.subprocess.Process, grace: float) -> None:
-    """Terminate rsync's process group: TERM, a grace period, then KILL; reap the process
-    and drain its pipes (so that nothing of it is left open)."""
-    if process.returncode is None:
-        _signal_group(process.pid, signal.SIGTERM)
-        try:
-            async with asyncio.timeout(grace):
-                await asyncio.shield(process.wait())
-        except TimeoutError:
-            logger.warning("rsync did not exit %g s after SIGTERM: killing it", grace)
-    _signal_group(process.pid, signal.SIGKILL)  # and any child it may have left behind
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(grace):
-            await asyncio.shield(process.wait())
-            for pipe in (process.stdout, process.stderr):
-                if pipe is not None:
-                    await pipe.read()  # to the end: the pipes close with the process
-            await asyncio.sleep(0)  # let the transport notice and close
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+        return RsyncResult(ran.returncode, ran.stderr_tail, ran.stdout_tail)
+    raise RsyncError(
+        ran.returncode, ran.stderr_tail, transient=is_transient(ran.returncode, ran.stderr_tail)
+    )

@@ -13,24 +13,27 @@ import logging
 import resource
 import signal
 import socket
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 from aiohttp import web
 
-from mirrorhook import endpoints, lock
+from mirrorhook import endpoints, hooks, lock
 from mirrorhook.addresses import Listen, redact_upstream
-from mirrorhook.config import Config, PublisherConfig, ReceiverConfig
+from mirrorhook.config import Config, PublisherConfig
 from mirrorhook.connections import AcceptErrorLog, ConnectionGuard, GuardedSite, Limits
 from mirrorhook.delivery import Courier
-from mirrorhook.errors import ListenError, MarkerError
-from mirrorhook.metrics import Metrics
+from mirrorhook.errors import ListenError, MarkerError, SyncError
+from mirrorhook.metrics import Metrics, TreeMetrics
 from mirrorhook.poller import Poller
 from mirrorhook.publisher import Publisher
 from mirrorhook.receiver import Receiver, background, make_app
-from mirrorhook.scheduler import Scheduler
+from mirrorhook.receiver_config import ReceiverConfig, ReceiverHost, repositories
+from mirrorhook.scheduler import Phase, Scheduler
 from mirrorhook.sdnotify import Notifier
+from mirrorhook.slots import SyncSlots
 from mirrorhook.state import read_json
 from mirrorhook.status import host_status, record_daemon
 from mirrorhook.supervisor import Supervisor
@@ -40,6 +43,8 @@ from mirrorhook.watcher import MarkerWatcher
 logger = logging.getLogger(__name__)
 
 SOCKET_MODE = 0o660
+START_SPREAD = 1.0
+"""Seconds between the start-up checks of a host's repositories."""
 SHUTDOWN_GRACE = 5.0
 """Seconds in-flight requests get to finish at shutdown."""
 
@@ -47,27 +52,54 @@ SHUTDOWN_GRACE = 5.0
 def build_receiver(
     config: ReceiverConfig,
     host: Config | None = None,
+    *,
     metrics: Metrics | None = None,
     supervisor: Supervisor | None = None,
+    slots: SyncSlots | None = None,
+    start_after: float = 0.0,
 ) -> Receiver:
-    """Wire the receiver's parts together for one tree."""
+    """Wire the receiver's parts together for one tree.
+
+    ``slots`` are the host's sync slots, shared by its trees; ``start_after`` delays this
+    tree's start-up check, so that a host's repositories do not all check at once.
+    """
     metrics = metrics or Metrics()
+    tree = metrics.tree(config.name)
     supervisor = supervisor or Supervisor()
-    syncer = Syncer(config, metrics=metrics)
-    _restore_metrics(config, syncer, metrics)
+    slots = slots or SyncSlots(1)
+    syncer = Syncer(config, metrics=tree)
+    _restore_metrics(config, syncer, tree)
+    waiting_for_slot = False
+
+    def waiting(*, now: bool) -> Callable[[], None]:
+        def note() -> None:
+            nonlocal waiting_for_slot
+            waiting_for_slot = now
+            if now:
+                logger.info("%s: all %d sync slots are taken: waiting", config.name, slots.size)
+            note_change()
+
+        return note
 
     async def run_sync(reason: str) -> None:
-        if lock.is_locked(config.state_dir):
-            logger.info("another sync of this tree is running: waiting for it to finish")
-        async with lock.hold_waiting(config.state_dir) as lock_fd:
-            await syncer.sync(if_changed=True, trigger=reason, lock_fd=lock_fd)
+        try:
+            async with slots.hold(on_wait=waiting(now=True), on_slot=waiting(now=False)):
+                if lock.is_locked(config.state_dir):
+                    logger.info("another sync of this tree is running: waiting for it to finish")
+                async with lock.hold_waiting(config.state_dir) as lock_fd:
+                    report = await syncer.sync(if_changed=True, trigger=reason, lock_fd=lock_fd)
+        except SyncError:
+            # Run outside the slot and the lock: a slow hook must not hold up other trees.
+            await hooks.after_sync(config, "failed", None, time.time())
+            raise
+        await hooks.after_sync(config, str(report.result), report.marker, time.time())
 
     def note_change() -> None:
         # A live note for `mirrorhook status`, best effort: a full disk must not stop syncs.
         try:
             record_daemon(
                 config,
-                phase=scheduler.phase,
+                phase=Phase.WAITING if waiting_for_slot else scheduler.phase,
                 starts_at=scheduler.starts_at,
                 next_poll=poller.next_at,
             )
@@ -84,6 +116,7 @@ def build_receiver(
         backoff=config.backoff,
         interval=config.poll_interval,
         jitter=config.poll_jitter,
+        start_after=start_after,
         on_change=note_change,
     )
     return Receiver(
@@ -91,10 +124,42 @@ def build_receiver(
         syncer=syncer,
         scheduler=scheduler,
         poller=poller,
-        status=lambda: host_status(host or Config(path=Path("-"), receiver=config)),
+        status=lambda: host_status(host or _host_of(config)),
         metrics=metrics,
+        tree_metrics=tree,
         supervisor=supervisor,
     )
+
+
+def build_receivers(
+    config: Config, metrics: Metrics, supervisor: Supervisor
+) -> tuple[Receiver, ...]:
+    """Wire every tree of the ``[receiver]`` section, sharing the host's sync slots.
+
+    The trees' start-up checks are spread ``START_SPREAD`` seconds apart, on top of each
+    tree's random backoff, so that forty repositories do not ask their upstreams at once.
+    """
+    host = config.receivers
+    if host is None:
+        return ()
+    slots = SyncSlots(host.max_syncs)
+    return tuple(
+        build_receiver(
+            repo,
+            config,
+            metrics=metrics,
+            supervisor=supervisor,
+            slots=slots,
+            start_after=index * START_SPREAD,
+        )
+        for index, repo in enumerate(host.repos)
+    )
+
+
+def _host_of(config: ReceiverConfig) -> Config:
+    """A stand-in host for one tree built on its own (as the tests do)."""
+    host = ReceiverHost(listen=config.listen, state_dir=config.state_dir, repos=(config,))
+    return Config(path=Path("-"), receivers=host)
 
 
 async def serve(config: Config) -> None:
@@ -104,27 +169,32 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _stopper(stop, sig))
-    metrics = Metrics()
+    host = config.receivers
+    metrics = Metrics(repos=host is not None and not host.single)
     supervisor = Supervisor()
+    common = endpoints.Endpoints(lambda: host_status(config), metrics, supervisor)
     async with contextlib.AsyncExitStack() as stack:
         roles: list[asyncio.Task[None]] = []
         listen = config.publisher.listen if config.publisher is not None else ()
-        if config.receiver is not None:
-            config.receiver.state_dir.mkdir(parents=True, exist_ok=True)
-            app = make_app(build_receiver(config.receiver, config, metrics, supervisor))
+        if host is not None:
+            for repo in host.repos:
+                repo.state_dir.mkdir(parents=True, exist_ok=True)
+            app = make_app(*build_receivers(config, metrics, supervisor), endpoints=common)
             app.cleanup_ctx.append(background)
-            listen = (*config.receiver.listen, *listen)
+            listen = (*host.listen, *listen)
         else:
-            app = endpoints.make_app(
-                endpoints.Endpoints(lambda: host_status(config), metrics, supervisor)
-            )
+            app = endpoints.make_app(common)
         if listen:
             stack.push_async_callback((await start_web(app, listen)).cleanup)
-        if config.receiver is not None:
+        for repo in repositories(config.receivers):
             logger.info(
-                "receiver ready: following %s into %s",
-                redact_upstream(config.receiver.upstream),
-                config.receiver.target,
+                "receiver ready: following %s into %s%s",
+                redact_upstream(repo.upstream),
+                repo.target,
+                ""
+                if repo.name is None
+                else f" (repository {repo.name}, hook /v1/hook/{repo.name})"
+                + ("" if repo.enabled else ", disabled"),
             )
         if config.publisher is not None:
             courier = await stack.enter_async_context(
@@ -197,13 +267,13 @@ async def _run_publisher(
         group.create_task(supervisor.keep("watcher", watcher.run), name="watcher")
 
 
-def _restore_metrics(config: ReceiverConfig, syncer: Syncer, metrics: Metrics) -> None:
+def _restore_metrics(config: ReceiverConfig, syncer: Syncer, metrics: TreeMetrics) -> None:
     """Start the gauges from the state file: an alert on the last success's age must not
     fire just because the daemon restarted."""
     last_success = read_json(receiver_state_path(config)).get("last_success")
     if isinstance(last_success, str):
         with contextlib.suppress(ValueError):
-            metrics.last_success.set(datetime.fromisoformat(last_success).timestamp())
+            metrics.succeeded_at(datetime.fromisoformat(last_success).timestamp())
     with contextlib.suppress(MarkerError):  # unreadable now: the first sync will say why
         metrics.set_marker("local", syncer.local_marker())
 
@@ -213,6 +283,8 @@ def _summary(config: Config) -> str:
     parts = []
     if config.receiver is not None:
         parts.append(f"mirroring {redact_upstream(config.receiver.upstream)}")
+    elif config.receivers is not None:
+        parts.append(f"mirroring {len(config.receivers.repos)} repositories")
     if config.publisher is not None:
         parts.append(f"announcing to {len(config.publisher.mirrors)} mirrors")
     return ", ".join(parts)

@@ -8,9 +8,10 @@ from typing import Any
 
 from mirrorhook import marker
 from mirrorhook.addresses import redact_upstream
-from mirrorhook.config import Config, PublisherConfig, ReceiverConfig
+from mirrorhook.config import Config, PublisherConfig
 from mirrorhook.errors import MarkerError
 from mirrorhook.escape import printable
+from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.record import DeliveryResult, publisher_state_path
 from mirrorhook.state import iso_time, read_json, update_json
 from mirrorhook.syncer import SyncResult, receiver_state_path
@@ -112,16 +113,30 @@ def host_status(config: Config) -> dict[str, Any]:
     status: dict[str, Any] = {}
     if config.receiver is not None:
         status["receiver"] = receiver_status(config.receiver)
+    elif config.receivers is not None:
+        status["repos"] = [repo_status(repo) for repo in config.receivers.repos]
     if config.publisher is not None:
         status["publisher"] = publisher_status(config.publisher)
     return status
 
 
+def repo_status(config: ReceiverConfig) -> dict[str, Any]:
+    """One repository of the host form: its name and its tree's state (``disabled`` when
+    it is kept in the config but not synced)."""
+    status = {"name": config.name, "enabled": config.enabled, **receiver_status(config)}
+    if not config.enabled:
+        status["state"] = "disabled"
+    return status
+
+
 def is_failing(status: dict[str, Any]) -> bool:
     """Return whether the last sync or any delivery is failing (``status`` then exits 1)."""
-    last = status.get("receiver", {}).get("last_sync")
-    if isinstance(last, dict) and last.get("result") == SyncResult.FAILED:
-        return True
+    trees = [status.get("receiver", {}), *status.get("repos", [])]
+    for tree in trees:
+        last = tree.get("last_sync")
+        enabled = tree.get("enabled", True)
+        if enabled and isinstance(last, dict) and last.get("result") == SyncResult.FAILED:
+            return True
     mirrors = status.get("publisher", {}).get("mirrors", [])
     return any(
         mirror["result"] in (DeliveryResult.RETRYING, DeliveryResult.FAILED) for mirror in mirrors
@@ -133,9 +148,30 @@ def format_status(status: dict[str, Any], *, colour: bool = False) -> str:
     parts = []
     if "receiver" in status:
         parts.append("receiver\n" + _indent(format_receiver(status["receiver"], colour=colour)))
+    if "repos" in status:
+        parts.append("repositories\n" + _indent(format_repos(status["repos"], colour=colour)))
     if "publisher" in status:
         parts.append("publisher\n" + _indent(format_publisher(status["publisher"], colour=colour)))
     return "\n\n".join(parts)
+
+
+def format_repos(repos: list[dict[str, Any]], *, colour: bool = False) -> str:
+    """Return one aligned row per repository: state, local marker, last sync, its error."""
+    rows = [("REPO", "STATE", "MARKER", "LAST SYNC", "FINISHED", "LAST SUCCESS", "ERROR")]
+    for repo in repos:
+        last = repo.get("last_sync") or {}
+        rows.append(
+            (
+                str(repo["name"]),
+                str(repo["state"]),
+                _marker_text(repo, "local_marker", "-"),
+                str(last.get("result") or "never"),
+                str(last.get("finished") or "-"),
+                str(repo.get("last_success") or "-"),
+                str(last.get("error") or ""),
+            )
+        )
+    return format_table(rows, colour=colour)
 
 
 def format_publisher(status: dict[str, Any], *, colour: bool = False) -> str:

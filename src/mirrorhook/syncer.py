@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 from mirrorhook import marker, rsync
 from mirrorhook.addresses import redact_upstream
-from mirrorhook.config import ReceiverConfig
 from mirrorhook.errors import (
     MarkerError,
     MarkerUnreadableError,
@@ -36,6 +35,7 @@ from mirrorhook.errors import (
     UpstreamMarkerError,
 )
 from mirrorhook.metrics import NoMetrics, SyncMetrics
+from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.retry import Backoff, Sleep, retrying
 from mirrorhook.state import iso_time, update_json, write_atomic
 

@@ -17,7 +17,7 @@ _WORDS = {
     "green": ("delivered", "synced", "up-to-date", "idle"),
     "yellow": ("retrying", "waiting", "syncing", "never tried", "superseded"),
     "red": ("failed", "interrupted"),
-    "dim": ("gone",),
+    "dim": ("gone", "disabled", "never"),
 }
 
 

@@ -1,0 +1,64 @@
+"""The operator's ``exec_on_success`` and ``exec_on_failure`` commands, run after a sync.
+
+A mirror index to refresh or a cache to purge: ``exec_on_success`` runs after a sync that
+installed a new marker, ``exec_on_failure`` after one that failed. Each is an argument
+list, never a shell, started like rsync (its own process group, a deadline); it learns
+what happened from ``MIRRORHOOK_REPO``, ``MIRRORHOOK_MARKER`` and ``MIRRORHOOK_RESULT`` in
+its environment. Its output is logged; its failure is logged and recorded, and never
+undoes the sync (docs/design.md#many-repositories).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from mirrorhook import process
+from mirrorhook.receiver_config import ReceiverConfig
+from mirrorhook.state import iso_time, update_json
+from mirrorhook.syncer import receiver_state_path
+
+logger = logging.getLogger(__name__)
+
+HOOK_TIMEOUT = 300.0
+"""Seconds an ``exec_on_*`` command may run before its process group is stopped."""
+
+
+async def after_sync(config: ReceiverConfig, result: str, marker: str | None, now: float) -> None:
+    """Run the command for ``result`` (``synced`` or ``failed``), if one is configured."""
+    key = "exec_on_success" if result == "synced" else "exec_on_failure"
+    argv = config.exec_on_success if result == "synced" else config.exec_on_failure
+    if result not in ("synced", "failed") or not argv:
+        return
+    env = {
+        **os.environ,
+        "MIRRORHOOK_REPO": config.name or "",
+        "MIRRORHOOK_MARKER": marker or "",
+        "MIRRORHOOK_RESULT": result,
+    }
+    outcome = await _run(key, argv, env)
+    note = {"command": key, "outcome": outcome, "at": iso_time(now)}
+    try:
+        update_json(receiver_state_path(config), lambda document: document.update(last_hook=note))
+    except OSError as err:
+        logger.warning("cannot record the outcome of %s: %s", key, err)
+
+
+async def _run(key: str, argv: tuple[str, ...], env: dict[str, str]) -> str:
+    """Run one hook; log its output and how it ended; return that in a few words."""
+    where = f"{key} ({argv[0]})"
+    try:
+        ran = await process.run(argv, timeout=HOOK_TIMEOUT, env=env)
+    except process.StartError as err:
+        logger.error("%s: %s", where, err)
+        return f"could not start: {err}"
+    except TimeoutError:
+        logger.error("%s was stopped after running for %g s", where, HOOK_TIMEOUT)
+        return f"stopped after {HOOK_TIMEOUT:g} s"
+    for line in (*ran.stdout_tail, *ran.stderr_tail):
+        logger.info("%s: %s", where, line)
+    if ran.returncode != 0:
+        logger.error("%s exited with status %d", where, ran.returncode)
+        return f"exit status {ran.returncode}"
+    logger.info("%s finished", where)
+    return "ok"

@@ -1,0 +1,258 @@
+"""The ``[receiver]`` section: one repository (the single form) or many on one host.
+
+The single form is ``[receiver]`` with ``upstream``, ``target`` and ``secret_file``: one
+tree, its hook at ``/v1/hook``, its state in ``state_dir``. The host form is ``[receiver]``
+with host-level keys and one ``[receiver.repos.NAME]`` table per repository; a
+per-repository key set at the host level is every repository's default, and each
+repository keeps its state in ``state_dir/repos/NAME`` (docs/design.md#many-repositories).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mirrorhook.addresses import Listen
+from mirrorhook.checks import (
+    INVALID,
+    Table,
+    absolute_path,
+    body_size,
+    boolean,
+    duration,
+    executable,
+    listen_list,
+    load_secret,
+    marker_name,
+    positive_duration,
+    positive_int,
+    string_list,
+    upstream,
+    valid,
+)
+from mirrorhook.signing import Secret
+
+REPO_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+"""A repository's name: it is part of a URL path and of a folder name."""
+REPOS_FOLDER = "repos"
+"""Under ``state_dir``, each repository of the host form keeps its state in a folder."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverConfig:
+    """One repository of a downstream mirror: its tree, its upstream and its schedule."""
+
+    listen: tuple[Listen, ...]
+    secret: Secret
+    secret_file: Path
+    upstream: str
+    target: Path
+    state_dir: Path
+    """This repository's own state folder (the host's ``state_dir`` in the single form)."""
+    marker: str = "CURRENT"
+    exclude_from: Path | None = None
+    rsync: str = "rsync"
+    rsync_args: tuple[str, ...] = ()
+    max_delete: int | None = None
+    backoff: float = 30.0
+    poll_interval: float = 3600.0
+    poll_jitter: float = 300.0
+    retries: int = 5
+    timeout: float = 21600.0
+    max_body: int = 65536
+    name: str | None = None
+    """The repository's name in the host form; ``None`` in the single form."""
+    enabled: bool = True
+    exec_on_success: tuple[str, ...] = ()
+    exec_on_failure: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverHost:
+    """The whole ``[receiver]`` section: the host's listeners and limits, and its trees."""
+
+    listen: tuple[Listen, ...]
+    state_dir: Path
+    repos: tuple[ReceiverConfig, ...]
+    max_body: int = 65536
+    max_syncs: int = 2
+
+    @property
+    def single(self) -> bool:
+        """Whether this is the single form (one tree, hook at ``/v1/hook``)."""
+        return len(self.repos) == 1 and self.repos[0].name is None
+
+    def named(self, name: str) -> ReceiverConfig | None:
+        """The repository called ``name``, if there is one."""
+        return next((repo for repo in self.repos if repo.name == name), None)
+
+
+Check = Callable[[Any], Any]
+
+_HOST_KEYS: dict[str, tuple[Check, Any]] = {
+    "max_body": (body_size, 65536),
+    "max_syncs": (positive_int, 2),
+}
+_REQUIRED_PER_REPO: dict[str, Check] = {
+    "secret_file": absolute_path,
+    "upstream": upstream,
+    "target": absolute_path,
+}
+_PER_REPO: dict[str, tuple[Check, Any]] = {
+    "marker": (marker_name, "CURRENT"),
+    "exclude_from": (absolute_path, None),
+    "rsync": (executable, "rsync"),
+    "rsync_args": (string_list, ()),
+    "max_delete": (positive_int, None),
+    "backoff": (duration, 30.0),
+    "poll_interval": (duration, 3600.0),
+    "poll_jitter": (duration, 300.0),
+    "retries": (positive_int, 5),
+    "timeout": (positive_duration, 21600.0),
+    "enabled": (boolean, True),
+    "exec_on_success": (string_list, ()),
+    "exec_on_failure": (string_list, ()),
+}
+
+
+def parse_receiver(t: Table) -> ReceiverHost | None:
+    """Check the ``[receiver]`` table in either form; ``None`` when it has problems."""
+    listen: Any = t.get("listen", listen_list)
+    state_dir: Any = t.get("state_dir", absolute_path)
+    host: dict[str, Any] = {
+        key: t.get(key, check, default) for key, (check, default) in _HOST_KEYS.items()
+    }
+    if "repos" in t.data:
+        repos = _host_form(t, state_dir)
+    else:
+        repo = _repository(t, name=None, defaults=_builtin_defaults(), state_dir=state_dir)
+        t.finish(known=("listen", "state_dir", *_HOST_KEYS, *_REQUIRED_PER_REPO, *_PER_REPO))
+        repos = None if repo is None else [repo]
+    if repos is None or not (valid(listen) and valid(state_dir)):
+        return None
+    if any(value is INVALID for value in host.values()):
+        return None
+    finished = tuple(_finish(repo, listen, host["max_body"]) for repo in repos)
+    return ReceiverHost(listen=listen, state_dir=state_dir, repos=finished, **host)
+
+
+def _builtin_defaults() -> dict[str, Any]:
+    return {key: default for key, (_check, default) in _PER_REPO.items()}
+
+
+def _host_form(t: Table, state_dir: Any) -> list[dict[str, Any]] | None:
+    """The ``[receiver.repos.NAME]`` tables, each inheriting the host level's keys."""
+    for key in _REQUIRED_PER_REPO:
+        if key in t.data:
+            t.problem(key, "set it in each [receiver.repos.NAME] table, not beside repos")
+    defaults = {key: t.get(key, check, default) for key, (check, default) in _PER_REPO.items()}
+    t.finish(known=("listen", "state_dir", "repos", *_HOST_KEYS, *_REQUIRED_PER_REPO, *_PER_REPO))
+    table = t.table("repos")
+    if table is None:
+        return None
+    if not table.data:
+        t.problem("repos", "must hold at least one [receiver.repos.NAME] table")
+        return None
+    repos: list[dict[str, Any]] = []
+    ok = True
+    for name in table.data:
+        if not REPO_NAME.fullmatch(name):
+            table.problem(
+                name,
+                "a repository name is 1 to 64 lowercase letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit",
+            )
+            ok = False
+            continue
+        entry = table.table(name)
+        folder = state_dir / REPOS_FOLDER / name if valid(state_dir) else state_dir
+        repo = None if entry is None else _repository(entry, name, defaults, folder)
+        if entry is not None:
+            entry.finish(known=(*_REQUIRED_PER_REPO, *_PER_REPO))
+        if repo is None:
+            ok = False
+            continue
+        repos.append(repo)
+    if not ok or not _apart(table, repos, state_dir):
+        return None
+    return repos
+
+
+def _repository(
+    t: Table, name: str | None, defaults: dict[str, Any], state_dir: Any
+) -> dict[str, Any] | None:
+    """One repository's keys, checked; ``None`` when any of them has a problem."""
+    required: dict[str, Any] = {key: t.get(key, check) for key, check in _REQUIRED_PER_REPO.items()}
+    optional: dict[str, Any] = {
+        key: t.get(key, check, defaults[key]) for key, (check, _default) in _PER_REPO.items()
+    }
+    target = required["target"]
+    if name is None and valid(target) and valid(state_dir) and state_dir.is_relative_to(target):
+        t.problem("state_dir", f"must be outside target ({target}): rsync --delete would remove it")
+        return None
+    for key in ("rsync",):
+        program = optional[key]
+        if valid(program) and shutil.which(program) is None:
+            t.problem(key, f"{program!r} is not an executable (nor on PATH): install rsync")
+            optional[key] = INVALID
+    for key in ("exec_on_success", "exec_on_failure"):
+        optional[key] = _command(t, key, optional[key])
+    secret_file = required["secret_file"]
+    secret = load_secret(t, "secret_file", secret_file) if valid(secret_file) else None
+    if secret is None or not all(map(valid, required.values())):
+        return None
+    if any(value is INVALID for value in optional.values()):
+        return None
+    return {"secret": secret, **required, **optional, "name": name, "state_dir": state_dir}
+
+
+def _command(t: Table, key: str, argv: Any) -> Any:
+    """An ``exec_on_*`` argument list: empty, or a program that exists and its arguments."""
+    if not valid(argv) or not argv:
+        return argv
+    try:
+        program = executable(argv[0])
+    except ValueError as err:
+        t.problem(key, f"item 0: {err}")
+        return INVALID
+    if shutil.which(program) is None:
+        t.problem(key, f"{program!r} is not an executable (nor on PATH)")
+        return INVALID
+    return argv
+
+
+def _apart(t: Table, repos: list[dict[str, Any]], state_dir: Any) -> bool:
+    """Targets may not be shared, nested, or hold the state folder: rsync --delete in one
+    tree would remove another's files, or the state."""
+    ok = True
+    for index, repo in enumerate(repos):
+        target: Path = repo["target"]
+        if valid(state_dir) and (state_dir.is_relative_to(target)):
+            t.problem(
+                f"{repo['name']}.target",
+                f"must not hold state_dir ({state_dir}): rsync --delete would remove it",
+            )
+            ok = False
+        for other in repos[:index]:
+            if target.is_relative_to(other["target"]) or other["target"].is_relative_to(target):
+                how = "is the same as" if target == other["target"] else "nests with"
+                t.problem(
+                    f"{repo['name']}.target",
+                    f"{how} the target of repository {other['name']!r} ({other['target']})",
+                )
+                ok = False
+    return ok
+
+
+def _finish(repo: dict[str, Any], listen: tuple[Listen, ...], max_body: int) -> ReceiverConfig:
+    return ReceiverConfig(listen=listen, max_body=max_body, **repo)
+
+
+def repositories(host: ReceiverHost | None) -> Iterator[ReceiverConfig]:
+    """Every repository of ``host`` (none without a ``[receiver]`` section)."""
+    if host is not None:
+        yield from host.repos

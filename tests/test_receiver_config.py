@@ -1,0 +1,160 @@
+"""The host form of ``[receiver]``: many repositories, defaults from the host level, and
+every problem named by its repository (the single form is tests/test_config.py's)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mirrorhook.config import load_config
+from mirrorhook.errors import ConfigError
+from tests.helpers import write_secret
+
+
+def host_toml(tmp: Path, repos: dict[str, dict[str, object]], host: str = "") -> Path:
+    """A ``[receiver]`` host with ``repos`` (NAME → keys beyond the required ones)."""
+    lines = [
+        "[receiver]",
+        'listen = ["127.0.0.1:8873"]',
+        f'state_dir = "{tmp / "state"}"',
+        textwrap.dedent(host),
+    ]
+    for name, keys in repos.items():
+        secret = tmp / f"{name}.secret"
+        if not secret.exists() and name.isascii():
+            write_secret(secret)
+        values: dict[str, object] = {
+            "secret_file": str(secret),
+            "upstream": f"rsync://mirror.example.org/{name}/",
+            "target": str(tmp / "srv" / name),
+            **keys,
+        }
+        lines.append(f'[receiver.repos."{name}"]')
+        for key, value in values.items():
+            text = f'"{value}"' if isinstance(value, str) else str(value).lower()
+            if isinstance(value, list):
+                text = "[" + ", ".join(f'"{item}"' for item in value) + "]"
+            lines.append(f"{key} = {text}")
+    path = tmp / "host.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def problems_of(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    return [problem.removeprefix(f"{path}: ") for problem in caught.value.problems]
+
+
+def test_repositories_inherit_the_host_levels_keys_and_keep_their_own_state(
+    tmp_path: Path,
+) -> None:
+    """A key at the host level is every repository's default; a repository's own wins;
+    each repository's state lives in state_dir/repos/NAME."""
+    path = host_toml(
+        tmp_path,
+        {"ius": {}, "epel": {"backoff": 120, "enabled": False}},
+        host="backoff = 5\nmax_syncs = 3\npoll_interval = 600\n",
+    )
+    host = load_config(path).receivers
+    assert host is not None
+    assert not host.single
+    assert host.max_syncs == 3
+    ius, epel = host.named("ius"), host.named("epel")
+    assert ius is not None
+    assert epel is not None
+    assert (ius.backoff, epel.backoff) == (5, 120)
+    assert ius.poll_interval == epel.poll_interval == 600
+    assert (ius.enabled, epel.enabled) == (True, False)
+    assert ius.state_dir == tmp_path / "state" / "repos" / "ius"
+    assert load_config(path).receiver is None  # not the single form
+
+
+def test_the_single_form_is_one_unnamed_repository(tmp_path: Path) -> None:
+    write_secret(tmp_path / "r.secret")
+    path = tmp_path / "single.toml"
+    path.write_text(
+        "[receiver]\n"
+        'listen = ["127.0.0.1:8873"]\n'
+        f'secret_file = "{tmp_path / "r.secret"}"\n'
+        'upstream = "rsync://mirror.example.org/ius/"\n'
+        f'target = "{tmp_path / "mirror"}"\n'
+        f'state_dir = "{tmp_path / "state"}"\n'
+    )
+    config = load_config(path)
+    assert config.receivers is not None
+    assert config.receivers.single
+    assert config.receiver is not None
+    assert config.receiver.name is None
+    assert config.receiver.state_dir == tmp_path / "state"
+
+
+def test_every_problem_is_named_by_its_repository(tmp_path: Path) -> None:
+    """Problems in several repositories are all reported at once, each with its key path."""
+    path = host_toml(
+        tmp_path,
+        {"ius": {"upstream": "http://nope/"}, "epel": {"backoff": -1}, "Bad Name": {}},
+    )
+    found = problems_of(path)
+    assert any(line.startswith("receiver.repos.ius.upstream: ") for line in found), found
+    assert any(line.startswith("receiver.repos.epel.backoff: ") for line in found), found
+    assert any(
+        line.startswith("receiver.repos.Bad Name: a repository name is") for line in found
+    ), found
+
+
+def test_shared_and_nested_targets_are_refused(tmp_path: Path) -> None:
+    """rsync --delete in one tree must never touch another's files."""
+    shared = problems_of(
+        host_toml(tmp_path, {"a": {"target": "/srv/x"}, "b": {"target": "/srv/x"}})
+    )
+    assert shared == [
+        "receiver.repos.b.target: is the same as the target of repository 'a' (/srv/x)"
+    ]
+    nested = problems_of(
+        host_toml(tmp_path, {"a": {"target": "/srv/x"}, "b": {"target": "/srv/x/y"}})
+    )
+    assert nested == ["receiver.repos.b.target: nests with the target of repository 'a' (/srv/x)"]
+
+
+def test_a_target_holding_the_state_dir_is_refused(tmp_path: Path) -> None:
+    path = host_toml(tmp_path, {"a": {"target": str(tmp_path)}})
+    assert problems_of(path) == [
+        f"receiver.repos.a.target: must not hold state_dir ({tmp_path / 'state'}): "
+        "rsync --delete would remove it"
+    ]
+
+
+def test_the_host_form_may_not_set_a_trees_own_keys(tmp_path: Path) -> None:
+    path = host_toml(tmp_path, {"a": {}}, host='upstream = "rsync://h/m/"\n')
+    assert problems_of(path) == [
+        "receiver.upstream: set it in each [receiver.repos.NAME] table, not beside repos"
+    ]
+
+
+def test_unknown_keys_and_missing_ones_are_named_in_the_repository(tmp_path: Path) -> None:
+    path = host_toml(tmp_path, {"a": {"bakcoff": 3}})
+    assert problems_of(path) == ["receiver.repos.a.bakcoff: unknown key (a typo?)"]
+
+
+def test_exec_hooks_must_name_a_program_that_exists(tmp_path: Path) -> None:
+    path = host_toml(tmp_path, {"a": {"exec_on_success": ["no-such-program-here", "--x"]}})
+    assert problems_of(path) == [
+        "receiver.repos.a.exec_on_success: 'no-such-program-here' is not an executable "
+        "(nor on PATH)"
+    ]
+    fine = host_toml(tmp_path, {"a": {"exec_on_failure": ["/bin/true", "x"]}})
+    repo = load_config(fine).receivers.repos[0]  # type: ignore[union-attr]
+    assert repo.exec_on_failure == ("/bin/true", "x")
+
+
+def test_a_host_without_repositories_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "empty.toml"
+    path.write_text(
+        f'[receiver]\nlisten = ["127.0.0.1:8873"]\nstate_dir = "{tmp_path}/s"\n[receiver.repos]\n'
+    )
+    assert problems_of(path) == [
+        "receiver.repos: must hold at least one [receiver.repos.NAME] table"
+    ]

@@ -1,0 +1,300 @@
+"""Many repositories in one ``mirrorhook serve``: real daemons, real rsync, real webhooks.
+
+Three repositories from two rsync daemons, one receiver; a wrapper around the real rsync
+records when each tree transfer starts and ends, so the test can see that ``max_syncs``
+is never exceeded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mirrorhook import signing
+from tests.helpers import (
+    MIRRORHOOK,
+    Processes,
+    free_port,
+    make_upstream,
+    marker_of,
+    publish,
+    rsync_daemon,
+    signed_webhook,
+    trees_equal,
+    wait_for_port,
+    wait_until,
+    write_secret,
+)
+
+pytestmark = pytest.mark.slow  # real daemons and processes: see `make test-fast`
+
+REPOS = ("ius", "epel", "arch")
+
+
+def timing_rsync(folder: Path, log: Path, delay: float) -> Path:
+    """A wrapper that logs each tree transfer's start and end (marker reads pass through),
+    slowed by ``delay`` seconds so that transfers would overlap if nothing prevented it."""
+    real = subprocess.run(["sh", "-c", "command -v rsync"], capture_output=True, check=True)
+    path = folder / "timing-rsync"
+    path.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *--delay-updates*)\n'
+        f'  echo "start $(date +%s.%N) $*" >> {log}\n'
+        f"  sleep {delay}\n"
+        f'  {real.stdout.decode().strip()} "$@"; code=$?\n'
+        f'  echo "end $(date +%s.%N) $*" >> {log}\n'
+        "  exit $code;;\n"
+        "esac\n"
+        f'exec {real.stdout.decode().strip()} "$@"\n'
+    )
+    path.chmod(0o755)
+    return path
+
+
+def transfers(log: Path) -> list[tuple[float, float, str]]:
+    """(start, end, repository) of every finished tree transfer, in start order."""
+    open_runs: dict[str, float] = {}
+    done = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        kind, stamp, args = line.split(" ", 2)
+        repo = next(name for name in REPOS if f"/srv/{name}/" in args)
+        if kind == "start":
+            open_runs[repo] = float(stamp)
+        else:
+            done.append((open_runs.pop(repo), float(stamp), repo))
+    return sorted(done)
+
+
+def overlapping(runs: list[tuple[float, float, str]]) -> list[tuple[str, str]]:
+    return [
+        (first[2], second[2]) for first, second in itertools.pairwise(runs) if second[0] < first[1]
+    ]
+
+
+class Host:
+    """The mirror host of a test: its config, port, secrets and trees."""
+
+    def __init__(self, tmp: Path, upstreams: dict[str, str], rsync: Path) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.secrets = {
+            name: signing.Secret.parse(write_secret(tmp / f"{name}.secret")) for name in REPOS
+        }
+        lines = [
+            "[receiver]",
+            f'listen = ["127.0.0.1:{self.port}"]',
+            f'state_dir = "{tmp / "state"}"',
+            "max_syncs = 1",
+            "backoff = 0",
+            "poll_interval = 0",
+            "retries = 2",
+            f'rsync = "{rsync}"',
+        ]
+        for name in REPOS:
+            lines += [
+                f"[receiver.repos.{name}]",
+                f'secret_file = "{tmp / f"{name}.secret"}"',
+                f'upstream = "{upstreams[name]}"',
+                f'target = "{tmp / "srv" / name}"',
+            ]
+        self.config = tmp / "host.toml"
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def tree(self, name: str) -> Path:
+        return self.tmp / "srv" / name
+
+    def post(self, path: str, secret: signing.Secret, value: str) -> tuple[int, dict[str, Any]]:
+        body, headers = signed_webhook(secret, value)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", data=body, headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"{}")
+
+    def status(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/status", timeout=10) as r:
+            document: dict[str, Any] = json.loads(r.read())
+            return document
+
+
+@pytest.fixture
+def upstreams(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    """ius and epel from one rsync daemon, arch from another; each tree with marker 1."""
+    roots = {name: make_upstream(tmp_path / "up" / name) for name in ("ius", "epel")}
+    roots["arch"] = make_upstream(tmp_path / "up2" / "arch")
+    with ExitStack() as stack:
+        first = stack.enter_context(rsync_daemon(tmp_path / "d1", tmp_path / "up"))
+        second = stack.enter_context(rsync_daemon(tmp_path / "d2", tmp_path / "up2"))
+        urls = {
+            "ius": f"{first.url}ius/",
+            "epel": f"{first.url}epel/",
+            "arch": f"{second.url}arch/",
+        }
+        roots_and_urls = {name: roots[name] for name in REPOS}
+        for name in REPOS:
+            (tmp_path / f"{name}.url").write_text(urls[name])
+        yield roots_and_urls
+
+
+def test_one_daemon_serves_three_repositories_each_with_its_own_hook_secret_and_tree(
+    tmp_path: Path, upstreams: dict[str, Path], processes: Processes
+) -> None:
+    """Start-up checks sync all three, one at a time (max_syncs = 1); a webhook for one
+    repository syncs only that tree; another repository's secret is 401 there; an unknown
+    repository is 404; a burst for all three queues them (``waiting``) and never overlaps."""
+    log = tmp_path / "transfers.log"
+    urls = {name: (tmp_path / f"{name}.url").read_text() for name in REPOS}
+    host = Host(tmp_path, urls, timing_rsync(tmp_path, log, delay=0.4))
+    processes.serve(host.config, "host")
+    wait_for_port(host.port)
+    wait_until(
+        lambda: all(marker_of(host.tree(name)) == "1" for name in REPOS),
+        what="the start-up syncs of all three",
+    )
+    assert overlapping(transfers(log)) == []
+    assert sorted(run[2] for run in transfers(log)) == sorted(REPOS)
+
+    publish(upstreams["ius"], "2")
+    assert host.post("/v1/hook/ius", host.secrets["ius"], "2") == (
+        202,
+        {"status": "scheduled", "delay": 0},
+    )
+    wait_until(lambda: marker_of(host.tree("ius")) == "2", what="ius at marker 2")
+    assert [marker_of(host.tree(name)) for name in ("epel", "arch")] == ["1", "1"]
+    assert trees_equal(upstreams["ius"], host.tree("ius"))
+
+    assert host.post("/v1/hook/epel", host.secrets["ius"], "2")[0] == 401
+    assert host.post("/v1/hook/nope", host.secrets["ius"], "2")[0] == 404
+    status, answer = host.post("/v1/hook", host.secrets["ius"], "2")
+    assert status == 404
+    assert "/v1/hook/ius, /v1/hook/epel, /v1/hook/arch" in answer["error"]
+
+    for name in REPOS:
+        publish(upstreams[name], "3", {"added.txt": f"{name} 3\n"})
+    for name in REPOS:
+        assert host.post(f"/v1/hook/{name}", host.secrets[name], "3")[0] == 202
+    wait_until(
+        lambda: any(repo["state"] == "waiting" for repo in host.status()["repos"]),
+        what="a repository waiting for the sync slot",
+    )
+    wait_until(
+        lambda: all(marker_of(host.tree(name)) == "3" for name in REPOS),
+        what="all three at marker 3",
+    )
+    assert overlapping(transfers(log)) == []
+    for name in REPOS:
+        assert trees_equal(upstreams[name], host.tree(name)), name
+    rows = {repo["name"]: repo for repo in host.status()["repos"]}
+    assert {name: rows[name]["local_marker"] for name in REPOS} == dict.fromkeys(REPOS, "3")
+    with urllib.request.urlopen(f"http://127.0.0.1:{host.port}/metrics", timeout=10) as page:
+        metrics = page.read().decode()
+    for name in REPOS:
+        assert f'mirrorhook_syncs_total{{repo="{name}",result="synced"}}' in metrics, name
+        assert f'mirrorhook_marker_info{{marker="3",repo="{name}",side="local"}} 1.0' in metrics
+
+
+def test_one_shot_sync_of_named_repositories_prints_a_line_each(
+    tmp_path: Path, upstreams: dict[str, Path]
+) -> None:
+    """``mirrorhook sync epel arch`` syncs those two only; an unknown name is a config
+    error; ``status`` shows one row per repository and exits 0."""
+    urls = {name: (tmp_path / f"{name}.url").read_text() for name in REPOS}
+    host = Host(
+        tmp_path,
+        urls,
+        Path(
+            subprocess.run(
+                ["sh", "-c", "command -v rsync"], capture_output=True, check=True, text=True
+            ).stdout.strip()
+        ),
+    )
+    result = subprocess.run(
+        [*MIRRORHOOK, "sync", "-c", str(host.config), "epel", "arch"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["epel  ok", "arch  ok"]
+    assert marker_of(host.tree("ius")) is None
+    assert marker_of(host.tree("epel")) == marker_of(host.tree("arch")) == "1"
+    unknown = subprocess.run(
+        [*MIRRORHOOK, "sync", "-c", str(host.config), "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert unknown.returncode == 2
+    assert "receiver.repos: no 'nope' (there are ius, epel, arch)" in unknown.stderr
+    status = subprocess.run(
+        [*MIRRORHOOK, "status", "-c", str(host.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[0] == "repositories"
+    assert lines[1].split()[:3] == ["REPO", "STATE", "MARKER"]
+    assert [line.split()[0] for line in lines[2:5]] == ["ius", "epel", "arch"]
+
+
+def test_exec_hooks_run_after_a_sync_with_what_happened_and_disabled_repos_are_skipped(
+    tmp_path: Path, upstreams: dict[str, Path]
+) -> None:
+    """exec_on_success after a sync that installed a marker, exec_on_failure after one that
+    failed, each with MIRRORHOOK_REPO/MARKER/RESULT; a failing hook does not undo the sync;
+    a disabled repository is not synced."""
+    urls = {name: (tmp_path / f"{name}.url").read_text() for name in REPOS}
+    urls["arch"] = urls["arch"].replace("/arch/", "/missing/")  # fails: no such folder
+    record = tmp_path / "hooks.log"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(
+        "#!/bin/sh\n"
+        f'echo "$1 $MIRRORHOOK_REPO $MIRRORHOOK_MARKER $MIRRORHOOK_RESULT" >> {record}\n'
+        'echo "hook says hi"\n'
+        "exit 3\n"
+    )
+    hook.chmod(0o755)
+    rsync = Path(
+        subprocess.run(
+            ["sh", "-c", "command -v rsync"], capture_output=True, check=True, text=True
+        ).stdout.strip()
+    )
+    host = Host(tmp_path, urls, rsync)
+    text = host.config.read_text().replace(
+        "[receiver.repos.ius]",
+        f'exec_on_success = ["{hook}", "ok"]\nexec_on_failure = ["{hook}", "bad"]\n'
+        "[receiver.repos.ius]",
+    )
+    text = text.replace("[receiver.repos.epel]", "[receiver.repos.epel]\nenabled = false")
+    host.config.write_text(text)
+    result = subprocess.run(
+        [*MIRRORHOOK, "sync", "-c", str(host.config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.splitlines() == ["ius  ok", "epel  disabled", "arch  failed"]
+    assert sorted(record.read_text().splitlines()) == ["bad arch  failed", "ok ius 1 synced"]
+    assert "hook says hi" in result.stderr
+    assert "exited with status 3" in result.stderr
+    assert marker_of(host.tree("ius")) == "1"  # the failing hook undid nothing
+    assert marker_of(host.tree("epel")) is None
