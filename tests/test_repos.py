@@ -205,6 +205,12 @@ def test_one_daemon_serves_three_repositories_each_with_its_own_hook_secret_and_
         assert f'mirrorhook_marker_info{{marker="3",repo="{name}",side="local"}} 1.0' in metrics
 
 
+def mirrorhook(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MIRRORHOOK, *map(str, args)], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def test_one_shot_sync_of_named_repositories_prints_a_line_each(
     tmp_path: Path, upstreams: dict[str, Path]
 ) -> None:
@@ -220,33 +226,15 @@ def test_one_shot_sync_of_named_repositories_prints_a_line_each(
             ).stdout.strip()
         ),
     )
-    result = subprocess.run(
-        [*MIRRORHOOK, "sync", "-c", str(host.config), "epel", "arch"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = mirrorhook("sync", "-c", host.config, "epel", "arch")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["epel  ok", "arch  ok"]
     assert marker_of(host.tree("ius")) is None
     assert marker_of(host.tree("epel")) == marker_of(host.tree("arch")) == "1"
-    unknown = subprocess.run(
-        [*MIRRORHOOK, "sync", "-c", str(host.config), "nope"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    unknown = mirrorhook("sync", "-c", host.config, "nope")
     assert unknown.returncode == 2
     assert "receiver.repos: no 'nope' (there are ius, epel, arch)" in unknown.stderr
-    status = subprocess.run(
-        [*MIRRORHOOK, "status", "-c", str(host.config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    status = mirrorhook("status", "-c", host.config)
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
     assert lines[0] == "repositories"
@@ -284,13 +272,7 @@ def test_exec_hooks_run_after_a_sync_with_what_happened_and_disabled_repos_are_s
     )
     text = text.replace("[receiver.repos.epel]", "[receiver.repos.epel]\nenabled = false")
     host.config.write_text(text)
-    result = subprocess.run(
-        [*MIRRORHOOK, "sync", "-c", str(host.config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = mirrorhook("sync", "-c", host.config)
     assert result.returncode == 1, result.stderr
     assert result.stdout.splitlines() == ["ius  ok", "epel  disabled", "arch  failed"]
     assert sorted(record.read_text().splitlines()) == ["bad arch  failed", "ok ius 1 synced"]

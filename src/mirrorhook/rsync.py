@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from mirrorhook import marker, process
@@ -162,22 +161,13 @@ def skipped_marker(output: Sequence[str]) -> str | None:
 # --- running --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class RsyncResult:
-    """How one rsync run ended."""
-
-    returncode: int
-    stderr_tail: tuple[str, ...]
-    stdout_tail: tuple[str, ...]
-
-
 async def run(
     args: Sequence[str],
     *,
     timeout: float,
     term_grace: float = process.TERM_GRACE,
     pass_fds: Sequence[int] = (),
-) -> RsyncResult:
+) -> process.Completed:
     """Run rsync to completion in its own process group, within ``timeout`` seconds.
 
     Returns the result for exit codes that complete a stage (0 and 24); raises
@@ -194,7 +184,7 @@ async def run(
     if completes_stage(ran.returncode):
         if ran.returncode == VANISHED:
             logger.info("rsync: some files vanished on the upstream during the transfer")
-        return RsyncResult(ran.returncode, ran.stderr_tail, ran.stdout_tail)
+        return ran
     raise RsyncError(
         ran.returncode, ran.stderr_tail, transient=is_transient(ran.returncode, ran.stderr_tail)
     )

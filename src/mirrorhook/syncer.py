@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mirrorhook import marker, rsync
+from mirrorhook import marker, process, rsync
 from mirrorhook.addresses import redact_upstream
 from mirrorhook.errors import (
     MarkerError,
@@ -231,7 +231,7 @@ class Syncer:
             path = Path(folder) / config.marker
             args = rsync.marker_args(config, path)
 
-            async def fetch() -> rsync.RsyncResult:
+            async def fetch() -> process.Completed:
                 try:
                     return await rsync.run(
                         args,
