@@ -346,15 +346,17 @@ def failing_once_rsync(
 
 
 @contextlib.contextmanager
-def fifo_released_after(path: Path, seconds: float) -> Iterator[None]:
+def fifo_released_after(path: Path, seconds: float) -> Iterator[threading.Event]:
     """Let readers stuck in ``open()`` of the FIFO ``path`` go, from ``seconds`` on.
 
     Unless the block has ended by then, a thread keeps opening the FIFO for writing (each
     time a reader waits), writing ``released`` and closing it, until the block ends: a read
     that blocks the event loop then makes its test fail (late, and with that value)
-    instead of hanging the whole run.
+    instead of hanging the whole run. Yields an event that is set once a reader had to be
+    released (a read that blocked).
     """
     done = threading.Event()
+    released = threading.Event()
 
     def release() -> None:
         if done.wait(seconds):
@@ -366,13 +368,14 @@ def fifo_released_after(path: Path, seconds: float) -> Iterator[None]:
                 continue
             try:
                 os.write(fd, b"released\n")
+                released.set()
             finally:
                 os.close(fd)
 
     thread = threading.Thread(target=release, name="fifo-releaser", daemon=True)
     thread.start()
     try:
-        yield
+        yield released
     finally:
         done.set()
         thread.join(10)

@@ -182,12 +182,14 @@ def test_full_state_dir_fails_syncs_clearly_and_the_next_webhook_after_freeing_i
         filler = fill(small)
         publish(daemon.root, "2")
         for attempt in (1, 2, 3):
-            assert post_webhook(port, secret, "2") == (202, {"status": "scheduled", "delay": 0})
+            # Each webhook makes a sync run (and fail): the scheduler is alive. Before the
+            # fix its task died at the first note and every webhook was "queued" for ever.
+            assert post_webhook(port, secret, "2")[0] == 202
             wait_until(
-                partial(logged, processes, "No space left on device", attempt),
+                partial(logged, processes, "sync failed (webhook", attempt),
                 what=f"failed sync {attempt}",
             )
-            wait_until(lambda: get_json(port, "/v1/status")[1]["receiver"]["state"] == "idle")
+        assert "No space left on device" in processes.log("receiver")
         status, health = get_json(port, "/healthz")
         assert status == 200
         assert "state notes" in health["warnings"], health

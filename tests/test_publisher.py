@@ -234,6 +234,17 @@ async def test_redirect_is_not_followed_and_waits_longest(
     assert "redirect" in caplog.text
 
 
+async def test_a_misconfigured_mirror_waits_the_longest_interval_whatever_its_retry_after(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """401 with "Retry-After: 0": still the longest interval, not a quick retry."""
+    _mirror, sleeps, outcome = await deliver_once(
+        tmp_path, aiohttp_server, sequence(401, headers={"Retry-After": "0"}), attempts=2
+    )
+    assert outcome.result is DeliveryResult.DELIVERED
+    assert sleeps.delays == [FAST.cap]
+
+
 async def test_unauthorised_is_logged_as_an_error(
     tmp_path: Path, aiohttp_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -358,6 +369,43 @@ async def test_restart_redelivers_only_what_was_not_acknowledged(
             await task
     assert len(mirrors["ok"].received) == ok_before
     assert len(mirrors["down"].received) > down_before
+
+
+async def test_notify_reports_every_mirror_when_its_record_cannot_be_written(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """A state dir that cannot take the record (here publisher.json is a folder): the
+    deliveries happened, so notify still returns a row per mirror."""
+    config, mirrors = await fan_out(tmp_path, aiohttp_server, {"ok": always(202)})
+    publisher_state_path(config).mkdir(parents=True)
+    publish(config.root, "42")
+    value, outcomes = await notify(config)
+    assert value == "42"
+    assert [(outcome.mirror, outcome.result) for outcome in outcomes] == [
+        ("ok", DeliveryResult.DELIVERED)
+    ]
+    assert mirrors["ok"].values() == ["42"]
+
+
+async def test_a_record_of_the_wrong_shape_is_replaced_not_trusted(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """publisher.json edited into another shape: the publisher starts, delivers, and writes
+    a record of the right shape."""
+    config, mirrors = await fan_out(tmp_path, aiohttp_server, {"m": always(202)})
+    path = publisher_state_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"mirrors": {"m": 5, "other": "x"}}')
+    async with Courier(timeout=1, concurrency=4) as courier:
+        publisher = Publisher(config, courier, backoff=FAST)
+        task = asyncio.create_task(publisher.run())
+        publisher.publish("1")
+        await wait_for(lambda: publisher.workers[0].delivered == "1")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert DeliveryLog(path).mirrors()["m"]["delivered"] == "1"
+    assert mirrors["m"].values() == ["1"]
 
 
 @pytest.mark.slow

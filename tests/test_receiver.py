@@ -162,13 +162,41 @@ async def test_an_unreadable_local_marker_is_a_503_with_the_reason(
     receiver: Receiver, client: Client
 ) -> None:
     """The target is not a folder (a failed mount, say): 503 naming the problem, logged,
-    nothing scheduled, and the publisher will retry."""
+    nothing scheduled; once the target is back, the publisher's retry (same id) schedules
+    the sync instead of being taken for a duplicate."""
     receiver.config.target.parent.mkdir(parents=True, exist_ok=True)
     receiver.config.target.write_text("not a folder")
-    status, answer = await post(client, *signed_webhook(receiver.config.secret, "7"))
+    webhook = signed_webhook(receiver.config.secret, "7", msg_id="msg_retried")
+    status, answer = await post(client, *webhook)
     assert status == 503
     assert answer == {"error": "cannot read the local marker: cannot open it: Not a directory"}
     assert_nothing_scheduled(receiver)
+    receiver.config.target.unlink()
+    retry = signed_webhook(receiver.config.secret, "7", msg_id="msg_retried")
+    status, answer = await post(client, *retry)
+    assert (status, answer["status"]) == (202, "scheduled")
+    assert receiver.scheduler.pending
+
+
+async def test_a_flood_of_refusals_logs_one_line_a_minute(
+    receiver: Receiver, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused webhooks are counted in /metrics; the log gets one line per kind per minute,
+    then says how many it held back."""
+    caplog.set_level(logging.WARNING, logger="mirrorhook.receiver")
+    now = 1_800_000_000.0
+    for _ in range(5):
+        body, headers = signed_webhook(receiver.config.secret, "7")
+        headers["webhook-signature"] = "v1,AAAA"
+        assert (await post(client, body, headers))[0] == 401
+    assert len(caplog.records) == 1
+    throttle = receiver.refusals["bad_signature"]
+    throttle._clock = lambda: now
+    body, headers = signed_webhook(receiver.config.secret, "7")
+    headers["webhook-signature"] = "v1,AAAA"
+    assert (await post(client, body, headers))[0] == 401
+    assert len(caplog.records) == 2
+    assert "(4 more refused so since the last such line)" in caplog.records[1].getMessage()
 
 
 async def test_second_distinct_webhook_while_waiting_is_queued(

@@ -259,3 +259,17 @@ def test_marker_args_bound_the_size_after_the_extra_arguments(tmp_path: Path) ->
 def test_skipped_marker_names_what_rsync_skipped(line: str, reason: str | None) -> None:
     """rsync's own words (3.5, with --info=skip1) for a marker it left on the upstream."""
     assert rsync.skipped_marker(["receiving file list ... done", line]) == reason
+
+
+def test_the_marker_read_is_never_quiet(tmp_path: Path) -> None:
+    """-q in rsync_args silences the skip lines that tell a refused upstream marker from a
+    missing one: the marker read leaves it out (the tree transfer keeps it)."""
+    config = receiver_config(
+        tmp_path, upstream="rsync://h/m/", rsync_args=["-q", "--bwlimit=100", "--quiet"]
+    ).receiver
+    assert config is not None
+    args = rsync.marker_args(config, tmp_path / "m")
+    assert "-q" not in args
+    assert "--quiet" not in args
+    assert "--bwlimit=100" in args
+    assert "-q" in rsync.tree_args(config)

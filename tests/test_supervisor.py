@@ -91,6 +91,30 @@ async def test_a_task_that_returns_is_restarted_unless_it_may_finish() -> None:
     assert supervisor.down == {}
 
 
+async def test_a_cancellation_escaping_from_inside_a_task_is_a_failure_not_a_shutdown() -> None:
+    """A CancelledError that the task did not receive itself (a sub-task's, say) must not
+    end it silently: it is restarted like any failure."""
+    gate = Gate()
+    supervisor = Supervisor(sleep=gate)
+    runs = 0
+
+    async def leaks_a_cancellation() -> None:
+        nonlocal runs
+        runs += 1
+        inner = asyncio.create_task(asyncio.sleep(10))
+        inner.cancel()
+        await inner
+
+    task = asyncio.create_task(supervisor.keep("worker", leaks_a_cancellation))
+    await asyncio.wait_for(gate.waiting.wait(), 5)
+    assert "worker" in supervisor.down
+    gate.open.set()
+    await asyncio.wait_for(_until(lambda: runs == 2), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 def test_warnings_are_logged_once_until_cleared(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     supervisor = Supervisor()

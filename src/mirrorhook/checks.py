@@ -7,6 +7,7 @@ records. Secret files are read here too, refusing the ones others could read or 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -26,6 +27,17 @@ _RSYNC_URL_RE = re.compile(r"rsync://([^/@\s]+@)?[^/\s]+/[^\s]+")
 _DAEMON_RE = re.compile(r"([^/@:\s]+@)?[^/:\s]+::[^\s]+")
 _OTHER_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _SSH_RE = re.compile(r"([^/@:\s]+@)?[^/:\s]+:[^\s:][^\s]*")
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The default of dataclass ``cls``'s field ``name``: defaults live in the dataclass only."""
+    for spec in dataclasses.fields(cls):
+        if spec.name == name:
+            if spec.default is not dataclasses.MISSING:
+                return spec.default
+            if spec.default_factory is not dataclasses.MISSING:
+                return spec.default_factory()
+    raise KeyError(f"{cls.__name__}.{name} has no default")
 
 
 def valid(value: object) -> bool:

@@ -18,6 +18,7 @@ from mirrorhook.checks import (
     Table,
     absolute_path,
     choice,
+    default_of,
     label,
     listen_list,
     load_secret,
@@ -118,15 +119,18 @@ def _publisher(t: Table) -> PublisherConfig | None:
         "state_dir": t.get("state_dir", absolute_path),
         "mirrors": t.get("mirrors", lambda value: _mirrors(t, value)),
     }
+    checks: dict[str, Any] = {
+        "listen": listen_list,
+        "name": label,
+        "marker": marker_name,
+        "watch": choice("inotify", "poll"),
+        "rescan": positive_duration,
+        "concurrency": positive_int,
+        "timeout": positive_duration,
+        "retry_for": positive_duration,
+    }
     optional: dict[str, Any] = {
-        "listen": t.get("listen", listen_list, ()),
-        "name": t.get("name", label, socket.gethostname()),
-        "marker": t.get("marker", marker_name, "CURRENT"),
-        "watch": t.get("watch", choice("inotify", "poll"), "inotify"),
-        "rescan": t.get("rescan", positive_duration, 60.0),
-        "concurrency": t.get("concurrency", positive_int, 64),
-        "timeout": t.get("timeout", positive_duration, 10.0),
-        "retry_for": t.get("retry_for", positive_duration, 86400.0),
+        key: t.get(key, check, default_of(PublisherConfig, key)) for key, check in checks.items()
     }
     t.finish(known=(*required, *optional))
     root, state_dir = required["root"], required["state_dir"]

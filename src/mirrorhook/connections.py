@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import resource
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +37,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from mirrorhook.addresses import Listen
+from mirrorhook.throttle import WARNING_PERIOD, Throttle
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +62,6 @@ ACCEPT_BATCH = 128
 ACCEPT_QUEUE = 1024
 """Connections the kernel queues for a listener until they are accepted (capped by
 ``net.core.somaxconn``)."""
-WARNING_PERIOD = 60.0
-"""Seconds between two warnings about shed connections or failing ``accept()``."""
 ACCEPT_FAILED = "socket.accept() out of system resource"
 """The message asyncio's selector loop reports when ``accept()`` fails with EMFILE, ENFILE,
 ENOBUFS or ENOMEM. It reports it once per pending connection and retries every second, so
@@ -110,7 +107,7 @@ class ConnectionGuard:
         self._open: dict[web.RequestHandler, _Connection] = {}
         # Connections without a request in progress, those waiting longest first.
         self._waiting: OrderedDict[_Connection, None] = OrderedDict()
-        self._shed_warning = _Throttle(self.limits.warning_period)
+        self._shed_warning = Throttle(self.limits.warning_period)
 
     @property
     def handler_args(self) -> dict[str, Any]:
@@ -239,6 +236,10 @@ class _Connection(asyncio.Protocol):
         self._cancel_timer()
         self.guard._forget(self)
         self.handler.force_close()
+        # close() would wait for unsent bytes (a response the client never reads) and keep
+        # the socket, no longer counted, open: drop them and the socket at once.
+        if isinstance(self._transport, asyncio.WriteTransport):
+            self._transport.abort()
 
     def _arm(self, when: float) -> None:
         self._cancel_timer()
@@ -349,7 +350,7 @@ class AcceptErrorLog:
 
     def __init__(self, period: float = WARNING_PERIOD) -> None:
         self._period = period
-        self._throttle = _Throttle(period)
+        self._throttle = Throttle(period)
         self._previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -372,26 +373,3 @@ class AcceptErrorLog:
                 held,
                 self._period,
             )
-
-
-class _Throttle:
-    """Lets one event through per ``period`` seconds and counts those held back."""
-
-    __slots__ = ("_clock", "_held", "_next", "_period")
-
-    def __init__(self, period: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._period = period
-        self._clock = clock
-        self._next = -math.inf
-        self._held = 0
-
-    def due(self) -> int | None:
-        """Return how many were held back since the last one let through, or ``None`` when
-        this one must be held back too."""
-        now = self._clock()
-        if now < self._next:
-            self._held += 1
-            return None
-        held, self._held = self._held, 0
-        self._next = now + self._period
-        return held

@@ -8,6 +8,7 @@ per mirror, whatever happened to each (docs/design.md#delivery-semantics).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
@@ -20,6 +21,8 @@ from mirrorhook.publisher import Outcome, deliver
 from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
 from mirrorhook.retry import Backoff
 from mirrorhook.table import format_table
+
+logger = logging.getLogger(__name__)
 
 NOTIFY_ATTEMPTS = 3
 NOTIFY_WITHIN = 30.0
@@ -57,7 +60,10 @@ async def notify(
             ),
             return_exceptions=True,
         )
-    record.flush()
+    try:
+        record.flush()
+    except OSError as err:  # a full state dir: the deliveries happened all the same
+        logger.error("cannot record the deliveries in %s: %s", record.path, err)
     # Every mirror gets its row, also one whose delivery failed in a way nobody foresaw.
     outcomes = [
         result

@@ -112,14 +112,13 @@ async def deliver(
 
     def wait(state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, DeliveryError):
-            if error.retry_after is not None:
-                # Never sooner than our own backoff: "Retry-After: 0" must not mean a
-                # tight loop against a struggling mirror.
-                return max(error.retry_after, backoff(state))
-            if error.kind is DeliveryKind.MISCONFIGURED:
-                return backoff.cap
-        return backoff(state)
+        if not isinstance(error, DeliveryError):
+            return backoff(state)
+        # A misconfigured mirror waits the longest interval; otherwise our backoff. A
+        # Retry-After may lengthen either, never shorten it: "Retry-After: 0" must not mean
+        # a tight loop against a struggling mirror.
+        ours = backoff.cap if error.kind is DeliveryKind.MISCONFIGURED else backoff(state)
+        return max(error.retry_after or 0.0, ours)
 
     try:
         async for attempt in retrying(

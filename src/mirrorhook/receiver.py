@@ -32,6 +32,7 @@ from mirrorhook.scheduler import Scheduled, Scheduler
 from mirrorhook.status import forget_daemon
 from mirrorhook.supervisor import Supervisor
 from mirrorhook.syncer import Syncer
+from mirrorhook.throttle import WARNING_PERIOD, Throttle
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class Receiver:
     read_deadline: float = READ_DEADLINE
     replays: ReplayCache = field(default_factory=lambda: ReplayCache(signing.TOLERANCE))
     supervisor: Supervisor = field(default_factory=Supervisor)
+    refusals: dict[str, Throttle] = field(default_factory=dict)
+    """One warning a minute per kind of refusal: a flood must not flood the log."""
 
 
 RECEIVERS = web.AppKey("receivers", dict[str | None, Receiver])
@@ -125,16 +128,23 @@ async def _hook(request: web.Request, receiver: Receiver) -> tuple[str, web.Resp
     """Answer one webhook; return the outcome's name (for the metrics) and the response."""
     peer = request.remote or "unix socket"
     if request.content_type != "application/json":
-        return _refuse("bad_content_type", 415, "content type must be application/json", peer)
+        return _refuse(
+            receiver, "bad_content_type", 415, "content type must be application/json", peer
+        )
     limit = receiver.config.max_body
     if request.content_length is not None and request.content_length > limit:
-        return _refuse("too_large", 413, f"body larger than {limit} bytes", peer, close=True)
+        return _refuse(
+            receiver, "too_large", 413, f"body larger than {limit} bytes", peer, close=True
+        )
     try:
         body = await _read_body(request, limit, receiver.read_deadline)
     except _TooLargeError:
-        return _refuse("too_large", 413, f"body larger than {limit} bytes", peer, close=True)
+        return _refuse(
+            receiver, "too_large", 413, f"body larger than {limit} bytes", peer, close=True
+        )
     except TimeoutError:
         return _refuse(
+            receiver,
             "too_slow",
             408,
             f"body not received within {receiver.read_deadline:g} s",
@@ -146,31 +156,33 @@ async def _hook(request: web.Request, receiver: Receiver) -> tuple[str, web.Resp
     try:
         verified = signing.verify(receiver.config.secret, request.headers, body, now=now)
     except TimestampError as err:
-        return _refuse("stale", 401, str(err), peer)
+        return _refuse(receiver, "stale", 401, str(err), peer)
     except SignatureError as err:
-        return _refuse("bad_signature", 401, f"bad signature: {err}", peer)
+        return _refuse(receiver, "bad_signature", 401, f"bad signature: {err}", peer)
     try:
         update = message.decode(body)
     except PayloadError as err:
-        return _refuse("bad_body", 400, str(err), peer)
+        return _refuse(receiver, "bad_body", 400, str(err), peer)
     if update.marker != receiver.config.marker:
         return _refuse(
+            receiver,
             "bad_body",
             400,
             f"webhook is about marker {update.marker!r}, "
             f"this mirror follows {receiver.config.marker!r}",
             peer,
         )
-    if receiver.replays.seen(verified.msg_id, verified.timestamp, now):
-        logger.info("webhook %s from %s: duplicate, ignored", verified.msg_id, peer)
-        return "duplicate", web.json_response({"status": "duplicate"})
     try:
         local = receiver.syncer.local_marker()
     except MarkerUnreadableError as err:
-        # Not the sender's fault, and maybe passing (a remount, say): let it retry.
+        # Not the sender's fault, and maybe passing (a remount, say): let it retry. Before
+        # the replay check, so that the retry (same id) is not taken for a duplicate.
         problem = f"cannot read the local marker: {err.reason}"
         logger.error("webhook %s from %s not accepted: %s", verified.msg_id, peer, problem)
         return "unavailable", web.json_response({"error": problem}, status=503)
+    if receiver.replays.seen(verified.msg_id, verified.timestamp, now):
+        logger.info("webhook %s from %s: duplicate, ignored", verified.msg_id, peer)
+        return "duplicate", web.json_response({"status": "duplicate"})
     if update.current == local:
         logger.info(
             "webhook %s (%s, marker %r): already up to date",
@@ -206,9 +218,18 @@ async def _read_body(request: web.Request, limit: int, deadline: float) -> bytes
 
 
 def _refuse(
-    outcome: str, status: int, reason: str, peer: str, *, close: bool = False
+    receiver: Receiver,
+    outcome: str,
+    status: int,
+    reason: str,
+    peer: str,
+    *,
+    close: bool = False,
 ) -> tuple[str, web.Response]:
-    logger.warning("webhook from %s refused (%d): %s", peer, status, reason)
+    throttle = receiver.refusals.setdefault(outcome, Throttle(WARNING_PERIOD))
+    if (held := throttle.due()) is not None:
+        more = f" ({held} more refused so since the last such line)" if held else ""
+        logger.warning("webhook from %s refused (%d): %s%s", peer, status, reason, more)
     response = web.json_response({"error": reason}, status=status)
     if close:
         # The rest of the body is not read: the connection cannot be reused.

@@ -23,6 +23,7 @@ from mirrorhook.checks import (
     absolute_path,
     body_size,
     boolean,
+    default_of,
     duration,
     executable,
     listen_list,
@@ -93,30 +94,28 @@ class ReceiverHost:
 
 Check = Callable[[Any], Any]
 
-_HOST_KEYS: dict[str, tuple[Check, Any]] = {
-    "max_body": (body_size, 65536),
-    "max_syncs": (positive_int, 2),
-}
+_HOST_KEYS: dict[str, Check] = {"max_body": body_size, "max_syncs": positive_int}
 _REQUIRED_PER_REPO: dict[str, Check] = {
     "secret_file": absolute_path,
     "upstream": upstream,
     "target": absolute_path,
 }
-_PER_REPO: dict[str, tuple[Check, Any]] = {
-    "marker": (marker_name, "CURRENT"),
-    "exclude_from": (absolute_path, None),
-    "rsync": (executable, "rsync"),
-    "rsync_args": (string_list, ()),
-    "max_delete": (positive_int, None),
-    "backoff": (duration, 30.0),
-    "poll_interval": (duration, 3600.0),
-    "poll_jitter": (duration, 300.0),
-    "retries": (positive_int, 5),
-    "timeout": (positive_duration, 21600.0),
-    "enabled": (boolean, True),
-    "exec_on_success": (string_list, ()),
-    "exec_on_failure": (string_list, ()),
+_PER_REPO: dict[str, Check] = {
+    "marker": marker_name,
+    "exclude_from": absolute_path,
+    "rsync": executable,
+    "rsync_args": string_list,
+    "max_delete": positive_int,
+    "backoff": duration,
+    "poll_interval": duration,
+    "poll_jitter": duration,
+    "retries": positive_int,
+    "timeout": positive_duration,
+    "enabled": boolean,
+    "exec_on_success": string_list,
+    "exec_on_failure": string_list,
 }
+"""The keys of one repository that the host level may set for all; defaults: the fields'."""
 
 
 def parse_receiver(t: Table) -> ReceiverHost | None:
@@ -124,7 +123,7 @@ def parse_receiver(t: Table) -> ReceiverHost | None:
     listen: Any = t.get("listen", listen_list)
     state_dir: Any = t.get("state_dir", absolute_path)
     host: dict[str, Any] = {
-        key: t.get(key, check, default) for key, (check, default) in _HOST_KEYS.items()
+        key: t.get(key, check, default_of(ReceiverHost, key)) for key, check in _HOST_KEYS.items()
     }
     if "repos" in t.data:
         repos = _host_form(t, state_dir)
@@ -141,7 +140,7 @@ def parse_receiver(t: Table) -> ReceiverHost | None:
 
 
 def _builtin_defaults() -> dict[str, Any]:
-    return {key: default for key, (_check, default) in _PER_REPO.items()}
+    return {key: default_of(ReceiverConfig, key) for key in _PER_REPO}
 
 
 def _host_form(t: Table, state_dir: Any) -> list[dict[str, Any]] | None:
@@ -149,7 +148,9 @@ def _host_form(t: Table, state_dir: Any) -> list[dict[str, Any]] | None:
     for key in _REQUIRED_PER_REPO:
         if key in t.data:
             t.problem(key, "set it in each [receiver.repos.NAME] table, not beside repos")
-    defaults = {key: t.get(key, check, default) for key, (check, default) in _PER_REPO.items()}
+    defaults = {
+        key: t.get(key, check, default_of(ReceiverConfig, key)) for key, check in _PER_REPO.items()
+    }
     t.finish(known=("listen", "state_dir", "repos", *_HOST_KEYS, *_REQUIRED_PER_REPO, *_PER_REPO))
     table = t.table("repos")
     if table is None:
@@ -188,7 +189,7 @@ def _repository(
     """One repository's keys, checked; ``None`` when any of them has a problem."""
     required: dict[str, Any] = {key: t.get(key, check) for key, check in _REQUIRED_PER_REPO.items()}
     optional: dict[str, Any] = {
-        key: t.get(key, check, defaults[key]) for key, (check, _default) in _PER_REPO.items()
+        key: t.get(key, check, defaults[key]) for key, check in _PER_REPO.items()
     }
     target = required["target"]
     if name is None and valid(target) and valid(state_dir) and state_dir.is_relative_to(target):

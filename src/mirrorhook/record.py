@@ -53,7 +53,9 @@ class DeliveryLog:
     def mirrors(self) -> Fields:
         """Return the record as last written, per mirror name."""
         recorded = read_json(self.path).get("mirrors")
-        return recorded if isinstance(recorded, dict) else {}
+        if not isinstance(recorded, dict):
+            return {}
+        return {name: entry for name, entry in recorded.items() if isinstance(entry, dict)}
 
     def note(self, mirror: str, **fields: Any) -> None:
         """Record ``fields`` for ``mirror``; they reach the disk at the next flush."""
@@ -101,8 +103,12 @@ class DeliveryLog:
             return
 
         def merge(document: dict[str, Any]) -> None:
-            mirrors = document.setdefault("mirrors", {})
+            # A record of the wrong shape (edited by hand, say) is replaced, not trusted.
+            mirrors = document.get("mirrors")
+            if not isinstance(mirrors, dict):
+                mirrors = document["mirrors"] = {}
             for name, fields in pending.items():
-                mirrors.setdefault(name, {}).update(fields)
+                entry = mirrors.get(name)
+                mirrors[name] = {**(entry if isinstance(entry, dict) else {}), **fields}
 
         update_json(self.path, merge)

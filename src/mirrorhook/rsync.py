@@ -27,10 +27,10 @@ DAEMON_ARGS = ("--contimeout=60",)
 """rsync refuses --contimeout unless it talks to an rsync daemon (rsync:// or HOST::MODULE)."""
 NODELAY = "--sockopts=TCP_NODELAY"
 """rsync's protocol sends many small messages; with Nagle's algorithm on, each waits for the
-peer's delayed ACK (~40 ms on Linux). Off on our side, a run against a daemon on loopback
-drops from ~95 ms to ~30 ms, and to ~10 ms when the daemon sets ``socket options =
-TCP_NODELAY`` too (README: "Latency: TCP_NODELAY"). Only for daemon connections: over ssh
-or locally rsync opens no socket of its own."""
+peer's delayed ACK (~40 ms on Linux). Off on our side, a sync on loopback takes about two
+thirds of the time, and a quarter when the daemon sets ``socket options = TCP_NODELAY``
+too (BENCHMARKS.md §1). Only for daemon connections: over ssh or locally rsync opens no
+socket of its own."""
 
 
 # --- the exit-code policy, the only place that knows it (docs/design.md#the-retry-policy) --
@@ -108,6 +108,10 @@ def tree_args(config: ReceiverConfig) -> list[str]:
     return args
 
 
+QUIET = ("-q", "--quiet")
+"""rsync_args that the marker read leaves out (see ``marker_args``)."""
+
+
 def marker_args(config: ReceiverConfig, destination: Path) -> list[str]:
     """The arguments that copy the upstream marker alone into ``destination``.
 
@@ -119,7 +123,9 @@ def marker_args(config: ReceiverConfig, destination: Path) -> list[str]:
     The marker is a small regular file: ``--max-size`` leaves a bigger one on the upstream,
     and without ``-l`` a symlink is not copied (nor followed). rsync skips both with exit 0
     and no file, saying so on stdout (``--info=skip1`` for the size); ``skipped_marker``
-    reads that. These come after ``rsync_args`` so that no extra argument widens them.
+    reads that. These come after ``rsync_args`` so that no extra argument widens them, and
+    ``-q`` is left out of them: it would silence the very lines that tell a refused marker
+    from a missing one.
     """
     return [
         config.rsync,
@@ -127,7 +133,7 @@ def marker_args(config: ReceiverConfig, destination: Path) -> list[str]:
         "--no-motd",
         "--ignore-missing-args",
         *connect_args(config),
-        *config.rsync_args,
+        *(arg for arg in config.rsync_args if arg not in QUIET),
         f"--max-size={marker.MAX_FILE_BYTES}",
         "--info=skip1",
         "--",

@@ -72,9 +72,14 @@ class Supervisor:
         delay = FIRST_RESTART
         while True:
             started = time.monotonic()
-            error: Exception | None = None
+            error: BaseException | None = None
             try:
                 await work()
+            except asyncio.CancelledError as err:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # shutdown: this task itself is being cancelled
+                error = err  # a cancellation that escaped from something inside the task
             except Exception as err:  # noqa: BLE001 - the point of a supervisor
                 error = err
             if error is None and may_finish:
