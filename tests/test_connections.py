@@ -186,6 +186,39 @@ async def test_beyond_the_bound_the_oldest_idle_connections_are_shed_and_valid_r
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
 
 
+async def test_bodies_trickling_in_cannot_hold_every_connection(receiver: Receiver) -> None:
+    """As many connections as the bound, each with a webhook's complete headers and a body
+    that trickles in: a new valid webhook still gets its 202 — the oldest trickling body is
+    shed for it — while a request whose body is in is never shed."""
+    limits = Limits(idle_timeout=30.0, header_deadline=30.0, max_connections=4)
+    async with serving(receiver, limits) as (port, _runner):
+        slow: list[Stream] = []
+        for _ in range(4):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                f"POST {HOOK_PATH} HTTP/1.1\r\nHost: mirror\r\n"
+                "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{".encode()
+            )
+            await writer.drain()
+            slow.append((reader, writer))
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        body, headers = signed_webhook(receiver.config.secret, "2")
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.post(
+                f"http://127.0.0.1:{port}{HOOK_PATH}", data=body, headers=headers
+            ) as reply,
+        ):
+            hook_status = reply.status
+        await asyncio.sleep(0.2)
+        closed = [reader.at_eof() for reader, _ in slow]
+        for _, writer in slow:
+            writer.close()
+    assert hook_status == 202
+    assert closed[0], closed  # the oldest trickling body made room
+
+
 @pytest.mark.slow
 async def test_valid_requests_with_slow_or_large_bodies_are_not_affected(
     receiver: Receiver,

@@ -62,10 +62,6 @@ ACCEPT_BATCH = 128
 ACCEPT_QUEUE = 1024
 """Connections the kernel queues for a listener until they are accepted (capped by
 ``net.core.somaxconn``)."""
-ACCEPT_FAILED = "socket.accept() out of system resource"
-"""The message asyncio's selector loop reports when ``accept()`` fails with EMFILE, ENFILE,
-ENOBUFS or ENOMEM. It reports it once per pending connection and retries every second, so
-unthrottled it writes over a hundred tracebacks a second."""
 
 
 def connection_bound() -> int:
@@ -95,6 +91,13 @@ class Limits:
             raise ValueError("max_header_bytes and max_connections must be positive")
 
 
+def body_read(request: web.Request) -> None:
+    """Tell the guard (if the app has one) that ``request``'s body is all in: from now on
+    its connection is not shed."""
+    if (guard := request.app.get(GUARD)) is not None:
+        guard.body_read(request)
+
+
 class ConnectionGuard:
     """Tracks a web server's connections and enforces ``Limits`` on them.
 
@@ -107,6 +110,9 @@ class ConnectionGuard:
         self._open: dict[web.RequestHandler, _Connection] = {}
         # Connections without a request in progress, those waiting longest first.
         self._waiting: OrderedDict[_Connection, None] = OrderedDict()
+        # Connections whose handler runs but whose request body is not all in yet (a hook's
+        # body trickling in): shed next, oldest first, when no idle one is left.
+        self._reading: OrderedDict[_Connection, None] = OrderedDict()
         self._shed_warning = Throttle(self.limits.warning_period)
 
     @property
@@ -132,17 +138,33 @@ class ConnectionGuard:
             return await handler(request)
         self._waiting.pop(connection, None)
         connection.request_started()
+        if request.body_exists:
+            self._reading[connection] = None
         try:
             return await handler(request)
         finally:
+            self._reading.pop(connection, None)
             if self._open.get(connection.handler) is connection:  # not closed meanwhile
                 self._wait(connection)
+
+    def guard(self, app: web.Application) -> None:
+        """Put ``middleware`` on ``app`` and let its handlers reach the guard (``body_read``)."""
+        app.middlewares.append(self.middleware)
+        app[GUARD] = self
+
+    def body_read(self, request: web.Request) -> None:
+        """``request``'s body is all in: its connection is no longer shed for newcomers."""
+        if (connection := self._open.get(request.protocol)) is not None:
+            self._reading.pop(connection, None)
 
     def _opened(self, connection: _Connection) -> None:
         self._open[connection.handler] = connection
         self._wait(connection)
         if len(self._open) > self.limits.max_connections:
-            self._shed(next(iter(self._waiting)))
+            # The idle connection waiting longest, else the oldest body still trickling
+            # in, else the newcomer itself: a hook that has its request in is never shed.
+            idle = next((other for other in self._waiting if other is not connection), None)
+            self._shed(idle or next(iter(self._reading), connection))
 
     def _wait(self, connection: _Connection) -> None:
         self._waiting[connection] = None
@@ -344,32 +366,4 @@ class GuardedSite(web.BaseSite):
         await super().stop()
 
 
-class AcceptErrorLog:
-    """An event-loop exception handler that logs asyncio's ``accept()`` failures (see
-    ``ACCEPT_FAILED``) at most once per ``period`` and passes anything else on."""
-
-    def __init__(self, period: float = WARNING_PERIOD) -> None:
-        self._period = period
-        self._throttle = Throttle(period)
-        self._previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None
-
-    def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Become ``loop``'s exception handler, passing other reports to the one before."""
-        self._previous = loop.get_exception_handler()
-        loop.set_exception_handler(self)
-
-    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        if context.get("message") != ACCEPT_FAILED:
-            if self._previous is not None:
-                self._previous(loop, context)
-            else:
-                loop.default_exception_handler(context)
-            return
-        if (held := self._throttle.due()) is not None:
-            logger.warning(
-                "cannot accept connections: %s; asyncio retries every second "
-                "(%d more failures since the last warning, which comes at most every %g s)",
-                context.get("exception"),
-                held,
-                self._period,
-            )
+GUARD = web.AppKey("connection_guard", ConnectionGuard)

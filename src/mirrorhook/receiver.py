@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mirrorhook import message, signing
+from mirrorhook import connections, message, signing
 from mirrorhook.endpoints import Endpoints, add_routes
 from mirrorhook.errors import (
     MarkerUnreadableError,
@@ -138,6 +138,7 @@ async def _hook(request: web.Request, receiver: Receiver) -> tuple[str, web.Resp
         )
     try:
         body = await _read_body(request, limit, receiver.read_deadline)
+        connections.body_read(request)
     except _TooLargeError:
         return _refuse(
             receiver, "too_large", 413, f"body larger than {limit} bytes", peer, close=True

@@ -23,7 +23,7 @@ from aiohttp import web
 from mirrorhook import endpoints, hooks, lock
 from mirrorhook.addresses import Listen, redact_upstream
 from mirrorhook.config import Config, PublisherConfig
-from mirrorhook.connections import AcceptErrorLog, ConnectionGuard, GuardedSite, Limits
+from mirrorhook.connections import ConnectionGuard, GuardedSite, Limits
 from mirrorhook.delivery import Courier
 from mirrorhook.errors import ListenError, MarkerError, SyncError
 from mirrorhook.metrics import Metrics, TreeMetrics
@@ -38,6 +38,7 @@ from mirrorhook.state import read_json
 from mirrorhook.status import host_status, record_daemon
 from mirrorhook.supervisor import Supervisor
 from mirrorhook.syncer import Syncer, receiver_state_path
+from mirrorhook.throttle import AcceptErrorLog
 from mirrorhook.watcher import MarkerWatcher
 
 logger = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ async def start_web(
     lack of file descriptors are logged at most once per ``limits.warning_period``."""
     guard = ConnectionGuard(limits)
     AcceptErrorLog(guard.limits.warning_period).install(asyncio.get_running_loop())
-    app.middlewares.append(guard.middleware)
+    guard.guard(app)
     runner = web.AppRunner(
         app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE, **guard.handler_args
     )

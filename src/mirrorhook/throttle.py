@@ -6,12 +6,21 @@ then drop the lines that matter); the metrics count every event anyway.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
 
 WARNING_PERIOD = 60.0
 """Seconds between two warnings of one kind."""
+ACCEPT_FAILED = "socket.accept() out of system resource"
+"""The message asyncio's selector loop reports when ``accept()`` fails with EMFILE, ENFILE,
+ENOBUFS or ENOMEM. It reports it once per pending connection and retries every second, so
+unthrottled it writes over a hundred tracebacks a second."""
 
 
 class Throttle:
@@ -35,3 +44,34 @@ class Throttle:
         held, self._held = self._held, 0
         self._next = now + self._period
         return held
+
+
+class AcceptErrorLog:
+    """An event-loop exception handler that logs asyncio's ``accept()`` failures (see
+    ``ACCEPT_FAILED``) at most once per ``period`` and passes anything else on."""
+
+    def __init__(self, period: float = WARNING_PERIOD) -> None:
+        self._period = period
+        self._throttle = Throttle(period)
+        self._previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Become ``loop``'s exception handler, passing other reports to the one before."""
+        self._previous = loop.get_exception_handler()
+        loop.set_exception_handler(self)
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") != ACCEPT_FAILED:
+            if self._previous is not None:
+                self._previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        if (held := self._throttle.due()) is not None:
+            logger.warning(
+                "cannot accept connections: %s; asyncio retries every second "
+                "(%d more failures since the last warning, which comes at most every %g s)",
+                context.get("exception"),
+                held,
+                self._period,
+            )
