@@ -7,10 +7,6 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test test-fast demo bench lint typecheck pytest rsync venv clean
 
-# Coverage of src/ by the whole suite, subprocesses included; it may only go up. Measured
-# 95.3-95.4% on 2026-11-25; one point below that for branches that depend on timing.
-COVERAGE_FLOOR := 94
-
 test: rsync lint typecheck pytest
 
 # The everyday loop: everything but the tests marked slow (real daemons, namespaces, floods).
@@ -52,7 +48,7 @@ pytest: venv rsync
 	rm -f .coverage .coverage.*
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/coverage run -m pytest
 	$(BIN)/coverage combine -q
-	$(BIN)/coverage report --fail-under=$(COVERAGE_FLOOR)
+	$(BIN)/coverage report  # fails under the floor in pyproject.toml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis .coverage .coverage.* htmlcov

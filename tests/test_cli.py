@@ -185,6 +185,26 @@ def test_config_from_environment(tmp_path: Path, daemon: RsyncDaemon) -> None:
     assert "--sockopts=TCP_NODELAY" in command
 
 
+def test_contrib_host_example_loads(tmp_path: Path) -> None:
+    """contrib/host.toml: three repositories, host-level defaults, one disabled."""
+    text = (REPO / "contrib" / "host.toml").read_text().replace("/etc/mirrorhook/", f"{tmp_path}/")
+    for name in ("ius", "epel", "archlinux"):
+        write_secret(tmp_path / f"{name}.secret")
+    (tmp_path / "exclude.txt").write_text("")
+    config = tmp_path / "host.toml"
+    config.write_text(text)
+    host = load_config(config).receivers
+    assert host is not None
+    assert [(repo.name, repo.backoff, repo.enabled) for repo in host.repos] == [
+        ("ius", 30, True),
+        ("epel", 120, True),
+        ("archlinux", 30, False),
+    ]
+    result = run("check-config", "-c", config)
+    assert result.returncode == 0, result.stderr
+    assert "hook         /v1/hook/epel" in result.stdout
+
+
 @pytest.mark.parametrize("example", ["receiver.toml", "publisher.toml", "hub.toml"])
 def test_contrib_examples_load(tmp_path: Path, example: str) -> None:
     """Each contrib/ example is valid once the files it names exist (paths moved into tmp)."""

@@ -24,7 +24,14 @@ HOOK_TIMEOUT = 300.0
 """Seconds an ``exec_on_*`` command may run before its process group is stopped."""
 
 
-async def after_sync(config: ReceiverConfig, result: str, marker: str | None, now: float) -> None:
+async def after_sync(
+    config: ReceiverConfig,
+    result: str,
+    marker: str | None,
+    now: float,
+    *,
+    timeout: float = HOOK_TIMEOUT,
+) -> None:
     """Run the command for ``result`` (``synced`` or ``failed``), if one is configured."""
     key = "exec_on_success" if result == "synced" else "exec_on_failure"
     argv = config.exec_on_success if result == "synced" else config.exec_on_failure
@@ -36,7 +43,7 @@ async def after_sync(config: ReceiverConfig, result: str, marker: str | None, no
         "MIRRORHOOK_MARKER": marker or "",
         "MIRRORHOOK_RESULT": result,
     }
-    outcome = await _run(key, argv, env)
+    outcome = await _run(key, argv, env, timeout)
     note = {"command": key, "outcome": outcome, "at": iso_time(now)}
     try:
         update_json(receiver_state_path(config), lambda document: document.update(last_hook=note))
@@ -44,17 +51,17 @@ async def after_sync(config: ReceiverConfig, result: str, marker: str | None, no
         logger.warning("cannot record the outcome of %s: %s", key, err)
 
 
-async def _run(key: str, argv: tuple[str, ...], env: dict[str, str]) -> str:
+async def _run(key: str, argv: tuple[str, ...], env: dict[str, str], timeout: float) -> str:
     """Run one hook; log its output and how it ended; return that in a few words."""
     where = f"{key} ({argv[0]})"
     try:
-        ran = await process.run(argv, timeout=HOOK_TIMEOUT, env=env)
+        ran = await process.run(argv, timeout=timeout, env=env, term_grace=1.0)
     except process.StartError as err:
         logger.error("%s: %s", where, err)
         return f"could not start: {err}"
     except TimeoutError:
-        logger.error("%s was stopped after running for %g s", where, HOOK_TIMEOUT)
-        return f"stopped after {HOOK_TIMEOUT:g} s"
+        logger.error("%s was stopped after running for %g s", where, timeout)
+        return f"stopped after {timeout:g} s"
     for line in (*ran.stdout_tail, *ran.stderr_tail):
         logger.info("%s: %s", where, line)
     if ran.returncode != 0:
