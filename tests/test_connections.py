@@ -26,8 +26,9 @@ from aiohttp import web
 from mirrorhook import message, signing
 from mirrorhook.addresses import Listen
 from mirrorhook.connections import ACCEPT_BATCH, ACCEPT_QUEUE, Limits, _HeaderCounter
+from mirrorhook.fleet import build_receiver
 from mirrorhook.receiver import HOOK_PATH, Receiver, make_app
-from mirrorhook.service import build_receiver, start_web
+from mirrorhook.service import start_web
 from tests.helpers import free_port, receiver_config, signed_webhook
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from mirrorhook import message, signing
 from mirrorhook.config import load_config
 from mirrorhook.errors import ConfigError
+from mirrorhook.fleet import build_receiver
 from mirrorhook.receiver import HOOK_PATH, Receiver, make_app
 from mirrorhook.scheduler import Queued, Scheduled
-from mirrorhook.service import build_receiver
 from tests.helpers import publish, receiver_config
 
 LOCAL = "local-marker"

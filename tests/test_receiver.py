@@ -14,8 +14,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from mirrorhook import signing
+from mirrorhook.fleet import build_receiver
 from mirrorhook.receiver import HOOK_PATH, Receiver, background, make_app
-from mirrorhook.service import build_receiver
 from tests.helpers import (
     RsyncDaemon,
     counting_rsync,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -280,3 +281,55 @@ def test_exec_hooks_run_after_a_sync_with_what_happened_and_disabled_repos_are_s
     assert "exited with status 3" in result.stderr
     assert marker_of(host.tree("ius")) == "1"  # the failing hook undid nothing
     assert marker_of(host.tree("epel")) is None
+
+
+def test_sighup_adds_removes_and_changes_repositories_without_stopping_a_running_sync(
+    tmp_path: Path, upstreams: dict[str, Path], processes: Processes
+) -> None:
+    """While ius syncs, SIGHUP with a config that removes arch, adds extra and changes
+    epel: ius's sync finishes undisturbed, extra gets its start-up sync, arch's hook is
+    404; then a config that does not load is refused and the running one stays."""
+    log = tmp_path / "transfers.log"
+    urls = {name: (tmp_path / f"{name}.url").read_text() for name in REPOS}
+    host = Host(tmp_path, urls, timing_rsync(tmp_path, log, delay=1.5))
+    host.config.write_text(host.config.read_text().replace("max_syncs = 1", "max_syncs = 3"))
+    daemon = processes.serve(host.config, "host")
+    wait_for_port(host.port)
+    wait_until(
+        lambda: all(marker_of(host.tree(name)) == "1" for name in REPOS),
+        what="the start-up syncs",
+    )
+    publish(upstreams["ius"], "2")
+    extra = make_upstream(tmp_path / "up" / "extra")
+    assert host.post("/v1/hook/ius", host.secrets["ius"], "2")[0] == 202
+    wait_until(lambda: len(transfers(log)) == 3 and "/srv/ius/" in log.read_text().splitlines()[-1])
+    write_secret(tmp_path / "extra.secret")
+    text = host.config.read_text()
+    arch = text.index("[receiver.repos.arch]")
+    text = text[:arch] + text[arch:].split("\n", 4)[4]  # its four lines gone
+    text = text.replace("[receiver.repos.epel]", "[receiver.repos.epel]\nbackoff = 1")
+    text += (
+        "[receiver.repos.extra]\n"
+        f'secret_file = "{tmp_path / "extra.secret"}"\n'
+        f'upstream = "{urls["ius"].replace("/ius/", "/extra/")}"\n'
+        f'target = "{tmp_path / "srv" / "extra"}"\n'
+    )
+    host.config.write_text(text)
+    daemon.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reload: " in processes.log("host") and " applied" in processes.log("host"))
+    wait_until(lambda: marker_of(host.tree("ius")) == "2", what="ius's sync, not interrupted")
+    wait_until(lambda: marker_of(host.tree("extra")) == "1", what="extra's start-up sync")
+    assert trees_equal(extra, host.tree("extra"))
+    assert "sync cancelled" not in processes.log("host")
+    assert host.post("/v1/hook/arch", host.secrets["arch"], "9")[0] == 404
+    extra_secret = signing.Secret.parse((tmp_path / "extra.secret").read_text())
+    assert host.post("/v1/hook/extra", extra_secret, "1")[0] == 200  # up to date
+    log_text = processes.log("host")
+    for line in ("repository arch removed", "repository epel changed", "repository extra added"):
+        assert line in log_text, line
+    host.config.write_text(text.replace("backoff = 1", "backoff = -1"))
+    daemon.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reload refused, the running config stays" in processes.log("host"))
+    assert "receiver.repos.epel.backoff" in processes.log("host")
+    assert host.post("/v1/hook/extra", extra_secret, "1")[0] == 200
+    assert daemon.poll() is None

@@ -85,25 +85,35 @@ def make_app(*receivers: Receiver, endpoints: Endpoints | None = None) -> web.Ap
 async def background(app: web.Application) -> AsyncIterator[None]:
     """``cleanup_ctx`` that runs the scheduler and the poller of every enabled tree for the
     app's lifetime, each restarted by the supervisor should it ever stop."""
-    tasks = []
-    for name, receiver in app[RECEIVERS].items():
-        if not receiver.config.enabled:
-            continue
-        keep = receiver.supervisor.keep
-        prefix = f"{name} " if name else ""
-        tasks += [
-            asyncio.create_task(keep(f"{prefix}scheduler", receiver.scheduler.run)),
-            asyncio.create_task(keep(f"{prefix}poller", receiver.poller.run, may_finish=True)),
-        ]
+    running = {name: start_tasks(receiver) for name, receiver in app[RECEIVERS].items()}
     yield
+    await asyncio.gather(
+        *(stop_tasks(app[RECEIVERS][name], tasks) for name, tasks in running.items())
+    )
+
+
+def start_tasks(receiver: Receiver) -> list[asyncio.Task[None]]:
+    """Start a tree's scheduler and poller under the supervisor (none when disabled)."""
+    if not receiver.config.enabled:
+        return []
+    keep = receiver.supervisor.keep
+    prefix = f"{receiver.config.name} " if receiver.config.name else ""
+    return [
+        asyncio.create_task(keep(f"{prefix}scheduler", receiver.scheduler.run)),
+        asyncio.create_task(keep(f"{prefix}poller", receiver.poller.run, may_finish=True)),
+    ]
+
+
+async def stop_tasks(receiver: Receiver, tasks: list[asyncio.Task[None]]) -> None:
+    """Stop a tree's tasks as at shutdown (a running rsync is terminated, the marker left as
+    it was) and note in its state file that no daemon serves it any more."""
     for task in tasks:
         task.cancel("receiver shutting down")
     await asyncio.gather(*tasks, return_exceptions=True)
-    for receiver in app[RECEIVERS].values():
-        try:
-            forget_daemon(receiver.config)
-        except OSError as err:
-            logger.warning("cannot note the daemon's stop in the state file: %s", err)
+    try:
+        forget_daemon(receiver.config)
+    except OSError as err:
+        logger.warning("cannot note the daemon's stop in the state file: %s", err)
 
 
 async def handle_hook(request: web.Request) -> web.Response:

@@ -13,154 +13,33 @@ import logging
 import resource
 import signal
 import socket
-import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 from aiohttp import web
 
-from mirrorhook import endpoints, hooks, lock
+from mirrorhook import endpoints
 from mirrorhook.addresses import Listen, redact_upstream
-from mirrorhook.config import Config, PublisherConfig
+from mirrorhook.config import Config, PublisherConfig, load_config
 from mirrorhook.connections import ConnectionGuard, GuardedSite, Limits
 from mirrorhook.delivery import Courier
-from mirrorhook.errors import ListenError, MarkerError, SyncError
-from mirrorhook.metrics import Metrics, TreeMetrics
-from mirrorhook.poller import Poller
+from mirrorhook.errors import ConfigError, ListenError
+from mirrorhook.fleet import Fleet
+from mirrorhook.metrics import Metrics
 from mirrorhook.publisher import Publisher
-from mirrorhook.receiver import Receiver, background, make_app
-from mirrorhook.receiver_config import ReceiverConfig, ReceiverHost, repositories
-from mirrorhook.scheduler import Phase, Scheduler
+from mirrorhook.receiver import RECEIVERS, make_app
+from mirrorhook.receiver_config import repositories
 from mirrorhook.sdnotify import Notifier
-from mirrorhook.slots import SyncSlots
-from mirrorhook.state import read_json
-from mirrorhook.status import host_status, record_daemon
+from mirrorhook.status import host_status
 from mirrorhook.supervisor import Supervisor
-from mirrorhook.syncer import Syncer, receiver_state_path
 from mirrorhook.throttle import AcceptErrorLog
 from mirrorhook.watcher import MarkerWatcher
 
 logger = logging.getLogger(__name__)
 
 SOCKET_MODE = 0o660
-START_SPREAD = 1.0
-"""Seconds between the start-up checks of a host's repositories."""
 SHUTDOWN_GRACE = 5.0
 """Seconds in-flight requests get to finish at shutdown."""
-
-
-def build_receiver(
-    config: ReceiverConfig,
-    host: Config | None = None,
-    *,
-    metrics: Metrics | None = None,
-    supervisor: Supervisor | None = None,
-    slots: SyncSlots | None = None,
-    start_after: float = 0.0,
-) -> Receiver:
-    """Wire the receiver's parts together for one tree.
-
-    ``slots`` are the host's sync slots, shared by its trees; ``start_after`` delays this
-    tree's start-up check, so that a host's repositories do not all check at once.
-    """
-    metrics = metrics or Metrics()
-    tree = metrics.tree(config.name)
-    supervisor = supervisor or Supervisor()
-    slots = slots or SyncSlots(1)
-    syncer = Syncer(config, metrics=tree)
-    _restore_metrics(config, syncer, tree)
-    waiting_for_slot = False
-
-    def waiting(*, now: bool) -> Callable[[], None]:
-        def note() -> None:
-            nonlocal waiting_for_slot
-            waiting_for_slot = now
-            if now:
-                logger.info("%s: all %d sync slots are taken: waiting", config.name, slots.size)
-            note_change()
-
-        return note
-
-    async def run_sync(reason: str) -> None:
-        try:
-            async with slots.hold(on_wait=waiting(now=True), on_slot=waiting(now=False)):
-                if lock.is_locked(config.state_dir):
-                    logger.info("another sync of this tree is running: waiting for it to finish")
-                async with lock.hold_waiting(config.state_dir) as lock_fd:
-                    report = await syncer.sync(if_changed=True, trigger=reason, lock_fd=lock_fd)
-        except SyncError:
-            # Run outside the slot and the lock: a slow hook must not hold up other trees.
-            await hooks.after_sync(config, "failed", None, time.time())
-            raise
-        await hooks.after_sync(config, str(report.result), report.marker, time.time())
-
-    def note_change() -> None:
-        # A live note for `mirrorhook status`, best effort: a full disk must not stop syncs.
-        try:
-            record_daemon(
-                config,
-                phase=Phase.WAITING if waiting_for_slot else scheduler.phase,
-                starts_at=scheduler.starts_at,
-                next_poll=poller.next_at,
-            )
-        except OSError as err:
-            supervisor.warn(
-                "state notes", f"cannot write {receiver_state_path(config)}: {err.strerror}"
-            )
-        else:
-            supervisor.clear("state notes")
-
-    scheduler = Scheduler(run_sync, backoff=config.backoff, on_change=note_change)
-    poller = Poller(
-        scheduler,
-        backoff=config.backoff,
-        interval=config.poll_interval,
-        jitter=config.poll_jitter,
-        start_after=start_after,
-        on_change=note_change,
-    )
-    return Receiver(
-        config=config,
-        syncer=syncer,
-        scheduler=scheduler,
-        poller=poller,
-        status=lambda: host_status(host or _host_of(config)),
-        metrics=metrics,
-        tree_metrics=tree,
-        supervisor=supervisor,
-    )
-
-
-def build_receivers(
-    config: Config, metrics: Metrics, supervisor: Supervisor
-) -> tuple[Receiver, ...]:
-    """Wire every tree of the ``[receiver]`` section, sharing the host's sync slots.
-
-    The trees' start-up checks are spread ``START_SPREAD`` seconds apart, on top of each
-    tree's random backoff, so that forty repositories do not ask their upstreams at once.
-    """
-    host = config.receivers
-    if host is None:
-        return ()
-    slots = SyncSlots(host.max_syncs)
-    return tuple(
-        build_receiver(
-            repo,
-            config,
-            metrics=metrics,
-            supervisor=supervisor,
-            slots=slots,
-            start_after=index * START_SPREAD,
-        )
-        for index, repo in enumerate(host.repos)
-    )
-
-
-def _host_of(config: ReceiverConfig) -> Config:
-    """A stand-in host for one tree built on its own (as the tests do)."""
-    host = ReceiverHost(listen=config.listen, state_dir=config.state_dir, repos=(config,))
-    return Config(path=Path("-"), receivers=host)
 
 
 async def serve(config: Config) -> None:
@@ -173,15 +52,19 @@ async def serve(config: Config) -> None:
     host = config.receivers
     metrics = Metrics(repos=host is not None and not host.single)
     supervisor = Supervisor()
-    common = endpoints.Endpoints(lambda: host_status(config), metrics, supervisor)
+    fleet = Fleet(config, metrics, supervisor) if host is not None else None
+    common = endpoints.Endpoints(
+        fleet.status if fleet is not None else lambda: host_status(config), metrics, supervisor
+    )
+    reload_wanted = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
     async with contextlib.AsyncExitStack() as stack:
         roles: list[asyncio.Task[None]] = []
         listen = config.publisher.listen if config.publisher is not None else ()
-        if host is not None:
-            for repo in host.repos:
-                repo.state_dir.mkdir(parents=True, exist_ok=True)
-            app = make_app(*build_receivers(config, metrics, supervisor), endpoints=common)
-            app.cleanup_ctx.append(background)
+        if fleet is not None and host is not None:
+            app = make_app(*fleet.receivers.values(), endpoints=common)
+            app[RECEIVERS] = fleet.receivers  # the same mapping: a reload changes it in place
+            app.cleanup_ctx.append(fleet.lifetime)
             listen = (*host.listen, *listen)
         else:
             app = endpoints.make_app(common)
@@ -207,19 +90,43 @@ async def serve(config: Config) -> None:
         systemd = Notifier()
         systemd.ready(_summary(config))
         watchdog = asyncio.create_task(systemd.keep_alive())
+        reloads = asyncio.create_task(
+            supervisor.keep("reload", lambda: _reloads(config.path, reload_wanted, fleet))
+        )
         waiter = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait([waiter, *roles], return_when=asyncio.FIRST_COMPLETED)
         finally:
             systemd.stopping()
-            for task in (waiter, watchdog, *roles):
+            for task in (waiter, watchdog, reloads, *roles):
                 task.cancel("shutting down")
-            await asyncio.gather(waiter, watchdog, *roles, return_exceptions=True)
+            await asyncio.gather(waiter, watchdog, reloads, *roles, return_exceptions=True)
         for role in roles:
             if role.done() and not role.cancelled() and (error := role.exception()):
                 raise _first_leaf(error)
         logger.info("shutting down")
     logger.info("stopped")
+
+
+async def _reloads(path: Path, wanted: asyncio.Event, fleet: Fleet | None) -> None:
+    """Reload ``path`` at each SIGHUP (``systemctl reload mirrorhook``); a file that does not
+    load is refused with its problems in the log, and the running config stays."""
+    while True:
+        await wanted.wait()
+        wanted.clear()
+        logger.info("received SIGHUP: reloading %s", path)
+        try:
+            config = await asyncio.to_thread(load_config, path)
+        except ConfigError as err:
+            for problem in err.problems:
+                logger.error("reload refused, the running config stays: %s", problem)
+            continue
+        if fleet is not None:
+            await fleet.reload(config)
+        elif config.receivers is not None:
+            logger.warning("reload: a new [receiver] section takes effect at the next restart")
+        if config.publisher is not None:
+            logger.info("reload: the [publisher] section takes effect at the next restart")
 
 
 async def start_web(
@@ -266,17 +173,6 @@ async def _run_publisher(
     async with asyncio.TaskGroup() as group:
         group.create_task(publisher.run(), name="publisher")
         group.create_task(supervisor.keep("watcher", watcher.run), name="watcher")
-
-
-def _restore_metrics(config: ReceiverConfig, syncer: Syncer, metrics: TreeMetrics) -> None:
-    """Start the gauges from the state file: an alert on the last success's age must not
-    fire just because the daemon restarted."""
-    last_success = read_json(receiver_state_path(config)).get("last_success")
-    if isinstance(last_success, str):
-        with contextlib.suppress(ValueError):
-            metrics.succeeded_at(datetime.fromisoformat(last_success).timestamp())
-    with contextlib.suppress(MarkerError):  # unreadable now: the first sync will say why
-        metrics.set_marker("local", syncer.local_marker())
 
 
 def _summary(config: Config) -> str:

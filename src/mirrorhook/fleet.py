@@ -1,0 +1,237 @@
+"""The trees a receiver serves, at work: wired, started, stopped, and swapped on reload.
+
+``build_receiver`` wires one tree (sync engine, scheduler, poller, the live notes for
+``status``, the host's sync slots, the hooks after a sync). A ``Fleet`` holds every tree of
+a ``[receiver]`` section for ``mirrorhook serve``, runs their tasks for the app's lifetime,
+and applies a changed config without a restart (``SIGHUP``): trees whose settings did not
+change keep their state, schedules and running syncs; removed ones stop as at shutdown; new
+and changed ones start with their start-up check (docs/design.md#many-repositories).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from pathlib import Path
+
+from aiohttp import web
+
+from mirrorhook import hooks, lock
+from mirrorhook.config import Config
+from mirrorhook.errors import MarkerError, SyncError
+from mirrorhook.metrics import Metrics, TreeMetrics
+from mirrorhook.poller import Poller
+from mirrorhook.receiver import Receiver, start_tasks, stop_tasks
+from mirrorhook.receiver_config import ReceiverConfig, ReceiverHost
+from mirrorhook.scheduler import Phase, Scheduler
+from mirrorhook.slots import SyncSlots
+from mirrorhook.state import read_json
+from mirrorhook.status import host_status, record_daemon
+from mirrorhook.supervisor import Supervisor
+from mirrorhook.syncer import Syncer, receiver_state_path
+
+logger = logging.getLogger(__name__)
+
+START_SPREAD = 1.0
+"""Seconds between the start-up checks of a host's repositories."""
+
+
+def build_receiver(
+    config: ReceiverConfig,
+    host: Config | None = None,
+    *,
+    metrics: Metrics | None = None,
+    supervisor: Supervisor | None = None,
+    slots: SyncSlots | None = None,
+    start_after: float = 0.0,
+) -> Receiver:
+    """Wire the receiver's parts together for one tree.
+
+    ``slots`` are the host's sync slots, shared by its trees; ``start_after`` delays this
+    tree's start-up check, so that a host's repositories do not all check at once.
+    """
+    metrics = metrics or Metrics()
+    tree = metrics.tree(config.name)
+    supervisor = supervisor or Supervisor()
+    slots = slots or SyncSlots(1)
+    syncer = Syncer(config, metrics=tree)
+    _restore_metrics(config, syncer, tree)
+    waiting_for_slot = False
+
+    def waiting(*, now: bool) -> Callable[[], None]:
+        def note() -> None:
+            nonlocal waiting_for_slot
+            waiting_for_slot = now
+            if now:
+                logger.info("%s: all %d sync slots are taken: waiting", config.name, slots.size)
+            note_change()
+
+        return note
+
+    async def run_sync(reason: str) -> None:
+        try:
+            async with slots.hold(on_wait=waiting(now=True), on_slot=waiting(now=False)):
+                if lock.is_locked(config.state_dir):
+                    logger.info("another sync of this tree is running: waiting for it to finish")
+                async with lock.hold_waiting(config.state_dir) as lock_fd:
+                    report = await syncer.sync(if_changed=True, trigger=reason, lock_fd=lock_fd)
+        except SyncError:
+            # Run outside the slot and the lock: a slow hook must not hold up other trees.
+            await hooks.after_sync(config, "failed", None, time.time())
+            raise
+        await hooks.after_sync(config, str(report.result), report.marker, time.time())
+
+    def note_change() -> None:
+        # A live note for `mirrorhook status`, best effort: a full disk must not stop syncs.
+        try:
+            record_daemon(
+                config,
+                phase=Phase.WAITING if waiting_for_slot else scheduler.phase,
+                starts_at=scheduler.starts_at,
+                next_poll=poller.next_at,
+            )
+        except OSError as err:
+            supervisor.warn(
+                "state notes", f"cannot write {receiver_state_path(config)}: {err.strerror}"
+            )
+        else:
+            supervisor.clear("state notes")
+
+    scheduler = Scheduler(run_sync, backoff=config.backoff, on_change=note_change)
+    poller = Poller(
+        scheduler,
+        backoff=config.backoff,
+        interval=config.poll_interval,
+        jitter=config.poll_jitter,
+        start_after=start_after,
+        on_change=note_change,
+    )
+    return Receiver(
+        config=config,
+        syncer=syncer,
+        scheduler=scheduler,
+        poller=poller,
+        status=lambda: host_status(host or _host_of(config)),
+        metrics=metrics,
+        tree_metrics=tree,
+        supervisor=supervisor,
+    )
+
+
+def _host_of(config: ReceiverConfig) -> Config:
+    """A stand-in host for one tree built on its own (as the tests do)."""
+    host = ReceiverHost(listen=config.listen, state_dir=config.state_dir, repos=(config,))
+    return Config(path=Path("-"), receivers=host)
+
+
+def _restore_metrics(config: ReceiverConfig, syncer: Syncer, metrics: TreeMetrics) -> None:
+    """Start the gauges from the state file: an alert on the last success's age must not
+    fire just because the daemon restarted."""
+    last_success = read_json(receiver_state_path(config)).get("last_success")
+    if isinstance(last_success, str):
+        with contextlib.suppress(ValueError):
+            metrics.succeeded_at(datetime.fromisoformat(last_success).timestamp())
+    with contextlib.suppress(MarkerError):  # unreadable now: the first sync will say why
+        metrics.set_marker("local", syncer.local_marker())
+
+
+class Fleet:
+    """Every tree of a ``[receiver]`` section, their tasks, and their reloads."""
+
+    def __init__(self, config: Config, metrics: Metrics, supervisor: Supervisor) -> None:
+        host = config.receivers
+        if host is None:
+            raise ValueError("a Fleet needs a [receiver] section")
+        self.config = config
+        self._metrics = metrics
+        self._supervisor = supervisor
+        self._slots = SyncSlots(host.max_syncs)
+        self.receivers: dict[str | None, Receiver] = {}
+        """The app's ``RECEIVERS``: the hook handler finds each tree here by name."""
+        self._tasks: dict[str | None, list[asyncio.Task[None]]] = {}
+        self._reloading = asyncio.Lock()
+        for index, repo in enumerate(host.repos):
+            self.receivers[repo.name] = self._build(repo, start_after=index * START_SPREAD)
+
+    def status(self) -> dict[str, object]:
+        """What ``/v1/status`` shows: the host as configured now."""
+        return host_status(self.config)
+
+    async def lifetime(self, _app: web.Application) -> AsyncIterator[None]:
+        """``cleanup_ctx``: run every tree's tasks while the app runs."""
+        for name, receiver in self.receivers.items():
+            self._tasks[name] = start_tasks(receiver)
+        yield
+        await asyncio.gather(*(self._stop(name) for name in list(self._tasks)))
+
+    async def reload(self, config: Config) -> None:
+        """Apply ``config``'s ``[receiver]`` section to the running trees (see the module)."""
+        async with self._reloading:
+            old, new = self.config.receivers, config.receivers
+            assert old is not None  # noqa: S101 - a Fleet always has one
+            if new is None or new.single != old.single:
+                logger.error(
+                    "reload: %s: adding or removing [receiver], or switching between one tree "
+                    "and [receiver.repos], needs a restart; the running config stays",
+                    config.path,
+                )
+                return
+            self._note_host_changes(old, new)
+            before = {repo.name: _settings(repo) for repo in old.repos}
+            after = {repo.name: repo for repo in new.repos}
+            for name in before.keys() - after.keys():
+                await self._stop(name)
+                del self.receivers[name]
+                logger.info("reload: repository %s removed (its sync, if any, was stopped)", name)
+            fresh = 0
+            for name, repo in after.items():
+                if before.get(name) == _settings(repo):
+                    continue
+                if name in before:
+                    await self._stop(name)
+                    logger.info("reload: repository %s changed: restarting it", name)
+                else:
+                    logger.info("reload: repository %s added", name)
+                receiver = self._build(repo, start_after=fresh * START_SPREAD)
+                fresh += 1
+                self.receivers[name] = receiver
+                self._tasks[name] = start_tasks(receiver)
+            self.config = dataclasses.replace(self.config, receivers=new)
+            logger.info("reload: %s applied", config.path)
+
+    def _note_host_changes(self, old: ReceiverHost, new: ReceiverHost) -> None:
+        for key in ("listen", "state_dir", "max_body"):
+            if getattr(old, key) != getattr(new, key):
+                logger.warning(
+                    "reload: receiver.%s changed: it takes effect at the next restart", key
+                )
+        if new.max_syncs != old.max_syncs:
+            self._slots.resize(new.max_syncs)
+            logger.info("reload: max_syncs is now %d", new.max_syncs)
+
+    def _build(self, repo: ReceiverConfig, start_after: float) -> Receiver:
+        repo.state_dir.mkdir(parents=True, exist_ok=True)
+        return build_receiver(
+            repo,
+            self.config,
+            metrics=self._metrics,
+            supervisor=self._supervisor,
+            slots=self._slots,
+            start_after=start_after,
+        )
+
+    async def _stop(self, name: str | None) -> None:
+        tasks = self._tasks.pop(name, [])
+        if name in self.receivers:
+            await stop_tasks(self.receivers[name], tasks)
+
+
+def _settings(repo: ReceiverConfig) -> ReceiverConfig:
+    """A tree's own settings: the host-level copies in it (``listen``, ``max_body``) are
+    compared on their own, so that changing them does not restart every tree."""
+    return dataclasses.replace(repo, listen=(), max_body=0)
