@@ -7,6 +7,13 @@ import asyncio
 from mirrorhook.slots import SyncSlots
 
 
+async def hold_until(slots: SyncSlots, release: asyncio.Event, entered: list[int], n: int) -> None:
+    """Take a slot, note ``n`` as having entered, keep the slot until ``release``."""
+    async with slots.hold():
+        entered.append(n)
+        await release.wait()
+
+
 async def test_slots_serve_in_order_and_never_exceed_their_size() -> None:
     slots = SyncSlots(2)
     order: list[int] = []
@@ -36,13 +43,7 @@ async def test_growing_lets_waiters_in_and_shrinking_lets_holders_finish() -> No
     slots = SyncSlots(1)
     release = asyncio.Event()
     entered: list[int] = []
-
-    async def sync(number: int) -> None:
-        async with slots.hold():
-            entered.append(number)
-            await release.wait()
-
-    tasks = [asyncio.create_task(sync(number)) for number in range(3)]
+    tasks = [asyncio.create_task(hold_until(slots, release, entered, n)) for n in range(3)]
     await asyncio.sleep(0.01)
     assert entered == [0]
     slots.resize(3)
@@ -59,15 +60,9 @@ async def test_a_waiter_cancelled_gives_its_turn_on() -> None:
     slots = SyncSlots(1)
     release = asyncio.Event()
     entered: list[int] = []
-
-    async def sync(number: int) -> None:
-        async with slots.hold():
-            entered.append(number)
-            await release.wait()
-
-    first = asyncio.create_task(sync(0))
-    second = asyncio.create_task(sync(1))
-    third = asyncio.create_task(sync(2))
+    first, second, third = (
+        asyncio.create_task(hold_until(slots, release, entered, n)) for n in range(3)
+    )
     await asyncio.sleep(0.01)
     second.cancel()
     release.set()
