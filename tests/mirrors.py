@@ -36,6 +36,7 @@ class Received:
     current: str
     verified: bool
     at: float
+    repo: str | None = None
 
 
 @dataclass
@@ -62,10 +63,11 @@ class HookMirror:
             msg_id = request.headers.get("webhook-id", "")
             stamp = int(request.headers.get("webhook-timestamp", "0") or 0)
         try:
-            current = message.decode(body).current
+            update = message.decode(body)
+            current, repo = update.current, update.repo
         except MirrorhookError:
-            current = ""
-        self.received.append(Received(msg_id, stamp, current, ok, time.monotonic()))
+            current, repo = "", None
+        self.received.append(Received(msg_id, stamp, current, ok, time.monotonic(), repo))
         response = self.answer(len(self.received))
         if response is None:
             await asyncio.sleep(3600)

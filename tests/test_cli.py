@@ -188,7 +188,7 @@ def test_config_from_environment(tmp_path: Path, daemon: RsyncDaemon) -> None:
 def test_contrib_host_example_loads(tmp_path: Path) -> None:
     """contrib/host.toml: three repositories, host-level defaults, one disabled."""
     text = (REPO / "contrib" / "host.toml").read_text().replace("/etc/mirrorhook/", f"{tmp_path}/")
-    for name in ("ius", "epel", "archlinux"):
+    for name in ("ius", "epel", "archlinux", "leaf-a"):
         write_secret(tmp_path / f"{name}.secret")
     (tmp_path / "exclude.txt").write_text("")
     config = tmp_path / "host.toml"
@@ -200,6 +200,9 @@ def test_contrib_host_example_loads(tmp_path: Path) -> None:
         ("epel", 120, True),
         ("archlinux", 30, False),
     ]
+    publishers = load_config(config).publishers
+    assert publishers is not None
+    assert publishers.repos[0].root == host.repos[0].target  # ius, the hub repository
     result = run("check-config", "-c", config)
     assert result.returncode == 0, result.stderr
     assert "hook         /v1/hook/epel" in result.stdout

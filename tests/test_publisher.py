@@ -19,13 +19,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mirrorhook import endpoints, signing
-from mirrorhook.config import Config, PublisherConfig, load_config
+from mirrorhook.config import Config, load_config
 from mirrorhook.delivery import MAX_RETRY_AFTER, Courier, Message, classify, retry_after
 from mirrorhook.errors import DeliveryKind, MarkerError
 from mirrorhook.message import new_update
 from mirrorhook.metrics import Metrics
 from mirrorhook.notify import notify
 from mirrorhook.publisher import Outcome, Publisher, deliver
+from mirrorhook.publisher_config import PublisherConfig, PublisherHost
 from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
 from mirrorhook.retry import Backoff
 from mirrorhook.status import host_status
@@ -629,7 +630,12 @@ async def test_symlinked_marker_sends_nothing_and_shows_the_secret_nowhere(
     publish(config.root, "1")
     status = await aiohttp_client(
         endpoints.make_app(
-            endpoints.Endpoints(lambda: host_status(Config(Path("-"), publisher=config)), Metrics())
+            endpoints.Endpoints(
+                lambda: host_status(
+                    Config(Path("-"), publishers=PublisherHost(config.state_dir, (config,)))
+                ),
+                Metrics(),
+            )
         )
     )
     async with Courier(timeout=2, concurrency=4) as courier:

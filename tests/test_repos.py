@@ -11,6 +11,7 @@ import itertools
 import json
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from tests.helpers import (
     wait_until,
     write_secret,
 )
+from tests.mirrors import HookMirror, mirror_in_thread
 
 pytestmark = pytest.mark.slow  # real daemons and processes: see `make test-fast`
 
@@ -333,3 +335,114 @@ def test_sighup_adds_removes_and_changes_repositories_without_stopping_a_running
     assert "receiver.repos.epel.backoff" in processes.log("host")
     assert host.post("/v1/hook/extra", extra_secret, "1")[0] == 200
     assert daemon.poll() is None
+
+
+def test_a_hub_repository_cascades_to_its_leaf(
+    tmp_path: Path, upstreams: dict[str, Path], processes: Processes
+) -> None:
+    """top → hub (repository ius, in both sections, its publisher root left out) → leaf:
+    a publish upstream reaches the leaf through the hub's own sync and announcement."""
+    urls = {name: (tmp_path / f"{name}.url").read_text() for name in REPOS}
+    hub_tree = tmp_path / "hub" / "srv"
+    hub_tree.mkdir(parents=True)
+    hub_port, leaf_port = free_port(), free_port()
+    for name in ("hub-ius", "leaf"):
+        write_secret(tmp_path / f"{name}.secret")
+    with rsync_daemon(tmp_path / "dh", hub_tree) as hub_daemon:
+        leaf = tmp_path / "leaf"
+        leaf.mkdir()
+        (leaf / "mirrorhook.toml").write_text(
+            "[receiver]\n"
+            f'listen = ["127.0.0.1:{leaf_port}"]\n'
+            f'secret_file = "{tmp_path / "leaf.secret"}"\n'
+            f'upstream = "{hub_daemon.url}ius/"\n'
+            f'target = "{leaf / "mirror"}"\n'
+            f'state_dir = "{leaf / "state"}"\n'
+            "backoff = 0\npoll_interval = 0\n"
+        )
+        hub = tmp_path / "hub" / "hub.toml"
+        hub.write_text(
+            "[receiver]\n"
+            f'listen = ["127.0.0.1:{hub_port}"]\n'
+            f'state_dir = "{tmp_path / "hub" / "rstate"}"\n'
+            "backoff = 0\npoll_interval = 0\n"
+            "[receiver.repos.ius]\n"
+            f'secret_file = "{tmp_path / "hub-ius.secret"}"\n'
+            f'upstream = "{urls["ius"]}"\n'
+            f'target = "{hub_tree / "ius"}"\n'
+            "[publisher]\n"
+            f'state_dir = "{tmp_path / "hub" / "pstate"}"\n'
+            "rescan = 5\n"
+            "[publisher.repos.ius]\n"
+            "[[publisher.repos.ius.mirrors]]\n"
+            'name = "leaf"\n'
+            f'url = "http://127.0.0.1:{leaf_port}/v1/hook"\n'
+            f'secret_file = "{tmp_path / "leaf.secret"}"\n'
+        )
+        top = tmp_path / "top.toml"
+        top.write_text(
+            "[publisher]\n"
+            f'root = "{upstreams["ius"]}"\n'
+            f'state_dir = "{tmp_path / "top-state"}"\n'
+            "rescan = 5\n"
+            "[[publisher.mirrors]]\n"
+            'name = "hub"\n'
+            f'url = "http://127.0.0.1:{hub_port}/v1/hook/ius"\n'
+            f'secret_file = "{tmp_path / "hub-ius.secret"}"\n'
+        )
+        processes.serve(leaf / "mirrorhook.toml", "leaf")
+        wait_for_port(leaf_port)
+        processes.serve(hub, "hub")
+        wait_for_port(hub_port)
+        processes.serve(top, "top")
+        trees = (hub_tree / "ius", leaf / "mirror")
+        wait_until(lambda: all(marker_of(tree) == "1" for tree in trees), what="convergence")
+        publish(upstreams["ius"], "2", {"new/pkg-2.rpm": "added\n"})
+        wait_until(lambda: all(marker_of(tree) == "2" for tree in trees), what="the cascade")
+        for tree in trees:
+            assert trees_equal(upstreams["ius"], tree), tree
+        assert "delivered marker '2' to hub" in processes.log("top")
+        assert "delivered marker '2' to leaf" in processes.log("hub")
+        assert "(repository ius)" in processes.log("hub")
+
+
+def test_one_publisher_announces_each_repository_to_its_own_mirrors(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """Two published trees, one mirror each: a publish in one reaches its mirror only, with
+    data.repo naming the repository; `notify NAME` announces that one and prints its table."""
+    roots = {name: make_upstream(tmp_path / "pub" / name) for name in ("a", "b")}
+    ports = {name: free_port() for name in roots}
+    for name in roots:
+        write_secret(tmp_path / f"m-{name}.secret")
+    lines = ["[publisher]", f'state_dir = "{tmp_path / "pstate"}"', "rescan = 5"]
+    for name, root in roots.items():
+        lines += [
+            f"[publisher.repos.{name}]",
+            f'root = "{root}"',
+            f"[[publisher.repos.{name}.mirrors]]",
+            f'name = "m-{name}"',
+            f'url = "http://127.0.0.1:{ports[name]}/v1/hook"',
+            f'secret_file = "{tmp_path / f"m-{name}.secret"}"',
+        ]
+    config = tmp_path / "pub.toml"
+    config.write_text("\n".join(lines) + "\n")
+    mirrors = {
+        name: HookMirror(signing.Secret.parse((tmp_path / f"m-{name}.secret").read_text()))
+        for name in roots
+    }
+    with ExitStack() as stack:
+        for name, mirror in mirrors.items():
+            stack.enter_context(mirror_in_thread(mirror, ports[name]))
+        processes.serve(config, "publisher")
+        wait_until(lambda: all(m.values() == ["1"] for m in mirrors.values()), what="marker 1")
+        publish(roots["a"], "2")
+        wait_until(lambda: mirrors["a"].values() == ["1", "2"], what="a's publish")
+        time.sleep(0.3)
+        assert mirrors["b"].values() == ["1"]
+        assert {hook.repo for hook in mirrors["a"].received} == {"a"}
+        result = mirrorhook("notify", "-c", config, "b")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "repository b: marker '1'"
+    assert mirrors["b"].values()[-1] == "1"
+    assert len(mirrors["b"].received) == 2

@@ -15,18 +15,11 @@ from typing import Any, TypeVar
 import mirrorhook
 from mirrorhook import log as logsetup
 from mirrorhook import signing
-from mirrorhook.config import (
-    CONFIG_ENV,
-    DEFAULT_CONFIG,
-    Config,
-    PublisherConfig,
-    config_path,
-    load_config,
-)
+from mirrorhook.config import CONFIG_ENV, DEFAULT_CONFIG, Config, config_path, load_config
 from mirrorhook.describe import describe
 from mirrorhook.errors import ConfigError, LockedError, MirrorhookError, SyncError
 from mirrorhook.oneshot import sync_tree
-from mirrorhook.receiver_config import ReceiverConfig, ReceiverHost
+from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.status import format_status, host_status, is_failing
 
 logger = logging.getLogger("mirrorhook")
@@ -122,6 +115,12 @@ def _add_notify_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentPa
             "the marker is missing or refused (a symlink, not a regular file, not one short "
             "line of text: nothing sent), 2 config error."
         ),
+    )
+    parser.add_argument(
+        "repos",
+        nargs="*",
+        metavar="NAME",
+        help="with [publisher.repos.NAME] tables: the repositories to announce (default: all)",
     )
     parser.set_defaults(func=_notify)
 
@@ -254,12 +253,6 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(config_path(args.config))
 
 
-def _publisher_of(config: Config) -> PublisherConfig:
-    if config.publisher is None:
-        raise ConfigError([f"{config.path}: publisher: this command needs a [publisher] section"])
-    return config.publisher
-
-
 def _serve(args: argparse.Namespace) -> int:
     # aiohttp takes a quarter of a second to import: only the daemon pays for it.
     from mirrorhook.service import serve  # noqa: PLC0415 - deferred on purpose
@@ -274,11 +267,9 @@ def _sync(args: argparse.Namespace) -> int:
     host = config.receivers
     if host is None:
         raise ConfigError([f"{config.path}: receiver: this command needs a [receiver] section"])
+    repos = _trees(config, "receiver", host.repos, [str(r.name) for r in host.repos], args.repos)
     if host.single:
-        if args.repos:
-            raise ConfigError([f"{config.path}: receiver: has no repositories to name"])
-        return _sync_one(host.repos[0], args)
-    repos = _named_repos(config, host, args.repos)
+        return _sync_one(repos[0], args)
     codes = {}
     for repo in repos:
         codes[repo.name] = _sync_one(repo, args) if repo.enabled else EXIT_OK
@@ -293,18 +284,27 @@ def _sync(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _named_repos(config: Config, host: ReceiverHost, names: Sequence[str]) -> list[ReceiverConfig]:
-    """The repositories named on the command line, in that order; every one without names."""
+def _trees(
+    config: Config,
+    section: str,
+    trees: Sequence[_T],
+    tree_names: Sequence[str],
+    names: Sequence[str],
+) -> list[_T]:
+    """The trees named on the command line, in that order; every one without names (the
+    single form's one tree has no name to give)."""
     if not names:
-        return list(host.repos)
-    chosen = []
-    for name in names:
-        repo = host.named(name)
-        if repo is None:
-            known = ", ".join(str(repo.name) for repo in host.repos)
-            raise ConfigError([f"{config.path}: receiver.repos: no {name!r} (there are {known})"])
-        chosen.append(repo)
-    return chosen
+        return list(trees)
+    if tree_names == ["None"]:
+        raise ConfigError([f"{config.path}: {section}: has no repositories to name"])
+    by_name = dict(zip(tree_names, trees, strict=True))
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        known = ", ".join(tree_names)
+        raise ConfigError(
+            [f"{config.path}: {section}.repos: no {unknown[0]!r} (there are {known})"]
+        )
+    return [by_name[name] for name in names]
 
 
 def _sync_one(receiver: ReceiverConfig, args: argparse.Namespace) -> int:
@@ -324,10 +324,25 @@ def _notify(args: argparse.Namespace) -> int:
     from mirrorhook.notify import format_outcomes, notify  # noqa: PLC0415 - aiohttp
     from mirrorhook.record import DeliveryResult  # noqa: PLC0415
 
-    publisher = _publisher_of(_load(args))
-    value, outcomes = _run_interruptible(notify(publisher))
-    sys.stdout.write(f"marker {value!r}\n{format_outcomes(outcomes)}\n")
-    failed = [outcome for outcome in outcomes if outcome.result is not DeliveryResult.DELIVERED]
+    config = _load(args)
+    publishers = config.publishers
+    if publishers is None:
+        raise ConfigError([f"{config.path}: publisher: this command needs a [publisher] section"])
+    names = [str(tree.repo) for tree in publishers.repos]
+    trees = _trees(config, "publisher", publishers.repos, names, args.repos)
+    failed = False
+    for tree in trees:
+        heading = "" if tree.repo is None else f"repository {tree.repo}: "
+        try:
+            value, outcomes = _run_interruptible(notify(tree))
+        except MirrorhookError as err:
+            if publishers.single:
+                raise
+            sys.stdout.write(f"{heading}{err}\n")
+            failed = True
+            continue
+        sys.stdout.write(f"{heading}marker {value!r}\n{format_outcomes(outcomes)}\n")
+        failed |= any(outcome.result is not DeliveryResult.DELIVERED for outcome in outcomes)
     return EXIT_FAILURE if failed else EXIT_OK
 
 

@@ -28,9 +28,9 @@ import aiohttp
 
 import mirrorhook
 from mirrorhook import signing
-from mirrorhook.config import MirrorConfig
 from mirrorhook.errors import DeliveryError, DeliveryKind
 from mirrorhook.message import Update
+from mirrorhook.publisher_config import MirrorConfig
 
 SLOT_HOLD = 1.0
 """Seconds at most that one attempt holds one of the ``concurrency`` slots."""

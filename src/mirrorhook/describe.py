@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from mirrorhook import rsync
-from mirrorhook.config import Config, PublisherConfig
+from mirrorhook.config import Config
+from mirrorhook.publisher_config import PublisherConfig
 from mirrorhook.receiver_config import ReceiverConfig, ReceiverHost
 
 
@@ -12,8 +13,9 @@ def describe(config: Config) -> str:
     lines = [f"{config.path}: valid"]
     if config.receivers is not None:
         lines += _receivers(config.receivers)
-    if config.publisher is not None:
-        lines += _publisher(config.publisher)
+    if config.publishers is not None:
+        for tree in config.publishers.repos:
+            lines += _publisher(tree)
     return "\n".join(lines)
 
 
@@ -50,7 +52,7 @@ def _tree(r: ReceiverConfig, indent: str) -> list[str]:
 
 def _publisher(p: PublisherConfig) -> list[str]:
     lines = [
-        "publisher:",
+        "publisher:" if p.repo is None else f"publisher, repository {p.repo}:",
         f"  watch          {p.root / p.marker} ({p.watch}, rescan every {p.rescan:g} s)",
         f"  announce as    {p.name}",
         f"  deliveries     {p.concurrency} at once, {p.timeout:g} s each, "

@@ -24,21 +24,24 @@ class Update:
     current: str
     source: str
     timestamp: str
+    repo: str | None = None
+    """The repository, when the publisher has several (``data.repo``)."""
 
     def encode(self) -> bytes:
         """Return the JSON body that goes on the wire."""
-        document = {
-            "type": EVENT_TYPE,
-            "timestamp": self.timestamp,
-            "data": {"marker": self.marker, "current": self.current, "source": self.source},
-        }
+        data = {"marker": self.marker, "current": self.current, "source": self.source}
+        if self.repo is not None:
+            data["repo"] = self.repo
+        document = {"type": EVENT_TYPE, "timestamp": self.timestamp, "data": data}
         return json.dumps(document, separators=(",", ":")).encode("utf-8")
 
 
-def new_update(marker: str, current: str, source: str, now: float) -> Update:
+def new_update(
+    marker: str, current: str, source: str, now: float, repo: str | None = None
+) -> Update:
     """Return an update stamped with ``now`` in RFC 3339 form."""
     stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return Update(marker=marker, current=current, source=source, timestamp=stamp)
+    return Update(marker=marker, current=current, source=source, timestamp=stamp, repo=repo)
 
 
 def decode(body: bytes) -> Update:
@@ -58,11 +61,15 @@ def decode(body: bytes) -> Update:
     data = document.get("data")
     if not isinstance(data, dict):
         raise PayloadError("data must be an object")
+    repo = data.get("repo")
+    if repo is not None and not isinstance(repo, str):
+        raise PayloadError("data.repo must be a string")
     return Update(
         marker=_field(data, "marker", "data."),
         current=_field(data, "current", "data."),
         source=_field(data, "source", "data."),
         timestamp=_field(document, "timestamp", ""),
+        repo=repo,
     )
 
 

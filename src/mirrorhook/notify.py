@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 
 from mirrorhook import marker
-from mirrorhook.config import PublisherConfig
 from mirrorhook.delivery import Courier, Message
 from mirrorhook.errors import MirrorhookError
 from mirrorhook.message import new_update
 from mirrorhook.publisher import Outcome, deliver
+from mirrorhook.publisher_config import PublisherConfig
 from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
 from mirrorhook.retry import Backoff
 from mirrorhook.table import format_table
@@ -41,7 +41,8 @@ async def notify(
         raise MirrorhookError(
             f"no marker to announce: {config.root / config.marker} is missing or empty"
         )
-    message = Message.of(new_update(config.marker, value, config.name, clock()))
+    update = new_update(config.marker, value, config.name, clock(), repo=config.repo)
+    message = Message.of(update)
     record = DeliveryLog(publisher_state_path(config))
     async with Courier(timeout=config.timeout, concurrency=config.concurrency) as courier:
         results = await asyncio.gather(

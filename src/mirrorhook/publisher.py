@@ -20,11 +20,11 @@ from typing import Protocol
 
 from tenacity import RetryCallState
 
-from mirrorhook.config import MirrorConfig, PublisherConfig
 from mirrorhook.delivery import Courier, Message, Receipt
 from mirrorhook.errors import DeliveryError, DeliveryKind
 from mirrorhook.message import new_update
 from mirrorhook.metrics import DeliveryMetrics, NoMetrics
+from mirrorhook.publisher_config import MirrorConfig, PublisherConfig
 from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
 from mirrorhook.retry import Backoff, Sleep, retrying
 from mirrorhook.state import iso_time
@@ -332,7 +332,10 @@ class Publisher:
         if not value or value == self.current:
             return
         self.current = value
-        message = Message.of(new_update(self.config.marker, value, self.config.name, self._clock()))
+        update = new_update(
+            self.config.marker, value, self.config.name, self._clock(), repo=self.config.repo
+        )
+        message = Message.of(update)
         behind = sum(not worker.settled(value) for worker in self.workers)
         logger.info("marker %r: announcing to %d of %d mirrors", value, behind, len(self.workers))
         for worker in self.workers:
@@ -343,9 +346,10 @@ class Publisher:
         by the supervisor should it ever stop)."""
         keep = self._supervisor.keep
         async with asyncio.TaskGroup() as group:
-            group.create_task(keep("publisher record", self.record.run), name="publisher-record")
+            tree = "" if self.config.repo is None else f" of {self.config.repo}"
+            group.create_task(keep(f"publisher record{tree}", self.record.run))
             for worker in self.workers:
-                name = f"delivery to {worker.mirror.name}"
+                name = f"delivery{tree} to {worker.mirror.name}"
                 group.create_task(keep(name, worker.run), name=name)
 
 

@@ -152,13 +152,33 @@ def _host_form(t: Table, state_dir: Any) -> list[dict[str, Any]] | None:
         key: t.get(key, check, default_of(ReceiverConfig, key)) for key, check in _PER_REPO.items()
     }
     t.finish(known=("listen", "state_dir", "repos", *_HOST_KEYS, *_REQUIRED_PER_REPO, *_PER_REPO))
+    found = repository_tables(t, state_dir)
+    if found is None:
+        return None
+    tables, ok = found
+    repos: list[dict[str, Any]] = []
+    for name, entry, folder in tables:
+        repo = _repository(entry, name, defaults, folder)
+        entry.finish(known=(*_REQUIRED_PER_REPO, *_PER_REPO))
+        if repo is None:
+            ok = False
+            continue
+        repos.append(repo)
+    if not ok or not _apart(t, repos, state_dir):
+        return None
+    return repos
+
+
+def repository_tables(t: Table, state_dir: Any) -> tuple[list[tuple[str, Table, Any]], bool] | None:
+    """The ``repos.NAME`` tables of section ``t``, each with its repository's state folder,
+    and whether every name was valid; ``None`` when ``repos`` is no table or empty."""
     table = t.table("repos")
     if table is None:
         return None
     if not table.data:
-        t.problem("repos", "must hold at least one [receiver.repos.NAME] table")
+        t.problem("repos", f"must hold at least one [{t.prefix}repos.NAME] table")
         return None
-    repos: list[dict[str, Any]] = []
+    found = []
     ok = True
     for name in table.data:
         if not REPO_NAME.fullmatch(name):
@@ -168,19 +188,12 @@ def _host_form(t: Table, state_dir: Any) -> list[dict[str, Any]] | None:
                 "starting with a letter or digit",
             )
             ok = False
-            continue
-        entry = table.table(name)
-        folder = state_dir / REPOS_FOLDER / name if valid(state_dir) else state_dir
-        repo = None if entry is None else _repository(entry, name, defaults, folder)
-        if entry is not None:
-            entry.finish(known=(*_REQUIRED_PER_REPO, *_PER_REPO))
-        if repo is None:
+        elif (entry := table.table(name)) is None:
             ok = False
-            continue
-        repos.append(repo)
-    if not ok or not _apart(table, repos, state_dir):
-        return None
-    return repos
+        else:
+            folder = state_dir / REPOS_FOLDER / name if valid(state_dir) else state_dir
+            found.append((name, entry, folder))
+    return found, ok
 
 
 def _repository(
@@ -234,7 +247,7 @@ def _apart(t: Table, repos: list[dict[str, Any]], state_dir: Any) -> bool:
         target: Path = repo["target"]
         if valid(state_dir) and (state_dir.is_relative_to(target)):
             t.problem(
-                f"{repo['name']}.target",
+                f"repos.{repo['name']}.target",
                 f"must not hold state_dir ({state_dir}): rsync --delete would remove it",
             )
             ok = False
@@ -242,7 +255,7 @@ def _apart(t: Table, repos: list[dict[str, Any]], state_dir: Any) -> bool:
             if target.is_relative_to(other["target"]) or other["target"].is_relative_to(target):
                 how = "is the same as" if target == other["target"] else "nests with"
                 t.problem(
-                    f"{repo['name']}.target",
+                    f"repos.{repo['name']}.target",
                     f"{how} the target of repository {other['name']!r} ({other['target']})",
                 )
                 ok = False

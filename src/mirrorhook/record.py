@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mirrorhook.config import PublisherConfig
+from mirrorhook.publisher_config import PublisherConfig
 from mirrorhook.state import read_json, update_json
 
 logger = logging.getLogger(__name__)

@@ -20,13 +20,14 @@ from aiohttp import web
 
 from mirrorhook import endpoints
 from mirrorhook.addresses import Listen, redact_upstream
-from mirrorhook.config import Config, PublisherConfig, load_config
+from mirrorhook.config import Config, load_config
 from mirrorhook.connections import ConnectionGuard, GuardedSite, Limits
 from mirrorhook.delivery import Courier
 from mirrorhook.errors import ConfigError, ListenError
 from mirrorhook.fleet import Fleet
 from mirrorhook.metrics import Metrics
 from mirrorhook.publisher import Publisher
+from mirrorhook.publisher_config import PublisherConfig
 from mirrorhook.receiver import RECEIVERS, make_app
 from mirrorhook.receiver_config import repositories
 from mirrorhook.sdnotify import Notifier
@@ -60,7 +61,7 @@ async def serve(config: Config) -> None:
     loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
     async with contextlib.AsyncExitStack() as stack:
         roles: list[asyncio.Task[None]] = []
-        listen = config.publisher.listen if config.publisher is not None else ()
+        listen = config.publishers.listen if config.publishers is not None else ()
         if fleet is not None and host is not None:
             app = make_app(*fleet.receivers.values(), endpoints=common)
             app[RECEIVERS] = fleet.receivers  # the same mapping: a reload changes it in place
@@ -80,13 +81,15 @@ async def serve(config: Config) -> None:
                 else f" (repository {repo.name}, hook /v1/hook/{repo.name})"
                 + ("" if repo.enabled else ", disabled"),
             )
-        if config.publisher is not None:
+        if (publishers := config.publishers) is not None:
+            # One courier for every tree: `concurrency` bounds the host's deliveries.
             courier = await stack.enter_async_context(
-                Courier(timeout=config.publisher.timeout, concurrency=config.publisher.concurrency)
+                Courier(timeout=publishers.timeout, concurrency=publishers.concurrency)
             )
-            roles.append(
-                asyncio.create_task(_run_publisher(config.publisher, courier, metrics, supervisor))
-            )
+            roles += [
+                asyncio.create_task(_run_publisher(tree, courier, metrics, supervisor))
+                for tree in publishers.repos
+            ]
         systemd = Notifier()
         systemd.ready(_summary(config))
         watchdog = asyncio.create_task(systemd.keep_alive())
@@ -166,13 +169,15 @@ async def _run_publisher(
         rescan=config.rescan,
     )
     logger.info(
-        "publisher ready: announcing %s to %d mirrors",
+        "publisher ready: announcing %s to %d mirrors%s",
         config.root / config.marker,
         len(config.mirrors),
+        "" if config.repo is None else f" (repository {config.repo})",
     )
+    prefix = "" if config.repo is None else f"{config.repo} "
     async with asyncio.TaskGroup() as group:
-        group.create_task(publisher.run(), name="publisher")
-        group.create_task(supervisor.keep("watcher", watcher.run), name="watcher")
+        group.create_task(publisher.run(), name=f"{prefix}publisher")
+        group.create_task(supervisor.keep(f"{prefix}watcher", watcher.run), name="watcher")
 
 
 def _summary(config: Config) -> str:
@@ -184,6 +189,8 @@ def _summary(config: Config) -> str:
         parts.append(f"mirroring {len(config.receivers.repos)} repositories")
     if config.publisher is not None:
         parts.append(f"announcing to {len(config.publisher.mirrors)} mirrors")
+    elif config.publishers is not None:
+        parts.append(f"announcing {len(config.publishers.repos)} repositories")
     return ", ".join(parts)
 
 

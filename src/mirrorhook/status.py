@@ -8,9 +8,10 @@ from typing import Any
 
 from mirrorhook import marker
 from mirrorhook.addresses import redact_upstream
-from mirrorhook.config import Config, PublisherConfig
+from mirrorhook.config import Config
 from mirrorhook.errors import MarkerError
 from mirrorhook.escape import printable
+from mirrorhook.publisher_config import PublisherConfig
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.record import DeliveryResult, publisher_state_path
 from mirrorhook.state import iso_time, read_json, update_json
@@ -117,6 +118,10 @@ def host_status(config: Config) -> dict[str, Any]:
         status["repos"] = [repo_status(repo) for repo in config.receivers.repos]
     if config.publisher is not None:
         status["publisher"] = publisher_status(config.publisher)
+    elif config.publishers is not None:
+        status["publishers"] = [
+            {"repo": tree.repo, **publisher_status(tree)} for tree in config.publishers.repos
+        ]
     return status
 
 
@@ -137,7 +142,8 @@ def is_failing(status: dict[str, Any]) -> bool:
         enabled = tree.get("enabled", True)
         if enabled and isinstance(last, dict) and last.get("result") == SyncResult.FAILED:
             return True
-    mirrors = status.get("publisher", {}).get("mirrors", [])
+    trees = [status.get("publisher", {}), *status.get("publishers", [])]
+    mirrors = [mirror for tree in trees for mirror in tree.get("mirrors", [])]
     return any(
         mirror["result"] in (DeliveryResult.RETRYING, DeliveryResult.FAILED) for mirror in mirrors
     )
@@ -152,6 +158,9 @@ def format_status(status: dict[str, Any], *, colour: bool = False) -> str:
         parts.append("repositories\n" + _indent(format_repos(status["repos"], colour=colour)))
     if "publisher" in status:
         parts.append("publisher\n" + _indent(format_publisher(status["publisher"], colour=colour)))
+    for tree in status.get("publishers", []):
+        heading = f"publisher, repository {tree['repo']}\n"
+        parts.append(heading + _indent(format_publisher(tree, colour=colour)))
     return "\n\n".join(parts)
 
 

@@ -1,0 +1,207 @@
+"""The ``[publisher]`` section: one published tree (the single form) or many on one host.
+
+The single form is ``[publisher]`` with ``root`` and ``[[publisher.mirrors]]``. The host
+form has host-level keys (``name``, ``listen``, ``state_dir``, ``concurrency``,
+``timeout``, ``retry_for``) and one ``[publisher.repos.NAME]`` table per repository, each
+with its ``root``, ``marker``, ``watch``, ``rescan`` and ``[[publisher.repos.NAME.mirrors]]``;
+``marker``, ``watch`` and ``rescan`` set at the host level are every repository's default.
+A repository that the ``[receiver]`` section also has may leave out ``root``: a hub
+announces the tree it mirrors (docs/design.md#many-repositories).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mirrorhook.addresses import Listen
+from mirrorhook.checks import (
+    INVALID,
+    Table,
+    absolute_path,
+    choice,
+    default_of,
+    label,
+    listen_list,
+    load_secret,
+    marker_name,
+    positive_duration,
+    positive_int,
+    valid,
+    webhook_url,
+)
+from mirrorhook.receiver_config import repository_tables
+from mirrorhook.signing import Secret
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorConfig:
+    """One ``[[publisher.mirrors]]`` entry: where a mirror's webhook goes and its secret."""
+
+    name: str
+    url: str
+    secret: Secret
+    secret_file: Path
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherConfig:
+    """One published tree: its marker, how it is watched, and the mirrors to tell."""
+
+    root: Path
+    state_dir: Path
+    """This tree's own state folder (the host's ``state_dir`` in the single form)."""
+    mirrors: tuple[MirrorConfig, ...]
+    listen: tuple[Listen, ...] = ()
+    name: str = field(default_factory=socket.gethostname)
+    marker: str = "CURRENT"
+    watch: str = "inotify"
+    rescan: float = 60.0
+    concurrency: int = 64
+    timeout: float = 10.0
+    retry_for: float = 86400.0
+    repo: str | None = None
+    """The repository's name in the host form; ``None`` in the single form."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherHost:
+    """The whole ``[publisher]`` section: the host's settings, and its trees."""
+
+    state_dir: Path
+    repos: tuple[PublisherConfig, ...]
+    listen: tuple[Listen, ...] = ()
+    name: str = field(default_factory=socket.gethostname)
+    concurrency: int = 64
+    timeout: float = 10.0
+    retry_for: float = 86400.0
+
+    @property
+    def single(self) -> bool:
+        """Whether this is the single form (one tree)."""
+        return len(self.repos) == 1 and self.repos[0].repo is None
+
+    def named(self, name: str) -> PublisherConfig | None:
+        """The repository called ``name``, if there is one."""
+        return next((repo for repo in self.repos if repo.repo == name), None)
+
+
+Check = Callable[[Any], Any]
+
+_HOST_KEYS: dict[str, Check] = {
+    "listen": listen_list,
+    "name": label,
+    "concurrency": positive_int,
+    "timeout": positive_duration,
+    "retry_for": positive_duration,
+}
+_PER_REPO: dict[str, Check] = {
+    "marker": marker_name,
+    "watch": choice("inotify", "poll"),
+    "rescan": positive_duration,
+}
+
+
+def parse_publisher(t: Table, hub_roots: Mapping[str, Path]) -> PublisherHost | None:
+    """Check the ``[publisher]`` table in either form; ``None`` when it has problems.
+
+    ``hub_roots`` are the receiver's targets by repository name: the root of a publisher
+    repository that leaves ``root`` out.
+    """
+    state_dir: Any = t.get("state_dir", absolute_path)
+    host: dict[str, Any] = {
+        key: t.get(key, check, default_of(PublisherHost, key)) for key, check in _HOST_KEYS.items()
+    }
+    if "repos" in t.data:
+        repos = _host_form(t, state_dir, hub_roots)
+    else:
+        defaults = {key: default_of(PublisherConfig, key) for key in _PER_REPO}
+        repo = _repository(t, None, defaults, state_dir, root_default=None)
+        t.finish(known=("state_dir", "root", "mirrors", *_HOST_KEYS, *_PER_REPO))
+        repos = None if repo is None else [repo]
+    if repos is None or not valid(state_dir):
+        return None
+    if any(value is INVALID for value in host.values()):
+        return None
+    trees = tuple(PublisherConfig(**repo, **host) for repo in repos)
+    return PublisherHost(state_dir=state_dir, repos=trees, **host)
+
+
+def _host_form(
+    t: Table, state_dir: Any, hub_roots: Mapping[str, Path]
+) -> list[dict[str, Any]] | None:
+    for key in ("root", "mirrors"):
+        if key in t.data:
+            t.problem(key, "set it in each [publisher.repos.NAME] table, not beside repos")
+    defaults = {
+        key: t.get(key, check, default_of(PublisherConfig, key)) for key, check in _PER_REPO.items()
+    }
+    t.finish(known=("state_dir", "repos", "root", "mirrors", *_HOST_KEYS, *_PER_REPO))
+    found = repository_tables(t, state_dir)
+    if found is None:
+        return None
+    tables, ok = found
+    repos: list[dict[str, Any]] = []
+    for name, entry, folder in tables:
+        repo = _repository(entry, name, defaults, folder, root_default=hub_roots.get(name))
+        entry.finish(known=("root", "mirrors", *_PER_REPO))
+        if repo is None:
+            ok = False
+            continue
+        repos.append(repo)
+    return repos if ok else None
+
+
+def _repository(
+    t: Table,
+    name: str | None,
+    defaults: dict[str, Any],
+    state_dir: Any,
+    root_default: Path | None,
+) -> dict[str, Any] | None:
+    """One published tree's keys, checked; ``None`` when any of them has a problem."""
+    if "root" in t.data or root_default is None:
+        root: Any = t.get("root", absolute_path)
+    else:
+        root = root_default
+    mirrors: Any = t.get("mirrors", lambda value: _mirrors(t, value))
+    optional = {key: t.get(key, check, defaults[key]) for key, check in _PER_REPO.items()}
+    if valid(root) and valid(state_dir) and state_dir.is_relative_to(root):
+        t.problem("state_dir", f"must be outside root ({root}): mirrors would copy it")
+        return None
+    if not (valid(root) and valid(mirrors)):
+        return None
+    if any(value is INVALID for value in optional.values()):
+        return None
+    return {"root": root, "mirrors": mirrors, "state_dir": state_dir, "repo": name, **optional}
+
+
+def _mirrors(t: Table, value: Any) -> tuple[MirrorConfig, ...] | None:
+    """Check the mirrors array; problems inside an entry are reported with its index."""
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ValueError(f"must be an array of tables ([[{t.prefix}mirrors]])")
+    if not value:
+        raise ValueError("must list at least one mirror")
+    mirrors: list[MirrorConfig] = []
+    ok = True
+    names: set[str] = set()
+    for index, item in enumerate(value):
+        entry = Table(t.path, f"{t.prefix}mirrors[{index}].", item, t.problems)
+        name: Any = entry.get("name", label)
+        url: Any = entry.get("url", webhook_url)
+        secret_file: Any = entry.get("secret_file", absolute_path)
+        entry.finish(known=("name", "url", "secret_file"))
+        secret = load_secret(entry, "secret_file", secret_file) if valid(secret_file) else None
+        if valid(name) and name in names:
+            entry.problem("name", f"{name!r} is used by another mirror already")
+            ok = False
+        names.add(str(name))
+        if secret is None or not (valid(name) and valid(url)):
+            ok = False
+            continue
+        mirrors.append(MirrorConfig(name=name, url=url, secret=secret, secret_file=secret_file))
+    # Problems were recorded entry by entry; None keeps the section from loading.
+    return tuple(mirrors) if ok else None
