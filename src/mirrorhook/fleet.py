@@ -24,6 +24,7 @@ from aiohttp import web
 from mirrorhook import hooks, lock
 from mirrorhook.config import Config
 from mirrorhook.errors import MarkerError, SyncError
+from mirrorhook.log import TreeLog
 from mirrorhook.metrics import Metrics, TreeMetrics
 from mirrorhook.poller import Poller
 from mirrorhook.receiver import Receiver, start_tasks, stop_tasks
@@ -57,6 +58,7 @@ def build_receiver(
     """
     metrics = metrics or Metrics()
     tree = metrics.tree(config.name)
+    log = TreeLog(logger, config.name)
     supervisor = supervisor or Supervisor()
     slots = slots or SyncSlots(1)
     syncer = Syncer(config, metrics=tree)
@@ -68,7 +70,7 @@ def build_receiver(
             nonlocal waiting_for_slot
             waiting_for_slot = now
             if now:
-                logger.info("%s: all %d sync slots are taken: waiting", config.name, slots.size)
+                log.info("all %d sync slots are taken: waiting for one", slots.size)
             note_change()
 
         return note
@@ -77,7 +79,7 @@ def build_receiver(
         try:
             async with slots.hold(on_wait=waiting(now=True), on_slot=waiting(now=False)):
                 if lock.is_locked(config.state_dir):
-                    logger.info("another sync of this tree is running: waiting for it to finish")
+                    log.info("another sync of this tree is running: waiting for it to finish")
                 async with lock.hold_waiting(config.state_dir) as lock_fd:
                     report = await syncer.sync(if_changed=True, trigger=reason, lock_fd=lock_fd)
         except SyncError:
@@ -102,7 +104,7 @@ def build_receiver(
         else:
             supervisor.clear("state notes")
 
-    scheduler = Scheduler(run_sync, backoff=config.backoff, on_change=note_change)
+    scheduler = Scheduler(run_sync, backoff=config.backoff, on_change=note_change, repo=config.name)
     poller = Poller(
         scheduler,
         backoff=config.backoff,
@@ -110,6 +112,7 @@ def build_receiver(
         jitter=config.poll_jitter,
         start_after=start_after,
         on_change=note_change,
+        repo=config.name,
     )
     return Receiver(
         config=config,

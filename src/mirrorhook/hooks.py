@@ -14,6 +14,7 @@ import logging
 import os
 
 from mirrorhook import process
+from mirrorhook.log import TreeLog
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.state import iso_time, update_json
 from mirrorhook.syncer import receiver_state_path
@@ -43,7 +44,7 @@ async def after_sync(
         "MIRRORHOOK_MARKER": marker or "",
         "MIRRORHOOK_RESULT": result,
     }
-    outcome = await _run(key, argv, env, timeout)
+    outcome = await _run(TreeLog(logger, config.name), key, argv, env, timeout)
     note = {"command": key, "outcome": outcome, "at": iso_time(now)}
     try:
         update_json(receiver_state_path(config), lambda document: document.update(last_hook=note))
@@ -51,21 +52,23 @@ async def after_sync(
         logger.warning("cannot record the outcome of %s: %s", key, err)
 
 
-async def _run(key: str, argv: tuple[str, ...], env: dict[str, str], timeout: float) -> str:
+async def _run(
+    log: TreeLog, key: str, argv: tuple[str, ...], env: dict[str, str], timeout: float
+) -> str:
     """Run one hook; log its output and how it ended; return that in a few words."""
     where = f"{key} ({argv[0]})"
     try:
         ran = await process.run(argv, timeout=timeout, env=env, term_grace=1.0)
     except process.StartError as err:
-        logger.error("%s: %s", where, err)
+        log.error("%s: %s", where, err)
         return f"could not start: {err}"
     except TimeoutError:
-        logger.error("%s was stopped after running for %g s", where, timeout)
+        log.error("%s was stopped after running for %g s", where, timeout)
         return f"stopped after {timeout:g} s"
     for line in (*ran.stdout_tail, *ran.stderr_tail):
-        logger.info("%s: %s", where, line)
+        log.info("%s: %s", where, line)
     if ran.returncode != 0:
-        logger.error("%s exited with status %d", where, ran.returncode)
+        log.error("%s exited with status %d", where, ran.returncode)
         return f"exit status {ran.returncode}"
-    logger.info("%s finished", where)
+    log.info("%s finished", where)
     return "ok"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 from mirrorhook.escape import printable
 
@@ -47,3 +48,15 @@ def setup(*, verbose: bool) -> None:
     if not verbose:
         # One line per request is noise at the default level; refusals are logged by us.
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class TreeLog(logging.LoggerAdapter[logging.Logger]):
+    """A module's logger that names the repository in each line (``ius: sync started``), so
+    that the log of a host with forty repositories can be read; plain in the single form."""
+
+    def __init__(self, logger: logging.Logger, repo: str | None) -> None:
+        super().__init__(logger, {})
+        self.prefix = "" if repo is None else f"{repo}: "
+
+    def process(self, msg: object, kwargs: Any) -> tuple[object, Any]:
+        return f"{self.prefix}{msg}", kwargs

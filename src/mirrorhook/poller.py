@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable
 
+from mirrorhook.log import TreeLog
 from mirrorhook.retry import Sleep
 from mirrorhook.scheduler import Scheduler
 
@@ -36,7 +37,9 @@ class Poller:
         clock: Callable[[], float] = time.time,
         start_after: float = 0.0,
         on_change: Callable[[], None] = lambda: None,
+        repo: str | None = None,
     ) -> None:
+        self._log = TreeLog(logger, repo)
         self._scheduler = scheduler
         self._start_after = start_after
         self._on_change = on_change
@@ -54,7 +57,7 @@ class Poller:
         await self._wait(self._start_after + self._rng.uniform(0, self._backoff))
         self._scheduler.trigger("startup check", delay=0)
         if self._interval <= 0:
-            logger.info("polling disabled (poll_interval = 0): relying on webhooks")
+            self._log.info("polling disabled (poll_interval = 0): relying on webhooks")
             self.next_at = None
             self._on_change()
             return

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mirrorhook.errors import SyncError
+from mirrorhook.log import TreeLog
 from mirrorhook.retry import Sleep
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,9 @@ class Scheduler:
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[], None] = lambda: None,
+        repo: str | None = None,
     ) -> None:
+        self._log = TreeLog(logger, repo)
         self._run_sync = run_sync
         self._on_change = on_change
         self._backoff = backoff
@@ -83,16 +86,16 @@ class Scheduler:
     def trigger(self, reason: str, *, delay: float | None = None) -> Scheduled | Queued:
         """Ask for a sync after ``delay`` seconds (default: random within the backoff)."""
         if self._pending is not None:
-            logger.debug("trigger (%s) covered by the sync already queued", reason)
+            self._log.debug("trigger (%s) covered by the sync already queued", reason)
             return Queued()
         if delay is None:
             delay = self._rng.uniform(0, self._backoff)
         self._pending = _Request(reason, delay)
         self._wake.set()
         if self.phase is Phase.SYNCING:
-            logger.info("trigger (%s) during a sync: one follow-up sync queued", reason)
+            self._log.info("trigger (%s) during a sync: one follow-up sync queued", reason)
             return Queued()
-        logger.info("trigger (%s): sync scheduled in %.1f s", reason, delay)
+        self._log.info("trigger (%s): sync scheduled in %.1f s", reason, delay)
         return Scheduled(delay)
 
     async def run(self) -> None:
@@ -117,9 +120,9 @@ class Scheduler:
                 await self._run_sync(request.reason)
             except SyncError:
                 pass  # the sync engine logged and recorded it; wait for the next trigger
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - logged below, with the traceback at -v
                 # A bug must not end the daemon's syncing for good: log it and carry on.
-                logger.error(
+                self._log.error(
                     "unexpected error during a sync (%s): %r",
                     request.reason,
                     err,

@@ -34,6 +34,7 @@ from mirrorhook.errors import (
     SyncError,
     UpstreamMarkerError,
 )
+from mirrorhook.log import TreeLog
 from mirrorhook.metrics import NoMetrics, SyncMetrics
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.retry import Backoff, Sleep, retrying
@@ -86,6 +87,7 @@ class Syncer:
         metrics: SyncMetrics | None = None,
     ) -> None:
         self.config = config
+        self._log = TreeLog(logger, config.name)
         self.metrics = metrics or NoMetrics()
         self._backoff = backoff or Backoff()
         self._sleep = sleep
@@ -103,7 +105,7 @@ class Syncer:
         except MarkerUnreadableError:
             raise
         except MarkerError as err:
-            logger.warning("%s; treating the mirror as never synced", err)
+            self._log.warning("%s; treating the mirror as never synced", err)
             return None
 
     async def sync(self, *, if_changed: bool, trigger: str, lock_fd: int | None = None) -> Report:
@@ -123,9 +125,9 @@ class Syncer:
             failure = SyncError(
                 f"cannot note the sync in {receiver_state_path(self.config)}: {err.strerror}"
             )
-            logger.error("sync failed (%s): %s", trigger, failure)
+            self._log.error("sync failed (%s): %s", trigger, failure)
             raise failure from None
-        logger.info("sync started (%s)", trigger)
+        self._log.info("sync started (%s)", trigger)
         pass_fds = () if lock_fd is None else (lock_fd,)
         work = self._sync(
             if_changed=if_changed, sweep=_may_have_leftovers(before), pass_fds=pass_fds
@@ -133,9 +135,9 @@ class Syncer:
         report = await self._recorded(trigger, started, work)
         self._finish(trigger, started, report.result, marker_value=report.marker)
         if report.result is SyncResult.UP_TO_DATE:
-            logger.info("already up to date with upstream marker %r", report.marker)
+            self._log.info("already up to date with upstream marker %r", report.marker)
         else:
-            logger.info(
+            self._log.info(
                 "sync finished in %.1f s: marker %r installed",
                 self._clock() - started,
                 report.marker,
@@ -153,7 +155,7 @@ class Syncer:
         if upstream.value != self.local_marker():
             return True
         self._finish(trigger, started, SyncResult.UP_TO_DATE, marker_value=upstream.value)
-        logger.info("already up to date with upstream marker %r", upstream.value)
+        self._log.info("already up to date with upstream marker %r", upstream.value)
         return False
 
     async def _recorded(self, trigger: str, started: float, work: Awaitable[_T]) -> _T:
@@ -162,7 +164,7 @@ class Syncer:
             return await work
         except asyncio.CancelledError:
             self._finish(trigger, started, SyncResult.CANCELLED)
-            logger.info("sync cancelled (%s); the local marker was left as it was", trigger)
+            self._log.info("sync cancelled (%s); the local marker was left as it was", trigger)
             raise
         except SyncError as err:
             failure = err
@@ -172,7 +174,7 @@ class Syncer:
             where = f" ({err.filename})" if err.filename else ""
             failure = SyncError(f"{err.strerror or err}{where}")
         self._finish(trigger, started, SyncResult.FAILED, error=failure)
-        logger.error("sync failed (%s): %s", trigger, failure)
+        self._log.error("sync failed (%s): %s", trigger, failure)
         raise failure
 
     async def _sync(self, *, if_changed: bool, sweep: bool, pass_fds: tuple[int, ...]) -> Report:
@@ -183,7 +185,7 @@ class Syncer:
             return Report(SyncResult.UP_TO_DATE, local, 0)
         config.target.mkdir(parents=True, exist_ok=True)
         for round_number in range(1, MAX_ROUNDS + 1):
-            logger.info(
+            self._log.info(
                 "stage 1: transferring the tree for upstream marker %r (local %r)",
                 upstream.value,
                 local,
@@ -204,11 +206,11 @@ class Syncer:
             self.metrics.count_received_bytes(result.stdout_tail)
             again = await self._read_upstream(pass_fds)
             if again.value == upstream.value:
-                logger.info("stage 2: installing marker %r", again.value)
+                self._log.info("stage 2: installing marker %r", again.value)
                 with self.metrics.time_stage("install"):
                     write_atomic(config.target / config.marker, again.data, mtime=again.mtime)
                 return Report(SyncResult.SYNCED, again.value, round_number)
-            logger.info(
+            self._log.info(
                 "upstream marker moved from %r to %r during stage 1: transferring again",
                 upstream.value,
                 again.value,
@@ -319,7 +321,7 @@ class Syncer:
             self._record(changes)
         except OSError as err:
             # The tree and its marker are what they are; only `status` misses this outcome.
-            logger.error(
+            self._log.error(
                 "cannot record the sync's outcome (%s) in %s: %s",
                 result,
                 receiver_state_path(self.config),
