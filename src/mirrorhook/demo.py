@@ -1,10 +1,12 @@
 """``mirrorhook demo``: a whole mirror network on loopback, three publishes, a timeline.
 
-In a temporary folder: an upstream tree served by a real ``rsync --daemon`` on 127.0.0.1,
-a publisher and two receivers, each a real ``mirrorhook serve`` process with a real config
-written next to it. Each publish changes the tree, rewrites the marker atomically, and the
-demo prints when each mirror got the webhook, started and finished its sync (milliseconds
-since the rename), then compares each mirror's tree with the upstream's, file by file.
+In a temporary folder: an upstream with two repositories (``ius`` and ``epel``) served
+by a real ``rsync --daemon`` on 127.0.0.1, a publisher announcing both, and two mirrors,
+each a real ``mirrorhook serve`` process with a real config written next to it:
+``mirror-a`` carries both repositories in one daemon, ``mirror-b`` only ``ius``. Each
+publish changes both trees and rewrites their markers atomically; the demo prints, per
+mirror and repository, when the webhook arrived and the sync started and finished
+(milliseconds since the rename), then compares every mirror's tree with the upstream's.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from pathlib import Path
 from mirrorhook.errors import DemoError
 from mirrorhook.signing import new_secret
 
-MIRRORS = (("mirror-a", 0), ("mirror-b", 3))
-"""The receivers: name and backoff (the second shows how mirrors spread their syncs)."""
+REPOS = ("ius", "epel")
+MIRRORS = (("mirror-a", 0, REPOS), ("mirror-b", 3, ("ius",)))
+"""The receivers: name, backoff (the second shows how mirrors spread their syncs), and the
+repositories each carries (the first in one daemon, as a mirror host does)."""
 WAIT = 60.0
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 _EVENTS = {
@@ -97,10 +101,12 @@ def _secret(path: Path, text: str) -> Path:
 
 def _start(network: Network, out: Callable[[str], None]) -> None:
     folder, upstream = network.folder, network.upstream
-    for index in range(30):
-        _write(upstream / f"packages/pkg-{index}.rpm", f"package {index} version 1\n" * 200)
-    _write(upstream / "repodata/repomd.xml", "<repomd revision='1'/>\n")
-    _set_marker(upstream, "publish-0")
+    for repo in REPOS:
+        for index in range(30):
+            text = f"{repo} package {index} version 1\n" * 200
+            _write(upstream / repo / f"packages/pkg-{index}.rpm", text)
+        _write(upstream / repo / "repodata/repomd.xml", "<repomd revision='1'/>\n")
+        _set_marker(upstream / repo, "publish-0")
     rsync_port = _free_port()
     (folder / "rsyncd.conf").write_text(
         f"pid file = {folder}/rsyncd.pid\nuse chroot = no\nreverse lookup = no\n"
@@ -121,65 +127,100 @@ def _start(network: Network, out: Callable[[str], None]) -> None:
         ],
     )
     _wait_port(rsync_port)
-    mirror_lines = []
-    for name, backoff in MIRRORS:
+    announcements: dict[str, list[str]] = {repo: [] for repo in REPOS}
+    for name, backoff, repos in MIRRORS:
         port = _free_port()
-        secret = new_secret()
-        _secret(folder / f"{name}.secret", secret)
-        _secret(folder / f"publisher-{name}.secret", secret)
-        (folder / f"{name}.toml").write_text(
-            f'[receiver]\nlisten = ["127.0.0.1:{port}"]\nsecret_file = "{folder}/{name}.secret"\n'
-            f'upstream = "rsync://127.0.0.1:{rsync_port}/demo/"\ntarget = "{folder}/{name}"\n'
-            f'state_dir = "{folder}/{name}-state"\nbackoff = {backoff}\npoll_interval = 0\n'
-        )
-        mirror_lines += [
-            "[[publisher.mirrors]]",
-            f'name = "{name}"',
-            f'url = "http://127.0.0.1:{port}/v1/hook"',
-            f'secret_file = "{folder}/publisher-{name}.secret"',
-        ]
+        _write(folder / f"{name}.toml", _receiver_toml(folder, name, port, rsync_port, backoff))
+        for repo in repos:
+            secret = new_secret()
+            _secret(folder / f"{name}-{repo}.secret", secret)
+            _secret(folder / f"publisher-{name}-{repo}.secret", secret)
+            path = f"/v1/hook/{repo}" if len(repos) > 1 else "/v1/hook"
+            announcements[repo] += [
+                f"[[publisher.repos.{repo}.mirrors]]",
+                f'name = "{name}"',
+                f'url = "http://127.0.0.1:{port}{path}"',
+                f'secret_file = "{folder}/publisher-{name}-{repo}.secret"',
+            ]
         _spawn(
             network,
             name,
             [sys.executable, "-m", "mirrorhook", "serve", "-c", str(folder / f"{name}.toml")],
         )
         _wait_port(port)
-    (folder / "publisher.toml").write_text(
-        f'[publisher]\nroot = "{upstream}"\nstate_dir = "{folder}/publisher-state"\n'
-        'name = "demo-upstream"\n' + "\n".join(mirror_lines) + "\n"
-    )
-    for name, _backoff in MIRRORS:
-        _until(functools.partial(_has_marker, folder / name, "publish-0"), f"{name}'s sync")
+    publisher = [f'[publisher]\nstate_dir = "{folder}/publisher-state"\nname = "demo-upstream"']
+    for repo in REPOS:
+        publisher += [f'[publisher.repos.{repo}]\nroot = "{upstream / repo}"', *announcements[repo]]
+    _write(folder / "publisher.toml", "\n".join(publisher) + "\n")
+    for name, _backoff, repos in MIRRORS:
+        for repo in repos:
+            tree = _tree(folder, name, repos, repo)
+            _until(functools.partial(_has_marker, tree, "publish-0"), f"{name}'s sync of {repo}")
     _spawn(
         network,
         "publisher",
         [sys.executable, "-m", "mirrorhook", "serve", "-c", str(folder / "publisher.toml")],
     )
-    _until(lambda: "watching" in network.log("publisher").read_text(), "the publisher")
+    _until(lambda: network.log("publisher").read_text().count("watching") >= 2, "the publisher")
     out(
-        f"upstream served by rsync --daemon on 127.0.0.1:{rsync_port}; publisher watching "
-        f"{upstream}/CURRENT; mirrors: "
-        + ", ".join(f"{name} (backoff {backoff} s)" for name, backoff in MIRRORS)
+        f"upstream: repositories {' and '.join(REPOS)} served by rsync --daemon on "
+        f"127.0.0.1:{rsync_port}; one publisher watching both; mirrors: "
+        + ", ".join(
+            f"{name} ({' + '.join(repos)}, backoff {backoff} s)" for name, backoff, repos in MIRRORS
+        )
     )
+
+
+def _receiver_toml(folder: Path, name: str, port: int, rsync_port: int, backoff: int) -> str:
+    """A mirror's config: the single form for one repository, the host form for several."""
+    repos = next(repos for mirror, _backoff, repos in MIRRORS if mirror == name)
+    head = (
+        f'[receiver]\nlisten = ["127.0.0.1:{port}"]\nstate_dir = "{folder}/{name}-state"\n'
+        f"backoff = {backoff}\npoll_interval = 0\n"
+    )
+    if len(repos) == 1:
+        repo = repos[0]
+        return head + (
+            f'secret_file = "{folder}/{name}-{repo}.secret"\n'
+            f'upstream = "rsync://127.0.0.1:{rsync_port}/demo/{repo}/"\n'
+            f'target = "{folder}/{name}"\n'
+        )
+    return head + "".join(
+        f"[receiver.repos.{repo}]\n"
+        f'secret_file = "{folder}/{name}-{repo}.secret"\n'
+        f'upstream = "rsync://127.0.0.1:{rsync_port}/demo/{repo}/"\n'
+        f'target = "{folder}/{name}/{repo}"\n'
+        for repo in repos
+    )
+
+
+def _tree(folder: Path, mirror: str, repos: tuple[str, ...], repo: str) -> Path:
+    """Where ``mirror`` keeps ``repo``: in a folder each when it carries several."""
+    return folder / mirror / repo if len(repos) > 1 else folder / mirror
 
 
 def _publishes(upstream: Path) -> Iterator[tuple[str, Callable[[], None]]]:
     def change() -> None:
-        for index in range(0, 30, 3):
-            _write(upstream / f"packages/pkg-{index}.rpm", f"package {index} version 2\n" * 200)
-        _write(upstream / "repodata/repomd.xml", "<repomd revision='2'/>\n")
+        for repo in REPOS:
+            for index in range(0, 30, 3):
+                text = f"{repo} package {index} version 2\n" * 200
+                _write(upstream / repo / f"packages/pkg-{index}.rpm", text)
+            _write(upstream / repo / "repodata/repomd.xml", "<repomd revision='2'/>\n")
 
     def add() -> None:
-        for index in range(30, 40):
-            _write(upstream / f"packages/pkg-{index}.rpm", f"package {index} version 1\n" * 200)
+        for repo in REPOS:
+            for index in range(30, 40):
+                text = f"{repo} package {index} version 1\n" * 200
+                _write(upstream / repo / f"packages/pkg-{index}.rpm", text)
 
     def delete() -> None:
-        for index in range(0, 40, 4):
-            (upstream / f"packages/pkg-{index}.rpm").unlink()
+        for repo in REPOS:
+            for index in range(0, 40, 4):
+                (upstream / repo / f"packages/pkg-{index}.rpm").unlink()
 
-    yield "10 files changed", change
-    yield "10 files added", add
-    yield "10 files deleted", delete
+    yield "10 files changed in each repository", change
+    yield "10 files added to each", add
+    yield "10 files deleted from each", delete
 
 
 def _publish(
@@ -188,29 +229,34 @@ def _publish(
     value = f"publish-{number}"
     change()
     renamed = time.time()
-    _set_marker(network.upstream, value)
+    for repo in REPOS:
+        _set_marker(network.upstream / repo, value)
     out("")
-    out(f"publish {number}: {what}, marker {value!r} renamed into place")
-    for name, _backoff in MIRRORS:
-        _until(functools.partial(_has_marker, network.folder / name, value), f"{name}'s sync")
-        # The marker is installed just before the log line that says so.
-        logged = functools.partial(_fully_logged, network.log(name), value, renamed)
-        _until(logged, f"{name}'s log")
-    rows = [(name, _timeline(network.log(name), value, renamed)) for name, _ in MIRRORS]
+    out(f"publish {number}: {what}, markers {value!r} renamed into place")
     converged = True
-    for name, times in rows:
-        same = same_tree(network.upstream, network.folder / name)
-        converged &= same
-        cells = "  ".join(f"{event} {times.get(event, '?'):>8}" for event in _EVENTS)
-        out(f"  {name:9} {cells}   tree {'identical' if same else 'DIFFERS'}")
+    for name, _backoff, repos in MIRRORS:
+        for repo in repos:
+            tree = _tree(network.folder, name, repos, repo)
+            _until(functools.partial(_has_marker, tree, value), f"{name}'s sync of {repo}")
+            # The marker is installed just before the log line that says so.
+            prefix = f"{repo}: " if len(repos) > 1 else ""
+            logged = functools.partial(_fully_logged, network.log(name), value, renamed, prefix)
+            _until(logged, f"{name}'s log")
+            times = _timeline(network.log(name), value, renamed, prefix)
+            same = same_tree(network.upstream / repo, tree)
+            converged &= same
+            cells = "  ".join(f"{event} {times.get(event, '?'):>8}" for event in _EVENTS)
+            out(f"  {name:9} {repo:5} {cells}   tree {'identical' if same else 'DIFFERS'}")
     return converged
 
 
-def _timeline(log: Path, value: str, since: float) -> dict[str, str]:
+def _timeline(log: Path, value: str, since: float, prefix: str) -> dict[str, str]:
+    """Milliseconds from ``since`` to each event of ``value``'s sync in ``log``; ``prefix``
+    picks one repository's lines in a mirror that carries several."""
     times: dict[str, str] = {}
     for line in log.read_text().splitlines():
         stamp = _STAMP.match(line)
-        if not stamp:
+        if not stamp or f": {prefix}" not in line:
             continue
         for event, pattern in _EVENTS.items():
             found = pattern.search(line)
@@ -251,8 +297,8 @@ def _marker(tree: Path) -> str | None:
     return None
 
 
-def _fully_logged(log: Path, value: str, since: float) -> bool:
-    return len(_timeline(log, value, since)) == len(_EVENTS)
+def _fully_logged(log: Path, value: str, since: float, prefix: str) -> bool:
+    return len(_timeline(log, value, since, prefix)) == len(_EVENTS)
 
 
 def _has_marker(tree: Path, value: str) -> bool:
