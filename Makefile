@@ -25,6 +25,7 @@ bench: venv rsync
 	$(BIN)/python -m bench.sync_overhead
 	$(BIN)/python -m bench.hook_to_rsync
 	$(BIN)/python -m bench.slow_clients
+	$(BIN)/python -m bench.many_repos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

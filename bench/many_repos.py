@@ -190,19 +190,26 @@ def main() -> int:  # noqa: PLR0915 - one linear story, like the end-to-end test
                 serve.wait(60)
             burst_log = tmp / "burst.log"
             burst_log.write_text("\n".join(log.read_text().splitlines()[burst_from:]) + "\n")
-            syncs: dict[str, list[float]] = {}
-            for start, end, name, _tree in runs(burst_log, names):
-                syncs.setdefault(name, []).extend([start, end])
-            spans = [(min(times), max(times)) for times in syncs.values()]
+            finished = runs(burst_log, names)
+            by_repo: dict[str, list[tuple[float, float, str, bool]]] = {}
+            for run in finished:
+                by_repo.setdefault(run[2], []).append(run)
+            # A sync is its marker read, its tree transfer and its marker re-read (a poll
+            # that followed it, finding nothing to do, is not part of it).
+            spans = []
+            for repo_runs in by_repo.values():
+                tree = next(i for i, run in enumerate(repo_runs) if run[3])
+                spans.append((repo_runs[tree - 1][0], repo_runs[tree + 1][1]))
             durations = sorted(end - start for start, end in spans)
             one_sync = durations[len(durations) // 2]
             ideal = len(names) / MAX_SYNCS * one_sync
-            peak = most_at_once(spans)
+            peak = most_at_once([(run[0], run[1]) for run in finished])
+            peak_syncs = most_at_once(spans)
             states = [
                 json.loads((tmp / "state" / "repos" / n / "receiver.json").read_text())
                 for n in names
             ]
-            assert all(s["last_sync"]["result"] == "synced" for s in states)
+            assert all(s["last_sync"]["result"] in ("synced", "up-to-date") for s in states)
     hook = summary(to_rsync)
     result = {
         "repos": len(names),
@@ -215,7 +222,8 @@ def main() -> int:  # noqa: PLR0915 - one linear story, like the end-to-end test
         "one_sync_seconds": one_sync,
         "burst_ideal_seconds": ideal,
         "burst_ratio": burst / ideal,
-        "most_syncs_at_once": peak,
+        "most_rsyncs_at_once": peak,
+        "most_syncs_at_once": peak_syncs,
     }
     print(f"{len(names)} repositories in one serve, max_syncs = {MAX_SYNCS}")
     print(f"  RSS after the start-up syncs      {rss:8.1f} MB   (goal <= 100 MB)")
@@ -228,7 +236,8 @@ def main() -> int:  # noqa: PLR0915 - one linear story, like the end-to-end test
         f"  burst of {len(names)}: {burst:.2f} s, ideal {ideal:.2f} s ({len(names)}/{MAX_SYNCS} x"
         f" {one_sync * 1000:.0f} ms), ratio {burst / ideal:.2f} (goal <= 1.3)"
     )
-    print(f"  most syncs at once             {peak:8d}      (goal <= {MAX_SYNCS})")
+    print(f"  most rsync runs at once        {peak:8d}      (goal <= {MAX_SYNCS})")
+    print(f"  most syncs at once             {peak_syncs:8d}      (marker read to re-read)")
     print(f"wrote {save('many_repos', result)}")
     return 0
 
