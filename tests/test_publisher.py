@@ -595,7 +595,7 @@ async def test_delivery_metrics(tmp_path: Path, aiohttp_server: ServerFactory) -
     }
     config, mirrors = await fan_out(tmp_path, aiohttp_server, answers)
     async with Courier(timeout=1, concurrency=4) as courier:
-        publisher = Publisher(config, courier, backoff=FAST, metrics=metrics)
+        publisher = Publisher(config, courier, backoff=FAST, metrics=metrics.tree(None))
         task = await run_publisher(publisher)
         publisher.publish("9")
         await wait_for(lambda: mirrors["flaky"].values() == ["9", "9"])
@@ -679,3 +679,17 @@ async def test_notify_refuses_a_symlinked_marker_and_sends_nothing(
     )
     assert secret_file.read_text().strip() not in str(caught.value)
     assert mirrors["a"].received == []
+
+
+def test_each_published_tree_has_its_own_series_when_there_are_several() -> None:
+    """Two repositories' publishers in one daemon: pending and deliveries per repository,
+    not the last one's figures for all."""
+    metrics = Metrics(repos=True)
+    ius, epel = metrics.tree("ius"), metrics.tree("epel")
+    ius.watch_pending(lambda: 3)
+    epel.watch_pending(lambda: 0)
+    ius.delivery_attempted("m", "delivered", 0.01)
+    lines = set(metrics.render().decode().splitlines())
+    assert 'mirrorhook_deliveries_pending{repo="ius"} 3.0' in lines
+    assert 'mirrorhook_deliveries_pending{repo="epel"} 0.0' in lines
+    assert 'mirrorhook_deliveries_total{mirror="m",repo="ius",result="delivered"} 1.0' in lines

@@ -11,7 +11,7 @@ import contextlib
 import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -80,6 +80,7 @@ class Metrics:
         )
 
         self.registry: CollectorRegistry = CollectorRegistry()
+        self.repos = repos
         tree = ["repo"] if repos else []
         registry = self.registry
         self.syncs = Counter(
@@ -120,7 +121,7 @@ class Metrics:
         self.deliveries = Counter(
             "mirrorhook_deliveries",
             "Delivery attempts to mirrors, by mirror and result.",
-            ["mirror", "result"],
+            [*tree, "mirror", "result"],
             registry=registry,
         )
         self.delivery_seconds = Histogram(
@@ -138,25 +139,15 @@ class Metrics:
         self.pending = Gauge(
             "mirrorhook_deliveries_pending",
             "Mirrors that have not accepted the newest marker yet.",
+            tree,
             registry=registry,
         )
 
     def tree(self, repo: str | None) -> TreeMetrics:
-        """The metrics of one tree: repository ``repo`` in the host form, ``None`` else."""
+        """The metrics of one tree (a receiver's or a publisher's): labelled with repository
+        ``repo`` when the host has several (``repo=""`` for a single-form section beside
+        them), unlabelled otherwise."""
         return TreeMetrics(self, repo)
-
-    def delivery_attempted(self, mirror: str, result: str, seconds: float) -> None:
-        """Count one delivery attempt to ``mirror`` by result, and time it."""
-        self.delivery_seconds.observe(seconds)
-        self.deliveries.labels(mirror=mirror, result=result).inc()
-
-    def delivered(self, lag: float) -> None:
-        """A mirror accepted a marker ``lag`` seconds after the publisher noticed it."""
-        self.publish_lag.observe(lag)
-
-    def watch_pending(self, count: Callable[[], float]) -> None:
-        """Report ``count()`` as the number of mirrors still owed the newest marker."""
-        self.pending.set_function(count)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
@@ -170,7 +161,7 @@ class TreeMetrics:
 
     def __init__(self, metrics: Metrics, repo: str | None) -> None:
         self._metrics = metrics
-        self._tree = {} if repo is None else {"repo": repo}
+        self._tree = {"repo": repo or ""} if metrics.repos else {}
         self._markers: dict[str, str] = {}
         """The marker value shown per side, so that a new one replaces it."""
 
@@ -186,8 +177,7 @@ class TreeMetrics:
 
     def succeeded_at(self, when: float) -> None:
         """Show ``when`` as the last success (also restored from the state file at start)."""
-        gauge = self._metrics.last_success
-        (gauge.labels(**self._tree) if self._tree else gauge).set(when)
+        self._series(self._metrics.last_success).set(when)
 
     def set_marker(self, side: str, value: str | None) -> None:
         """Show ``value`` as the ``side`` marker (one series per side)."""
@@ -201,13 +191,29 @@ class TreeMetrics:
 
     def count_received_bytes(self, stdout_tail: Sequence[str]) -> None:
         """Add the bytes of an rsync run's --stats summary."""
-        counter = self._metrics.bytes_received
         for line in stdout_tail:
             if match := _RECEIVED.search(line):
                 received = int(re.sub(r"[,.]", "", match.group(1)))
-                (counter.labels(**self._tree) if self._tree else counter).inc(received)
+                self._series(self._metrics.bytes_received).inc(received)
                 return
 
     def webhook(self, outcome: str) -> None:
         """Count one webhook for this tree by its outcome."""
         self._metrics.webhooks.labels(**self._tree, outcome=outcome).inc()
+
+    def delivery_attempted(self, mirror: str, result: str, seconds: float) -> None:
+        """Count one delivery attempt to ``mirror`` by result, and time it."""
+        self._metrics.delivery_seconds.observe(seconds)
+        self._metrics.deliveries.labels(**self._tree, mirror=mirror, result=result).inc()
+
+    def delivered(self, lag: float) -> None:
+        """A mirror accepted a marker ``lag`` seconds after the publisher noticed it."""
+        self._metrics.publish_lag.observe(lag)
+
+    def watch_pending(self, count: Callable[[], float]) -> None:
+        """Report ``count()`` as the number of mirrors still owed the newest marker."""
+        self._series(self._metrics.pending).set_function(count)
+
+    def _series(self, family: Any) -> Any:
+        """``family``'s series for this tree (the family itself when it has no labels)."""
+        return family.labels(**self._tree) if self._tree else family

@@ -51,7 +51,8 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _stopper(stop, sig))
     host = config.receivers
-    metrics = Metrics(repos=host is not None and not host.single)
+    several = [section for section in (host, config.publishers) if section is not None]
+    metrics = Metrics(repos=any(not section.single for section in several))
     supervisor = Supervisor()
     fleet = Fleet(config, metrics, supervisor) if host is not None else None
     common = endpoints.Endpoints(
@@ -160,7 +161,7 @@ async def _run_publisher(
     config: PublisherConfig, courier: Courier, metrics: Metrics, supervisor: Supervisor
 ) -> None:
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    publisher = Publisher(config, courier, metrics=metrics, supervisor=supervisor)
+    publisher = Publisher(config, courier, metrics=metrics.tree(config.repo), supervisor=supervisor)
     watcher = MarkerWatcher(
         config.root,
         config.marker,
