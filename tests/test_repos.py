@@ -446,3 +446,47 @@ def test_one_publisher_announces_each_repository_to_its_own_mirrors(
     assert result.stdout.splitlines()[0] == "repository b: marker '1'"
     assert mirrors["b"].values()[-1] == "1"
     assert len(mirrors["b"].received) == 2
+
+
+def test_sighup_adds_and_removes_published_repositories(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """A publisher host reloaded with repository b added and a removed: b's marker is
+    announced to its mirror at once; a publish in a reaches nobody any more."""
+    roots = {name: make_upstream(tmp_path / "pub" / name) for name in ("a", "b")}
+    ports = {name: free_port() for name in roots}
+
+    def section(name: str) -> list[str]:
+        write_secret(tmp_path / f"m-{name}.secret")
+        return [
+            f"[publisher.repos.{name}]",
+            f'root = "{roots[name]}"',
+            f"[[publisher.repos.{name}.mirrors]]",
+            f'name = "m-{name}"',
+            f'url = "http://127.0.0.1:{ports[name]}/v1/hook"',
+            f'secret_file = "{tmp_path / f"m-{name}.secret"}"',
+        ]
+
+    head = ["[publisher]", f'state_dir = "{tmp_path / "pstate"}"', "rescan = 5"]
+    config = tmp_path / "pub.toml"
+    config.write_text("\n".join([*head, *section("a")]) + "\n")
+    b_section = section("b")
+    mirrors = {
+        name: HookMirror(signing.Secret.parse((tmp_path / f"m-{name}.secret").read_text()))
+        for name in roots
+    }
+    with ExitStack() as stack:
+        for name, mirror in mirrors.items():
+            stack.enter_context(mirror_in_thread(mirror, ports[name]))
+        daemon = processes.serve(config, "publisher")
+        wait_until(lambda: mirrors["a"].values() == ["1"], what="a announced")
+        config.write_text("\n".join([*head, *b_section]) + "\n")
+        daemon.send_signal(signal.SIGHUP)
+        wait_until(lambda: mirrors["b"].values() == ["1"], what="b announced after the reload")
+        log = processes.log("publisher")
+        assert "published repository a removed" in log
+        assert "published repository b added" in log
+        publish(roots["a"], "2")
+        time.sleep(1.0)  # a's watcher, had it survived, reacts within milliseconds
+        assert mirrors["a"].values() == ["1"]
+        assert daemon.poll() is None

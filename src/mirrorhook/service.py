@@ -20,21 +20,19 @@ from aiohttp import web
 
 from mirrorhook import endpoints
 from mirrorhook.addresses import Listen, redact_upstream
+from mirrorhook.announcers import Announcers
 from mirrorhook.config import Config, load_config
 from mirrorhook.connections import ConnectionGuard, GuardedSite, Limits
 from mirrorhook.delivery import Courier
 from mirrorhook.errors import ConfigError, ListenError
 from mirrorhook.fleet import Fleet
 from mirrorhook.metrics import Metrics
-from mirrorhook.publisher import Publisher
-from mirrorhook.publisher_config import PublisherConfig
 from mirrorhook.receiver import RECEIVERS, make_app
 from mirrorhook.receiver_config import repositories
 from mirrorhook.sdnotify import Notifier
 from mirrorhook.status import host_status
 from mirrorhook.supervisor import Supervisor
 from mirrorhook.throttle import AcceptErrorLog
-from mirrorhook.watcher import MarkerWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +57,7 @@ async def serve(config: Config) -> None:
         fleet.status if fleet is not None else lambda: host_status(config), metrics, supervisor
     )
     reload_wanted = asyncio.Event()
+    announcers: Announcers | None = None
     loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
     async with contextlib.AsyncExitStack() as stack:
         roles: list[asyncio.Task[None]] = []
@@ -87,15 +86,16 @@ async def serve(config: Config) -> None:
             courier = await stack.enter_async_context(
                 Courier(timeout=publishers.timeout, concurrency=publishers.concurrency)
             )
-            roles += [
-                asyncio.create_task(_run_publisher(tree, courier, metrics, supervisor))
-                for tree in publishers.repos
-            ]
+            announcers = Announcers(publishers, courier, metrics, supervisor)
+            announcers.start()
+            stack.push_async_callback(announcers.stop)
         systemd = Notifier()
         systemd.ready(_summary(config))
         watchdog = asyncio.create_task(systemd.keep_alive())
         reloads = asyncio.create_task(
-            supervisor.keep("reload", lambda: _reloads(config.path, reload_wanted, fleet))
+            supervisor.keep(
+                "reload", lambda: _reloads(config.path, reload_wanted, fleet, announcers)
+            )
         )
         waiter = asyncio.create_task(stop.wait())
         try:
@@ -112,7 +112,9 @@ async def serve(config: Config) -> None:
     logger.info("stopped")
 
 
-async def _reloads(path: Path, wanted: asyncio.Event, fleet: Fleet | None) -> None:
+async def _reloads(
+    path: Path, wanted: asyncio.Event, fleet: Fleet | None, announcers: Announcers | None
+) -> None:
     """Reload ``path`` at each SIGHUP (``systemctl reload mirrorhook``); a file that does not
     load is refused with its problems in the log, and the running config stays."""
     while True:
@@ -129,8 +131,10 @@ async def _reloads(path: Path, wanted: asyncio.Event, fleet: Fleet | None) -> No
             await fleet.reload(config)
         elif config.receivers is not None:
             logger.warning("reload: a new [receiver] section takes effect at the next restart")
-        if config.publisher is not None:
-            logger.info("reload: the [publisher] section takes effect at the next restart")
+        if announcers is not None:
+            await announcers.reload(config)
+        elif config.publishers is not None:
+            logger.warning("reload: a new [publisher] section takes effect at the next restart")
 
 
 async def start_web(
@@ -155,30 +159,6 @@ async def start_web(
         await runner.cleanup()
         raise
     return runner
-
-
-async def _run_publisher(
-    config: PublisherConfig, courier: Courier, metrics: Metrics, supervisor: Supervisor
-) -> None:
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    publisher = Publisher(config, courier, metrics=metrics.tree(config.repo), supervisor=supervisor)
-    watcher = MarkerWatcher(
-        config.root,
-        config.marker,
-        publisher.publish,
-        polling=config.watch == "poll",
-        rescan=config.rescan,
-    )
-    logger.info(
-        "publisher ready: announcing %s to %d mirrors%s",
-        config.root / config.marker,
-        len(config.mirrors),
-        "" if config.repo is None else f" (repository {config.repo})",
-    )
-    prefix = "" if config.repo is None else f"{config.repo} "
-    async with asyncio.TaskGroup() as group:
-        group.create_task(publisher.run(), name=f"{prefix}publisher")
-        group.create_task(supervisor.keep(f"{prefix}watcher", watcher.run), name="watcher")
 
 
 def _summary(config: Config) -> str:

@@ -1,0 +1,132 @@
+"""The trees a publisher announces, at work: started, stopped, and swapped on reload.
+
+Each published tree runs its watcher and its publisher (delivery workers and record), all
+through the daemon's one courier, so ``concurrency`` bounds the whole host. A reload
+(``SIGHUP``) leaves unchanged trees alone — their retries go on — stops removed ones, and
+starts new and changed ones, which read their marker at once and announce it to the
+mirrors that do not have it yet (docs/design.md#many-repositories).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+from mirrorhook.config import Config
+from mirrorhook.delivery import Courier
+from mirrorhook.metrics import Metrics
+from mirrorhook.publisher import Publisher
+from mirrorhook.publisher_config import PublisherConfig, PublisherHost
+from mirrorhook.supervisor import Supervisor
+from mirrorhook.watcher import MarkerWatcher
+
+logger = logging.getLogger(__name__)
+
+
+class Announcers:
+    """Every tree of a ``[publisher]`` section and its running watcher and publisher."""
+
+    def __init__(
+        self, host: PublisherHost, courier: Courier, metrics: Metrics, supervisor: Supervisor
+    ) -> None:
+        self.host = host
+        self._courier = courier
+        self._metrics = metrics
+        self._supervisor = supervisor
+        self._tasks: dict[str | None, asyncio.Task[None]] = {}
+        self._reloading = asyncio.Lock()
+
+    def start(self) -> None:
+        """Start every tree (its state folder is made first: a failure there is fatal)."""
+        for tree in self.host.repos:
+            self._start(tree)
+
+    async def stop(self) -> None:
+        """Stop every tree, as at shutdown."""
+        await asyncio.gather(*(self._stop(name) for name in list(self._tasks)))
+
+    async def reload(self, config: Config) -> None:
+        """Apply ``config``'s ``[publisher]`` section to the running trees."""
+        async with self._reloading:
+            new = config.publishers
+            if new is None or new.single != self.host.single:
+                logger.error(
+                    "reload: %s: adding or removing [publisher], or switching between one "
+                    "tree and [publisher.repos], needs a restart; the running config stays",
+                    config.path,
+                )
+                return
+            for key in ("listen", "name", "state_dir", "concurrency", "timeout", "retry_for"):
+                if getattr(new, key) != getattr(self.host, key):
+                    logger.warning(
+                        "reload: publisher.%s changed: takes effect at the next restart", key
+                    )
+            running = {tree.repo: tree for tree in self.host.repos}
+            for name in running.keys() - {tree.repo for tree in new.repos}:
+                await self._stop(name)
+                logger.info("reload: published repository %s removed", name)
+            kept = []
+            for tree in new.repos:
+                old = running.get(tree.repo)
+                if old is not None and _settings(old) == _settings(tree):
+                    kept.append(old)  # the running one, with the host settings it started with
+                    continue
+                if old is not None:
+                    await self._stop(tree.repo)
+                    logger.info("reload: published repository %s changed: restarting", tree.repo)
+                else:
+                    logger.info("reload: published repository %s added", tree.repo)
+                started = _with_host_settings(tree, self.host)
+                self._start(started)
+                kept.append(started)
+            self.host = dataclasses.replace(self.host, repos=tuple(kept))
+
+    def _start(self, tree: PublisherConfig) -> None:
+        tree.state_dir.mkdir(parents=True, exist_ok=True)
+        self._tasks[tree.repo] = asyncio.create_task(self._run(tree))
+
+    async def _stop(self, name: str | None) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel("publisher shutting down")
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self, tree: PublisherConfig) -> None:
+        publisher = Publisher(
+            tree, self._courier, metrics=self._metrics.tree(tree.repo), supervisor=self._supervisor
+        )
+        watcher = MarkerWatcher(
+            tree.root,
+            tree.marker,
+            publisher.publish,
+            polling=tree.watch == "poll",
+            rescan=tree.rescan,
+        )
+        logger.info(
+            "publisher ready: announcing %s to %d mirrors%s",
+            tree.root / tree.marker,
+            len(tree.mirrors),
+            "" if tree.repo is None else f" (repository {tree.repo})",
+        )
+        prefix = "" if tree.repo is None else f"{tree.repo} "
+        async with asyncio.TaskGroup() as group:
+            group.create_task(publisher.run(), name=f"{prefix}publisher")
+            group.create_task(self._supervisor.keep(f"{prefix}watcher", watcher.run))
+
+
+def _with_host_settings(tree: PublisherConfig, host: PublisherHost) -> PublisherConfig:
+    """``tree`` with the running host's values (they change only with a restart)."""
+    return dataclasses.replace(
+        tree,
+        listen=host.listen,
+        name=host.name,
+        concurrency=host.concurrency,
+        timeout=host.timeout,
+        retry_for=host.retry_for,
+    )
+
+
+def _settings(tree: PublisherConfig) -> PublisherConfig:
+    """A tree's own settings: host-level copies are compared on their own."""
+    return dataclasses.replace(tree, listen=(), name="", concurrency=0, timeout=0.0, retry_for=0.0)
