@@ -86,8 +86,10 @@ def most_at_once(spans: list[tuple[float, float]]) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
+    """CPU time of the daemon and of the children it waited for (its rsync runs)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, clock ticks
+    # utime, stime, cutime, cstime (fields 14-17 of proc(5)), in clock ticks
+    return sum(int(fields[index]) for index in (11, 12, 13, 14)) / 100
 
 
 def post(port: int, name: str, secret: Secret, value: str) -> None:
@@ -199,12 +201,14 @@ def main() -> int:  # noqa: PLR0915 - one linear story, like the end-to-end test
             spans = []
             for repo_runs in by_repo.values():
                 tree = next(i for i, run in enumerate(repo_runs) if run[3])
+                assert 0 < tree < len(repo_runs) - 1, "a sync is marker, tree, marker"
                 spans.append((repo_runs[tree - 1][0], repo_runs[tree + 1][1]))
             durations = sorted(end - start for start, end in spans)
             one_sync = durations[len(durations) // 2]
             ideal = len(names) / MAX_SYNCS * one_sync
             peak = most_at_once([(run[0], run[1]) for run in finished])
             peak_syncs = most_at_once(spans)
+            assert peak <= MAX_SYNCS, f"{peak} rsync runs at once"
             states = [
                 json.loads((tmp / "state" / "repos" / n / "receiver.json").read_text())
                 for n in names

@@ -693,3 +693,19 @@ def test_each_published_tree_has_its_own_series_when_there_are_several() -> None
     assert 'mirrorhook_deliveries_pending{repo="ius"} 3.0' in lines
     assert 'mirrorhook_deliveries_pending{repo="epel"} 0.0' in lines
     assert 'mirrorhook_deliveries_total{mirror="m",repo="ius",result="delivered"} 1.0' in lines
+
+
+def test_a_forgotten_tree_leaves_no_series_behind() -> None:
+    """A repository removed by a reload: its last success, markers and counters go, so an
+    age alert on it does not fire for ever; the other tree's stay."""
+    metrics = Metrics(repos=True)
+    ius, epel = metrics.tree("ius"), metrics.tree("epel")
+    for tree in (ius, epel):
+        tree.succeeded_at(1_800_000_000)
+        tree.set_marker("local", "7")
+        tree.sync_finished("synced", success_at=None)
+    assert metrics.tree("ius") is ius  # one object per tree: a rebuilt tree reuses it
+    metrics.forget("ius")
+    text = metrics.render().decode()
+    assert 'repo="ius"' not in text
+    assert 'mirrorhook_marker_info{marker="7",repo="epel",side="local"} 1.0' in text

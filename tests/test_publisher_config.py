@@ -58,13 +58,14 @@ def test_a_hub_repository_announces_the_tree_it_mirrors(tmp_path: Path) -> None:
         tmp_path,
         '[receiver]\nlisten = ["127.0.0.1:8873"]\nstate_dir = "TMP/rstate"\n'
         '[receiver.repos.ius]\nsecret_file = "TMP/r.secret"\n'
-        'upstream = "rsync://up.example/ius/"\ntarget = "TMP/srv/ius"\n'
+        'upstream = "rsync://up.example/ius/"\ntarget = "TMP/srv/ius"\nmarker = "lastupdate"\n'
         '[publisher]\nstate_dir = "TMP/pstate"\n[publisher.repos.ius]\n'
         + MIRROR.format(repo="ius", name="m1"),
     )
     host = load_config(path).publishers
     assert host is not None
     assert host.repos[0].root == tmp_path / "srv/ius"
+    assert host.repos[0].marker == "lastupdate"  # the marker the hub installs
 
 
 def test_problems_are_named_by_repository(tmp_path: Path) -> None:

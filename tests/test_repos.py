@@ -169,13 +169,16 @@ def test_one_daemon_serves_three_repositories_each_with_its_own_hook_secret_and_
     assert overlapping(transfers(log)) == []
     assert sorted(run[2] for run in transfers(log)) == sorted(REPOS)
 
-    publish(upstreams["ius"], "2")
+    for name in REPOS:  # all three move upstream; only ius is told
+        publish(upstreams[name], "2")
     assert host.post("/v1/hook/ius", host.secrets["ius"], "2") == (
         202,
         {"status": "scheduled", "delay": 0},
     )
     wait_until(lambda: marker_of(host.tree("ius")) == "2", what="ius at marker 2")
+    time.sleep(0.5)  # had the webhook triggered the others, they would be syncing by now
     assert [marker_of(host.tree(name)) for name in ("epel", "arch")] == ["1", "1"]
+    assert sorted(run[2] for run in transfers(log)) == sorted([*REPOS, "ius"])
     assert trees_equal(upstreams["ius"], host.tree("ius"))
 
     assert host.post("/v1/hook/epel", host.secrets["ius"], "2")[0] == 401
@@ -490,3 +493,18 @@ def test_sighup_adds_and_removes_published_repositories(
         time.sleep(1.0)  # a's watcher, had it survived, reacts within milliseconds
         assert mirrors["a"].values() == ["1"]
         assert daemon.poll() is None
+
+
+def test_randomize_waits_once_for_all_repositories(
+    tmp_path: Path, upstreams: dict[str, Path]
+) -> None:
+    """`sync --randomize N` over several repositories sleeps once, not once per repository."""
+    urls = {name: (tmp_path / f"{name}.url").read_text() for name in REPOS}
+    rsync = subprocess.run(
+        ["sh", "-c", "command -v rsync"], capture_output=True, check=True, text=True
+    ).stdout.strip()
+    host = Host(tmp_path, urls, Path(rsync))
+    result = mirrorhook("sync", "-c", host.config, "--randomize", "1", "-v")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("sleeping") == 1, result.stderr
+    assert result.stdout.splitlines() == [f"{name}  ok" for name in REPOS]

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
@@ -267,9 +268,16 @@ def _sync(args: argparse.Namespace) -> int:
     host = config.receivers
     if host is None:
         raise ConfigError([f"{config.path}: receiver: this command needs a [receiver] section"])
-    repos = _trees(config, "receiver", host.repos, [str(r.name) for r in host.repos], args.repos)
+    repos = _trees(config, "receiver", host.repos, [r.name for r in host.repos], args.repos)
     if host.single:
         return _sync_one(repos[0], args)
+    if args.randomize:
+        # One wait for the whole run, as the hourly script had: forty repositories must not
+        # each sleep up to --randomize seconds in turn.
+        delay = random.uniform(0, args.randomize)
+        logger.info("sleeping %.0f s to spread the mirrors' load on the upstreams", delay)
+        _run_interruptible(asyncio.sleep(delay))
+        args.randomize = 0.0
     codes = {}
     for repo in repos:
         codes[repo.name] = _sync_one(repo, args) if repo.enabled else EXIT_OK
@@ -288,19 +296,19 @@ def _trees(
     config: Config,
     section: str,
     trees: Sequence[_T],
-    tree_names: Sequence[str],
+    tree_names: Sequence[str | None],
     names: Sequence[str],
 ) -> list[_T]:
     """The trees named on the command line, in that order; every one without names (the
     single form's one tree has no name to give)."""
     if not names:
         return list(trees)
-    if tree_names == ["None"]:
+    if tree_names == [None]:
         raise ConfigError([f"{config.path}: {section}: has no repositories to name"])
     by_name = dict(zip(tree_names, trees, strict=True))
     unknown = [name for name in names if name not in by_name]
     if unknown:
-        known = ", ".join(tree_names)
+        known = ", ".join(str(name) for name in tree_names)
         raise ConfigError(
             [f"{config.path}: {section}.repos: no {unknown[0]!r} (there are {known})"]
         )
@@ -328,7 +336,7 @@ def _notify(args: argparse.Namespace) -> int:
     publishers = config.publishers
     if publishers is None:
         raise ConfigError([f"{config.path}: publisher: this command needs a [publisher] section"])
-    names = [str(tree.repo) for tree in publishers.repos]
+    names = [tree.repo for tree in publishers.repos]
     trees = _trees(config, "publisher", publishers.repos, names, args.repos)
     failed = False
     for tree in trees:

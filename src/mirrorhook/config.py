@@ -72,8 +72,10 @@ def load_config(path: Path) -> Config:
     if "receiver" in document and (table := root.table("receiver")) is not None:
         receivers = parse_receiver(table)
     if "publisher" in document and (table := root.table("publisher")) is not None:
-        hub_roots = {repo.name: repo.target for repo in repositories(receivers) if repo.name}
-        publishers = parse_publisher(table, hub_roots)
+        hubs = {
+            repo.name: (repo.target, repo.marker) for repo in repositories(receivers) if repo.name
+        }
+        publishers = parse_publisher(table, hubs)
     root.finish(known=("receiver", "publisher"))
     if not problems and receivers is None and publishers is None:
         problems.append(f"{path}: neither a [receiver] nor a [publisher] section: nothing to run")

@@ -28,7 +28,7 @@ from mirrorhook.log import TreeLog
 from mirrorhook.metrics import Metrics, TreeMetrics
 from mirrorhook.poller import Poller
 from mirrorhook.receiver import Receiver, start_tasks, stop_tasks
-from mirrorhook.receiver_config import ReceiverConfig, ReceiverHost
+from mirrorhook.receiver_config import REPOS_FOLDER, ReceiverConfig, ReceiverHost
 from mirrorhook.scheduler import Phase, Scheduler
 from mirrorhook.slots import SyncSlots
 from mirrorhook.state import read_json
@@ -77,11 +77,15 @@ def build_receiver(
 
     async def run_sync(reason: str) -> None:
         try:
-            async with slots.hold(on_wait=waiting(now=True), on_slot=waiting(now=False)):
-                if lock.is_locked(config.state_dir):
-                    log.info("another sync of this tree is running: waiting for it to finish")
-                async with lock.hold_waiting(config.state_dir) as lock_fd:
-                    report = await syncer.sync(if_changed=True, trigger=reason, lock_fd=lock_fd)
+            # The tree's lock first: a cron sync of this tree running for hours must not keep
+            # one of the host's slots idle meanwhile.
+            if lock.is_locked(config.state_dir):
+                log.info("another sync of this tree is running: waiting for it to finish")
+            async with (
+                lock.hold_waiting(config.state_dir) as lock_fd,
+                slots.hold(on_wait=waiting(now=True), on_slot=waiting(now=False)),
+            ):
+                report = await syncer.sync(if_changed=True, trigger=reason, lock_fd=lock_fd)
         except SyncError:
             # Run outside the slot and the lock: a slow hook must not hold up other trees.
             await hooks.after_sync(config, "failed", None, time.time())
@@ -98,11 +102,11 @@ def build_receiver(
                 next_poll=poller.next_at,
             )
         except OSError as err:
-            supervisor.warn(
-                "state notes", f"cannot write {receiver_state_path(config)}: {err.strerror}"
-            )
+            supervisor.warn(topic, f"cannot write {receiver_state_path(config)}: {err.strerror}")
         else:
-            supervisor.clear("state notes")
+            supervisor.clear(topic)
+
+    topic = "state notes" if config.name is None else f"state notes of {config.name}"
 
     scheduler = Scheduler(run_sync, backoff=config.backoff, on_change=note_change, repo=config.name)
     poller = Poller(
@@ -157,6 +161,8 @@ class Fleet:
         self.receivers: dict[str | None, Receiver] = {}
         """The app's ``RECEIVERS``: the hook handler finds each tree here by name."""
         self._tasks: dict[str | None, list[asyncio.Task[None]]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        """Replaced trees' tasks, waiting for their running sync to end."""
         self._reloading = asyncio.Lock()
         for index, repo in enumerate(host.repos):
             self.receivers[repo.name] = self._build(repo, start_after=index * START_SPREAD)
@@ -170,10 +176,22 @@ class Fleet:
         for name, receiver in self.receivers.items():
             self._tasks[name] = start_tasks(receiver)
         yield
-        await asyncio.gather(*(self._stop(name) for name in list(self._tasks)))
+        for task in self._retiring:
+            task.cancel("receiver shutting down")
+        await asyncio.gather(
+            *self._retiring,
+            *(self._stop(name) for name in list(self._tasks)),
+            return_exceptions=True,
+        )
 
     async def reload(self, config: Config) -> None:
-        """Apply ``config``'s ``[receiver]`` section to the running trees (see the module)."""
+        """Apply ``config``'s ``[receiver]`` section to the running trees (see the module).
+
+        In two phases: the new and changed trees are built first (nothing changes when that
+        fails), then removed trees are stopped and the others swapped. A changed tree's
+        running sync is not cut short: its old scheduler ends once that sync has, and the
+        new one's start-up check waits for the tree's lock meanwhile.
+        """
         async with self._reloading:
             old, new = self.config.receivers, config.receivers
             assert old is not None  # noqa: S101 - a Fleet always has one
@@ -185,27 +203,46 @@ class Fleet:
                 )
                 return
             self._note_host_changes(old, new)
-            before = {repo.name: _settings(repo) for repo in old.repos}
-            after = {repo.name: repo for repo in new.repos}
-            for name in before.keys() - after.keys():
+            new = _on_running_host(new, old)
+            running = {repo.name: repo for repo in old.repos}
+            changed = [repo for repo in new.repos if running.get(repo.name) != repo]
+            try:
+                built = {
+                    repo.name: self._build(repo, start_after=index * START_SPREAD)
+                    for index, repo in enumerate(changed)
+                }
+            except OSError as err:
+                logger.error("reload refused, the running config stays: %s", err)
+                return
+            for name in running.keys() - {repo.name for repo in new.repos}:
                 await self._stop(name)
                 del self.receivers[name]
+                self._metrics.forget(name)
                 logger.info("reload: repository %s removed (its sync, if any, was stopped)", name)
-            fresh = 0
-            for name, repo in after.items():
-                if before.get(name) == _settings(repo):
-                    continue
-                if name in before:
-                    await self._stop(name)
-                    logger.info("reload: repository %s changed: restarting it", name)
+            for name, receiver in built.items():
+                if name in running:
+                    self._retire(self.receivers[name], self._tasks.pop(name, []))
+                    logger.info("reload: repository %s changed: started anew", name)
                 else:
                     logger.info("reload: repository %s added", name)
-                receiver = self._build(repo, start_after=fresh * START_SPREAD)
-                fresh += 1
                 self.receivers[name] = receiver
                 self._tasks[name] = start_tasks(receiver)
             self.config = dataclasses.replace(self.config, receivers=new)
             logger.info("reload: %s applied", config.path)
+
+    def _retire(self, receiver: Receiver, tasks: list[asyncio.Task[None]]) -> None:
+        """Stop a replaced tree's tasks once its running sync (if any) has ended."""
+
+        async def retire() -> None:
+            for task in tasks[1:]:  # the poller (start_tasks puts the scheduler first)
+                task.cancel("replaced by a reload")
+            receiver.scheduler.discard_pending()  # its successor checks the tree at start
+            await receiver.scheduler.not_syncing.wait()
+            await stop_tasks(receiver, tasks, forget=False)
+
+        task = asyncio.create_task(retire())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def _note_host_changes(self, old: ReceiverHost, new: ReceiverHost) -> None:
         for key in ("listen", "state_dir", "max_body"):
@@ -234,7 +271,16 @@ class Fleet:
             await stop_tasks(self.receivers[name], tasks)
 
 
-def _settings(repo: ReceiverConfig) -> ReceiverConfig:
-    """A tree's own settings: the host-level copies in it (``listen``, ``max_body``) are
-    compared on their own, so that changing them does not restart every tree."""
-    return dataclasses.replace(repo, listen=(), max_body=0)
+def _on_running_host(new: ReceiverHost, old: ReceiverHost) -> ReceiverHost:
+    """``new`` with the running host's ``listen``, ``max_body`` and state folders, which
+    change only with a restart: moving a tree's state (its lock!) under a running sync
+    would let a cron sync run beside it."""
+    repos = []
+    for repo in new.repos:
+        state = old.state_dir if repo.name is None else old.state_dir / REPOS_FOLDER / repo.name
+        repos.append(
+            dataclasses.replace(repo, listen=old.listen, max_body=old.max_body, state_dir=state)
+        )
+    return dataclasses.replace(
+        new, listen=old.listen, max_body=old.max_body, state_dir=old.state_dir, repos=tuple(repos)
+    )

@@ -81,6 +81,7 @@ class Metrics:
 
         self.registry: CollectorRegistry = CollectorRegistry()
         self.repos = repos
+        self._trees: dict[str | None, TreeMetrics] = {}
         tree = ["repo"] if repos else []
         registry = self.registry
         self.syncs = Counter(
@@ -127,12 +128,14 @@ class Metrics:
         self.delivery_seconds = Histogram(
             "mirrorhook_delivery_attempt_seconds",
             "Duration of one delivery attempt.",
+            tree,
             buckets=_FAST,
             registry=registry,
         )
         self.publish_lag = Histogram(
             "mirrorhook_publish_to_delivered_seconds",
             "From noticing a new marker to a mirror's acceptance of it.",
+            tree,
             buckets=_SECONDS,
             registry=registry,
         )
@@ -146,8 +149,16 @@ class Metrics:
     def tree(self, repo: str | None) -> TreeMetrics:
         """The metrics of one tree (a receiver's or a publisher's): labelled with repository
         ``repo`` when the host has several (``repo=""`` for a single-form section beside
-        them), unlabelled otherwise."""
-        return TreeMetrics(self, repo)
+        them), unlabelled otherwise. One object per tree, so that a tree rebuilt by a
+        reload replaces its own series instead of adding to them."""
+        if repo not in self._trees:
+            self._trees[repo] = TreeMetrics(self, repo)
+        return self._trees[repo]
+
+    def forget(self, repo: str | None) -> None:
+        """Remove every series of ``repo`` (removed by a reload)."""
+        if (tree := self._trees.pop(repo, None)) is not None:
+            tree.forget()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
@@ -164,14 +175,19 @@ class TreeMetrics:
         self._tree = {"repo": repo or ""} if metrics.repos else {}
         self._markers: dict[str, str] = {}
         """The marker value shown per side, so that a new one replaces it."""
+        self._shown: set[tuple[Any, tuple[str, ...]]] = set()
+        """Every series this tree has shown: (family, label values)."""
 
     def time_stage(self, stage: str) -> AbstractContextManager[object]:
         """Time one stage of a sync."""
-        return self._metrics.stage_seconds.labels(**self._tree, stage=stage).time()
+        timer: AbstractContextManager[object] = self._series(
+            self._metrics.stage_seconds, stage=stage
+        ).time()
+        return timer
 
     def sync_finished(self, result: str, *, success_at: float | None) -> None:
         """Count a sync by result; note when it succeeded."""
-        self._metrics.syncs.labels(**self._tree, result=result).inc()
+        self._series(self._metrics.syncs, result=result).inc()
         if success_at is not None:
             self.succeeded_at(success_at)
 
@@ -184,9 +200,9 @@ class TreeMetrics:
         family = self._metrics.marker
         shown = self._markers.pop(side, None)
         if shown is not None:
-            family.remove(*self._tree.values(), side, shown)
+            self._drop(family, side=side, marker=shown)
         if value is not None:
-            family.labels(**self._tree, side=side, marker=value).set(1)
+            self._series(family, side=side, marker=value).set(1)
             self._markers[side] = value
 
     def count_received_bytes(self, stdout_tail: Sequence[str]) -> None:
@@ -199,21 +215,43 @@ class TreeMetrics:
 
     def webhook(self, outcome: str) -> None:
         """Count one webhook for this tree by its outcome."""
-        self._metrics.webhooks.labels(**self._tree, outcome=outcome).inc()
+        self._series(self._metrics.webhooks, outcome=outcome).inc()
 
     def delivery_attempted(self, mirror: str, result: str, seconds: float) -> None:
         """Count one delivery attempt to ``mirror`` by result, and time it."""
-        self._metrics.delivery_seconds.observe(seconds)
-        self._metrics.deliveries.labels(**self._tree, mirror=mirror, result=result).inc()
+        self._series(self._metrics.delivery_seconds).observe(seconds)
+        self._series(self._metrics.deliveries, mirror=mirror, result=result).inc()
 
     def delivered(self, lag: float) -> None:
         """A mirror accepted a marker ``lag`` seconds after the publisher noticed it."""
-        self._metrics.publish_lag.observe(lag)
+        self._series(self._metrics.publish_lag).observe(lag)
 
     def watch_pending(self, count: Callable[[], float]) -> None:
         """Report ``count()`` as the number of mirrors still owed the newest marker."""
         self._series(self._metrics.pending).set_function(count)
 
-    def _series(self, family: Any) -> Any:
-        """``family``'s series for this tree (the family itself when it has no labels)."""
-        return family.labels(**self._tree) if self._tree else family
+    def forget(self) -> None:
+        """Remove every series of this tree (a repository removed by a reload): an alert on
+        its last success must not fire for ever."""
+        for family, labels in list(self._shown):
+            with contextlib.suppress(KeyError):
+                family.remove(*labels)
+        self._shown.clear()
+        self._markers.clear()
+
+    def _series(self, family: Any, **labels: str) -> Any:
+        """``family``'s series for this tree and ``labels`` (the family itself when it has
+        no labels at all), remembered for ``forget``."""
+        every = {**self._tree, **labels}
+        if not every:
+            return family
+        series = family.labels(**every)
+        self._shown.add((family, tuple(every[name] for name in family._labelnames)))
+        return series
+
+    def _drop(self, family: Any, **labels: str) -> None:
+        every = {**self._tree, **labels}
+        values = tuple(every[name] for name in family._labelnames)
+        with contextlib.suppress(KeyError):
+            family.remove(*values)
+        self._shown.discard((family, values))

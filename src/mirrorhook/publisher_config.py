@@ -105,18 +105,18 @@ _PER_REPO: dict[str, Check] = {
 }
 
 
-def parse_publisher(t: Table, hub_roots: Mapping[str, Path]) -> PublisherHost | None:
+def parse_publisher(t: Table, hubs: Mapping[str, tuple[Path, str]]) -> PublisherHost | None:
     """Check the ``[publisher]`` table in either form; ``None`` when it has problems.
 
-    ``hub_roots`` are the receiver's targets by repository name: the root of a publisher
-    repository that leaves ``root`` out.
+    ``hubs`` are the receiver's targets and markers by repository name: the root of a
+    publisher repository that leaves ``root`` out, and its marker unless it names one.
     """
     state_dir: Any = t.get("state_dir", absolute_path)
     host: dict[str, Any] = {
         key: t.get(key, check, default_of(PublisherHost, key)) for key, check in _HOST_KEYS.items()
     }
     if "repos" in t.data:
-        repos = _host_form(t, state_dir, hub_roots)
+        repos = _host_form(t, state_dir, hubs)
     else:
         defaults = {key: default_of(PublisherConfig, key) for key in _PER_REPO}
         repo = _repository(t, None, defaults, state_dir, root_default=None)
@@ -131,7 +131,7 @@ def parse_publisher(t: Table, hub_roots: Mapping[str, Path]) -> PublisherHost | 
 
 
 def _host_form(
-    t: Table, state_dir: Any, hub_roots: Mapping[str, Path]
+    t: Table, state_dir: Any, hubs: Mapping[str, tuple[Path, str]]
 ) -> list[dict[str, Any]] | None:
     for key in ("root", "mirrors"):
         if key in t.data:
@@ -146,7 +146,10 @@ def _host_form(
     tables, ok = found
     repos: list[dict[str, Any]] = []
     for name, entry, folder in tables:
-        repo = _repository(entry, name, defaults, folder, root_default=hub_roots.get(name))
+        hub = hubs.get(name)
+        own = defaults if hub is None else {**defaults, "marker": hub[1]}
+        root = None if hub is None else hub[0]
+        repo = _repository(entry, name, own, folder, root_default=root)
         entry.finish(known=("root", "mirrors", *_PER_REPO))
         if repo is None:
             ok = False

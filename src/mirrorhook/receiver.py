@@ -62,6 +62,8 @@ class Receiver:
 
 RECEIVERS = web.AppKey("receivers", dict[str | None, Receiver])
 """The trees an app serves by repository name; ``None`` names the single form's one tree."""
+UNKNOWN = web.AppKey("unknown_repository_log", Throttle)
+"""One warning a minute about webhooks for repositories this mirror does not carry."""
 
 
 def make_app(*receivers: Receiver, endpoints: Endpoints | None = None) -> web.Application:
@@ -72,6 +74,7 @@ def make_app(*receivers: Receiver, endpoints: Endpoints | None = None) -> web.Ap
     """
     app = web.Application()
     app[RECEIVERS] = {receiver.config.name: receiver for receiver in receivers}
+    app[UNKNOWN] = Throttle(WARNING_PERIOD)
     if None in app[RECEIVERS]:
         app.router.add_post(HOOK_PATH, handle_hook)
     else:
@@ -93,7 +96,8 @@ async def background(app: web.Application) -> AsyncIterator[None]:
 
 
 def start_tasks(receiver: Receiver) -> list[asyncio.Task[None]]:
-    """Start a tree's scheduler and poller under the supervisor (none when disabled)."""
+    """Start a tree's scheduler and poller under the supervisor, in that order (none when
+    the tree is disabled)."""
     if not receiver.config.enabled:
         return []
     keep = receiver.supervisor.keep
@@ -104,12 +108,17 @@ def start_tasks(receiver: Receiver) -> list[asyncio.Task[None]]:
     ]
 
 
-async def stop_tasks(receiver: Receiver, tasks: list[asyncio.Task[None]]) -> None:
+async def stop_tasks(
+    receiver: Receiver, tasks: list[asyncio.Task[None]], *, forget: bool = True
+) -> None:
     """Stop a tree's tasks as at shutdown (a running rsync is terminated, the marker left as
-    it was) and note in its state file that no daemon serves it any more."""
+    it was) and, with ``forget``, note in its state file that no daemon serves it any more
+    (not when a reload has already handed the tree to a successor)."""
     for task in tasks:
         task.cancel("receiver shutting down")
     await asyncio.gather(*tasks, return_exceptions=True)
+    if not forget:
+        return
     try:
         forget_daemon(receiver.config)
     except OSError as err:
@@ -123,10 +132,13 @@ async def handle_hook(request: web.Request) -> web.Response:
     if receiver is None:
         names = ", ".join(f"{HOOK_PATH}/{known}" for known in request.app[RECEIVERS])
         reason = f"no repository {name!r} on this mirror (its hooks: {names})"
-        logger.warning("webhook from %s refused (404): %s", request.remote or "unix socket", reason)
+        if (held := request.app[UNKNOWN].due()) is not None:
+            peer = request.remote or "unix socket"
+            more = f" ({held} more refused so since the last such line)" if held else ""
+            logger.warning("webhook from %s refused (404): %s%s", peer, reason, more)
         return web.json_response({"error": reason}, status=404)
     if not receiver.config.enabled:
-        logger.info("webhook for %s: the repository is disabled, nothing scheduled", name)
+        logger.debug("webhook for %s: the repository is disabled, nothing scheduled", name)
         receiver.tree_metrics.webhook("disabled")
         return web.json_response({"status": "disabled"})
     outcome, response = await _hook(request, receiver)

@@ -75,6 +75,9 @@ class Scheduler:
         self._pending: _Request | None = None
         self._wake = asyncio.Event()
         self.phase = Phase.IDLE
+        self.not_syncing = asyncio.Event()
+        """Set while no sync runs (a reload waits on it before retiring this scheduler)."""
+        self.not_syncing.set()
         self.starts_at: float | None = None
         """When the waiting sync starts (Unix time), while ``phase`` is ``WAITING``."""
 
@@ -82,6 +85,10 @@ class Scheduler:
     def pending(self) -> bool:
         """Whether a sync is queued (waiting for its backoff, or to follow the running one)."""
         return self._pending is not None
+
+    def discard_pending(self) -> None:
+        """Drop a queued sync (a reload hands the tree to a new scheduler, which checks it)."""
+        self._pending = None
 
     def trigger(self, reason: str, *, delay: float | None = None) -> Scheduled | Queued:
         """Ask for a sync after ``delay`` seconds (default: random within the backoff)."""
@@ -133,5 +140,9 @@ class Scheduler:
 
     def _enter(self, phase: Phase, starts_at: float | None = None) -> None:
         self.phase = phase
+        if phase is Phase.SYNCING:
+            self.not_syncing.clear()
+        else:
+            self.not_syncing.set()
         self.starts_at = starts_at
         self._on_change()
