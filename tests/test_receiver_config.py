@@ -158,3 +158,19 @@ def test_a_host_without_repositories_is_refused(tmp_path: Path) -> None:
     assert problems_of(path) == [
         "receiver.repos: must hold at least one [receiver.repos.NAME] table"
     ]
+
+
+def test_a_missing_program_set_for_every_repository_is_one_problem(tmp_path: Path) -> None:
+    path = host_toml(tmp_path, {"a": {}, "b": {}}, host='rsync = "no-such-rsync-here"\n')
+    assert problems_of(path) == [
+        "receiver.rsync: 'no-such-rsync-here' is not an executable (nor on PATH): install rsync"
+    ]
+
+
+def test_targets_are_compared_after_dot_dot_is_resolved(tmp_path: Path) -> None:
+    path = host_toml(
+        tmp_path, {"a": {"target": "/srv/m/ius"}, "b": {"target": "/srv/m/epel/../ius"}}
+    )
+    assert problems_of(path) == [
+        "receiver.repos.b.target: is the same as the target of repository 'a' (/srv/m/ius)"
+    ]

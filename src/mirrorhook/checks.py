@@ -156,7 +156,8 @@ def absolute_path(value: Any) -> Path:
     text = string(value)
     if not text.startswith("/"):
         raise ValueError(f"must be an absolute path, not {text!r}")
-    return Path(text)
+    # "/srv/m/epel/../ius" is /srv/m/ius: the checks that trees do not nest must see that.
+    return Path(os.path.normpath(text))
 
 
 def executable(value: Any) -> str:

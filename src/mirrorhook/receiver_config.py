@@ -151,6 +151,7 @@ def _host_form(t: Table, state_dir: Any) -> list[dict[str, Any]] | None:
     defaults = {
         key: t.get(key, check, default_of(ReceiverConfig, key)) for key, check in _PER_REPO.items()
     }
+    _programs(t, defaults)
     t.finish(known=("listen", "state_dir", "repos", *_HOST_KEYS, *_REQUIRED_PER_REPO, *_PER_REPO))
     found = repository_tables(t, state_dir)
     if found is None:
@@ -208,13 +209,7 @@ def _repository(
     if name is None and valid(target) and valid(state_dir) and state_dir.is_relative_to(target):
         t.problem("state_dir", f"must be outside target ({target}): rsync --delete would remove it")
         return None
-    for key in ("rsync",):
-        program = optional[key]
-        if valid(program) and shutil.which(program) is None:
-            t.problem(key, f"{program!r} is not an executable (nor on PATH): install rsync")
-            optional[key] = INVALID
-    for key in ("exec_on_success", "exec_on_failure"):
-        optional[key] = _command(t, key, optional[key])
+    _programs(t, optional)
     secret_file = required["secret_file"]
     secret = load_secret(t, "secret_file", secret_file) if valid(secret_file) else None
     if secret is None or not all(map(valid, required.values())):
@@ -222,6 +217,18 @@ def _repository(
     if any(value is INVALID for value in optional.values()):
         return None
     return {"secret": secret, **required, **optional, "name": name, "state_dir": state_dir}
+
+
+def _programs(t: Table, values: dict[str, Any]) -> None:
+    """Check the programs that ``t`` itself names (inherited ones were checked where they
+    were set, so that a missing one is reported once): rsync, and the exec hooks."""
+    program = values["rsync"]
+    if "rsync" in t.data and valid(program) and shutil.which(program) is None:
+        t.problem("rsync", f"{program!r} is not an executable (nor on PATH): install rsync")
+        values["rsync"] = INVALID
+    for key in ("exec_on_success", "exec_on_failure"):
+        if key in t.data:
+            values[key] = _command(t, key, values[key])
 
 
 def _command(t: Table, key: str, argv: Any) -> Any:
