@@ -11,6 +11,7 @@ import itertools
 import json
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -508,3 +509,79 @@ def test_randomize_waits_once_for_all_repositories(
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("sleeping") == 1, result.stderr
     assert result.stdout.splitlines() == [f"{name}  ok" for name in REPOS]
+
+
+def test_a_serving_publisher_checks_its_mirrors_and_serves_the_mirror_list(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """A real `serve` publisher with a webhook mirror and a cron mirror, both served over
+    HTTP by real static servers: after a publish, /mirrorlist lists the one that serves it."""
+    root = make_upstream(tmp_path / "pub")
+    hook_port, listen = free_port(), free_port()
+    write_secret(tmp_path / "m.secret")
+    webs = {name: tmp_path / "web" / name for name in ("m", "cron")}
+    servers = []
+    for name, folder in webs.items():
+        folder.mkdir(parents=True)
+        (folder / "CURRENT").write_text("1\n")
+        port = free_port()
+        servers.append(
+            (
+                name,
+                port,
+                subprocess.Popen(
+                    [sys.executable, "-m", "http.server", str(port), "-b", "127.0.0.1"],
+                    cwd=folder,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                ),
+            )
+        )
+    try:
+        ports = {name: port for name, port, _ in servers}
+        for port in ports.values():
+            wait_for_port(port)
+        config = tmp_path / "pub.toml"
+        config.write_text(
+            "[publisher]\n"
+            f'root = "{root}"\nstate_dir = "{tmp_path / "pstate"}"\n'
+            f'listen = ["127.0.0.1:{listen}"]\nrescan = 5\n'
+            "[[publisher.mirrors]]\n"
+            f'name = "m"\nurl = "http://127.0.0.1:{hook_port}/v1/hook"\n'
+            f'secret_file = "{tmp_path / "m.secret"}"\n'
+            f'check_url = "http://127.0.0.1:{ports["m"]}/CURRENT"\n'
+            'urls = ["https://m.example/repo/"]\n'
+            "[[publisher.mirrors]]\n"
+            f'name = "cron"\nsecret_file = "{tmp_path / "m.secret"}"\n'
+            f'check_url = "http://127.0.0.1:{ports["cron"]}/CURRENT"\n'
+            'urls = ["https://cron.example/repo/"]\n'
+        )
+        mirror = HookMirror(signing.Secret.parse((tmp_path / "m.secret").read_text()))
+        with mirror_in_thread(mirror, hook_port):
+            processes.serve(config, "publisher")
+            wait_for_port(listen)
+            base = f"http://127.0.0.1:{listen}"
+
+            def listed() -> list[str]:
+                with urllib.request.urlopen(f"{base}/mirrorlist", timeout=10) as page:
+                    text: str = page.read().decode()
+                return text.splitlines()[1:]
+
+            wait_until(
+                lambda: listed() == ["https://m.example/repo/", "https://cron.example/repo/"],
+                what="both fresh at marker 1",
+            )
+            (webs["m"] / "CURRENT").write_text("2\n")  # the webhook mirror syncs at once
+            publish(root, "2")
+            wait_until(lambda: mirror.values()[-1:] == ["2"], what="the webhook")
+            wait_until(
+                lambda: listed() == ["https://m.example/repo/"], what="m fresh, cron syncing"
+            )
+            status = mirrorhook("status", "-c", config, "--json")
+            rows = {m["name"]: m for m in json.loads(status.stdout)["publisher"]["mirrors"]}
+            assert (rows["m"]["state"], rows["cron"]["state"]) == ("fresh", "syncing")
+            assert rows["cron"]["serving"] == "1"
+    finally:
+        for _name, _port, server in servers:
+            server.terminate()
+            server.wait(10)

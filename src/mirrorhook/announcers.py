@@ -13,8 +13,10 @@ import asyncio
 import dataclasses
 import logging
 
+from mirrorhook.checker import Checker
 from mirrorhook.config import Config
 from mirrorhook.delivery import Courier
+from mirrorhook.freshness import Freshness
 from mirrorhook.metrics import Metrics
 from mirrorhook.publisher import Publisher
 from mirrorhook.publisher_config import PublisherConfig, PublisherHost
@@ -96,10 +98,16 @@ class Announcers:
         publisher = Publisher(
             tree, self._courier, metrics=self._metrics.tree(tree.repo), supervisor=self._supervisor
         )
+        checker = Checker(Freshness(tree), self._courier.session)
+
+        def announce(value: str) -> None:
+            publisher.publish(value)
+            checker.published(value)
+
         watcher = MarkerWatcher(
             tree.root,
             tree.marker,
-            publisher.publish,
+            announce,
             polling=tree.watch == "poll",
             rescan=tree.rescan,
         )
@@ -113,6 +121,8 @@ class Announcers:
         async with asyncio.TaskGroup() as group:
             group.create_task(publisher.run(), name=f"{prefix}publisher")
             group.create_task(self._supervisor.keep(f"{prefix}watcher", watcher.run))
+            if any(mirror.check_url for mirror in tree.mirrors):
+                group.create_task(self._supervisor.keep(f"{prefix}checks", checker.run))
 
 
 def _with_host_settings(tree: PublisherConfig, host: PublisherHost) -> PublisherConfig:

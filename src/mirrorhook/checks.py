@@ -243,6 +243,18 @@ def webhook_url(value: Any) -> str:
     return text
 
 
+def base_urls(value: Any) -> tuple[str, ...]:
+    """A mirror's base URLs for the mirror list: http, https, ftp or rsync, no login."""
+    urls = string_list(value)
+    for index, text in enumerate(urls):
+        parsed = urllib.parse.urlsplit(text)
+        if parsed.scheme not in ("http", "https", "ftp", "rsync") or not parsed.hostname:
+            raise ValueError(f"item {index}: must be an http, https, ftp or rsync URL: {text!r}")
+        if parsed.username or parsed.password:
+            raise ValueError(f"item {index}: must not hold a login (it is handed to users)")
+    return urls
+
+
 def string_list(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ValueError(f"must be an array of strings, not {kind_of(value)}")

@@ -129,9 +129,17 @@ class Courier:
         if self._session is not None:
             await self._session.close()
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The HTTP session, shared with the freshness checks."""
+        assert self._session is not None, "use Courier as an async context manager"  # noqa: S101
+        return self._session
+
     async def send(self, mirror: MirrorConfig, message: Message) -> Receipt:
         """POST ``message`` to ``mirror`` once; raise ``DeliveryError`` unless it is accepted."""
         assert self._session is not None, "use Courier as an async context manager"  # noqa: S101
+        if mirror.url is None:
+            raise DeliveryError(DeliveryKind.MISCONFIGURED, "this mirror has no webhook url")
         # Signed afresh on every attempt: a retry hours later still needs a fresh timestamp,
         # while the id stays the same so the mirror can tell it is a retry.
         now = self._clock()

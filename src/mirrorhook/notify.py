@@ -41,6 +41,7 @@ async def notify(
         raise MirrorhookError(
             f"no marker to announce: {config.root / config.marker} is missing or empty"
         )
+    hooked = [mirror for mirror in config.mirrors if mirror.url]  # cron mirrors get none
     update = new_update(config.marker, value, config.name, clock(), repo=config.repo)
     message = Message.of(update)
     record = DeliveryLog(publisher_state_path(config))
@@ -57,7 +58,7 @@ async def notify(
                     backoff=Backoff(first=1.0, cap=5.0),
                     clock=clock,
                 )
-                for mirror in config.mirrors
+                for mirror in hooked
             ),
             return_exceptions=True,
         )
@@ -72,7 +73,7 @@ async def notify(
         else Outcome(
             mirror.name, DeliveryResult.FAILED, None, 0.0, 0, f"unexpected error: {result!r}"
         )
-        for mirror, result in zip(config.mirrors, results, strict=True)
+        for mirror, result in zip(hooked, results, strict=True)
     ]
     return value, outcomes
 

@@ -313,7 +313,9 @@ class Publisher:
                 is_current=is_current,
             )
 
-        self.workers = [MirrorWorker(mirror, deliver_one) for mirror in config.mirrors]
+        self.workers = [
+            MirrorWorker(mirror, deliver_one) for mirror in config.mirrors if mirror.url
+        ]
         recorded = self.record.mirrors()
         for worker in self.workers:
             entry = recorded.get(worker.mirror.name, {})

@@ -20,8 +20,10 @@ from typing import Any
 from mirrorhook.addresses import Listen
 from mirrorhook.checks import (
     INVALID,
+    MISSING,
     Table,
     absolute_path,
+    base_urls,
     choice,
     default_of,
     label,
@@ -42,9 +44,14 @@ class MirrorConfig:
     """One ``[[publisher.mirrors]]`` entry: where a mirror's webhook goes and its secret."""
 
     name: str
-    url: str
+    url: str | None
+    """Where webhooks go; ``None`` for a mirror that syncs by cron and is only checked."""
     secret: Secret
     secret_file: Path
+    check_url: str | None = None
+    """Where the mirror serves its copy of the marker to users: checked for freshness."""
+    urls: tuple[str, ...] = ()
+    """The base URLs the mirror serves the tree at (for the mirror list)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +70,10 @@ class PublisherConfig:
     concurrency: int = 64
     timeout: float = 10.0
     retry_for: float = 86400.0
+    check_interval: float = 3600.0
+    """Seconds between checks of a mirror's ``check_url`` outside the checks after a publish."""
+    stale_after: float = 900.0
+    """Seconds after a publish until a mirror that does not serve it yet is ``stale``."""
     repo: str | None = None
     """The repository's name in the host form; ``None`` in the single form."""
 
@@ -78,6 +89,8 @@ class PublisherHost:
     concurrency: int = 64
     timeout: float = 10.0
     retry_for: float = 86400.0
+    check_interval: float = 3600.0
+    stale_after: float = 900.0
 
     @property
     def single(self) -> bool:
@@ -97,6 +110,8 @@ _HOST_KEYS: dict[str, Check] = {
     "concurrency": positive_int,
     "timeout": positive_duration,
     "retry_for": positive_duration,
+    "check_interval": positive_duration,
+    "stale_after": positive_duration,
 }
 _PER_REPO: dict[str, Check] = {
     "marker": marker_name,
@@ -182,6 +197,11 @@ def _repository(
     return {"root": root, "mirrors": mirrors, "state_dir": state_dir, "repo": name, **optional}
 
 
+def valid_or_none(value: object) -> bool:
+    """Not marked invalid (``None`` is fine: an optional key left out)."""
+    return value is not INVALID
+
+
 def _mirrors(t: Table, value: Any) -> tuple[MirrorConfig, ...] | None:
     """Check the mirrors array; problems inside an entry are reported with its index."""
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
@@ -194,17 +214,30 @@ def _mirrors(t: Table, value: Any) -> tuple[MirrorConfig, ...] | None:
     for index, item in enumerate(value):
         entry = Table(t.path, f"{t.prefix}mirrors[{index}].", item, t.problems)
         name: Any = entry.get("name", label)
-        url: Any = entry.get("url", webhook_url)
+        check_url: Any = entry.get("check_url", webhook_url, None)
+        # A mirror that syncs by cron gets no webhook; its check_url alone tracks it.
+        url: Any = entry.get("url", webhook_url, None if check_url is not None else MISSING)
+        urls: Any = entry.get("urls", base_urls, ())
         secret_file: Any = entry.get("secret_file", absolute_path)
-        entry.finish(known=("name", "url", "secret_file"))
+        entry.finish(known=("name", "url", "secret_file", "check_url", "urls"))
         secret = load_secret(entry, "secret_file", secret_file) if valid(secret_file) else None
         if valid(name) and name in names:
             entry.problem("name", f"{name!r} is used by another mirror already")
             ok = False
         names.add(str(name))
-        if secret is None or not (valid(name) and valid(url)):
+        fields = (name, check_url, urls)
+        if secret is None or url is INVALID or not all(map(valid_or_none, fields)):
             ok = False
             continue
-        mirrors.append(MirrorConfig(name=name, url=url, secret=secret, secret_file=secret_file))
+        mirrors.append(
+            MirrorConfig(
+                name=name,
+                url=url,
+                secret=secret,
+                secret_file=secret_file,
+                check_url=check_url,
+                urls=urls,
+            )
+        )
     # Problems were recorded entry by entry; None keeps the section from loading.
     return tuple(mirrors) if ok else None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from mirrorhook import endpoints
+from mirrorhook import endpoints, mirrorlist
 from mirrorhook.addresses import Listen, redact_upstream
 from mirrorhook.announcers import Announcers
 from mirrorhook.config import Config, load_config
@@ -69,6 +69,8 @@ async def serve(config: Config) -> None:
             listen = (*host.listen, *listen)
         else:
             app = endpoints.make_app(common)
+        if config.publishers is not None:
+            mirrorlist.add_routes(app, config.publishers)
         if listen:
             stack.push_async_callback((await start_web(app, listen)).cleanup)
         for repo in repositories(config.receivers):

@@ -11,6 +11,7 @@ from mirrorhook.addresses import redact_upstream
 from mirrorhook.config import Config
 from mirrorhook.errors import MarkerError
 from mirrorhook.escape import printable
+from mirrorhook.freshness import Freshness
 from mirrorhook.publisher_config import PublisherConfig
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.record import DeliveryResult, publisher_state_path
@@ -75,6 +76,7 @@ def publisher_status(config: PublisherConfig) -> dict[str, Any]:
     """Return the publisher's record: the current marker and one entry per mirror."""
     recorded = read_json(publisher_state_path(config)).get("mirrors")
     recorded = recorded if isinstance(recorded, dict) else {}
+    seen = {row["name"]: row for row in Freshness(config).rows()}
     mirrors = []
     for mirror in config.mirrors:
         entry = recorded.get(mirror.name)
@@ -90,6 +92,11 @@ def publisher_status(config: PublisherConfig) -> dict[str, Any]:
                 "attempts": entry.get("attempts"),
                 "last_status": entry.get("last_status"),
                 "last_error": entry.get("last_error"),
+                "state": seen[mirror.name]["state"],
+                "serving": seen[mirror.name]["serving"],
+                "lag": seen[mirror.name]["lag"],
+                "last_check": seen[mirror.name]["last_check"],
+                "check_error": seen[mirror.name]["error"],
             }
         )
     return {
@@ -185,15 +192,17 @@ def format_repos(repos: list[dict[str, Any]], *, colour: bool = False) -> str:
 
 def format_publisher(status: dict[str, Any], *, colour: bool = False) -> str:
     """Return the publisher's status: its marker, then one aligned row per mirror."""
-    rows = [("MIRROR", "DELIVERED", "WHEN", "RESULT", "ATTEMPTS", "LAST ERROR")]
+    rows = [("MIRROR", "DELIVERED", "WHEN", "RESULT", "ATTEMPTS", "SERVING", "STATE", "LAST ERROR")]
     rows += [
         (
             mirror["name"],
             mirror["delivered"] or "-",
             mirror["delivered_at"] or "-",
-            mirror["result"] or "never tried",
+            mirror["result"] or ("never tried" if mirror["url"] else "no webhook"),
             str(mirror["attempts"] or "-"),
-            mirror["last_error"] or "",
+            mirror.get("serving") or "-",
+            mirror.get("state") or "unknown",
+            mirror["last_error"] or mirror.get("check_error") or "",
         )
         for mirror in status["mirrors"]
     ]

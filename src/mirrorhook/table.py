@@ -14,10 +14,10 @@ _COLOURS = {
 }
 _RESET = "\033[0m"
 _WORDS = {
-    "green": ("delivered", "synced", "up-to-date", "idle"),
+    "green": ("delivered", "synced", "up-to-date", "idle", "fresh"),
     "yellow": ("retrying", "waiting", "syncing", "never tried", "superseded"),
-    "red": ("failed", "interrupted"),
-    "dim": ("gone", "disabled", "never"),
+    "red": ("failed", "interrupted", "stale", "unreachable"),
+    "dim": ("gone", "disabled", "never", "unknown", "no webhook"),
 }
 
 

@@ -1,0 +1,147 @@
+"""Reading what a mirror serves: its copy of the marker at ``check_url``, as a user would.
+
+One GET, bounded every way a hostile or broken mirror could stretch it: a deadline, at most
+``MAX_BODY`` bytes read, at most ``MAX_REDIRECTS`` redirects followed (never from https to
+http), and the answer must be a marker by the rules of ``marker.py`` (docs/design.md#freshness).
+Whatever goes wrong is a ``CheckError`` with a one-line reason; nothing else is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.parse
+
+import aiohttp
+
+from mirrorhook import marker
+from mirrorhook.errors import MarkerError, MirrorhookError
+from mirrorhook.freshness import AFTER_PUBLISH, Freshness, State
+from mirrorhook.publisher_config import MirrorConfig
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY = 4096
+"""Bytes of a mirror's answer read at most: a marker is a short line."""
+MAX_REDIRECTS = 3
+CHECK_TIMEOUT = 10.0
+"""Seconds one check may take, redirects included."""
+CHECK_CONCURRENCY = 16
+"""Checks in flight at once: their own bound, so that they never hold up deliveries."""
+
+
+class CheckError(MirrorhookError):
+    """What a mirror's ``check_url`` did not give: a reason in a few words."""
+
+
+async def serving(
+    session: aiohttp.ClientSession, url: str, *, timeout: float = CHECK_TIMEOUT
+) -> str:
+    """Return the marker value ``url`` serves; raise ``CheckError`` saying why not."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await _follow(session, url)
+    except TimeoutError:
+        raise CheckError(f"no answer within {timeout:g} s") from None
+    except aiohttp.ClientError as err:
+        raise CheckError(f"{type(err).__name__}: {err}"[:200]) from None
+    except OSError as err:
+        raise CheckError(err.strerror or str(err)) from None
+
+
+async def _follow(session: aiohttp.ClientSession, url: str) -> str:
+    for _hop in range(MAX_REDIRECTS + 1):
+        async with session.get(url, allow_redirects=False) as response:
+            if response.status in (301, 302, 303, 307, 308):
+                url = _next(url, response.headers.get("Location", ""))
+                continue
+            if response.status != 200:
+                raise CheckError(f"HTTP {response.status}")
+            data = await response.content.read(MAX_BODY + 1)
+        try:
+            value = marker.value_of(data, url)
+        except MarkerError as err:
+            raise CheckError(f"does not serve a marker: {err.reason}") from None
+        if not value:
+            raise CheckError("serves an empty marker")
+        return value
+    raise CheckError(f"more than {MAX_REDIRECTS} redirects")
+
+
+def _next(url: str, location: str) -> str:
+    """The redirect's target, refused when it leaves https or is no http(s) URL."""
+    target = urllib.parse.urljoin(url, location)
+    scheme = urllib.parse.urlsplit(target).scheme
+    if scheme not in ("http", "https"):
+        raise CheckError("redirected to a URL that is not http(s)")
+    if urllib.parse.urlsplit(url).scheme == "https" and scheme == "http":
+        raise CheckError("redirected from https to http (not followed)")
+    return target
+
+
+class Checker:
+    """Checks every mirror of a tree that has a ``check_url``, on the schedule above."""
+
+    def __init__(
+        self,
+        freshness: Freshness,
+        session: aiohttp.ClientSession,
+        *,
+        after_publish: tuple[float, ...] = AFTER_PUBLISH,
+        slots: asyncio.Semaphore | None = None,
+    ) -> None:
+        self.freshness = freshness
+        self._session = session
+        self._after_publish = after_publish
+        self._slots = slots or asyncio.Semaphore(CHECK_CONCURRENCY)
+        self._woken: dict[str, asyncio.Event] = {
+            mirror.name: asyncio.Event() for mirror in freshness.config.mirrors if mirror.check_url
+        }
+
+    def published(self, value: str) -> None:
+        """A new marker: start each mirror's schedule of checks after a publish."""
+        self.freshness.published(value)
+        for event in self._woken.values():
+            event.set()
+
+    async def run(self) -> None:
+        """Check every mirror on its schedule until cancelled."""
+        mirrors = [m for m in self.freshness.config.mirrors if m.check_url]
+        async with asyncio.TaskGroup() as group:
+            for mirror in mirrors:
+                group.create_task(self._watch(mirror), name=f"check {mirror.name}")
+
+    async def check(self, mirror: MirrorConfig) -> State:
+        """Check ``mirror`` now and record what it serves."""
+        assert mirror.check_url is not None  # noqa: S101 - only such mirrors are checked
+        async with self._slots:
+            try:
+                value: str | None = await serving(self._session, mirror.check_url)
+                error = None
+            except CheckError as err:
+                value, error = None, str(err)
+        state = self.freshness.observed(mirror.name, value, error)
+        if error is not None:
+            logger.info("check of %s failed: %s", mirror.name, error)
+        return state
+
+    async def _watch(self, mirror: MirrorConfig) -> None:
+        woken = self._woken[mirror.name]
+        step = len(self._after_publish)  # no publish seen yet: the regular interval
+        await self.check(mirror)
+        while True:
+            if step < len(self._after_publish):
+                previous = self._after_publish[step - 1] if step else 0.0
+                delay = self._after_publish[step] - previous
+            else:
+                delay = self.freshness.config.check_interval
+            try:
+                async with asyncio.timeout(delay):
+                    await woken.wait()
+                woken.clear()
+                step = 0
+                continue  # a publish: its schedule starts now
+            except TimeoutError:
+                pass
+            state = await self.check(mirror)
+            step = len(self._after_publish) if state is State.FRESH else step + 1

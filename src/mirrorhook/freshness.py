@@ -1,0 +1,137 @@
+"""Which mirrors serve the newest publish: checks of each ``check_url``, and their record.
+
+After each publish every mirror with a ``check_url`` is checked at growing intervals
+(``AFTER_PUBLISH``: about 5 s, 15 s, 1 min, 5 min, 15 min) until it serves the new value,
+and every ``check_interval`` otherwise. A mirror is ``fresh`` when it serves the newest
+marker, ``syncing`` until ``stale_after`` seconds after the publish, ``stale`` after that,
+``unreachable`` after ``UNREACHABLE_AFTER`` failed checks in a row, ``unknown`` without a
+``check_url``. The record (``freshness.json`` beside ``publisher.json``) survives restarts
+(docs/design.md#freshness).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mirrorhook.publisher_config import PublisherConfig
+from mirrorhook.state import iso_time, read_json, update_json
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "freshness.json"
+AFTER_PUBLISH = (5.0, 15.0, 60.0, 300.0, 900.0)
+"""Seconds after a publish at which a mirror not yet fresh is checked again."""
+UNREACHABLE_AFTER = 3
+
+
+class State(enum.StrEnum):
+    """Where a mirror stands with the newest publish."""
+
+    FRESH = "fresh"
+    SYNCING = "syncing"
+    STALE = "stale"
+    UNREACHABLE = "unreachable"
+    UNKNOWN = "unknown"
+
+
+def freshness_path(config: PublisherConfig) -> Path:
+    """The tree's freshness record, beside its delivery record."""
+    return config.state_dir / STATE_NAME
+
+
+class Freshness:
+    """The upstream's view of its mirrors for one tree, kept in ``freshness.json``."""
+
+    def __init__(self, config: PublisherConfig, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self._clock = clock
+        self.path = freshness_path(config)
+        recorded = read_json(self.path)
+        self.newest: str | None = _text(recorded.get("newest"))
+        published = recorded.get("published_at")
+        self.published_at = float(published) if isinstance(published, int | float) else None
+        mirrors = recorded.get("mirrors")
+        self.mirrors: dict[str, dict[str, Any]] = {
+            mirror.name: dict(mirrors.get(mirror.name, {}))
+            if isinstance(mirrors, dict) and isinstance(mirrors.get(mirror.name), dict)
+            else {}
+            for mirror in config.mirrors
+        }
+
+    def published(self, value: str) -> None:
+        """A new marker was announced: mirrors not serving it start ``syncing``."""
+        if value == self.newest:
+            return
+        self.newest, self.published_at = value, self._clock()
+        self._save()
+
+    def observed(self, mirror: str, value: str | None, error: str | None) -> State:
+        """Record one check of ``mirror``: what it serves, or why the check failed."""
+        entry = self.mirrors.setdefault(mirror, {})
+        now = self._clock()
+        entry["last_check"] = iso_time(now)
+        entry["error"] = error
+        if error is not None:
+            entry["failures"] = int(entry.get("failures") or 0) + 1
+        else:
+            entry["failures"] = 0
+            if value != entry.get("serving"):
+                entry["serving"], entry["since"] = value, iso_time(now)
+            first_seen = value == self.newest and entry.get("fresh_for") != self.newest
+            if first_seen and self.published_at is not None:
+                entry["fresh_for"] = self.newest
+                entry["lag"] = round(max(0.0, now - self.published_at), 3)
+        self._save()
+        return self.state(mirror)
+
+    def state(self, mirror: str) -> State:
+        """The mirror's state now (it turns ``stale`` with time alone)."""
+        spec = next((m for m in self.config.mirrors if m.name == mirror), None)
+        entry = self.mirrors.get(mirror, {})
+        if spec is None or spec.check_url is None or "last_check" not in entry:
+            return State.UNKNOWN
+        if int(entry.get("failures") or 0) >= UNREACHABLE_AFTER:
+            return State.UNREACHABLE
+        if self.newest is None or entry.get("serving") == self.newest:
+            return State.FRESH
+        since_publish = self._clock() - (self.published_at or 0.0)
+        return State.SYNCING if since_publish <= self.config.stale_after else State.STALE
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One entry per mirror, for status, ``/v1/mirrors`` and the mirror list."""
+        return [
+            {
+                "name": mirror.name,
+                "state": str(self.state(mirror.name)),
+                "serving": self.mirrors[mirror.name].get("serving"),
+                "since": self.mirrors[mirror.name].get("since"),
+                "lag": self.mirrors[mirror.name].get("lag")
+                if self.mirrors[mirror.name].get("fresh_for") == self.newest
+                else None,
+                "last_check": self.mirrors[mirror.name].get("last_check"),
+                "error": self.mirrors[mirror.name].get("error"),
+                "urls": list(mirror.urls),
+                "check_url": mirror.check_url,
+            }
+            for mirror in self.config.mirrors
+        ]
+
+    def _save(self) -> None:
+        document = {
+            "newest": self.newest,
+            "published_at": self.published_at,
+            "mirrors": self.mirrors,
+        }
+        try:
+            update_json(self.path, lambda current: current.update(document))
+        except OSError as err:
+            logger.warning("cannot write %s: %s", self.path, err.strerror)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None

@@ -1,0 +1,247 @@
+"""Freshness at the upstream: real HTTP servers serve each mirror's marker, real checks
+read them, the states follow, and the mirror list hands out fresh mirrors only."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from mirrorhook import mirrorlist
+from mirrorhook.checker import Checker, CheckError, serving
+from mirrorhook.config import load_config
+from mirrorhook.freshness import Freshness, State
+from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
+from tests.helpers import publisher_toml, write_secret
+
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+
+
+def static_mirror(folder: Path) -> web.Application:
+    """A mirror's web server: its tree served as files, as users get them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    app = web.Application()
+    app.router.add_static("/", folder)
+    return app
+
+
+async def mirrors_config(
+    tmp_path: Path, aiohttp_server: ServerFactory, names: list[str], **overrides: Any
+) -> tuple[PublisherConfig, dict[str, Path], dict[str, TestServer]]:
+    """A publisher whose mirrors each serve their marker from a real static server."""
+    trees = {name: tmp_path / "mirrors" / name for name in names}
+    servers = {name: await aiohttp_server(static_mirror(tree)) for name, tree in trees.items()}
+    (tmp_path / "repo").mkdir(exist_ok=True)
+    path = publisher_toml(
+        tmp_path,
+        root=tmp_path / "repo",
+        mirrors=[(name, f"http://127.0.0.1:1/{name}") for name in names],
+        **overrides,
+    )
+    text = path.read_text()
+    for name, server in servers.items():
+        text = text.replace(
+            f'url = "http://127.0.0.1:1/{name}"',
+            f'check_url = "{server.make_url("/CURRENT")}"\nurls = ["https://{name}.example/repo/"]',
+        )
+    path.write_text(text)
+    config = load_config(path).publisher
+    assert config is not None
+    return config, trees, servers
+
+
+def serve_marker(tree: Path, value: str) -> None:
+    (tree / "CURRENT").write_text(value + "\n")
+
+
+async def test_states_follow_what_each_mirror_serves(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """fresh when serving the newest marker, syncing until stale_after, then stale;
+    unreachable after three failed checks; the lag of the publish is recorded."""
+    now = 1_800_000_000.0
+    config, trees, servers = await mirrors_config(
+        tmp_path, aiohttp_server, ["a", "b", "c"], stale_after=60
+    )
+    for tree in trees.values():
+        serve_marker(tree, "1")
+    freshness = Freshness(config, clock=lambda: now)
+    async with aiohttp.ClientSession() as session:
+        checker = Checker(freshness, session)
+        checker.published("2")
+        serve_marker(trees["a"], "2")
+        now += 12.5
+        states = {mirror.name: await checker.check(mirror) for mirror in config.mirrors}
+        assert states == {"a": State.FRESH, "b": State.SYNCING, "c": State.SYNCING}
+        now += 60
+        assert freshness.state("b") is State.STALE
+        await servers["c"].close()
+        for _ in range(3):
+            await checker.check(config.mirrors[2])
+        assert freshness.state("c") is State.UNREACHABLE
+    rows = {row["name"]: row for row in freshness.rows()}
+    assert (rows["a"]["serving"], rows["a"]["lag"]) == ("2", 12.5)
+    assert rows["b"]["serving"] == "1"
+    assert rows["c"]["error"]
+    # A restart keeps the record.
+    again = Freshness(config, clock=lambda: now)
+    assert (again.newest, again.state("a"), again.state("c")) == ("2", "fresh", "unreachable")
+
+
+async def test_a_check_is_bounded_and_never_trusts_the_answer(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """Over-long bodies, error statuses, redirect loops and answers that are no marker are
+    check errors, each saying why; a plain marker is read as the marker rules say."""
+    app = web.Application()
+
+    async def big(_request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * 10_000)
+
+    async def loop(request: web.Request) -> web.Response:
+        raise web.HTTPFound(str(request.url))
+
+    async def broken(_request: web.Request) -> web.Response:
+        return web.Response(status=500)
+
+    async def escape(_request: web.Request) -> web.Response:
+        return web.Response(body=b"\x1b[2J7\n")
+
+    async def fine(_request: web.Request) -> web.Response:
+        return web.Response(body=b"Wed Nov 25 12:00:00 UTC 2026\n")
+
+    for path, handler in [("/big", big), ("/loop", loop), ("/500", broken), ("/esc", escape)]:
+        app.router.add_get(path, handler)
+    app.router.add_get("/fine", fine)
+    server = await aiohttp_server(app)
+    async with aiohttp.ClientSession() as session:
+        reasons = {}
+        for path in ("/big", "/loop", "/500", "/esc"):
+            with pytest.raises(CheckError) as caught:
+                await serving(session, str(server.make_url(path)))
+            reasons[path] = str(caught.value)
+        assert await serving(session, str(server.make_url("/fine"))) == (
+            "Wed Nov 25 12:00:00 UTC 2026"
+        )
+    assert "larger than" in reasons["/big"]
+    assert reasons["/loop"] == "more than 3 redirects"
+    assert reasons["/500"] == "HTTP 500"
+    assert "non-printable" in reasons["/esc"]
+
+
+async def test_the_mirror_list_hands_out_fresh_mirrors_only(
+    tmp_path: Path, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a", "b"])
+    serve_marker(trees["a"], "2")
+    serve_marker(trees["b"], "1")
+    freshness = Freshness(config)
+    async with aiohttp.ClientSession() as session:
+        checker = Checker(freshness, session)
+        checker.published("2")
+        for mirror in config.mirrors:
+            await checker.check(mirror)
+    app = web.Application()
+    mirrorlist.add_routes(app, PublisherHost(config.state_dir, (config,)))
+    client = await aiohttp_client(app)
+    listed = await (await client.get("/mirrorlist")).text()
+    assert listed.splitlines()[1:] == ["https://a.example/repo/"]
+    assert (await (await client.get("/mirrorlist?protocol=http")).text()).splitlines()[1:] == []
+    document = await (await client.get("/v1/mirrors")).json()
+    assert [(m["name"], m["state"]) for m in document["mirrors"]] == [
+        ("a", "fresh"),
+        ("b", "syncing"),
+    ]
+    assert (await client.get("/mirrorlist?repo=nope")).status == 404
+
+
+async def test_with_no_fresh_mirror_the_list_names_the_most_recent_ones(
+    tmp_path: Path, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    """Users are never sent nowhere: the mirrors serving the value seen most recently."""
+    config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a", "b"])
+    serve_marker(trees["a"], "1")
+    serve_marker(trees["b"], "1")
+    now = 1_800_000_000.0
+    freshness = Freshness(config, clock=lambda: now)
+    async with aiohttp.ClientSession() as session:
+        checker = Checker(freshness, session)
+        await checker.check(config.mirrors[1])  # b serves 1 first
+        now += 10
+        serve_marker(trees["a"], "2")
+        await checker.check(config.mirrors[0])  # a serves 2, seen later
+        checker.published("3")  # nobody serves 3 yet
+    app = web.Application()
+    mirrorlist.add_routes(app, PublisherHost(config.state_dir, (config,)))
+    client = await aiohttp_client(app)
+    listed = await (await client.get("/mirrorlist")).text()
+    assert listed.splitlines()[1:] == ["https://a.example/repo/"]
+
+
+def test_a_cron_mirror_needs_no_webhook_url_but_some_url(tmp_path: Path) -> None:
+    write_secret(tmp_path / "s.secret")
+    base = (
+        f'[publisher]\nroot = "{tmp_path}/repo"\nstate_dir = "{tmp_path}/state"\n'
+        f'[[publisher.mirrors]]\nname = "cron"\nsecret_file = "{tmp_path}/s.secret"\n'
+    )
+    path = tmp_path / "p.toml"
+    path.write_text(base + 'check_url = "https://cron.example/ius/CURRENT"\n')
+    config = load_config(path).publisher
+    assert config is not None
+    assert (config.mirrors[0].url, config.mirrors[0].check_url) == (
+        None,
+        "https://cron.example/ius/CURRENT",
+    )
+    path.write_text(base)
+    with pytest.raises(Exception, match=r"publisher.mirrors\[0\].url: required key is missing"):
+        load_config(path)
+
+
+def test_the_state_of_a_mirror_without_check_url_is_unknown(tmp_path: Path) -> None:
+    write_secret(tmp_path / "s.secret")
+    config = PublisherConfig(tmp_path / "repo", tmp_path / "state", ())
+    mirror = dataclasses.replace(load_mirror(tmp_path), check_url=None)
+    freshness = Freshness(dataclasses.replace(config, mirrors=(mirror,)))
+    assert freshness.state("m") is State.UNKNOWN
+
+
+def load_mirror(tmp_path: Path) -> MirrorConfig:
+    path = tmp_path / "p.toml"
+    path.write_text(
+        f'[publisher]\nroot = "{tmp_path}/repo"\nstate_dir = "{tmp_path}/state"\n'
+        f'[[publisher.mirrors]]\nname = "m"\nurl = "https://m.example/v1/hook"\n'
+        f'secret_file = "{tmp_path}/s.secret"\n'
+    )
+    config = load_config(path).publisher
+    assert config is not None
+    return config.mirrors[0]
+
+
+async def test_checks_follow_the_schedule_after_a_publish(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """The checker's own loop: a mirror checked at start, then — after a publish — at the
+    first step of the schedule, which finds it fresh."""
+    config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a"])
+    serve_marker(trees["a"], "1")
+    freshness = Freshness(config)
+    async with aiohttp.ClientSession() as session:
+        checker = Checker(freshness, session, after_publish=(0.2, 0.4))
+        task = asyncio.create_task(checker.run())
+        await asyncio.sleep(0.1)
+        serve_marker(trees["a"], "2")
+        checker.published("2")
+        async with asyncio.timeout(10):
+            while freshness.state("a") is not State.FRESH:
+                await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
