@@ -245,3 +245,28 @@ async def test_checks_follow_the_schedule_after_a_publish(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_freshness_is_exported_as_metrics(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """mirrorhook_mirror_fresh per mirror, its lag, and the publish-to-fresh histogram."""
+    from mirrorhook.metrics import Metrics  # noqa: PLC0415 - prometheus_client, this test only
+
+    config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a", "b"])
+    serve_marker(trees["a"], "2")
+    serve_marker(trees["b"], "1")
+    now = 1_800_000_000.0
+    metrics = Metrics()
+    freshness = Freshness(config, clock=lambda: now, metrics=metrics.tree(None))
+    async with aiohttp.ClientSession() as session:
+        checker = Checker(freshness, session)
+        checker.published("2")
+        now += 3
+        for mirror in config.mirrors:
+            await checker.check(mirror)
+    lines = set(metrics.render().decode().splitlines())
+    assert 'mirrorhook_mirror_fresh{mirror="a"} 1.0' in lines
+    assert 'mirrorhook_mirror_fresh{mirror="b"} 0.0' in lines
+    assert 'mirrorhook_mirror_lag_seconds{mirror="a"} 3.0' in lines
+    assert "mirrorhook_publish_to_fresh_seconds_count 1.0" in lines

@@ -95,10 +95,9 @@ class Announcers:
             await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self, tree: PublisherConfig) -> None:
-        publisher = Publisher(
-            tree, self._courier, metrics=self._metrics.tree(tree.repo), supervisor=self._supervisor
-        )
-        checker = Checker(Freshness(tree), self._courier.session)
+        metrics = self._metrics.tree(tree.repo)
+        publisher = Publisher(tree, self._courier, metrics=metrics, supervisor=self._supervisor)
+        checker = Checker(Freshness(tree, metrics=metrics), self._courier.session)
 
         def announce(value: str) -> None:
             publisher.publish(value)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mirrorhook.metrics import DeliveryMetrics, NoMetrics
 from mirrorhook.publisher_config import PublisherConfig
 from mirrorhook.state import iso_time, read_json, update_json
 
@@ -47,9 +48,15 @@ def freshness_path(config: PublisherConfig) -> Path:
 class Freshness:
     """The upstream's view of its mirrors for one tree, kept in ``freshness.json``."""
 
-    def __init__(self, config: PublisherConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: PublisherConfig,
+        clock: Callable[[], float] = time.time,
+        metrics: DeliveryMetrics | None = None,
+    ) -> None:
         self.config = config
         self._clock = clock
+        self._metrics = metrics or NoMetrics()
         self.path = freshness_path(config)
         recorded = read_json(self.path)
         self.newest: str | None = _text(recorded.get("newest"))
@@ -74,6 +81,7 @@ class Freshness:
         """Record one check of ``mirror``: what it serves, or why the check failed."""
         entry = self.mirrors.setdefault(mirror, {})
         now = self._clock()
+        first_lag = None
         entry["last_check"] = iso_time(now)
         entry["error"] = error
         if error is not None:
@@ -85,9 +93,11 @@ class Freshness:
             first_seen = value == self.newest and entry.get("fresh_for") != self.newest
             if first_seen and self.published_at is not None:
                 entry["fresh_for"] = self.newest
-                entry["lag"] = round(max(0.0, now - self.published_at), 3)
+                entry["lag"] = first_lag = round(max(0.0, now - self.published_at), 3)
         self._save()
-        return self.state(mirror)
+        state = self.state(mirror)
+        self._metrics.mirror_checked(mirror, fresh=state is State.FRESH, first_lag=first_lag)
+        return state
 
     def state(self, mirror: str) -> State:
         """The mirror's state now (it turns ``stale`` with time alone)."""

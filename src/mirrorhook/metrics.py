@@ -40,6 +40,7 @@ class DeliveryMetrics(Protocol):
     def delivery_attempted(self, mirror: str, result: str, seconds: float) -> None: ...
     def delivered(self, lag: float) -> None: ...
     def watch_pending(self, count: Callable[[], float]) -> None: ...
+    def mirror_checked(self, mirror: str, *, fresh: bool, first_lag: float | None) -> None: ...
 
 
 class NoMetrics:
@@ -52,6 +53,9 @@ class NoMetrics:
         pass
 
     def watch_pending(self, count: Callable[[], float]) -> None:
+        pass
+
+    def mirror_checked(self, mirror: str, *, fresh: bool, first_lag: float | None) -> None:
         pass
 
     def time_stage(self, _stage: str) -> AbstractContextManager[object]:
@@ -135,6 +139,25 @@ class Metrics:
         self.publish_lag = Histogram(
             "mirrorhook_publish_to_delivered_seconds",
             "From noticing a new marker to a mirror's acceptance of it.",
+            tree,
+            buckets=_SECONDS,
+            registry=registry,
+        )
+        self.mirror_fresh = Gauge(
+            "mirrorhook_mirror_fresh",
+            "1 while the mirror serves the newest marker (by its check_url), else 0.",
+            [*tree, "mirror"],
+            registry=registry,
+        )
+        self.mirror_lag = Gauge(
+            "mirrorhook_mirror_lag_seconds",
+            "The last publish's lag at the mirror: publish noticed to first seen fresh.",
+            [*tree, "mirror"],
+            registry=registry,
+        )
+        self.publish_to_fresh = Histogram(
+            "mirrorhook_publish_to_fresh_seconds",
+            "From noticing a new marker to a mirror's check_url serving it.",
             tree,
             buckets=_SECONDS,
             registry=registry,
@@ -229,6 +252,13 @@ class TreeMetrics:
     def watch_pending(self, count: Callable[[], float]) -> None:
         """Report ``count()`` as the number of mirrors still owed the newest marker."""
         self._series(self._metrics.pending).set_function(count)
+
+    def mirror_checked(self, mirror: str, *, fresh: bool, first_lag: float | None) -> None:
+        """A check of ``mirror``: fresh or not; ``first_lag`` when it just became fresh."""
+        self._series(self._metrics.mirror_fresh, mirror=mirror).set(1 if fresh else 0)
+        if first_lag is not None:
+            self._series(self._metrics.mirror_lag, mirror=mirror).set(first_lag)
+            self._series(self._metrics.publish_to_fresh).observe(first_lag)
 
     def forget(self) -> None:
         """Remove every series of this tree (a repository removed by a reload): an alert on
