@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from mirrorhook import mirrorlist
+from mirrorhook import mirrorlist, reports, signing
 from mirrorhook.checker import Checker, CheckError, serving
 from mirrorhook.config import load_config
 from mirrorhook.freshness import Freshness, State
@@ -270,3 +272,55 @@ async def test_freshness_is_exported_as_metrics(
     assert 'mirrorhook_mirror_fresh{mirror="b"} 0.0' in lines
     assert 'mirrorhook_mirror_lag_seconds{mirror="a"} 3.0' in lines
     assert "mirrorhook_publish_to_fresh_seconds_count 1.0" in lines
+
+
+def report_body(mirror: str, current: str, result: str = "synced") -> bytes:
+    data = {"mirror": mirror, "repo": None, "marker": "CURRENT", "current": current}
+    document = {"type": "mirror.synced", "timestamp": "2026-11-25T12:00:00Z"}
+    return json.dumps({**document, "data": {**data, "result": result, "error": None}}).encode()
+
+
+def signed(secret: signing.Secret, body: bytes) -> dict[str, str]:
+    headers = signing.signed_headers(secret, f"msg_{time.time_ns()}", int(time.time()), body)
+    return {**headers, "Content-Type": "application/json"}
+
+
+async def test_a_report_is_verified_and_what_the_mirror_serves_is_recorded(
+    tmp_path: Path, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    """A verified report makes the publisher check at once; a mirror that says "synced 2"
+    but serves 1 stays syncing; bad signatures, another mirror's name, unknown mirrors and
+    bodies that are no report change nothing."""
+    config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a", "b"])
+    serve_marker(trees["a"], "2")
+    serve_marker(trees["b"], "1")
+    secrets = {m.name: m.secret for m in config.mirrors}
+    freshness = Freshness(config)
+    async with aiohttp.ClientSession() as session:
+        checker = Checker(freshness, session)
+        checker.published("2")
+        desk = reports.ReportDesk(PublisherHost(config.state_dir, (config,)))
+        desk.checkers[None] = checker
+        app = web.Application()
+        reports.add_routes(app, desk)
+        client = await aiohttp_client(app)
+
+        async def post(body: bytes, headers: dict[str, str]) -> int:
+            async with client.post("/v1/report", data=body, headers=headers) as answer:
+                return answer.status
+
+        assert await post(report_body("a", "2"), signed(secrets["a"], report_body("a", "2"))) == 202
+        liar = report_body("b", "2")
+        assert await post(liar, signed(secrets["b"], liar)) == 202
+        async with asyncio.timeout(10):
+            while "last_check" not in freshness.mirrors["b"] or freshness.state("a") != "fresh":
+                await asyncio.sleep(0.02)
+        assert freshness.state("a") is State.FRESH
+        assert freshness.state("b") is State.SYNCING  # what it serves, not what it says
+        forged = report_body("a", "2")
+        assert await post(forged, signed(secrets["b"], forged)) == 401  # b's secret, a's name
+        assert await post(forged, {"Content-Type": "application/json"}) == 401
+        nobody = report_body("zz", "2")
+        assert await post(nobody, signed(secrets["a"], nobody)) == 401
+        assert await post(b"not json", signed(secrets["a"], b"not json")) == 400
+        assert await post(b"x" * 20_000, signed(secrets["a"], b"x")) == 413

@@ -585,3 +585,67 @@ def test_a_serving_publisher_checks_its_mirrors_and_serves_the_mirror_list(
         for _name, _port, server in servers:
             server.terminate()
             server.wait(10)
+
+
+def test_a_mirror_reports_its_sync_and_the_publisher_sees_it_fresh(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """publisher (public_url) → a real receiver: the webhook carries the report URL, the
+    receiver syncs and reports, the publisher checks the mirror's check_url at once."""
+    root = make_upstream(tmp_path / "up")
+    hook_port, listen, web_port = free_port(), free_port(), free_port()
+    write_secret(tmp_path / "m.secret")
+    with rsync_daemon(tmp_path / "d", root) as daemon:
+        mirror_tree = tmp_path / "mirror"
+        mirror_tree.mkdir()
+        web = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(web_port), "-b", "127.0.0.1"],
+            cwd=mirror_tree,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_port(web_port)
+            receiver = tmp_path / "receiver.toml"
+            receiver.write_text(
+                "[receiver]\n"
+                f'listen = ["127.0.0.1:{hook_port}"]\n'
+                f'secret_file = "{tmp_path / "m.secret"}"\n'
+                f'upstream = "{daemon.url}"\n'
+                f'target = "{mirror_tree}"\n'
+                f'state_dir = "{tmp_path / "rstate"}"\n'
+                "backoff = 0\npoll_interval = 0\n"
+            )
+            publisher = tmp_path / "publisher.toml"
+            publisher.write_text(
+                "[publisher]\n"
+                f'root = "{root}"\nstate_dir = "{tmp_path / "pstate"}"\nrescan = 5\n'
+                f'listen = ["127.0.0.1:{listen}"]\n'
+                f'public_url = "http://127.0.0.1:{listen}"\n'
+                "[[publisher.mirrors]]\n"
+                f'name = "m"\nurl = "http://127.0.0.1:{hook_port}/v1/hook"\n'
+                f'secret_file = "{tmp_path / "m.secret"}"\n'
+                f'check_url = "http://127.0.0.1:{web_port}/CURRENT"\n'
+            )
+            processes.serve(receiver, "receiver")
+            wait_for_port(hook_port)
+            processes.serve(publisher, "publisher")
+            wait_for_port(listen)
+
+            def state_at_publisher() -> str:
+                with urllib.request.urlopen(f"http://127.0.0.1:{listen}/v1/mirrors") as page:
+                    document = json.loads(page.read())
+                return str(document["mirrors"][0]["state"]) + " " + str(document["newest"])
+
+            wait_until(lambda: state_at_publisher() == "fresh 1", what="fresh at marker 1")
+            publish(root, "2")
+            wait_until(lambda: state_at_publisher() == "fresh 2", what="fresh at marker 2")
+            assert "report from m: synced (2)" in processes.log("publisher")
+            recorded = json.loads((tmp_path / "rstate" / "receiver.json").read_text())
+            assert recorded["report"] == {
+                "url": f"http://127.0.0.1:{listen}/v1/report",
+                "mirror": "m",
+            }
+        finally:
+            web.terminate()
+            web.wait(10)

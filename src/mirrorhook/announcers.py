@@ -20,6 +20,7 @@ from mirrorhook.freshness import Freshness
 from mirrorhook.metrics import Metrics
 from mirrorhook.publisher import Publisher
 from mirrorhook.publisher_config import PublisherConfig, PublisherHost
+from mirrorhook.reports import ReportDesk
 from mirrorhook.supervisor import Supervisor
 from mirrorhook.watcher import MarkerWatcher
 
@@ -30,9 +31,15 @@ class Announcers:
     """Every tree of a ``[publisher]`` section and its running watcher and publisher."""
 
     def __init__(
-        self, host: PublisherHost, courier: Courier, metrics: Metrics, supervisor: Supervisor
+        self,
+        host: PublisherHost,
+        courier: Courier,
+        metrics: Metrics,
+        supervisor: Supervisor,
+        desk: ReportDesk | None = None,
     ) -> None:
         self.host = host
+        self._desk = desk
         self._courier = courier
         self._metrics = metrics
         self._supervisor = supervisor
@@ -98,6 +105,8 @@ class Announcers:
         metrics = self._metrics.tree(tree.repo)
         publisher = Publisher(tree, self._courier, metrics=metrics, supervisor=self._supervisor)
         checker = Checker(Freshness(tree, metrics=metrics), self._courier.session)
+        if self._desk is not None:
+            self._desk.checkers[tree.repo] = checker  # reports reach this tree's checker
 
         def announce(value: str) -> None:
             publisher.publish(value)

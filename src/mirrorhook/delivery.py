@@ -16,6 +16,7 @@ in flight, so open sockets stay bounded by the mirrors that are mid-delivery.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import math
 import time
@@ -48,9 +49,20 @@ class Message:
     created: float = field(default_factory=time.time)
     """When the publisher noticed the marker (for the publish-to-delivered lag)."""
 
+    bodies: dict[str, bytes] = field(default_factory=dict, compare=False)
+    """The body for each mirror, when it names the mirror (a report is asked for)."""
+
     @classmethod
     def of(cls, update: Update) -> Message:
         return cls(update=update, body=update.encode())
+
+    def body_for(self, mirror: str) -> bytes:
+        """The body ``mirror`` gets: with its own name in it when reports are asked for."""
+        if self.update.report_url is None:
+            return self.body
+        if mirror not in self.bodies:
+            self.bodies[mirror] = dataclasses.replace(self.update, mirror=mirror).encode()
+        return self.bodies[mirror]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +155,8 @@ class Courier:
         # Signed afresh on every attempt: a retry hours later still needs a fresh timestamp,
         # while the id stays the same so the mirror can tell it is a retry.
         now = self._clock()
-        headers = signing.signed_headers(mirror.secret, message.msg_id, int(now), message.body)
+        body = message.body_for(mirror.name)
+        headers = signing.signed_headers(mirror.secret, message.msg_id, int(now), body)
         headers["Content-Type"] = "application/json"
         slot = _Slot(self._slots)
         await slot.take()
@@ -153,7 +166,7 @@ class Courier:
         try:
             async with self._session.post(
                 mirror.url,
-                data=message.body,
+                data=body,
                 headers=headers,
                 allow_redirects=False,
                 trace_request_ctx=slot,

@@ -29,6 +29,7 @@ from mirrorhook.metrics import Metrics, TreeMetrics
 from mirrorhook.poller import Poller
 from mirrorhook.receiver import Receiver, start_tasks, stop_tasks
 from mirrorhook.receiver_config import REPOS_FOLDER, ReceiverConfig, ReceiverHost
+from mirrorhook.reporter import Reporter
 from mirrorhook.scheduler import Phase, Scheduler
 from mirrorhook.slots import SyncSlots
 from mirrorhook.state import read_json
@@ -62,6 +63,7 @@ def build_receiver(
     supervisor = supervisor or Supervisor()
     slots = slots or SyncSlots(1)
     syncer = Syncer(config, metrics=tree)
+    reporter = Reporter(config)
     _restore_metrics(config, syncer, tree)
     waiting_for_slot = False
 
@@ -86,10 +88,12 @@ def build_receiver(
                 slots.hold(on_wait=waiting(now=True), on_slot=waiting(now=False)),
             ):
                 report = await syncer.sync(if_changed=True, trigger=reason, lock_fd=lock_fd)
-        except SyncError:
+        except SyncError as err:
             # Run outside the slot and the lock: a slow hook must not hold up other trees.
+            reporter.sync_ended("failed", None, str(err))
             await hooks.after_sync(config, "failed", None, time.time())
             raise
+        reporter.sync_ended(str(report.result), report.marker, None)
         await hooks.after_sync(config, str(report.result), report.marker, time.time())
 
     def note_change() -> None:
@@ -126,6 +130,7 @@ def build_receiver(
         status=lambda: host_status(host or _host_of(config)),
         metrics=metrics,
         tree_metrics=tree,
+        reporter=reporter,
         supervisor=supervisor,
     )
 

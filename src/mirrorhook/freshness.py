@@ -101,9 +101,8 @@ class Freshness:
 
     def state(self, mirror: str) -> State:
         """The mirror's state now (it turns ``stale`` with time alone)."""
-        spec = next((m for m in self.config.mirrors if m.name == mirror), None)
         entry = self.mirrors.get(mirror, {})
-        if spec is None or spec.check_url is None or "last_check" not in entry:
+        if "last_check" not in entry:  # never checked, nor reported (without check_url)
             return State.UNKNOWN
         if int(entry.get("failures") or 0) >= UNREACHABLE_AFTER:
             return State.UNREACHABLE

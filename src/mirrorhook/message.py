@@ -13,6 +13,9 @@ from typing import Any
 from mirrorhook.errors import PayloadError
 
 EVENT_TYPE = "mirror.updated"
+REPORT_TYPE = "mirror.synced"
+REPORT_PATH = "/v1/report"
+"""Where a publisher takes mirrors' reports, under its ``public_url``."""
 MAX_FIELD_LENGTH = 4096
 
 
@@ -26,22 +29,40 @@ class Update:
     timestamp: str
     repo: str | None = None
     """The repository, when the publisher has several (``data.repo``)."""
+    report_url: str | None = None
+    """Where the mirror reports how its sync ended (``data.report_url``), when asked to."""
+    mirror: str | None = None
+    """The mirror's name at the upstream, which the report must carry (``data.mirror``)."""
 
     def encode(self) -> bytes:
         """Return the JSON body that goes on the wire."""
         data = {"marker": self.marker, "current": self.current, "source": self.source}
-        if self.repo is not None:
-            data["repo"] = self.repo
+        for key in ("repo", "report_url", "mirror"):
+            if (value := getattr(self, key)) is not None:
+                data[key] = value
         document = {"type": EVENT_TYPE, "timestamp": self.timestamp, "data": data}
         return json.dumps(document, separators=(",", ":")).encode("utf-8")
 
 
 def new_update(
-    marker: str, current: str, source: str, now: float, repo: str | None = None
+    marker: str,
+    current: str,
+    source: str,
+    now: float,
+    *,
+    repo: str | None = None,
+    report_url: str | None = None,
 ) -> Update:
     """Return an update stamped with ``now`` in RFC 3339 form."""
     stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return Update(marker=marker, current=current, source=source, timestamp=stamp, repo=repo)
+    return Update(
+        marker=marker,
+        current=current,
+        source=source,
+        timestamp=stamp,
+        repo=repo,
+        report_url=report_url,
+    )
 
 
 def decode(body: bytes) -> Update:
@@ -61,16 +82,21 @@ def decode(body: bytes) -> Update:
     data = document.get("data")
     if not isinstance(data, dict):
         raise PayloadError("data must be an object")
-    repo = data.get("repo")
-    if repo is not None and not isinstance(repo, str):
-        raise PayloadError("data.repo must be a string")
+    optional = {key: _optional(data, key) for key in ("repo", "report_url", "mirror")}
     return Update(
         marker=_field(data, "marker", "data."),
         current=_field(data, "current", "data."),
         source=_field(data, "source", "data."),
         timestamp=_field(document, "timestamp", ""),
-        repo=repo,
+        **optional,
     )
+
+
+def _optional(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not (isinstance(value, str) and len(value) <= MAX_FIELD_LENGTH):
+        raise PayloadError(f"data.{key} must be a string")
+    return value
 
 
 def _field(table: dict[str, Any], key: str, prefix: str) -> str:

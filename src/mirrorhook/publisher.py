@@ -22,7 +22,7 @@ from tenacity import RetryCallState
 
 from mirrorhook.delivery import Courier, Message, Receipt
 from mirrorhook.errors import DeliveryError, DeliveryKind
-from mirrorhook.message import new_update
+from mirrorhook.message import REPORT_PATH, new_update
 from mirrorhook.metrics import DeliveryMetrics, NoMetrics
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig
 from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
@@ -334,8 +334,14 @@ class Publisher:
         if not value or value == self.current:
             return
         self.current = value
+        report = self.config.public_url
         update = new_update(
-            self.config.marker, value, self.config.name, self._clock(), repo=self.config.repo
+            self.config.marker,
+            value,
+            self.config.name,
+            self._clock(),
+            repo=self.config.repo,
+            report_url=None if report is None else report.rstrip("/") + REPORT_PATH,
         )
         message = Message.of(update)
         behind = sum(not worker.settled(value) for worker in self.workers)

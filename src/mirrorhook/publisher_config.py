@@ -74,6 +74,8 @@ class PublisherConfig:
     """Seconds between checks of a mirror's ``check_url`` outside the checks after a publish."""
     stale_after: float = 900.0
     """Seconds after a publish until a mirror that does not serve it yet is ``stale``."""
+    public_url: str | None = None
+    """Where mirrors reach this publisher's ``listen``: webhooks then ask for reports."""
     repo: str | None = None
     """The repository's name in the host form; ``None`` in the single form."""
 
@@ -91,6 +93,7 @@ class PublisherHost:
     retry_for: float = 86400.0
     check_interval: float = 3600.0
     stale_after: float = 900.0
+    public_url: str | None = None
 
     @property
     def single(self) -> bool:
@@ -112,6 +115,7 @@ _HOST_KEYS: dict[str, Check] = {
     "retry_for": positive_duration,
     "check_interval": positive_duration,
     "stale_after": positive_duration,
+    "public_url": webhook_url,
 }
 _PER_REPO: dict[str, Check] = {
     "marker": marker_name,

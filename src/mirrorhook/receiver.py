@@ -28,6 +28,7 @@ from mirrorhook.metrics import Metrics, TreeMetrics
 from mirrorhook.poller import Poller
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.replay import ReplayCache
+from mirrorhook.reporter import Reporter
 from mirrorhook.scheduler import Scheduled, Scheduler
 from mirrorhook.status import forget_daemon
 from mirrorhook.supervisor import Supervisor
@@ -52,6 +53,7 @@ class Receiver:
     status: Callable[[], dict[str, Any]]
     metrics: Metrics
     tree_metrics: TreeMetrics
+    reporter: Reporter
     clock: Callable[[], float] = time.time
     read_deadline: float = READ_DEADLINE
     replays: ReplayCache = field(default_factory=lambda: ReplayCache(signing.TOLERANCE))
@@ -203,6 +205,7 @@ async def _hook(request: web.Request, receiver: Receiver) -> tuple[str, web.Resp
         problem = f"cannot read the local marker: {err.reason}"
         logger.error("webhook %s from %s not accepted: %s", verified.msg_id, peer, problem)
         return "unavailable", web.json_response({"error": problem}, status=503)
+    receiver.reporter.remember(update.report_url, update.mirror)
     if receiver.replays.seen(verified.msg_id, verified.timestamp, now):
         logger.info("webhook %s from %s: duplicate, ignored", verified.msg_id, peer)
         return "duplicate", web.json_response({"status": "duplicate"})

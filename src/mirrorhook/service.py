@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from mirrorhook import endpoints, mirrorlist
+from mirrorhook import endpoints, mirrorlist, reports
 from mirrorhook.addresses import Listen, redact_upstream
 from mirrorhook.announcers import Announcers
 from mirrorhook.config import Config, load_config
@@ -61,34 +61,16 @@ async def serve(config: Config) -> None:
     loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
     async with contextlib.AsyncExitStack() as stack:
         roles: list[asyncio.Task[None]] = []
-        listen = config.publishers.listen if config.publishers is not None else ()
-        if fleet is not None and host is not None:
-            app = make_app(*fleet.receivers.values(), endpoints=common)
-            app[RECEIVERS] = fleet.receivers  # the same mapping: a reload changes it in place
-            app.cleanup_ctx.append(fleet.lifetime)
-            listen = (*host.listen, *listen)
-        else:
-            app = endpoints.make_app(common)
-        if config.publishers is not None:
-            mirrorlist.add_routes(app, config.publishers)
+        app, listen, desk = _app(config, fleet, common)
         if listen:
             stack.push_async_callback((await start_web(app, listen)).cleanup)
-        for repo in repositories(config.receivers):
-            logger.info(
-                "receiver ready: following %s into %s%s",
-                redact_upstream(repo.upstream),
-                repo.target,
-                ""
-                if repo.name is None
-                else f" (repository {repo.name}, hook /v1/hook/{repo.name})"
-                + ("" if repo.enabled else ", disabled"),
-            )
+        _log_receivers(config)
         if (publishers := config.publishers) is not None:
             # One courier for every tree: `concurrency` bounds the host's deliveries.
             courier = await stack.enter_async_context(
                 Courier(timeout=publishers.timeout, concurrency=publishers.concurrency)
             )
-            announcers = Announcers(publishers, courier, metrics, supervisor)
+            announcers = Announcers(publishers, courier, metrics, supervisor, desk)
             announcers.start()
             stack.push_async_callback(announcers.stop)
         systemd = Notifier()
@@ -112,6 +94,40 @@ async def serve(config: Config) -> None:
                 raise _first_leaf(error)
         logger.info("shutting down")
     logger.info("stopped")
+
+
+def _app(
+    config: Config, fleet: Fleet | None, common: endpoints.Endpoints
+) -> tuple[web.Application, tuple[Listen, ...], reports.ReportDesk | None]:
+    """The daemon's web application and where it listens: the receiver's hooks, the
+    publisher's mirror list and reports, the common endpoints."""
+    listen = config.publishers.listen if config.publishers is not None else ()
+    if fleet is not None and config.receivers is not None:
+        app = make_app(*fleet.receivers.values(), endpoints=common)
+        app[RECEIVERS] = fleet.receivers  # the same mapping: a reload changes it in place
+        app.cleanup_ctx.append(fleet.lifetime)
+        listen = (*config.receivers.listen, *listen)
+    else:
+        app = endpoints.make_app(common)
+    desk = None
+    if config.publishers is not None:
+        mirrorlist.add_routes(app, config.publishers)
+        desk = reports.ReportDesk(config.publishers)
+        reports.add_routes(app, desk)
+    return app, listen, desk
+
+
+def _log_receivers(config: Config) -> None:
+    for repo in repositories(config.receivers):
+        logger.info(
+            "receiver ready: following %s into %s%s",
+            redact_upstream(repo.upstream),
+            repo.target,
+            ""
+            if repo.name is None
+            else f" (repository {repo.name}, hook /v1/hook/{repo.name})"
+            + ("" if repo.enabled else ", disabled"),
+        )
 
 
 async def _reloads(

@@ -1,0 +1,133 @@
+"""``POST /v1/report`` on the publisher: a mirror says how its sync ended.
+
+The report is verified with that mirror's secret (the same Standard Webhooks signature as
+webhooks, the same ±300 s window, replays answered "duplicate"); anything else is 401, a
+body that is not a report 400, too large 413. A verified report makes the publisher check
+the mirror's ``check_url`` at once — what is recorded is what the mirror *serves*, never
+what it claims; a mirror without ``check_url`` is recorded as its report says
+(docs/design.md#freshness).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from mirrorhook import signing
+from mirrorhook.errors import SignatureError, TimestampError
+from mirrorhook.freshness import Freshness
+from mirrorhook.message import REPORT_PATH, REPORT_TYPE
+from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
+from mirrorhook.replay import ReplayCache
+from mirrorhook.throttle import WARNING_PERIOD, Throttle
+
+logger = logging.getLogger(__name__)
+
+MAX_REPORT = 16384
+"""Bytes a report may take: a few short fields."""
+READ_DEADLINE = 10.0
+
+Check = Any  # the checker of a tree (checker.Checker); kept loose to keep aiohttp client out
+
+
+class ReportDesk:
+    """Where the publisher's trees take their mirrors' reports."""
+
+    def __init__(self, publishers: PublisherHost) -> None:
+        self.publishers = publishers
+        self.checkers: dict[str | None, Check] = {}
+        """Each running tree's checker, by repository (registered by ``announcers.py``)."""
+        self.replays = ReplayCache(signing.TOLERANCE)
+        self._checking: set[asyncio.Task[Any]] = set()
+        self._refusals = Throttle(WARNING_PERIOD)
+
+    def check_soon(self, checker: Check, mirror: MirrorConfig) -> None:
+        task = asyncio.create_task(checker.check(mirror))
+        self._checking.add(task)
+        task.add_done_callback(self._checking.discard)
+
+    def refused(self, peer: str, status: int, reason: str) -> web.Response:
+        if (held := self._refusals.due()) is not None:
+            more = f" ({held} more refused so since the last such line)" if held else ""
+            logger.warning("report from %s refused (%d): %s%s", peer, status, reason, more)
+        return web.json_response({"error": reason}, status=status)
+
+
+DESK = web.AppKey("report_desk", ReportDesk)
+
+
+def add_routes(app: web.Application, desk: ReportDesk) -> None:
+    """Take reports on ``app``."""
+    app[DESK] = desk
+    app.router.add_post(REPORT_PATH, handle_report)
+
+
+async def handle_report(request: web.Request) -> web.Response:  # noqa: PLR0911 - one per answer
+    """Verify a mirror's report and check (or record) what it serves."""
+    desk = request.app[DESK]
+    peer = request.remote or "unix socket"
+    if request.content_length is not None and request.content_length > MAX_REPORT:
+        return desk.refused(peer, 413, f"body larger than {MAX_REPORT} bytes")
+    try:
+        async with asyncio.timeout(READ_DEADLINE):
+            body = await request.content.read(MAX_REPORT + 1)
+    except TimeoutError:
+        return desk.refused(peer, 408, f"body not received within {READ_DEADLINE:g} s")
+    if len(body) > MAX_REPORT:
+        return desk.refused(peer, 413, f"body larger than {MAX_REPORT} bytes")
+    data = _report_data(body)
+    if data is None:
+        return desk.refused(peer, 400, "not a mirror.synced report")
+    found = _mirror(desk.publishers, data)
+    if found is None:
+        return desk.refused(peer, 401, "no such mirror here")
+    tree, mirror = found
+    now = time.time()
+    try:
+        verified = signing.verify(mirror.secret, request.headers, body, now=now)
+    except (SignatureError, TimestampError) as err:
+        return desk.refused(peer, 401, f"bad signature: {err}")
+    if desk.replays.seen(verified.msg_id, verified.timestamp, now):
+        return web.json_response({"status": "duplicate"})
+    checker = desk.checkers.get(tree.repo)
+    if checker is None:
+        return web.json_response({"error": "this repository is not running"}, status=503)
+    logger.info("report from %s: %s (%s)", mirror.name, data.get("result"), data.get("current"))
+    if mirror.check_url is not None:
+        desk.check_soon(checker, mirror)
+        return web.json_response({"status": "checking"}, status=202)
+    freshness: Freshness = checker.freshness
+    synced = data.get("result") == "synced" and isinstance(data.get("current"), str)
+    error = None if synced else str(data.get("error") or data.get("result"))[:200]
+    freshness.observed(mirror.name, data["current"] if synced else None, error)
+    return web.json_response({"status": "recorded"})
+
+
+def _report_data(body: bytes) -> dict[str, Any] | None:
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(document, dict) or document.get("type") != REPORT_TYPE:
+        return None
+    data = document.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("mirror"), str):
+        return None
+    repo = data.get("repo")
+    return data if repo is None or isinstance(repo, str) else None
+
+
+def _mirror(
+    publishers: PublisherHost, data: dict[str, Any]
+) -> tuple[PublisherConfig, MirrorConfig] | None:
+    repo = data.get("repo")
+    tree = publishers.repos[0] if publishers.single else publishers.named(str(repo))
+    if tree is None:
+        return None
+    mirror = next((m for m in tree.mirrors if m.name == data["mirror"]), None)
+    return None if mirror is None else (tree, mirror)
