@@ -324,3 +324,17 @@ async def test_a_report_is_verified_and_what_the_mirror_serves_is_recorded(
         assert await post(nobody, signed(secrets["a"], nobody)) == 401
         assert await post(b"not json", signed(secrets["a"], b"not json")) == 400
         assert await post(b"x" * 20_000, signed(secrets["a"], b"x")) == 413
+
+
+async def test_with_several_repositories_the_list_must_name_one(
+    tmp_path: Path, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    config, _trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a"])
+    ius = dataclasses.replace(config, repo="ius")
+    epel = dataclasses.replace(config, repo="epel")
+    app = web.Application()
+    mirrorlist.add_routes(app, PublisherHost(config.state_dir, (ius, epel)))
+    client = await aiohttp_client(app)
+    assert (await client.get("/mirrorlist")).status == 400
+    assert (await client.get("/mirrorlist?repo=ius")).status == 200
+    assert (await client.get("/v1/mirrors?repo=nope")).status == 404

@@ -435,3 +435,16 @@ async def test_metrics_count_syncs_stages_bytes_markers_and_webhooks(
     )
     success = [line for line in lines if line.startswith("mirrorhook_last_success_timestamp")]
     assert float(success[0].split()[1]) > time.time() - 60
+
+
+@pytest.mark.parametrize("header", [";0*", "a/b; x*=''", ";", "text/plain; charset*=x'y"])
+async def test_a_content_type_that_cannot_be_parsed_is_415_not_500(
+    receiver: Receiver, client: Client, header: str
+) -> None:
+    """Found by hypothesis: aiohttp's parsing of "Content-Type: ;0*" raised inside the
+    handler."""
+    body, headers = signed_webhook(receiver.config.secret, "7")
+    headers["Content-Type"] = header
+    async with client.post(HOOK_PATH, data=body, headers=headers) as response:
+        assert response.status == 415
+    assert_nothing_scheduled(receiver)

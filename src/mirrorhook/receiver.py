@@ -8,6 +8,7 @@ drops replays, and hands the trigger to the scheduler. rsync never runs inside a
 from __future__ import annotations
 
 import asyncio
+import email.errors
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -151,7 +152,7 @@ async def handle_hook(request: web.Request) -> web.Response:
 async def _hook(request: web.Request, receiver: Receiver) -> tuple[str, web.Response]:
     """Answer one webhook; return the outcome's name (for the metrics) and the response."""
     peer = request.remote or "unix socket"
-    if request.content_type != "application/json":
+    if _content_type(request) != "application/json":
         return _refuse(
             receiver, "bad_content_type", 415, "content type must be application/json", peer
         )
@@ -224,6 +225,16 @@ async def _hook(request: web.Request, receiver: Receiver) -> tuple[str, web.Resp
         answer = {"status": "scheduled", "delay": round(outcome.delay, 3)}
         return "scheduled", web.json_response(answer, status=202)
     return "queued", web.json_response({"status": "queued"}, status=202)
+
+
+def _content_type(request: web.Request) -> str:
+    """The request's media type; "" when its Content-Type header cannot be parsed."""
+    try:
+        return request.content_type
+    except (ValueError, IndexError, email.errors.MessageError):
+        # aiohttp parses the header with the email package, which raises all of these on
+        # malformed input (hypothesis found "Content-Type: ;0*"): a 415, never a 500.
+        return ""
 
 
 class _TooLargeError(Exception):

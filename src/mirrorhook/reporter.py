@@ -40,8 +40,9 @@ class ReportError(MirrorhookError):
 class Reporter:
     """Reports one tree's sync outcomes to the publisher that asked for them."""
 
-    def __init__(self, config: ReceiverConfig) -> None:
+    def __init__(self, config: ReceiverConfig, backoff: Backoff | None = None) -> None:
         self.config = config
+        self._backoff = backoff or Backoff(first=1.0, cap=4.0)
         self._log = TreeLog(logger, config.name)
         recorded = read_json(receiver_state_path(config)).get("report")
         recorded = recorded if isinstance(recorded, dict) else {}
@@ -84,7 +85,7 @@ class Reporter:
         try:
             async for attempt in retrying(
                 should_retry=lambda err: isinstance(err, ReportError),
-                backoff=Backoff(first=1.0, cap=4.0),
+                backoff=self._backoff,
                 what=f"report to {url}",
                 attempts=REPORT_ATTEMPTS,
             ):
