@@ -12,12 +12,14 @@ latency, /healthz p99, the server's CPU time per request and its RSS before and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.stats import save
@@ -48,13 +50,10 @@ def pinned(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)] if len(os.sched_getaffinity(0)) > 1 else []
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=20000)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
-    runs = []
+@contextlib.contextmanager
+def synced_receiver() -> Iterator[tuple[Path, Path, int]]:
+    """A receiver config in a temporary folder, its tree already synced from a real rsync
+    daemon (marker 1): the folder, the config and the port it will listen on."""
     with tempfile.TemporaryDirectory(prefix="mirrorhook-bench-") as folder:
         tmp = Path(folder)
         upstream = make_upstream(tmp / "upstream", marker="1")
@@ -66,35 +65,46 @@ def main() -> int:
                 check=True,
                 capture_output=True,
             )
-            with (tmp / "serve.log").open("w") as log:
-                server = subprocess.Popen(
-                    [*pinned(0), sys.executable, "-m", "mirrorhook", "serve", "-c", str(config)],
-                    stderr=log,
+            yield tmp, config, port
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    runs = []
+    with synced_receiver() as (tmp, config, port):
+        with (tmp / "serve.log").open("w") as log:
+            server = subprocess.Popen(
+                [*pinned(0), sys.executable, "-m", "mirrorhook", "serve", "-c", str(config)],
+                stderr=log,
+            )
+        try:
+            wait_for_port(port)
+            rss_before = rss_mb(server.pid)
+            for _ in range(args.repeat):
+                cpu_before = cpu_seconds(server.pid)
+                result = subprocess.run(
+                    [
+                        *pinned(1), sys.executable, "-m", "bench.load_generator",
+                        "--url", f"http://127.0.0.1:{port}",
+                        "--secret-file", str(tmp / "receiver.secret"), "--marker", "1",
+                        "--requests", str(args.requests),
+                        "--connections", str(args.connections),
+                    ],
+                    check=True, capture_output=True, text=True,
+                )  # fmt: skip
+                run = json.loads(result.stdout)
+                run["cpu_ms_per_request"] = (
+                    1000 * (cpu_seconds(server.pid) - cpu_before) / args.requests
                 )
-            try:
-                wait_for_port(port)
-                rss_before = rss_mb(server.pid)
-                for _ in range(args.repeat):
-                    cpu_before = cpu_seconds(server.pid)
-                    result = subprocess.run(
-                        [
-                            *pinned(1), sys.executable, "-m", "bench.load_generator",
-                            "--url", f"http://127.0.0.1:{port}",
-                            "--secret-file", str(tmp / "receiver.secret"), "--marker", "1",
-                            "--requests", str(args.requests),
-                            "--connections", str(args.connections),
-                        ],
-                        check=True, capture_output=True, text=True,
-                    )  # fmt: skip
-                    run = json.loads(result.stdout)
-                    run["cpu_ms_per_request"] = (
-                        1000 * (cpu_seconds(server.pid) - cpu_before) / args.requests
-                    )
-                    runs.append(run)
-                rss_after = rss_mb(server.pid)
-            finally:
-                server.terminate()
-                server.wait(30)
+                runs.append(run)
+            rss_after = rss_mb(server.pid)
+        finally:
+            server.terminate()
+            server.wait(30)
     median = {
         key: statistics.median(float(run[key]) for run in runs)
         for key in ("per_second", "p50_ms", "p99_ms", "healthz_p99_ms", "cpu_ms_per_request")

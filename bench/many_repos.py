@@ -34,6 +34,7 @@ from tests.helpers import (
     make_upstream,
     marker_of,
     publish,
+    real_rsync,
     rsync_daemon,
     signed_webhook,
     wait_for_port,
@@ -45,12 +46,11 @@ MAX_SYNCS = 4
 
 def wrapper(folder: Path, log: Path) -> Path:
     """A real rsync behind a shell wrapper that logs start and end of every run."""
-    real = subprocess.run(["sh", "-c", "command -v rsync"], capture_output=True, check=True)
     path = folder / "logging-rsync"
     path.write_text(
         "#!/bin/sh\n"
         f'echo "start $(date +%s.%N) $*" >> {log}\n'
-        f'{real.stdout.decode().strip()} "$@"; code=$?\n'
+        f'{real_rsync()} "$@"; code=$?\n'
         f'echo "end $(date +%s.%N) $*" >> {log}\n'
         "exit $code\n"
     )

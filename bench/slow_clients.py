@@ -25,7 +25,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -34,10 +33,10 @@ from typing import Any
 
 import aiohttp
 
-from bench.capacity import pinned, rss_mb
+from bench.capacity import pinned, rss_mb, synced_receiver
 from bench.stats import save
 from mirrorhook import message, signing
-from tests.helpers import free_port, make_upstream, receiver_toml, rsync_daemon, wait_for_port
+from tests.helpers import wait_for_port
 
 MAX_OPENED = 200_000
 """Attack connections opened in all, reopened ones included."""
@@ -96,17 +95,24 @@ class Attack:
             if (streams := await self.connect()) is None:
                 continue
             reader, writer = streams
-            try:
-                async with asyncio.timeout(max(0.0, self.until - time.monotonic())):
-                    await reader.read(1)  # b"" when the server closes
-                self.closed_by_server += 1
-            except TimeoutError:
-                self.open_at_end += 1
-            except ConnectionError:
-                self.closed_by_server += 1
-            finally:
-                writer.close()
-            await self.hold()
+            await self.until_closed(reader, writer)
+
+    async def until_closed(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Wait for the server to close the connection (or the attack to end), count which,
+        and give the connection's slot back."""
+        try:
+            async with asyncio.timeout(max(0.0, self.until - time.monotonic())):
+                await reader.read(1)  # b"" when the server closes
+            self.closed_by_server += 1
+        except TimeoutError:
+            self.open_at_end += 1
+        except ConnectionError:
+            self.closed_by_server += 1
+        finally:
+            writer.close()
+        await self.hold()
 
     async def slow(self, number: int) -> None:
         """Trickle header lines that never end; reconnect when the server hangs up."""
@@ -124,16 +130,9 @@ class Attack:
                     await writer.drain()
                     self.header_bytes_sent += LINE
                     await asyncio.sleep(PACE)
-                async with asyncio.timeout(max(0.0, self.until - time.monotonic())):
-                    await reader.read(1)
-                self.closed_by_server += 1
-            except TimeoutError:
-                self.open_at_end += 1
             except ConnectionError:
-                self.closed_by_server += 1
-            finally:
-                writer.close()
-            await self.hold()
+                pass  # closed by the server mid-trickle: counted below
+            await self.until_closed(reader, writer)
 
 
 @dataclass
@@ -313,36 +312,24 @@ def main() -> int:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start a receiver, attack it, and return the measurements."""
-    with tempfile.TemporaryDirectory(prefix="mirrorhook-bench-") as folder:
-        tmp = Path(folder)
-        upstream = make_upstream(tmp / "upstream", marker="1")
-        with rsync_daemon(tmp, upstream) as daemon:
-            port = free_port()
-            config = receiver_toml(tmp, upstream=daemon.url, port=port, poll_interval=0)
-            subprocess.run(
-                [sys.executable, "-m", "mirrorhook", "sync", "-c", str(config)],
-                check=True,
-                capture_output=True,
-            )
-            limited = ["prlimit", f"--nofile={args.open_files}"] if args.open_files else []
-            with (tmp / "serve.log").open("w") as log:
-                server = subprocess.Popen(
-                    [*limited, *pinned(0), *SERVE, "-c", str(config)], stderr=log
-                )
-            try:
-                wait_for_port(port)
-                time.sleep(1)
-                rss_before = rss_mb(server.pid)
-                overflows = listen_overflows()
-                result = asyncio.run(attack(args, port, server.pid, tmp / "receiver.secret"))
-                overflows = listen_overflows() - overflows
-                time.sleep(SETTLE)
-                rss_after = rss_mb(server.pid)
-                established_after = established(server.pid)
-            finally:
-                server.terminate()
-                server.wait(30)
-            log_text = (tmp / "serve.log").read_text()
+    with synced_receiver() as (tmp, config, port):
+        limited = ["prlimit", f"--nofile={args.open_files}"] if args.open_files else []
+        with (tmp / "serve.log").open("w") as log:
+            server = subprocess.Popen([*limited, *pinned(0), *SERVE, "-c", str(config)], stderr=log)
+        try:
+            wait_for_port(port)
+            time.sleep(1)
+            rss_before = rss_mb(server.pid)
+            overflows = listen_overflows()
+            result = asyncio.run(attack(args, port, server.pid, tmp / "receiver.secret"))
+            overflows = listen_overflows() - overflows
+            time.sleep(SETTLE)
+            rss_after = rss_mb(server.pid)
+            established_after = established(server.pid)
+        finally:
+            server.terminate()
+            server.wait(30)
+        log_text = (tmp / "serve.log").read_text()
     probes = result["probes"]
     return {
         "idle": args.idle,

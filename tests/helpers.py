@@ -220,17 +220,23 @@ def stub_rsync(folder: Path, script: str) -> Path:
     return path
 
 
+def real_rsync() -> str:
+    """The rsync on PATH, for wrappers that run it after noting something."""
+    found = shutil.which("rsync")
+    assert found is not None, "rsync is not installed (make test installs it)"
+    return found
+
+
 def counting_rsync(folder: Path, log: Path, *, delay: float = 0.0) -> Path:
     """Write a wrapper that logs each invocation's arguments, then execs the real rsync:
     every transfer is real, and the test can count them. ``delay`` slows tree transfers
     (not marker reads) so a test can act while one runs."""
     path = folder / "counting-rsync"
-    real = subprocess.run(["sh", "-c", "command -v rsync"], capture_output=True, check=True)
     path.write_text(
         "#!/bin/sh\n"
         f'echo "$*" >> {log}\n'
         + (f'case "$*" in *--delay-updates*) sleep {delay};; esac\n' if delay else "")
-        + f'exec {real.stdout.decode().strip()} "$@"\n'
+        + f'exec {real_rsync()} "$@"\n'
     )
     path.chmod(0o755)
     return path
@@ -335,7 +341,7 @@ def failing_once_rsync(
     """A wrapper that fails its first call with ``code`` and ``message`` on stderr, then
     execs the real rsync (a fake for that one call: real rsync cannot fail on demand).
     With ``tree_only``, only tree transfers count, not marker reads."""
-    real = shutil.which("rsync")
+    real = real_rsync()
     fail = (
         f"echo x >> {calls}\n"
         f'if [ "$(wc -l < {calls})" -eq 1 ]; then echo "{message}" >&2; exit {code}; fi\n'

@@ -270,17 +270,16 @@ def _sync(args: argparse.Namespace) -> int:
         raise ConfigError([f"{config.path}: receiver: this command needs a [receiver] section"])
     repos = _trees(config, "receiver", host.repos, [r.name for r in host.repos], args.repos)
     if host.single:
-        return _sync_one(repos[0], args)
+        return _sync_one(repos[0], args.if_changed, args.randomize)
     if args.randomize:
         # One wait for the whole run, as the hourly script had: forty repositories must not
         # each sleep up to --randomize seconds in turn.
         delay = random.uniform(0, args.randomize)
         logger.info("sleeping %.0f s to spread the mirrors' load on the upstreams", delay)
         _run_interruptible(asyncio.sleep(delay))
-        args.randomize = 0.0
     codes = {}
     for repo in repos:
-        codes[repo.name] = _sync_one(repo, args) if repo.enabled else EXIT_OK
+        codes[repo.name] = _sync_one(repo, args.if_changed, 0.0) if repo.enabled else EXIT_OK
         outcome = {EXIT_OK: "ok", EXIT_LOCKED: "locked", EXIT_FAILURE: "failed"}[codes[repo.name]]
         if not repo.enabled:
             outcome = "disabled"
@@ -315,11 +314,9 @@ def _trees(
     return [by_name[name] for name in names]
 
 
-def _sync_one(receiver: ReceiverConfig, args: argparse.Namespace) -> int:
+def _sync_one(receiver: ReceiverConfig, if_changed: bool, randomize: float) -> int:
     try:
-        _run_interruptible(
-            sync_tree(receiver, if_changed=args.if_changed, randomize=args.randomize)
-        )
+        _run_interruptible(sync_tree(receiver, if_changed=if_changed, randomize=randomize))
     except LockedError as err:
         logger.warning("%s: nothing done", err)
         return EXIT_LOCKED

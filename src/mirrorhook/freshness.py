@@ -20,7 +20,7 @@ from typing import Any
 
 from mirrorhook.metrics import DeliveryMetrics, NoMetrics
 from mirrorhook.publisher_config import PublisherConfig
-from mirrorhook.state import iso_time, read_json, update_json
+from mirrorhook.state import iso_time, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +136,11 @@ class Freshness:
             "published_at": self.published_at,
             "mirrors": self.mirrors,
         }
+        # The daemon is the only writer (status and the mirror list only read it), and a
+        # check's result is redone by the next check: an atomic rename without fsync, and
+        # no read or lock, on a path taken once per check of every mirror.
         try:
-            update_json(self.path, lambda current: current.update(document))
+            write_json(self.path, document, durable=False)
         except OSError as err:
             logger.warning("cannot write %s: %s", self.path, err.strerror)
 

@@ -201,11 +201,6 @@ def _repository(
     return {"root": root, "mirrors": mirrors, "state_dir": state_dir, "repo": name, **optional}
 
 
-def valid_or_none(value: object) -> bool:
-    """Not marked invalid (``None`` is fine: an optional key left out)."""
-    return value is not INVALID
-
-
 def _mirrors(t: Table, value: Any) -> tuple[MirrorConfig, ...] | None:
     """Check the mirrors array; problems inside an entry are reported with its index."""
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
@@ -229,8 +224,7 @@ def _mirrors(t: Table, value: Any) -> tuple[MirrorConfig, ...] | None:
             entry.problem("name", f"{name!r} is used by another mirror already")
             ok = False
         names.add(str(name))
-        fields = (name, check_url, urls)
-        if secret is None or url is INVALID or not all(map(valid_or_none, fields)):
+        if secret is None or not valid(name) or INVALID in (url, check_url, urls):
             ok = False
             continue
         mirrors.append(

@@ -19,8 +19,9 @@ from typing import Any
 from aiohttp import web
 
 from mirrorhook import signing
+from mirrorhook.checker import Checker
 from mirrorhook.errors import SignatureError, TimestampError
-from mirrorhook.freshness import Freshness
+from mirrorhook.freshness import State
 from mirrorhook.message import REPORT_PATH, REPORT_TYPE
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
 from mirrorhook.replay import ReplayCache
@@ -32,21 +33,19 @@ MAX_REPORT = 16384
 """Bytes a report may take: a few short fields."""
 READ_DEADLINE = 10.0
 
-Check = Any  # the checker of a tree (checker.Checker); kept loose to keep aiohttp client out
-
 
 class ReportDesk:
     """Where the publisher's trees take their mirrors' reports."""
 
     def __init__(self, publishers: PublisherHost) -> None:
         self.publishers = publishers
-        self.checkers: dict[str | None, Check] = {}
+        self.checkers: dict[str | None, Checker] = {}
         """Each running tree's checker, by repository (registered by ``announcers.py``)."""
         self.replays = ReplayCache(signing.TOLERANCE)
-        self._checking: set[asyncio.Task[Any]] = set()
+        self._checking: set[asyncio.Task[State]] = set()
         self._refusals = Throttle(WARNING_PERIOD)
 
-    def check_soon(self, checker: Check, mirror: MirrorConfig) -> None:
+    def check_soon(self, checker: Checker, mirror: MirrorConfig) -> None:
         task = asyncio.create_task(checker.check(mirror))
         self._checking.add(task)
         task.add_done_callback(self._checking.discard)
@@ -101,7 +100,7 @@ async def handle_report(request: web.Request) -> web.Response:  # noqa: PLR0911 
     if mirror.check_url is not None:
         desk.check_soon(checker, mirror)
         return web.json_response({"status": "checking"}, status=202)
-    freshness: Freshness = checker.freshness
+    freshness = checker.freshness
     synced = data.get("result") == "synced" and isinstance(data.get("current"), str)
     error = None if synced else str(data.get("error") or data.get("result"))[:200]
     freshness.observed(mirror.name, data["current"] if synced else None, error)
