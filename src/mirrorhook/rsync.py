@@ -8,6 +8,7 @@ arrives in a webhook is ever part of an argument list.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -162,6 +163,18 @@ def skipped_marker(output: Sequence[str]) -> str | None:
             if words in line:
                 return reason
     return None
+
+
+# rsync --stats: "Total bytes received: 1,234,567" (thousands separators since 3.1).
+_RECEIVED = re.compile(r"Total bytes received: ([\d,.]+)")
+
+
+def received_bytes(output: Sequence[str]) -> int:
+    """Return the bytes a run received, from its ``--stats`` summary; 0 without one."""
+    for line in output:
+        if match := _RECEIVED.search(line):
+            return int(re.sub(r"[,.]", "", match.group(1)))
+    return 0
 
 
 # --- running --------------------------------------------------------------------------------

@@ -203,7 +203,7 @@ class Syncer:
                 if sweep:
                     _remove_rsync_leftovers(config.target)
                     sweep = False
-            self.metrics.count_received_bytes(result.stdout_tail)
+            self.metrics.count_received_bytes(rsync.received_bytes(result.stdout_tail))
             again = await self._read_upstream(pass_fds)
             if again.value == upstream.value:
                 self._log.info("stage 2: installing marker %r", again.value)
