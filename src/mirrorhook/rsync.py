@@ -91,15 +91,18 @@ def connect_args(config: ReceiverConfig) -> list[str]:
 
 
 def tree_args(config: ReceiverConfig) -> list[str]:
-    """The arguments of the stage-1 run: the whole tree except the marker."""
+    """The arguments of the stage-1 run: the whole tree except the marker (and the trace
+    and lastsync files)."""
     # The marker is excluded on the sender and protected on the receiver (even if the
     # operator adds --delete-excluded): it is installed separately, last
-    # (docs/design.md#the-two-stage-sync).
+    # (docs/design.md#the-two-stage-sync). The trace and lastsync files are ours in the
+    # same way: never deleted, never replaced by an upstream file of that name.
     # The guards that end a stalled transfer instead of letting it hang for days; --stats
     # for the bytes-transferred metric.
     args = [config.rsync, *SEED_ARGS, "--safe-links", *IO_TIMEOUT_ARGS, "--stats"]
     args += connect_args(config)
-    args += [f"--filter=P /{config.marker}", f"--exclude=/{config.marker}"]
+    for name in config.own_files:
+        args += [f"--filter=P /{name}", f"--exclude=/{name}"]
     if config.exclude_from is not None:
         args.append(f"--exclude-from={config.exclude_from}")
     if config.max_delete is not None:
