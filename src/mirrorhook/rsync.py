@@ -96,7 +96,8 @@ def tree_args(config: ReceiverConfig) -> list[str]:
     # The marker is excluded on the sender and protected on the receiver (even if the
     # operator adds --delete-excluded): it is installed separately, last
     # (docs/design.md#the-two-stage-sync). The trace and lastsync files are ours in the
-    # same way: never deleted, never replaced by an upstream file of that name.
+    # same way: never deleted, never replaced by an upstream file of that name
+    # (docs/design.md#trace-files).
     # The guards that end a stalled transfer instead of letting it hang for days; --stats
     # for the bytes-transferred metric.
     args = [config.rsync, *SEED_ARGS, "--safe-links", *IO_TIMEOUT_ARGS, "--stats"]
