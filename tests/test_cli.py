@@ -185,6 +185,24 @@ def test_config_from_environment(tmp_path: Path, daemon: RsyncDaemon) -> None:
     assert "--sockopts=TCP_NODELAY" in command
 
 
+def test_check_config_shows_the_trace_and_lastsync_files(tmp_path: Path) -> None:
+    """Where each file goes, and the rsync filters that keep them out of the transfer."""
+    config = receiver_toml(
+        tmp_path,
+        upstream="rsync://mirror.example.org/debian/",
+        trace="project/trace/mirror.example.org",
+        lastsync="lastsync",
+    )
+    result = run("check-config", "-c", config)
+    assert result.returncode == 0, result.stderr
+    target = tmp_path / "mirror"
+    assert f"  trace file     {target}/project/trace/mirror.example.org (Debian" in result.stdout
+    assert f"  lastsync file  {target}/lastsync (Unix time" in result.stdout
+    command = next(line for line in result.stdout.splitlines() if "rsync command" in line)
+    for name in ("CURRENT", "project/trace/mirror.example.org", "lastsync"):
+        assert f"--filter=P /{name} --exclude=/{name}" in command
+
+
 def test_contrib_host_example_loads(tmp_path: Path) -> None:
     """contrib/host.toml: three repositories, host-level defaults, one disabled."""
     text = (REPO / "contrib" / "host.toml").read_text().replace("/etc/mirrorhook/", f"{tmp_path}/")
@@ -200,6 +218,7 @@ def test_contrib_host_example_loads(tmp_path: Path) -> None:
         ("epel", 120, True),
         ("archlinux", 30, False),
     ]
+    assert host.repos[2].lastsync == "lastsync"
     publishers = load_config(config).publishers
     assert publishers is not None
     assert publishers.repos[0].root == host.repos[0].target  # ius, the hub repository

@@ -273,6 +273,16 @@ BAD_VALUES = [
     pytest.param("marker", "*", "file name", id="marker-glob"),
     pytest.param("marker", "..", "file name", id="marker-dotdot"),
     pytest.param("marker", "", "empty", id="marker-empty"),
+    # files mirrorhook writes into the tree
+    pytest.param("trace", "/srv/mirror/trace", "relative to target", id="absolute-trace"),
+    pytest.param("lastsync", "/lastsync", "relative to target", id="absolute-lastsync"),
+    pytest.param("trace", "project/../../etc/x", "'..'", id="trace-dotdot"),
+    pytest.param("lastsync", "..", "'..'", id="lastsync-dotdot"),
+    pytest.param("trace", "project//trace", "single '/'", id="trace-empty-part"),
+    pytest.param("trace", "project/trace/", "single '/'", id="trace-trailing-slash"),
+    pytest.param("trace", "project/*", "plain names", id="trace-glob"),
+    pytest.param("lastsync", ".lastsync", "plain names", id="lastsync-hidden"),
+    pytest.param("lastsync", 1, "string", id="number-for-lastsync"),
     # numbers out of range
     pytest.param("backoff", -1, "negative", id="negative-backoff"),
     pytest.param("poll_interval", -0.5, "negative", id="negative-poll-interval"),
@@ -293,6 +303,50 @@ def test_bad_value_is_one_problem_naming_file_and_key(
     """A bad value gives exactly one ``FILE: receiver.KEY: problem`` line saying what is wrong."""
     path = _with(tmp_path, **{key: value})
     assert fragment in _only_problem(path, f"receiver.{key}")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "problem"),
+    [
+        ({"trace": "CURRENT"}, "trace", "'CURRENT' is the same file as marker ('CURRENT')"),
+        ({"lastsync": "CURRENT"}, "lastsync", "'CURRENT' is the same file as marker ('CURRENT')"),
+        (
+            {"marker": "stamp", "trace": "stamp/trace"},
+            "trace",
+            "'stamp/trace' nests with marker ('stamp')",
+        ),
+        (
+            {"trace": "project/trace/m", "lastsync": "project/trace/m"},
+            "lastsync",
+            "'project/trace/m' is the same file as trace ('project/trace/m')",
+        ),
+        (
+            {"trace": "project/trace", "lastsync": "project/trace/lastsync"},
+            "lastsync",
+            "'project/trace/lastsync' nests with trace ('project/trace')",
+        ),
+    ],
+)
+def test_trace_and_lastsync_must_be_apart_from_the_marker_and_each_other(
+    tmp_path: Path, overrides: dict[str, str], key: str, problem: str
+) -> None:
+    """One file cannot be the marker and a trace, nor a file and a folder at once: one
+    one-line problem naming the key and the file it collides with."""
+    assert _only_problem(_with(tmp_path, **overrides), f"receiver.{key}") == problem
+
+
+def test_trace_and_lastsync_are_kept_as_given(tmp_path: Path) -> None:
+    """Valid paths load as written; they are protected like the marker, in that order."""
+    receiver = load_config(
+        _with(tmp_path, trace="project/trace/mirror.example.org", lastsync="lastsync")
+    ).receiver
+    assert receiver is not None
+    assert receiver.trace == "project/trace/mirror.example.org"
+    assert receiver.lastsync == "lastsync"
+    assert receiver.own_files == ("CURRENT", "project/trace/mirror.example.org", "lastsync")
+    plain = load_config(_with(tmp_path)).receiver
+    assert plain is not None
+    assert (plain.trace, plain.lastsync, plain.own_files) == (None, None, ("CURRENT",))
 
 
 def test_bad_listen_entry_names_its_index(tmp_path: Path) -> None:

@@ -174,3 +174,22 @@ def test_targets_are_compared_after_dot_dot_is_resolved(tmp_path: Path) -> None:
     assert problems_of(path) == [
         "receiver.repos.b.target: is the same as the target of repository 'a' (/srv/m/ius)"
     ]
+
+
+def test_trace_files_are_inherited_and_checked_in_each_repository(tmp_path: Path) -> None:
+    """trace and lastsync set at the host level are each repository's default; a clash with
+    a repository's own marker is that repository's problem."""
+    host = host_toml(
+        tmp_path,
+        {"ius": {}, "arch": {"lastsync": "lastupdate-ours"}},
+        host='trace = "project/trace/m.example.org"\nlastsync = "lastsync"\n',
+    )
+    repos = load_config(host).receivers.repos  # type: ignore[union-attr]
+    assert [(repo.trace, repo.lastsync) for repo in repos] == [
+        ("project/trace/m.example.org", "lastsync"),
+        ("project/trace/m.example.org", "lastupdate-ours"),
+    ]
+    clash = host_toml(tmp_path, {"ius": {"marker": "lastsync"}}, host='lastsync = "lastsync"\n')
+    assert problems_of(clash) == [
+        "receiver.repos.ius.lastsync: 'lastsync' is the same file as marker ('lastsync')"
+    ]

@@ -1,13 +1,15 @@
 """Addresses: where a receiver listens, and an rsync source as it may be shown.
 
 ``parse_listen`` reads ``HOST:PORT``, ``[IPV6]:PORT`` or ``unix:/PATH``; ``redact_upstream``
-drops the login from an rsync source before it reaches a log line or a status page.
+drops the login from an rsync source before it reaches a log line or a status page, and
+``upstream_host`` keeps only its host (for a trace file).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +42,17 @@ def redact_upstream(upstream: str) -> str:
     if not at or "::" in user:
         return upstream
     return scheme + rest[len(user) + 1 :]
+
+
+def upstream_host(upstream: str) -> str | None:
+    """Return the host an rsync source names, without login or port; ``None`` for a local
+    path. The source is one that config checking accepted."""
+    if upstream.startswith("/"):
+        return None
+    if upstream.startswith("rsync://"):
+        return urllib.parse.urlsplit(upstream).hostname
+    authority = upstream.split("/", 1)[0]  # [USER@]HOST::MODULE or [USER@]HOST:PATH
+    return authority.split(":", 1)[0].rpartition("@")[2]
 
 
 def parse_listen(text: str) -> Listen:

@@ -177,6 +177,24 @@ def marker_name(value: Any) -> str:
     return text
 
 
+def tree_file(value: Any) -> str:
+    """A file that mirrorhook writes inside the tree: a path relative to ``target`` made of
+    plain names (they become rsync filter rules, so no wildcards), never leaving it."""
+    text = string(value)
+    if text.startswith("/"):
+        raise ValueError(f"must be a path relative to target, not the absolute {text!r}")
+    parts = text.split("/")
+    if ".." in parts:
+        raise ValueError(f"must stay inside target: '..' is not allowed in {text!r}")
+    for part in parts:
+        if not _MARKER_RE.fullmatch(part):
+            raise ValueError(
+                "must be plain names (letters, digits, '.', '_', '-', not starting with '.') "
+                f"separated by single '/', not {text!r}"
+            )
+    return text
+
+
 def number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"must be a number of seconds, not {kind_of(value)}")

@@ -43,6 +43,10 @@ def _tree(r: ReceiverConfig, indent: str) -> list[str]:
         ("state", str(r.state_dir)),
         ("rsync command", " ".join(rsync.tree_args(r))),
     ]
+    if r.trace is not None:
+        rows.append(("trace file", f"{r.target / r.trace} (Debian ftpsync format)"))
+    if r.lastsync is not None:
+        rows.append(("lastsync file", f"{r.target / r.lastsync} (Unix time of the last sync)"))
     if r.exec_on_success:
         rows.append(("on success", " ".join(r.exec_on_success)))
     if r.exec_on_failure:

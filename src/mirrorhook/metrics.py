@@ -8,8 +8,7 @@ records into ``NoMetrics``.
 from __future__ import annotations
 
 import contextlib
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -17,9 +16,6 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-# rsync --stats: "Total bytes received: 1,234,567" (thousands separators since 3.1).
-_RECEIVED = re.compile(r"Total bytes received: ([\d,.]+)")
 
 _SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600)
 _FAST = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -30,7 +26,7 @@ class SyncMetrics(Protocol):
 
     def time_stage(self, stage: str) -> AbstractContextManager[object]: ...
     def set_marker(self, side: str, value: str | None) -> None: ...
-    def count_received_bytes(self, stdout_tail: Sequence[str]) -> None: ...
+    def count_received_bytes(self, received: int) -> None: ...
     def sync_finished(self, result: str, *, success_at: float | None) -> None: ...
 
 
@@ -64,7 +60,7 @@ class NoMetrics:
     def set_marker(self, side: str, value: str | None) -> None:
         pass
 
-    def count_received_bytes(self, stdout_tail: Sequence[str]) -> None:
+    def count_received_bytes(self, received: int) -> None:
         pass
 
     def sync_finished(self, result: str, *, success_at: float | None) -> None:
@@ -228,13 +224,9 @@ class TreeMetrics:
             self._series(family, side=side, marker=value).set(1)
             self._markers[side] = value
 
-    def count_received_bytes(self, stdout_tail: Sequence[str]) -> None:
-        """Add the bytes of an rsync run's --stats summary."""
-        for line in stdout_tail:
-            if match := _RECEIVED.search(line):
-                received = int(re.sub(r"[,.]", "", match.group(1)))
-                self._series(self._metrics.bytes_received).inc(received)
-                return
+    def count_received_bytes(self, received: int) -> None:
+        """Add the bytes an rsync run received (from its --stats summary)."""
+        self._series(self._metrics.bytes_received).inc(received)
 
     def webhook(self, outcome: str) -> None:
         """Count one webhook for this tree by its outcome."""

@@ -32,6 +32,7 @@ from mirrorhook.checks import (
     positive_duration,
     positive_int,
     string_list,
+    tree_file,
     upstream,
     valid,
 )
@@ -70,6 +71,16 @@ class ReceiverConfig:
     enabled: bool = True
     exec_on_success: tuple[str, ...] = ()
     exec_on_failure: tuple[str, ...] = ()
+    trace: str | None = None
+    """Where to write a Debian ftpsync-style trace file, relative to ``target``."""
+    lastsync: str | None = None
+    """Where to write an Arch-style ``lastsync`` file, relative to ``target``."""
+
+    @property
+    def own_files(self) -> tuple[str, ...]:
+        """The files mirrorhook itself writes into the tree (relative to ``target``): the
+        marker, then the trace and lastsync files. rsync never transfers nor deletes them."""
+        return (self.marker, *(name for name in (self.trace, self.lastsync) if name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +125,8 @@ _PER_REPO: dict[str, Check] = {
     "enabled": boolean,
     "exec_on_success": string_list,
     "exec_on_failure": string_list,
+    "trace": tree_file,
+    "lastsync": tree_file,
 }
 """The keys of one repository that the host level may set for all; defaults: the fields'."""
 
@@ -210,6 +223,7 @@ def _repository(
         t.problem("state_dir", f"must be outside target ({target}): rsync --delete would remove it")
         return None
     _programs(t, optional)
+    _apart_in_tree(t, optional)
     secret_file = required["secret_file"]
     secret = load_secret(t, "secret_file", secret_file) if valid(secret_file) else None
     if secret is None or not all(map(valid, required.values())):
@@ -229,6 +243,28 @@ def _programs(t: Table, values: dict[str, Any]) -> None:
     for key in ("exec_on_success", "exec_on_failure"):
         if key in t.data:
             values[key] = _command(t, key, values[key])
+
+
+def _apart_in_tree(t: Table, values: dict[str, Any]) -> None:
+    """The trace and lastsync files may be neither the marker nor each other, nor lie inside
+    one another (one would have to be a file and a folder at once)."""
+    taken = [("marker", values["marker"])]
+    for key in ("trace", "lastsync"):
+        path = values[key]
+        if not valid(path):
+            continue
+        for other_key, other in taken:
+            if valid(other) and _overlap(path, other):
+                how = "is the same file as" if path == other else "nests with"
+                t.problem(key, f"{path!r} {how} {other_key} ({other!r})")
+                values[key] = INVALID
+                break
+        else:
+            taken.append((key, path))
+
+
+def _overlap(path: str, other: str) -> bool:
+    return path == other or path.startswith(other + "/") or other.startswith(path + "/")
 
 
 def _command(t: Table, key: str, argv: Any) -> Any:

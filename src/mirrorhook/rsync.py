@@ -8,6 +8,7 @@ arrives in a webhook is ever part of an argument list.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,15 +91,19 @@ def connect_args(config: ReceiverConfig) -> list[str]:
 
 
 def tree_args(config: ReceiverConfig) -> list[str]:
-    """The arguments of the stage-1 run: the whole tree except the marker."""
+    """The arguments of the stage-1 run: the whole tree except the marker (and the trace
+    and lastsync files)."""
     # The marker is excluded on the sender and protected on the receiver (even if the
     # operator adds --delete-excluded): it is installed separately, last
-    # (docs/design.md#the-two-stage-sync).
+    # (docs/design.md#the-two-stage-sync). The trace and lastsync files are ours in the
+    # same way: never deleted, never replaced by an upstream file of that name
+    # (docs/design.md#trace-files).
     # The guards that end a stalled transfer instead of letting it hang for days; --stats
     # for the bytes-transferred metric.
     args = [config.rsync, *SEED_ARGS, "--safe-links", *IO_TIMEOUT_ARGS, "--stats"]
     args += connect_args(config)
-    args += [f"--filter=P /{config.marker}", f"--exclude=/{config.marker}"]
+    for name in config.own_files:
+        args += [f"--filter=P /{name}", f"--exclude=/{name}"]
     if config.exclude_from is not None:
         args.append(f"--exclude-from={config.exclude_from}")
     if config.max_delete is not None:
@@ -162,6 +167,18 @@ def skipped_marker(output: Sequence[str]) -> str | None:
             if words in line:
                 return reason
     return None
+
+
+# rsync --stats: "Total bytes received: 1,234,567" (thousands separators since 3.1).
+_RECEIVED = re.compile(r"Total bytes received: ([\d,.]+)")
+
+
+def received_bytes(output: Sequence[str]) -> int:
+    """Return the bytes a run received, from its ``--stats`` summary; 0 without one."""
+    for line in output:
+        if match := _RECEIVED.search(line):
+            return int(re.sub(r"[,.]", "", match.group(1)))
+    return 0
 
 
 # --- running --------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mirrorhook import marker, process, rsync
+from mirrorhook import marker, process, rsync, traces
 from mirrorhook.addresses import redact_upstream
 from mirrorhook.errors import (
     MarkerError,
@@ -67,6 +67,10 @@ class Report:
     result: SyncResult
     marker: str | None
     rounds: int
+    received_bytes: int = 0
+    """What the tree transfers received, from rsync's ``--stats``."""
+    rsync_seconds: float = 0.0
+    """Wall time of the tree transfers, retries included."""
 
 
 def receiver_state_path(config: ReceiverConfig) -> Path:
@@ -134,6 +138,7 @@ class Syncer:
         )
         report = await self._recorded(trigger, started, work)
         self._finish(trigger, started, report.result, marker_value=report.marker)
+        await self._write_traces(trigger, started, report)
         if report.result is SyncResult.UP_TO_DATE:
             self._log.info("already up to date with upstream marker %r", report.marker)
         else:
@@ -155,8 +160,23 @@ class Syncer:
         if upstream.value != self.local_marker():
             return True
         self._finish(trigger, started, SyncResult.UP_TO_DATE, marker_value=upstream.value)
+        report = Report(SyncResult.UP_TO_DATE, upstream.value, 0)
+        await self._write_traces(trigger, started, report)
         self._log.info("already up to date with upstream marker %r", upstream.value)
         return False
+
+    async def _write_traces(self, trigger: str, started: float, report: Report) -> None:
+        """Rewrite the trace and lastsync files after a sync that left the tree complete
+        (docs/design.md#trace-files); a failure to write them is only logged."""
+        sync = traces.Sync(
+            serial=report.marker or "",
+            trigger=trigger,
+            started=started,
+            finished=self._clock(),
+            received_bytes=report.received_bytes,
+            rsync_seconds=report.rsync_seconds,
+        )
+        await traces.write(self.config, sync, self._log)
 
     async def _recorded(self, trigger: str, started: float, work: Awaitable[_T]) -> _T:
         """Await ``work``; record and log a failure or a cancellation before re-raising."""
@@ -184,6 +204,7 @@ class Syncer:
         if if_changed and upstream.value == local:
             return Report(SyncResult.UP_TO_DATE, local, 0)
         config.target.mkdir(parents=True, exist_ok=True)
+        received, spent = 0, 0.0
         for round_number in range(1, MAX_ROUNDS + 1):
             self._log.info(
                 "stage 1: transferring the tree for upstream marker %r (local %r)",
@@ -191,6 +212,7 @@ class Syncer:
                 local,
             )
             with self.metrics.time_stage("transfer"):
+                began = time.monotonic()
                 result = await self._retry(
                     functools.partial(
                         rsync.run,
@@ -200,16 +222,19 @@ class Syncer:
                     ),
                     "rsync of the tree",
                 )
+                spent += time.monotonic() - began
                 if sweep:
                     _remove_rsync_leftovers(config.target)
                     sweep = False
-            self.metrics.count_received_bytes(result.stdout_tail)
+            got = rsync.received_bytes(result.stdout_tail)
+            received += got
+            self.metrics.count_received_bytes(got)
             again = await self._read_upstream(pass_fds)
             if again.value == upstream.value:
                 self._log.info("stage 2: installing marker %r", again.value)
                 with self.metrics.time_stage("install"):
                     write_atomic(config.target / config.marker, again.data, mtime=again.mtime)
-                return Report(SyncResult.SYNCED, again.value, round_number)
+                return Report(SyncResult.SYNCED, again.value, round_number, received, spent)
             self._log.info(
                 "upstream marker moved from %r to %r during stage 1: transferring again",
                 upstream.value,

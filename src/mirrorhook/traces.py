@@ -1,0 +1,157 @@
+"""Trace files for the mirror checkers: Debian's ftpsync trace and Arch's ``lastsync``.
+
+See docs/design.md#trace-files. After each sync that ends with the tree complete (a new
+marker installed, or the upstream marker found equal to ours), a receiver repository with
+``trace`` and/or ``lastsync`` gets them rewritten, atomically, after the marker. They are
+notes for others to read: a failure to write one is logged, and the sync stays good.
+
+The trace has the fields of ftpsync's ``tracefile_content`` (ftpsync 20180513, in
+``/usr/bin/ftpsync`` of Debian's ``ftpsync`` package) that mean something here, in its
+order and formats; the fields about ftpsync itself (its version, the architectures, the
+stage-1 and stage-2 times) are left out. Nothing in it comes from a webhook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import errno
+import functools
+import importlib.metadata
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+from mirrorhook import rsync
+from mirrorhook.addresses import upstream_host
+from mirrorhook.log import TreeLog
+from mirrorhook.receiver_config import ReceiverConfig
+from mirrorhook.state import write_atomic
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_TRIGGERS = ("poll", "startup check", "mirrorhook sync")
+"""Triggers whose text is a fixed word already (poller.py, oneshot.py)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    """A sync that completed, as the trace files tell it."""
+
+    serial: str
+    """The marker value now in the tree."""
+    trigger: str
+    started: float
+    finished: float
+    received_bytes: int = 0
+    """What the tree transfers received (rsync's ``--stats``); 0 when none ran."""
+    rsync_seconds: float = 0.0
+    """Wall time of the tree transfers (retries included); 0 when none ran."""
+
+
+def date_u(moment: float) -> str:
+    """Return ``moment`` as ``date -u`` prints it in the POSIX locale:
+    ``Wed Nov 25 19:02:55 UTC 2026`` (the day of the month padded with a space)."""
+    t = datetime.fromtimestamp(moment, UTC)
+    return f"{_DAYS[t.weekday()]} {_MONTHS[t.month - 1]} {t.day:2d} {t:%H:%M:%S} UTC {t.year}"
+
+
+def rfc2822(moment: float) -> str:
+    """Return ``moment`` as ``date -u -R`` prints it: ``Wed, 25 Nov 2026 19:02:55 +0000``."""
+    return email.utils.format_datetime(datetime.fromtimestamp(moment, UTC))
+
+
+def trigger_word(trigger: str) -> str:
+    """The ``Trigger:`` value: the kind of trigger, never a webhook's text (it holds fields
+    of the request)."""
+    if trigger.startswith("webhook"):
+        return "webhook"
+    return trigger if trigger in _TRIGGERS else "other"
+
+
+def transport(upstream: str) -> str:
+    """The ``Rsync-Transport:`` value: ``rsync`` (a daemon), ``ssh`` or ``local``."""
+    if rsync.is_daemon(upstream):
+        return "rsync"
+    return "local" if upstream.startswith("/") else "ssh"
+
+
+def trace_text(sync: Sync, *, upstream: str, host: str, version: str) -> str:
+    """The trace file for ``sync`` from ``upstream``, written on ``host``."""
+    # ftpsync counts whole seconds and whole bytes per second.
+    rate = int(sync.received_bytes / sync.rsync_seconds) if sync.rsync_seconds > 0 else 0
+    lines = [
+        date_u(sync.finished),
+        f"Date: {rfc2822(sync.finished)}",
+        f"Date-Started: {rfc2822(sync.started)}",
+        f"Archive serial: {sync.serial}",
+        f"Creator: mirrorhook {version}",
+        f"Running on host: {host}",
+        f"Trigger: {trigger_word(sync.trigger)}",
+        f"Upstream-mirror: {upstream_host(upstream) or 'unknown'}",
+        f"Rsync-Transport: {transport(upstream)}",
+        f"Total bytes received in rsync: {sync.received_bytes}",
+        f"Total time spent in rsync: {round(sync.rsync_seconds)}",
+        f"Average rate: {rate} B/s",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def lastsync_text(sync: Sync) -> str:
+    """Arch's ``lastsync``: the Unix time of the completed sync, in whole seconds."""
+    return f"{int(sync.finished)}\n"
+
+
+@functools.cache
+def _identity() -> tuple[str, str]:
+    """This host's fully qualified name and mirrorhook's version; once per process: the
+    name may take a DNS lookup."""
+    return fqdn(), importlib.metadata.version("mirrorhook")
+
+
+def fqdn() -> str:
+    """This host's name as ``hostname -f`` (which ftpsync uses) finds it: the canonical
+    name of the host name. Not ``socket.getfqdn()``: it says ``localhost`` wherever
+    /etc/hosts lists the host name on a line that starts with ``localhost``."""
+    name = socket.gethostname()
+    try:
+        found = socket.getaddrinfo(name, None, flags=socket.AI_CANONNAME)
+    except OSError:
+        return name
+    return next((entry[3] for entry in found if entry[3]), name)
+
+
+async def write(config: ReceiverConfig, sync: Sync, log: TreeLog) -> None:
+    """Write the repository's trace and lastsync files, those it has; log a failure."""
+    files: list[tuple[str, str, str]] = []
+    if config.trace is not None:
+        host, version = await asyncio.to_thread(_identity)
+        text = trace_text(sync, upstream=config.upstream, host=host, version=version)
+        files.append(("trace", config.trace, text))
+    if config.lastsync is not None:
+        files.append(("lastsync", config.lastsync, lastsync_text(sync)))
+    for what, name, text in files:
+        try:
+            write_in_tree(config.target, name, text.encode())
+        except OSError as err:
+            where = f" ({err.filename})" if err.filename else ""
+            log.error(
+                "cannot write the %s file %s: %s%s; the sync itself succeeded",
+                what,
+                config.target / name,
+                err.strerror or err,
+                where,
+            )
+
+
+def write_in_tree(target: Path, name: str, data: bytes) -> None:
+    """Write ``data`` atomically as ``target/name``, creating its folders; never through a
+    symbolic link in the tree (one from the upstream could point anywhere in it)."""
+    folder = target
+    for part in PurePosixPath(name).parts[:-1]:
+        folder /= part
+        if folder.is_symlink():
+            raise OSError(errno.ELOOP, "a folder on the way is a symbolic link", str(folder))
+        folder.mkdir(exist_ok=True)
+    write_atomic(target / name, data)

@@ -1,0 +1,328 @@
+"""Trace files for the mirror checkers (docs/design.md#trace-files): Debian's ftpsync trace
+and Arch's lastsync, written by real syncs from a real rsync daemon."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.metadata
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import pytest
+
+from mirrorhook import oneshot, rsync, traces
+from mirrorhook.addresses import upstream_host
+from mirrorhook.retry import Backoff
+from mirrorhook.syncer import Syncer, SyncResult
+from tests.helpers import RsyncDaemon, publish, receiver_config
+
+TRACE = "project/trace/mirror.example.org"
+LASTSYNC = "lastsync"
+
+# The fields of ftpsync's trace, in order: the echo lines of tracefile_content() in
+# /usr/bin/ftpsync of Debian's ftpsync package, version 20180513+nmu1 (Debian 12), and of
+# archvsync's git (salsa.debian.org/mirror-team/archvsync, bin/ftpsync). The first line,
+# `date -u`, has no name.
+FTPSYNC_FIELDS = (
+    "Date",
+    "Date-Started",
+    "Archive serial",
+    "Used ftpsync version",
+    "Creator",
+    "Running on host",
+    "Maintainer",
+    "Sponsor",
+    "Country",
+    "Location",
+    "Throughput",
+    "Trigger",
+    "Architectures",
+    "Architectures-Configuration",
+    "Upstream-mirror",
+    "Rsync-Transport",
+    "Total bytes received in rsync",
+    "Total time spent in stage1 rsync",
+    "Total time spent in stage2 rsync",
+    "Total time spent in rsync",
+    "Average rate",
+)
+OUR_FIELDS = (
+    "Date",
+    "Date-Started",
+    "Archive serial",
+    "Creator",
+    "Running on host",
+    "Trigger",
+    "Upstream-mirror",
+    "Rsync-Transport",
+    "Total bytes received in rsync",
+    "Total time spent in rsync",
+    "Average rate",
+)
+
+
+async def no_wait(_seconds: float) -> None:
+    """Stand-in for asyncio.sleep between retries."""
+
+
+def make_syncer(
+    tmp_path: Path, upstream: str, *, clock: Callable[[], float] = time.time, **overrides: object
+) -> Syncer:
+    values: dict[str, object] = {"trace": TRACE, "lastsync": LASTSYNC, **overrides}
+    config = receiver_config(tmp_path, upstream=upstream, **values).receiver
+    assert config is not None
+    return Syncer(config, backoff=Backoff(first=0.01, cap=0.01), sleep=no_wait, clock=clock)
+
+
+def read_trace(path: Path) -> tuple[str, dict[str, str], list[str]]:
+    """The first line, the fields by name, and the names in file order."""
+    first, *rest = path.read_text().splitlines()
+    names = [line.split(": ", 1)[0] for line in rest]
+    return first, dict(line.split(": ", 1) for line in rest), names
+
+
+def hours_later(hours: int) -> float:
+    """A clock set ``hours`` ahead, for syncs that must write a later time."""
+    return time.time() + hours * 3600
+
+
+def host_name() -> str:
+    """What ftpsync would write: ``hostname -f``."""
+    if shutil.which("hostname") is None:  # pragma: no cover - net-tools/hostname is usual
+        return traces.fqdn()
+    return subprocess.run(
+        ["hostname", "-f"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def is_subsequence(ours: tuple[str, ...], theirs: tuple[str, ...]) -> bool:
+    remaining = iter(theirs)
+    return all(name in remaining for name in ours)
+
+
+# --- after a real sync ----------------------------------------------------------------------
+
+
+async def test_trace_after_a_real_sync_holds_the_syncs_facts(
+    tmp_path: Path, daemon: RsyncDaemon
+) -> None:
+    """Every field parses back to the sync that wrote it, in ftpsync's order."""
+    syncer = make_syncer(tmp_path, daemon.url)
+    before = time.time()
+    report = await syncer.sync(if_changed=True, trigger="poll")
+    after = time.time()
+    assert report.result is SyncResult.SYNCED
+    first, fields, names = read_trace(syncer.config.target / TRACE)
+
+    assert tuple(names) == OUR_FIELDS
+    assert is_subsequence(OUR_FIELDS, FTPSYNC_FIELDS)
+    written = datetime.strptime(first, "%a %b %d %H:%M:%S UTC %Y").replace(tzinfo=UTC)
+    date = parsedate_to_datetime(fields["Date"])
+    started = parsedate_to_datetime(fields["Date-Started"])
+    assert written == date
+    # Whole seconds: the window's start is rounded down.
+    assert int(before) <= started.timestamp() <= date.timestamp() <= after
+    assert fields["Archive serial"] == report.marker == "1"
+    assert fields["Creator"] == f"mirrorhook {importlib.metadata.version('mirrorhook')}"
+    assert fields["Running on host"] == host_name()
+    assert fields["Trigger"] == "poll"
+    assert fields["Upstream-mirror"] == "127.0.0.1"
+    assert fields["Rsync-Transport"] == "rsync"
+    received = int(fields["Total bytes received in rsync"])
+    assert received == report.received_bytes > 1000  # 20 files of the upstream fixture
+    assert 0 <= int(fields["Total time spent in rsync"]) <= after - before
+    rate = re.fullmatch(r"(\d+) B/s", fields["Average rate"])
+    assert rate is not None
+    assert int(rate.group(1)) == int(received / report.rsync_seconds)
+
+
+async def test_lastsync_is_the_unix_time_of_the_syncs_end(
+    tmp_path: Path, daemon: RsyncDaemon
+) -> None:
+    """Arch's format: whole seconds and a newline, within a second of the sync's end."""
+    syncer = make_syncer(tmp_path, daemon.url)
+    await syncer.sync(if_changed=True, trigger="test")
+    ended = time.time()
+    text = (syncer.config.target / LASTSYNC).read_text()
+    assert re.fullmatch(r"\d+\n", text)
+    assert ended - 1 <= int(text) <= ended
+
+
+async def test_no_change_syncs_rewrite_both_files(tmp_path: Path, daemon: RsyncDaemon) -> None:
+    """A sync that finds the upstream marker equal to ours confirms the mirror is current
+    (as ftpsync rewrites its trace on every run), in the daemon and in the cron pre-check;
+    no transfer ran, so bytes and time are 0."""
+    await make_syncer(tmp_path, daemon.url).sync(if_changed=True, trigger="first")
+    for hours, check in ((1, "sync"), (2, "needs_sync")):
+        later = make_syncer(tmp_path, daemon.url, clock=functools.partial(hours_later, hours))
+        if check == "sync":
+            report = await later.sync(if_changed=True, trigger="webhook from up, marker '1'")
+            assert report.result is SyncResult.UP_TO_DATE
+        else:
+            assert not await later.needs_sync(trigger=oneshot.TRIGGER)
+        _, fields, _ = read_trace(later.config.target / TRACE)
+        lastsync = int((later.config.target / LASTSYNC).read_text())
+        assert abs(lastsync - (time.time() + hours * 3600)) <= 1
+        assert parsedate_to_datetime(fields["Date"]).timestamp() == lastsync
+        assert fields["Archive serial"] == "1"
+        assert fields["Trigger"] == ("webhook" if check == "sync" else "mirrorhook sync")
+        assert fields["Total bytes received in rsync"] == "0"
+        assert fields["Total time spent in rsync"] == "0"
+        assert fields["Average rate"] == "0 B/s"
+
+
+async def test_failed_sync_leaves_both_files_alone(tmp_path: Path, daemon: RsyncDaemon) -> None:
+    """Only a sync that leaves the tree complete may claim it in a trace."""
+    syncer = make_syncer(tmp_path, daemon.url)
+    await syncer.sync(if_changed=True, trigger="first")
+    files = [syncer.config.target / TRACE, syncer.config.target / LASTSYNC]
+    before = [path.read_bytes() for path in files]
+    (daemon.root / "CURRENT").unlink()
+    later = make_syncer(tmp_path, daemon.url, clock=lambda: time.time() + 3600)
+    with pytest.raises(Exception, match="no marker"):
+        await later.sync(if_changed=False, trigger="second")
+    assert [path.read_bytes() for path in files] == before
+
+
+# --- protected from rsync -------------------------------------------------------------------
+
+
+async def test_rsync_neither_deletes_nor_replaces_them(tmp_path: Path, daemon: RsyncDaemon) -> None:
+    """The next transfer's --delete (--delete-excluded too) keeps both files, and upstream
+    files at the same paths are never copied over them."""
+    syncer = make_syncer(tmp_path, daemon.url)
+    target = syncer.config.target
+    await syncer.sync(if_changed=True, trigger="first")
+
+    publish(daemon.root, "2", {"dir0/new.rpm": "new\n"})
+    await syncer.sync(if_changed=True, trigger="second")
+    assert read_trace(target / TRACE)[1]["Archive serial"] == "2"
+    assert (target / LASTSYNC).exists()
+
+    publish(daemon.root, "3", {TRACE: "Archive serial: upstream's\n", LASTSYNC: "1\n"})
+    report = await syncer.sync(if_changed=True, trigger="third")
+    assert report.result is SyncResult.SYNCED
+    assert read_trace(target / TRACE)[1]["Archive serial"] == "3"
+    assert int((target / LASTSYNC).read_text()) > 1
+    # The rest of the upstream's project/ folder is mirrored as usual.
+    (daemon.root / "project" / "trace" / "upstream.example.org").write_text("theirs\n")
+    publish(daemon.root, "4")
+    await syncer.sync(if_changed=True, trigger="fourth")
+    assert (target / "project" / "trace" / "upstream.example.org").read_text() == "theirs\n"
+
+    # The operator's --delete-excluded in rsync_args: the tree transfer as it would run.
+    ours = [(target / name).read_bytes() for name in (TRACE, LASTSYNC)]
+    for name in (TRACE, LASTSYNC):
+        (daemon.root / name).unlink()
+    args = rsync.tree_args(dataclasses.replace(syncer.config, rsync_args=("--delete-excluded",)))
+    await rsync.run(args, timeout=60)
+    assert [(target / name).read_bytes() for name in (TRACE, LASTSYNC)] == ours
+
+
+# --- a failure to write is not a failed sync ------------------------------------------------
+
+
+@pytest.mark.parametrize("upstream_project", ["a file", "a symbolic link"])
+async def test_a_trace_that_cannot_be_written_is_logged_and_the_sync_stands(
+    tmp_path: Path, daemon: RsyncDaemon, caplog: pytest.LogCaptureFixture, upstream_project: str
+) -> None:
+    """An upstream `project` that is a file, or a symlink (never followed: it could lead
+    anywhere in the tree), leaves no room for the trace: one error line, and the sync is
+    still `synced` with its marker and lastsync in place."""
+    project = daemon.root / "project"
+    if upstream_project == "a file":
+        project.write_text("not a folder\n")
+    else:
+        project.symlink_to("dir0")
+    syncer = make_syncer(tmp_path, daemon.url)
+    caplog.set_level(logging.INFO)
+    report = await syncer.sync(if_changed=True, trigger="test")
+    assert report.result is SyncResult.SYNCED
+    assert syncer.local_marker() == "1"
+    assert (syncer.config.target / LASTSYNC).exists()
+    assert not (daemon.root / "dir0" / "trace").exists()
+    assert not (syncer.config.target / "dir0" / "trace").exists()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"cannot write the trace file {syncer.config.target / TRACE}: ")
+    assert errors[0].endswith("; the sync itself succeeded")
+    assert "\n" not in errors[0]
+
+
+# --- formats ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("moment", [0, 1_795_633_375, 1_796_068_800.9])
+def test_dates_are_written_as_posix_date_writes_them(moment: float) -> None:
+    """The first line as `date -u`, Date and Date-Started as `date -u -R` (the calls in
+    ftpsync's tracefile_content), in the POSIX locale; compared with GNU date itself."""
+    if shutil.which("date") is None:  # pragma: no cover - coreutils is everywhere we run
+        pytest.skip("no date(1)")
+    env = {**os.environ, "LC_ALL": "POSIX", "LANG": "POSIX"}
+
+    def date(*args: str) -> str:
+        return subprocess.run(
+            ["date", "-u", f"--date=@{int(moment)}", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout.strip()
+
+    assert traces.date_u(moment) == date()
+    assert traces.rfc2822(moment) == date("-R")
+
+
+def test_ftpsync_reference_fields_match_the_installed_ftpsync() -> None:
+    """FTPSYNC_FIELDS is what the installed ftpsync writes (skipped where it is not)."""
+    script = Path("/usr/bin/ftpsync")
+    if not script.exists():
+        pytest.skip("Debian's ftpsync package is not installed")
+    body = script.read_text().split("function tracefile_content()", 1)[1].split("\n}\n", 1)[0]
+    echoed = re.findall(r'echo "([A-Z][A-Za-z0-9 -]*): ', body)
+    # Architectures-Configuration is echoed in three branches of an if.
+    assert tuple(dict.fromkeys(echoed)) == FTPSYNC_FIELDS
+
+
+@pytest.mark.parametrize(
+    ("trigger", "word"),
+    [
+        ("webhook from upstream.example.org, marker '20261125'", "webhook"),
+        ("webhook from 10.0.0.1, marker 'x\\nArchive serial: forged'", "webhook"),
+        ("poll", "poll"),
+        ("startup check", "startup check"),
+        (oneshot.TRIGGER, "mirrorhook sync"),
+        ("anything else", "other"),
+    ],
+)
+def test_trigger_is_a_fixed_word_per_kind(trigger: str, word: str) -> None:
+    """Never a webhook's own text: it holds fields of the request."""
+    assert traces.trigger_word(trigger) == word
+
+
+@pytest.mark.parametrize(
+    ("upstream", "host", "transport"),
+    [
+        ("rsync://mirror.example.org/ius/", "mirror.example.org", "rsync"),
+        ("rsync://user@mirror.example.org:8730/ius/", "mirror.example.org", "rsync"),
+        ("rsync://[2001:db8::1]/ius/", "2001:db8::1", "rsync"),
+        ("user@mirror.example.org::ius/", "mirror.example.org", "rsync"),
+        ("mirror.example.org::ius/", "mirror.example.org", "rsync"),
+        ("mirror@mirror.example.org:/srv/ius/", "mirror.example.org", "ssh"),
+        ("mirror.example.org:ius/", "mirror.example.org", "ssh"),
+        ("/srv/upstream/ius/", None, "local"),
+    ],
+)
+def test_upstream_host_and_transport(upstream: str, host: str | None, transport: str) -> None:
+    """Upstream-mirror is the host alone (no login, no port); Rsync-Transport the kind."""
+    assert upstream_host(upstream) == host
+    assert traces.transport(upstream) == transport
