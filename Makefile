@@ -1,13 +1,14 @@
 # mirrorhook — developer entry points. `make test` works on a fresh Debian/Ubuntu machine:
-# it creates .venv, installs the project with its dev tools, installs rsync when missing.
+# it creates .venv, installs the project with its dev tools, installs rsync when missing, and
+# Debian's chromium with its driver for the browser test of the upstream's page.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast demo bench lint typecheck pytest rsync venv clean
+.PHONY: test test-fast demo bench lint typecheck pytest rsync browser venv clean
 
-test: rsync lint typecheck pytest
+test: rsync browser lint typecheck pytest
 
 # The everyday loop: everything but the tests marked slow (real daemons, namespaces, floods).
 test-fast: venv rsync
@@ -37,7 +38,12 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 rsync:
-	@command -v rsync >/dev/null 2>&1 || sh scripts/install-rsync.sh
+	@sh scripts/install-debs.sh rsync=rsync
+
+# Without a browser (no root, no apt) the page's browser test is skipped, saying why.
+browser:
+	@sh scripts/install-debs.sh chromium=chromium chromedriver=chromium-driver \
+		|| echo "no browser: the browser test of the page will be skipped" >&2
 
 lint: venv
 	$(BIN)/ruff check .
@@ -46,7 +52,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv rsync
+pytest: venv rsync browser
 	rm -f .coverage .coverage.*
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/coverage run -m pytest
 	$(BIN)/coverage combine -q

@@ -385,3 +385,32 @@ def fifo_released_after(path: Path, seconds: float) -> Iterator[threading.Event]
     finally:
         done.set()
         thread.join(10)
+
+
+class StaticWeb:
+    """A real HTTP server (``python -m http.server``) serving ``folder`` on 127.0.0.1: a
+    mirror's web server, as users and the upstream's checks reach it."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(self.port), "-b", "127.0.0.1"],
+            cwd=folder,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self._server.poll() is None:
+            self._server.terminate()
+            self._server.wait(10)
+
+    def __enter__(self) -> StaticWeb:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

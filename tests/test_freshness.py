@@ -152,7 +152,7 @@ async def test_the_mirror_list_hands_out_fresh_mirrors_only(
         for mirror in config.mirrors:
             await checker.check(mirror)
     app = web.Application()
-    mirrorlist.add_routes(app, PublisherHost(config.state_dir, (config,)))
+    mirrorlist.add_routes(app, lambda: PublisherHost(config.state_dir, (config,)))
     client = await aiohttp_client(app)
     listed = await (await client.get("/mirrorlist")).text()
     assert listed.splitlines()[1:] == ["https://a.example/repo/"]
@@ -182,7 +182,7 @@ async def test_with_no_fresh_mirror_the_list_names_the_most_recent_ones(
         await checker.check(config.mirrors[0])  # a serves 2, seen later
         checker.published("3")  # nobody serves 3 yet
     app = web.Application()
-    mirrorlist.add_routes(app, PublisherHost(config.state_dir, (config,)))
+    mirrorlist.add_routes(app, lambda: PublisherHost(config.state_dir, (config,)))
     client = await aiohttp_client(app)
     listed = await (await client.get("/mirrorlist")).text()
     assert listed.splitlines()[1:] == ["https://a.example/repo/"]
@@ -247,6 +247,42 @@ async def test_checks_follow_the_schedule_after_a_publish(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_the_same_marker_announced_again_does_not_restart_the_checks(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """The watcher announces the marker at every rescan: only a new value starts the checks
+    after a publish (before the fix, a fresh mirror was re-checked every rescan)."""
+    requests = 0
+
+    async def current(_request: web.Request) -> web.Response:
+        nonlocal requests
+        requests += 1
+        return web.Response(text="2\n")
+
+    app = web.Application()
+    app.router.add_get("/CURRENT", current)
+    server = await aiohttp_server(app)
+    config, _trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a"])
+    mirror = dataclasses.replace(config.mirrors[0], check_url=str(server.make_url("/CURRENT")))
+    config = dataclasses.replace(config, mirrors=(mirror,))
+    freshness = Freshness(config)
+    async with aiohttp.ClientSession() as session:
+        checker = Checker(freshness, session, after_publish=(0.1,))
+        checker.published("2")
+        task = asyncio.create_task(checker.run())
+        async with asyncio.timeout(10):
+            while requests < 2:  # at start, then the schedule's step
+                await asyncio.sleep(0.02)
+        for _ in range(5):
+            checker.published("2")  # rescans: the same value
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert requests == 2
 
 
 async def test_freshness_is_exported_as_metrics(
@@ -333,7 +369,7 @@ async def test_with_several_repositories_the_list_must_name_one(
     ius = dataclasses.replace(config, repo="ius")
     epel = dataclasses.replace(config, repo="epel")
     app = web.Application()
-    mirrorlist.add_routes(app, PublisherHost(config.state_dir, (ius, epel)))
+    mirrorlist.add_routes(app, lambda: PublisherHost(config.state_dir, (ius, epel)))
     client = await aiohttp_client(app)
     assert (await client.get("/mirrorlist")).status == 400
     assert (await client.get("/mirrorlist?repo=ius")).status == 200

@@ -11,7 +11,6 @@ import itertools
 import json
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +25,7 @@ from mirrorhook import signing
 from tests.helpers import (
     MIRRORHOOK,
     Processes,
+    StaticWeb,
     free_port,
     make_upstream,
     marker_of,
@@ -476,7 +476,13 @@ def test_sighup_adds_and_removes_published_repositories(
             f'secret_file = "{tmp_path / f"m-{name}.secret"}"',
         ]
 
-    head = ["[publisher]", f'state_dir = "{tmp_path / "pstate"}"', "rescan = 5"]
+    listen = free_port()
+    head = [
+        "[publisher]",
+        f'state_dir = "{tmp_path / "pstate"}"',
+        "rescan = 5",
+        f'listen = ["127.0.0.1:{listen}"]',
+    ]
     config = tmp_path / "pub.toml"
     config.write_text("\n".join([*head, *section("a")]) + "\n")
     b_section = section("b")
@@ -495,6 +501,15 @@ def test_sighup_adds_and_removes_published_repositories(
         log = processes.log("publisher")
         assert "published repository a removed" in log
         assert "published repository b added" in log
+        # The mirror list and the page follow the reload.
+        with urllib.request.urlopen(f"http://127.0.0.1:{listen}/v1/mirrors?repo=b") as page:
+            assert json.loads(page.read())["mirrors"][0]["name"] == "m-b"
+        with pytest.raises(urllib.error.HTTPError) as gone:
+            urllib.request.urlopen(f"http://127.0.0.1:{listen}/v1/mirrors?repo=a")
+        gone.value.close()
+        assert gone.value.code == 404
+        with urllib.request.urlopen(f"http://127.0.0.1:{listen}/") as page:
+            assert 'data-mirror="m-b"' in page.read().decode()
         publish(roots["a"], "2")
         time.sleep(1.0)  # a's watcher, had it survived, reacts within milliseconds
         assert mirrors["a"].values() == ["1"]
@@ -522,28 +537,10 @@ def test_a_serving_publisher_checks_its_mirrors_and_serves_the_mirror_list(
     root = make_upstream(tmp_path / "pub")
     hook_port, listen = free_port(), free_port()
     write_secret(tmp_path / "m.secret")
-    webs = {name: tmp_path / "web" / name for name in ("m", "cron")}
-    servers = []
-    for name, folder in webs.items():
-        folder.mkdir(parents=True)
-        (folder / "CURRENT").write_text("1\n")
-        port = free_port()
-        servers.append(
-            (
-                name,
-                port,
-                subprocess.Popen(
-                    [sys.executable, "-m", "http.server", str(port), "-b", "127.0.0.1"],
-                    cwd=folder,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                ),
-            )
-        )
-    try:
-        ports = {name: port for name, port, _ in servers}
-        for port in ports.values():
-            wait_for_port(port)
+    with ExitStack() as stack:
+        webs = {name: stack.enter_context(StaticWeb(tmp_path / name)) for name in ("m", "cron")}
+        for web in webs.values():
+            (web.folder / "CURRENT").write_text("1\n")
         config = tmp_path / "pub.toml"
         config.write_text(
             "[publisher]\n"
@@ -552,11 +549,11 @@ def test_a_serving_publisher_checks_its_mirrors_and_serves_the_mirror_list(
             "[[publisher.mirrors]]\n"
             f'name = "m"\nurl = "http://127.0.0.1:{hook_port}/v1/hook"\n'
             f'secret_file = "{tmp_path / "m.secret"}"\n'
-            f'check_url = "http://127.0.0.1:{ports["m"]}/CURRENT"\n'
+            f'check_url = "{webs["m"].url}/CURRENT"\n'
             'urls = ["https://m.example/repo/"]\n'
             "[[publisher.mirrors]]\n"
             f'name = "cron"\nsecret_file = "{tmp_path / "m.secret"}"\n'
-            f'check_url = "http://127.0.0.1:{ports["cron"]}/CURRENT"\n'
+            f'check_url = "{webs["cron"].url}/CURRENT"\n'
             'urls = ["https://cron.example/repo/"]\n'
         )
         mirror = HookMirror(signing.Secret.parse((tmp_path / "m.secret").read_text()))
@@ -574,7 +571,7 @@ def test_a_serving_publisher_checks_its_mirrors_and_serves_the_mirror_list(
                 lambda: listed() == ["https://m.example/repo/", "https://cron.example/repo/"],
                 what="both fresh at marker 1",
             )
-            (webs["m"] / "CURRENT").write_text("2\n")  # the webhook mirror syncs at once
+            (webs["m"].folder / "CURRENT").write_text("2\n")  # the webhook mirror syncs at once
             publish(root, "2")
             wait_until(lambda: mirror.values()[-1:] == ["2"], what="the webhook")
             wait_until(
@@ -584,10 +581,6 @@ def test_a_serving_publisher_checks_its_mirrors_and_serves_the_mirror_list(
             rows = {m["name"]: m for m in json.loads(status.stdout)["publisher"]["mirrors"]}
             assert (rows["m"]["state"], rows["cron"]["state"]) == ("fresh", "syncing")
             assert rows["cron"]["serving"] == "1"
-    finally:
-        for _name, _port, server in servers:
-            server.terminate()
-            server.wait(10)
 
 
 def test_a_mirror_reports_its_sync_and_the_publisher_sees_it_fresh(
@@ -596,59 +589,47 @@ def test_a_mirror_reports_its_sync_and_the_publisher_sees_it_fresh(
     """publisher (public_url) → a real receiver: the webhook carries the report URL, the
     receiver syncs and reports, the publisher checks the mirror's check_url at once."""
     root = make_upstream(tmp_path / "up")
-    hook_port, listen, web_port = free_port(), free_port(), free_port()
+    hook_port, listen = free_port(), free_port()
     write_secret(tmp_path / "m.secret")
-    with rsync_daemon(tmp_path / "d", root) as daemon:
-        mirror_tree = tmp_path / "mirror"
-        mirror_tree.mkdir()
-        web = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(web_port), "-b", "127.0.0.1"],
-            cwd=mirror_tree,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+    with rsync_daemon(tmp_path / "d", root) as daemon, StaticWeb(tmp_path / "mirror") as web:
+        mirror_tree = web.folder
+        receiver = tmp_path / "receiver.toml"
+        receiver.write_text(
+            "[receiver]\n"
+            f'listen = ["127.0.0.1:{hook_port}"]\n'
+            f'secret_file = "{tmp_path / "m.secret"}"\n'
+            f'upstream = "{daemon.url}"\n'
+            f'target = "{mirror_tree}"\n'
+            f'state_dir = "{tmp_path / "rstate"}"\n'
+            "backoff = 0\npoll_interval = 0\n"
         )
-        try:
-            wait_for_port(web_port)
-            receiver = tmp_path / "receiver.toml"
-            receiver.write_text(
-                "[receiver]\n"
-                f'listen = ["127.0.0.1:{hook_port}"]\n'
-                f'secret_file = "{tmp_path / "m.secret"}"\n'
-                f'upstream = "{daemon.url}"\n'
-                f'target = "{mirror_tree}"\n'
-                f'state_dir = "{tmp_path / "rstate"}"\n'
-                "backoff = 0\npoll_interval = 0\n"
-            )
-            publisher = tmp_path / "publisher.toml"
-            publisher.write_text(
-                "[publisher]\n"
-                f'root = "{root}"\nstate_dir = "{tmp_path / "pstate"}"\nrescan = 5\n'
-                f'listen = ["127.0.0.1:{listen}"]\n'
-                f'public_url = "http://127.0.0.1:{listen}"\n'
-                "[[publisher.mirrors]]\n"
-                f'name = "m"\nurl = "http://127.0.0.1:{hook_port}/v1/hook"\n'
-                f'secret_file = "{tmp_path / "m.secret"}"\n'
-                f'check_url = "http://127.0.0.1:{web_port}/CURRENT"\n'
-            )
-            processes.serve(receiver, "receiver")
-            wait_for_port(hook_port)
-            processes.serve(publisher, "publisher")
-            wait_for_port(listen)
+        publisher = tmp_path / "publisher.toml"
+        publisher.write_text(
+            "[publisher]\n"
+            f'root = "{root}"\nstate_dir = "{tmp_path / "pstate"}"\nrescan = 5\n'
+            f'listen = ["127.0.0.1:{listen}"]\n'
+            f'public_url = "http://127.0.0.1:{listen}"\n'
+            "[[publisher.mirrors]]\n"
+            f'name = "m"\nurl = "http://127.0.0.1:{hook_port}/v1/hook"\n'
+            f'secret_file = "{tmp_path / "m.secret"}"\n'
+            f'check_url = "{web.url}/CURRENT"\n'
+        )
+        processes.serve(receiver, "receiver")
+        wait_for_port(hook_port)
+        processes.serve(publisher, "publisher")
+        wait_for_port(listen)
 
-            def state_at_publisher() -> str:
-                with urllib.request.urlopen(f"http://127.0.0.1:{listen}/v1/mirrors") as page:
-                    document = json.loads(page.read())
-                return str(document["mirrors"][0]["state"]) + " " + str(document["newest"])
+        def state_at_publisher() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{listen}/v1/mirrors") as page:
+                document = json.loads(page.read())
+            return str(document["mirrors"][0]["state"]) + " " + str(document["newest"])
 
-            wait_until(lambda: state_at_publisher() == "fresh 1", what="fresh at marker 1")
-            publish(root, "2")
-            wait_until(lambda: state_at_publisher() == "fresh 2", what="fresh at marker 2")
-            assert "report from m: synced (2)" in processes.log("publisher")
-            recorded = json.loads((tmp_path / "rstate" / "receiver.json").read_text())
-            assert recorded["report"] == {
-                "url": f"http://127.0.0.1:{listen}/v1/report",
-                "mirror": "m",
-            }
-        finally:
-            web.terminate()
-            web.wait(10)
+        wait_until(lambda: state_at_publisher() == "fresh 1", what="fresh at marker 1")
+        publish(root, "2")
+        wait_until(lambda: state_at_publisher() == "fresh 2", what="fresh at marker 2")
+        assert "report from m: synced (2)" in processes.log("publisher")
+        recorded = json.loads((tmp_path / "rstate" / "receiver.json").read_text())
+        assert recorded["report"] == {
+            "url": f"http://127.0.0.1:{listen}/v1/report",
+            "mirror": "m",
+        }

@@ -90,6 +90,8 @@ class Announcers:
                 self._start(started)
                 kept.append(started)
             self.host = dataclasses.replace(self.host, repos=tuple(kept))
+            if self._desk is not None:
+                self._desk.publishers = self.host  # the page, mirror list and reports follow
 
     def _start(self, tree: PublisherConfig) -> None:
         tree.state_dir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +99,8 @@ class Announcers:
 
     async def _stop(self, name: str | None) -> None:
         task = self._tasks.pop(name, None)
+        if self._desk is not None:
+            self._desk.checkers.pop(name, None)
         if task is not None:
             task.cancel("publisher shutting down")
             await asyncio.gather(task, return_exceptions=True)

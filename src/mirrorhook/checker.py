@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import urllib.parse
 
 import aiohttp
@@ -43,6 +44,9 @@ async def serving(
             return await _follow(session, url)
     except TimeoutError:
         raise CheckError(f"no answer within {timeout:g} s") from None
+    except aiohttp.ClientConnectorError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err.os_error)
+        raise CheckError(f"cannot connect to {err.host}:{err.port}: {reason}"[:200]) from None
     except aiohttp.ClientError as err:
         raise CheckError(f"{type(err).__name__}: {err}"[:200]) from None
     except OSError as err:
@@ -99,8 +103,10 @@ class Checker:
         }
 
     def published(self, value: str) -> None:
-        """A new marker: start each mirror's schedule of checks after a publish."""
-        self.freshness.published(value)
+        """A new marker starts each mirror's schedule of checks after a publish; the same
+        value again (a rescan, a restart) changes nothing."""
+        if not self.freshness.published(value):
+            return
         for event in self._woken.values():
             event.set()
 

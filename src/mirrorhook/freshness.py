@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mirrorhook.metrics import DeliveryMetrics, NoMetrics
-from mirrorhook.publisher_config import PublisherConfig
+from mirrorhook.publisher_config import MirrorConfig, PublisherConfig
 from mirrorhook.state import iso_time, read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -70,12 +70,14 @@ class Freshness:
             for mirror in config.mirrors
         }
 
-    def published(self, value: str) -> None:
-        """A new marker was announced: mirrors not serving it start ``syncing``."""
+    def published(self, value: str) -> bool:
+        """A marker was announced: when it is new, mirrors not serving it start ``syncing``.
+        Return whether it was new (the watcher announces the same value at every rescan)."""
         if value == self.newest:
-            return
+            return False
         self.newest, self.published_at = value, self._clock()
         self._save()
+        return True
 
     def observed(self, mirror: str, value: str | None, error: str | None) -> State:
         """Record one check of ``mirror``: what it serves, or why the check failed."""
@@ -99,6 +101,13 @@ class Freshness:
         self._metrics.mirror_checked(mirror, fresh=state is State.FRESH, first_lag=first_lag)
         return state
 
+    def reported(self, mirror: str, value: str | None) -> None:
+        """Note a verified report from ``mirror``: when it came and the value it claims
+        (shown on the publish's timeline; the state follows checks, never claims)."""
+        entry = self.mirrors.setdefault(mirror, {})
+        entry["reported"], entry["reported_at"] = value, iso_time(self._clock())
+        self._save()
+
     def state(self, mirror: str) -> State:
         """The mirror's state now (it turns ``stale`` with time alone)."""
         entry = self.mirrors.get(mirror, {})
@@ -112,23 +121,24 @@ class Freshness:
         return State.SYNCING if since_publish <= self.config.stale_after else State.STALE
 
     def rows(self) -> list[dict[str, Any]]:
-        """One entry per mirror, for status, ``/v1/mirrors`` and the mirror list."""
-        return [
-            {
-                "name": mirror.name,
-                "state": str(self.state(mirror.name)),
-                "serving": self.mirrors[mirror.name].get("serving"),
-                "since": self.mirrors[mirror.name].get("since"),
-                "lag": self.mirrors[mirror.name].get("lag")
-                if self.mirrors[mirror.name].get("fresh_for") == self.newest
-                else None,
-                "last_check": self.mirrors[mirror.name].get("last_check"),
-                "error": self.mirrors[mirror.name].get("error"),
-                "urls": list(mirror.urls),
-                "check_url": mirror.check_url,
-            }
-            for mirror in self.config.mirrors
-        ]
+        """One entry per mirror, for status, ``/v1/mirrors``, the page and the mirror list."""
+        return [self._row(mirror) for mirror in self.config.mirrors]
+
+    def _row(self, mirror: MirrorConfig) -> dict[str, Any]:
+        entry = self.mirrors[mirror.name]
+        return {
+            "name": mirror.name,
+            "state": str(self.state(mirror.name)),
+            "serving": entry.get("serving"),
+            "since": entry.get("since"),
+            "lag": entry.get("lag") if entry.get("fresh_for") == self.newest else None,
+            "last_check": entry.get("last_check"),
+            "error": entry.get("error"),
+            "reported": entry.get("reported"),
+            "reported_at": entry.get("reported_at"),
+            "urls": list(mirror.urls),
+            "check_url": mirror.check_url,
+        }
 
     def _save(self) -> None:
         document = {

@@ -9,6 +9,7 @@ when the publisher has one tree (docs/design.md#freshness).
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -16,11 +17,13 @@ from aiohttp import web
 from mirrorhook.freshness import Freshness, State
 from mirrorhook.publisher_config import PublisherConfig, PublisherHost
 
-PUBLISHERS = web.AppKey("publishers", PublisherHost)
+Hosts = Callable[[], PublisherHost]
+"""The running ``[publisher]`` section (it changes with a reload)."""
+PUBLISHERS: web.AppKey[Hosts] = web.AppKey("publishers")
 
 
-def add_routes(app: web.Application, publishers: PublisherHost) -> None:
-    """Serve the mirror list of ``publishers``' trees on ``app``."""
+def add_routes(app: web.Application, publishers: Hosts) -> None:
+    """Serve the mirror list of the trees ``publishers()`` returns on ``app``."""
     app[PUBLISHERS] = publishers
     app.router.add_get("/v1/mirrors", handle_mirrors)
     app.router.add_get("/mirrorlist", handle_mirrorlist)
@@ -58,7 +61,7 @@ async def handle_mirrorlist(request: web.Request) -> web.Response:
 
 
 def _tree(request: web.Request) -> PublisherConfig:
-    publishers = request.app[PUBLISHERS]
+    publishers = request.app[PUBLISHERS]()
     name = request.query.get("repo")
     if name is None:
         if len(publishers.repos) == 1:

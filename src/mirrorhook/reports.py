@@ -45,6 +45,10 @@ class ReportDesk:
         self._checking: set[asyncio.Task[State]] = set()
         self._refusals = Throttle(WARNING_PERIOD)
 
+    def running(self) -> PublisherHost:
+        """The running ``[publisher]`` section (``announcers.py`` swaps it on a reload)."""
+        return self.publishers
+
     def check_soon(self, checker: Checker, mirror: MirrorConfig) -> None:
         task = asyncio.create_task(checker.check(mirror))
         self._checking.add(task)
@@ -97,6 +101,8 @@ async def handle_report(request: web.Request) -> web.Response:  # noqa: PLR0911 
     if checker is None:
         return web.json_response({"error": "this repository is not running"}, status=503)
     logger.info("report from %s: %s (%s)", mirror.name, data.get("result"), data.get("current"))
+    current = data.get("current")
+    checker.freshness.reported(mirror.name, current[:200] if isinstance(current, str) else None)
     if mirror.check_url is not None:
         desk.check_soon(checker, mirror)
         return web.json_response({"status": "checking"}, status=202)

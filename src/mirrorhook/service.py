@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from mirrorhook import endpoints, mirrorlist, reports
+from mirrorhook import endpoints, mirrorlist, page, reports
 from mirrorhook.addresses import Listen, redact_upstream
 from mirrorhook.announcers import Announcers
 from mirrorhook.config import Config, load_config
@@ -100,7 +100,7 @@ def _app(
     config: Config, fleet: Fleet | None, common: endpoints.Endpoints
 ) -> tuple[web.Application, tuple[Listen, ...], reports.ReportDesk | None]:
     """The daemon's web application and where it listens: the receiver's hooks, the
-    publisher's mirror list and reports, the common endpoints."""
+    publisher's page, mirror list and reports, the common endpoints."""
     listen = config.publishers.listen if config.publishers is not None else ()
     if fleet is not None and config.receivers is not None:
         app = make_app(*fleet.receivers.values(), endpoints=common)
@@ -111,9 +111,10 @@ def _app(
         app = endpoints.make_app(common)
     desk = None
     if config.publishers is not None:
-        mirrorlist.add_routes(app, config.publishers)
         desk = reports.ReportDesk(config.publishers)
         reports.add_routes(app, desk)
+        mirrorlist.add_routes(app, desk.running)
+        page.add_routes(app, desk.running)
     return app, listen, desk
 
 

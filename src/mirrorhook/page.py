@@ -1,0 +1,273 @@
+"""The upstream's page, ``GET /`` on the publisher's listen: which mirrors serve the newest
+publish, one table per repository.
+
+Each mirror's row is coloured by its state and shows what it serves, its lag, its last
+check and the last publish's timeline (webhook delivered → reported → seen fresh, in
+seconds after the publish). The page is rendered here, every value escaped; it reads
+without JavaScript (a ``<noscript>`` refresh reloads it), and a short inline script
+replaces the view every few seconds with a fresh copy of the same page, without a reload.
+It loads nothing from elsewhere, and its Content-Security-Policy lets nothing else run:
+only the script and style below, by hash (docs/design.md#freshness).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import time
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from mirrorhook.freshness import Freshness, State
+from mirrorhook.mirrorlist import Hosts
+from mirrorhook.publisher_config import PublisherConfig, PublisherHost
+from mirrorhook.record import DeliveryLog, publisher_state_path
+
+REFRESH_SECONDS = 3
+"""How often the script replaces the view; without JavaScript the page reloads every
+``NOSCRIPT_REFRESH`` seconds."""
+NOSCRIPT_REFRESH = 15
+
+HOSTS: web.AppKey[Hosts] = web.AppKey("page_publishers")
+
+SCRIPT = f"""
+"use strict";
+(() => {{
+  const view = () => document.getElementById("view");
+  async function refresh() {{
+    try {{
+      const answer = await fetch(location.href, {{ cache: "no-store" }});
+      if (!answer.ok) throw new Error(`HTTP ${{answer.status}}`);
+      const copy = new DOMParser().parseFromString(await answer.text(), "text/html");
+      const next = copy.getElementById("view");
+      if (next) view().replaceWith(next);
+      document.body.classList.remove("offline");
+    }} catch (error) {{
+      document.body.classList.add("offline");
+    }}
+    setTimeout(refresh, {REFRESH_SECONDS * 1000});
+  }}
+  setTimeout(refresh, {REFRESH_SECONDS * 1000});
+}})();
+"""
+
+STYLE = """
+body { font: 15px/1.4 system-ui, sans-serif; margin: 1.5rem; color: #1d1d1f; }
+h1 { font-size: 1.4rem; margin: 0 0 .2rem; }
+h2 { font-size: 1.15rem; margin: 1.6rem 0 .3rem; }
+p.meta { margin: .2rem 0 .6rem; color: #555; }
+#stale-view { display: none; color: #a40000; font-weight: 600; }
+body.offline #stale-view { display: block; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: .3rem .6rem; border-bottom: 1px solid #ddd;
+  vertical-align: top; white-space: nowrap; }
+td:first-child, td:last-child { white-space: normal; }
+td:first-child { min-width: 12em; }
+td:last-child { min-width: 10em; }
+th { font-weight: 600; background: #f4f4f6; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+code { font: 14px ui-monospace, monospace; overflow-wrap: anywhere; }
+.state { display: inline-block; min-width: 6.5em; padding: 0 .4em; border-radius: .3em;
+  font-weight: 600; text-align: center; }
+tr.fresh .state { background: #d6f5d6; color: #0b5d0b; }
+tr.syncing .state { background: #fff1c2; color: #6b4d00; }
+tr.stale .state { background: #ffd6d6; color: #8a0000; }
+tr.unreachable .state { background: #e3d7f5; color: #4b2a7b; }
+tr.unknown .state { background: #ececec; color: #555; }
+.error { color: #8a0000; overflow-wrap: anywhere; }
+.none { color: #999; }
+.urls { font-size: 12px; color: #555; overflow-wrap: anywhere; }
+"""
+
+
+def _digest(text: str) -> str:
+    return "sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
+POLICY = "; ".join(
+    (
+        "default-src 'none'",
+        f"script-src '{_digest(SCRIPT)}'",
+        f"style-src '{_digest(STYLE)}'",
+        "connect-src 'self'",
+        "img-src 'self' data:",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+
+
+def add_routes(app: web.Application, publishers: Hosts) -> None:
+    """Serve the page of the trees ``publishers()`` returns at ``/`` on ``app``."""
+    app[HOSTS] = publishers
+    app.router.add_get("/", handle_page)
+
+
+async def handle_page(request: web.Request) -> web.Response:
+    """The page, rendered now."""
+    body = render(request.app[HOSTS](), time.time())
+    return web.Response(
+        text=body,
+        content_type="text/html",
+        headers={
+            "Content-Security-Policy": POLICY,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+def render(publishers: PublisherHost, now: float) -> str:
+    """The whole page for ``publishers`` at time ``now``."""
+    name = _e(publishers.name)
+    sections = "".join(_section(tree, now) for tree in publishers.repos)
+    return (
+        "<!doctype html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="icon" href="data:,">'
+        f"<title>mirrorhook · {name}</title>"
+        f'<noscript><meta http-equiv="refresh" content="{NOSCRIPT_REFRESH}"></noscript>'
+        f"<style>{STYLE}</style></head>\n"
+        f"<body><h1>Mirrors of {name}</h1>"
+        f'<p id="stale-view">Not updated: the upstream does not answer (retrying).</p>'
+        f'<main id="view"><p class="meta">As of <time datetime="{_iso(now)}">'
+        f"{_clock(now)}</time> UTC; updated every {REFRESH_SECONDS} s. "
+        'Also as JSON (<a href="v1/mirrors">/v1/mirrors</a>) and for yum/dnf '
+        '(<a href="mirrorlist">/mirrorlist</a>).</p>\n'
+        f"{sections}</main>\n"
+        f"<script>{SCRIPT}</script></body></html>\n"
+    )
+
+
+def _section(tree: PublisherConfig, now: float) -> str:
+    freshness = Freshness(tree)
+    deliveries = DeliveryLog(publisher_state_path(tree)).mirrors()
+    rows = freshness.rows()
+    counts = {state: sum(row["state"] == state for row in rows) for state in State}
+    summary = ", ".join(f"{count} {state}" for state, count in counts.items() if count)
+    title = "this repository" if tree.repo is None else tree.repo
+    if freshness.newest is None:
+        newest = "no publish seen yet"
+    else:
+        published = freshness.published_at
+        when = "" if published is None else f", published {_ago(now - published)}"
+        newest = f"newest <code>{_e(freshness.newest)}</code>{when}"
+    body = "".join(
+        _row(row, deliveries.get(row["name"], {}), freshness.newest, freshness.published_at, now)
+        for row in rows
+    )
+    repo = "" if tree.repo is None else f' data-repo="{_e(tree.repo)}"'
+    return (
+        f"<section{repo}><h2>{_e(title)}</h2>"
+        f'<p class="meta">{newest}; {_e(summary)}.</p>'
+        "<table><thead><tr><th>mirror</th><th>state</th><th>serving</th><th>lag</th>"
+        "<th>last publish: delivered → reported → fresh</th><th>last check</th>"
+        f"<th>problem</th></tr></thead><tbody>\n{body}</tbody></table></section>\n"
+    )
+
+
+def _row(
+    row: dict[str, Any],
+    delivery: dict[str, Any],
+    newest: str | None,
+    published: float | None,
+    now: float,
+) -> str:
+    state = row["state"]
+    serving = _none("—") if row["serving"] is None else f"<code>{_e(row['serving'])}</code>"
+    if row["check_url"] is not None and row["serving"] is not None:
+        serving = f'<a href="{_e(row["check_url"])}" rel="noreferrer">{serving}</a>'
+    lag = _none("—") if row["lag"] is None else _e(_duration(row["lag"]))
+    checked = _seconds(row["last_check"])
+    last_check = _none("never") if checked is None else _e(_ago(now - checked))
+    problem = row["error"] or (delivery.get("last_error") if _retrying(delivery) else None)
+    shown = "".join(f"<div>{_e(url)}</div>" for url in row["urls"])
+    urls = f'<div class="urls">{shown}</div>' if shown else ""
+    problem_cell = "" if problem is None else f'<span class="error">{_e(problem)}</span>'
+    return (
+        f'<tr class="{_e(state)}" data-mirror="{_e(row["name"])}">'
+        f"<td>{_e(row['name'])}{urls}</td>"
+        f'<td><span class="state">{_e(state)}</span></td>'
+        f"<td>{serving}</td>"
+        f'<td class="num">{lag}</td>'
+        f'<td class="timeline">{_timeline(row, delivery, newest, published)}</td>'
+        f"<td>{last_check}</td>"
+        f"<td>{problem_cell}</td></tr>\n"
+    )
+
+
+def _timeline(
+    row: dict[str, Any], delivery: dict[str, Any], newest: str | None, published: float | None
+) -> str:
+    """Seconds after the publish at which the webhook was delivered, the mirror reported,
+    and the upstream first saw it serve the publish."""
+    if published is None or newest is None:
+        return _none("—")
+    delivered_at = _seconds(delivery.get("delivered_at"))
+    if delivery.get("delivered") == newest and delivered_at is not None:
+        delivered = _e(f"+{_duration(max(0.0, delivered_at - published))}")
+    elif delivery.get("result") and delivery.get("result") != "delivered":
+        delivered = _e(str(delivery["result"]))
+    else:
+        delivered = _none("no webhook" if not delivery else "—")
+    reported_at = _seconds(row["reported_at"])
+    if reported_at is not None and reported_at >= published:
+        claim = _e(f"reported {row['reported'] or 'a failure'}")
+        reported = f'<span title="{claim}">+{_e(_duration(reported_at - published))}</span>'
+    else:
+        reported = _none("—")
+    fresh = _none("—") if row["lag"] is None else _e(f"+{_duration(row['lag'])}")
+    return f"{delivered} → {reported} → {fresh}"
+
+
+def _retrying(delivery: dict[str, Any]) -> bool:
+    return delivery.get("result") in ("retrying", "failed")
+
+
+def _e(value: object) -> str:
+    """Escape any value for HTML text and attributes."""
+    return html.escape(str(value), quote=True)
+
+
+def _none(text: str) -> str:
+    return f'<span class="none">{text}</span>'
+
+
+def _seconds(value: object) -> float | None:
+    """A recorded RFC 3339 time as Unix seconds; ``None`` when absent or not a time."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} d"
+
+
+def _ago(seconds: float) -> str:
+    return f"{_duration(max(0.0, seconds))} ago"
+
+
+def _iso(now: float) -> str:
+    return datetime.fromtimestamp(now).astimezone().isoformat(timespec="seconds")
+
+
+def _clock(now: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now))
