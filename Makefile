@@ -27,6 +27,7 @@ bench: venv rsync
 	$(BIN)/python -m bench.hook_to_rsync
 	$(BIN)/python -m bench.slow_clients
 	$(BIN)/python -m bench.many_repos
+	$(BIN)/python -m bench.freshness
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -18,11 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.stats import ms, save, summary
 from mirrorhook import signing
-from tests.helpers import publish
+from tests.helpers import publish, stop_processes
 
 FARMS = 4
 PYTHON = sys.executable
@@ -69,11 +70,107 @@ def wait_all(
     raise TimeoutError(f"{missing} mirrors never received marker {value!r}")
 
 
-def run_case(tmp: Path, mirrors: int, hanging: int, rounds: int, concurrency: int) -> list[float]:
-    case = tmp / f"m{mirrors}-h{hanging}-c{concurrency}"
-    (case / "secrets").mkdir(parents=True)
+@dataclass
+class Farms:
+    """Mirrors in ``FARMS`` processes: their webhook arrivals and the checks they answered."""
+
+    outs: list[Path]
+    checks: list[Path]
+    processes: list[subprocess.Popen[bytes]]
+
+    def checked(self) -> list[tuple[int, float]]:
+        """(port, unix time) of every ``GET /CURRENT`` answered so far."""
+        answered = []
+        for log in self.checks:
+            if log.exists():
+                for line in log.read_text().splitlines():
+                    port, at = line.split()
+                    answered.append((int(port), float(at)))
+        return answered
+
+    def stop(self) -> None:
+        stop_processes(self.processes)
+
+
+def start_farms(
+    case: Path, secrets: dict[int, str], hang: set[int], serving: str | None = None
+) -> Farms:
+    """Start the farm processes for the mirrors on ``secrets``' ports; wait until they listen.
+    ``serving``: the marker each mirror serves at ``GET /CURRENT`` before any webhook."""
+    ports = list(secrets)
+    farms = Farms([], [], [])
+    try:
+        readies = []
+        for index in range(FARMS):
+            share = ports[index::FARMS]
+            spec = case / f"farm{index}.json"
+            spec.write_text(json.dumps({str(port): secrets[port] for port in share}))
+            out, ready = case / f"farm{index}.out", case / f"farm{index}.ready"
+            checks = case / f"farm{index}.checks"
+            farms.outs.append(out)
+            farms.checks.append(checks)
+            command = [PYTHON, "-m", "bench.receiver_farm", "--spec", str(spec), "--out", str(out)]
+            command += ["--ready", str(ready), "--checks", str(checks)]
+            command += [*(["--serving", serving] if serving is not None else [])]
+            command += ["--hang", *[str(p) for p in share if p in hang]]
+            farms.processes.append(subprocess.Popen(command))
+            readies.append(ready)
+        deadline = time.monotonic() + 60
+        while not all(ready.exists() for ready in readies):
+            assert time.monotonic() < deadline, "the farms did not start listening"
+            time.sleep(0.05)
+    except BaseException:
+        farms.stop()
+        raise
+    return farms
+
+
+def mirror_tables(
+    case: Path, secrets: dict[int, str], *, webhook: bool = True, check: bool = False
+) -> list[str]:
+    """``[[publisher.mirrors]]`` lines for the farms' mirrors, each with its secret file;
+    ``webhook``: they get webhooks; ``check``: their ``GET /CURRENT`` is their check_url (and
+    their base URL is listed in the mirror list)."""
+    folder = case / "secrets"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for port, secret in secrets.items():
+        secret_file = folder / f"{port}.secret"
+        secret_file.write_text(secret)
+        secret_file.chmod(0o600)
+        lines += ["[[publisher.mirrors]]", f'name = "m{port}"', f'secret_file = "{secret_file}"']
+        if webhook:
+            lines.append(f'url = "http://127.0.0.1:{port}/v1/hook"')
+        if check:
+            lines.append(f'check_url = "http://127.0.0.1:{port}/CURRENT"')
+            lines.append(f'urls = ["http://127.0.0.1:{port}/"]')
+    return lines
+
+
+@dataclass
+class Case:
+    """One case's publishes: rename → last healthy 2xx, and the checks answered meanwhile."""
+
+    samples: list[float]
+    checks_during: int
+
+
+def run_case(
+    tmp: Path,
+    mirrors: int,
+    hanging: int,
+    rounds: int,
+    concurrency: int,
+    *,
+    check_interval: float | None = None,
+    pause: float = 0.5,
+) -> Case:
+    """Publish ``rounds`` times, ``pause`` seconds after the previous round ended; with
+    ``check_interval``, every mirror also has a check_url, checked at that interval."""
+    checking = check_interval is not None
+    case = tmp / f"m{mirrors}-h{hanging}-c{concurrency}{'-checked' if checking else ''}"
     root = case / "repo"
-    root.mkdir()
+    root.mkdir(parents=True)
     publish(root, "0")
     ports = listen_ports(mirrors)
     hang = set(ports[:hanging])
@@ -86,55 +183,37 @@ def run_case(tmp: Path, mirrors: int, hanging: int, rounds: int, concurrency: in
         'name = "bench"',
         f"concurrency = {concurrency}",
         "timeout = 10",
+        *([f"check_interval = {check_interval}"] if checking else []),
+        *mirror_tables(case, secrets, check=checking),
     ]
-    for port in ports:
-        secret_file = case / "secrets" / f"{port}.secret"
-        secret_file.write_text(secrets[port])
-        secret_file.chmod(0o600)
-        lines += [
-            "[[publisher.mirrors]]",
-            f'name = "m{port}"',
-            f'url = "http://127.0.0.1:{port}/v1/hook"',
-            f'secret_file = "{secret_file}"',
-        ]
     config = case / "publisher.toml"
     config.write_text("\n".join(lines) + "\n")
-    outs, farms = [], []
-    for index in range(FARMS):
-        share = ports[index::FARMS]
-        spec = case / f"farm{index}.json"
-        spec.write_text(json.dumps({str(port): secrets[port] for port in share}))
-        out, ready = case / f"farm{index}.out", case / f"farm{index}.ready"
-        outs.append(out)
-        command = [PYTHON, "-m", "bench.receiver_farm", "--spec", str(spec), "--out", str(out)]
-        command += ["--ready", str(ready), "--hang", *[str(p) for p in share if p in hang]]
-        farms.append((subprocess.Popen(command), ready))
-    for _process, ready in farms:
-        while not ready.exists():
-            time.sleep(0.05)
-    with (case / "serve.log").open("w") as log:
-        serve = subprocess.Popen(
-            [PYTHON, "-m", "mirrorhook", "serve", "-c", str(config)], stderr=log
-        )
-    samples = []
+    farms = start_farms(case, secrets, hang)
+    samples, windows = [], []
     try:
-        wait_all(outs, "0", healthy)
+        with (case / "serve.log").open("w") as log:
+            serve = subprocess.Popen(
+                [PYTHON, "-m", "mirrorhook", "serve", "-c", str(config)], stderr=log
+            )
+        farms.processes.append(serve)
+        wait_all(farms.outs, "0", healthy)
         for round_number in range(1, rounds + 1):
-            time.sleep(0.5)
+            time.sleep(pause)
             value = str(round_number)
             temp = root / ".CURRENT.new"
             temp.write_text(value + "\n")
             renamed = time.time()
             temp.replace(root / "CURRENT")
-            seen = wait_all(outs, value, healthy)
-            samples.append(max(seen[port] for port in healthy) - renamed)
+            seen = wait_all(farms.outs, value, healthy)
+            last = max(seen[port] for port in healthy)
+            samples.append(last - renamed)
+            windows.append((renamed, last))
+        during = sum(
+            1 for _port, at in farms.checked() if any(lo <= at <= hi for lo, hi in windows)
+        )
     finally:
-        serve.terminate()
-        serve.wait(30)
-        for process, _ready in farms:
-            process.terminate()
-            process.wait(30)
-    return samples
+        farms.stop()
+    return Case(samples, during)
 
 
 def main() -> int:
@@ -147,7 +226,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mirrorhook-fanout-") as folder:
         for mirrors in args.mirrors:
             for hanging in (0, mirrors // 10):
-                samples = run_case(Path(folder), mirrors, hanging, args.rounds, args.concurrency)
+                samples = run_case(
+                    Path(folder), mirrors, hanging, args.rounds, args.concurrency
+                ).samples
                 results.append({"mirrors": mirrors, "hanging": hanging, **summary(samples)})
     print(
         f"rename → last healthy 2xx, {args.rounds} publishes each, concurrency {args.concurrency}"
