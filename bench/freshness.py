@@ -54,8 +54,10 @@ PYTHON = sys.executable
 PAGES = {"page": "/", "mirrors": "/v1/mirrors", "mirrorlist": "/mirrorlist"}
 CHECKED_EVERY = 1.0
 """check_interval in the deliveries-with-checks case: checks never stop."""
-PUBLISH_SPACING = 6.0
-"""Seconds between that case's publishes: past each publish's first check, 5 s after it."""
+PUBLISH_SPACING = 4.95
+"""Seconds between that case's publishes. A publish restarts every mirror's checks on the
+after-publish schedule (first at 5 s), and with ``check_interval = 1`` they go on every
+second after that; a publish 4.95 s after the previous one lands as that round starts."""
 _PATCHED_SERVE = (
     "import sys, mirrorhook.checker as c; c.CHECK_CONCURRENCY = int(sys.argv.pop(1)); "
     "from mirrorhook.cli import main; raise SystemExit(main(sys.argv[1:]))"

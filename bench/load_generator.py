@@ -19,10 +19,14 @@ from pathlib import Path
 import aiohttp
 
 from mirrorhook import message, signing
+from mirrorhook.keys import PRIVATE_PREFIX, SigningKey
 
 
 async def generate(args: argparse.Namespace) -> dict[str, object]:
-    secret = signing.Secret.parse(Path(args.secret_file).read_text())
+    text = Path(args.secret_file).read_text()
+    secret: signing.Signer = (
+        SigningKey.parse(text) if text.startswith(PRIVATE_PREFIX) else signing.Secret.parse(text)
+    )
     now = int(time.time())
     body = message.new_update("CURRENT", args.marker, "bench", now).encode()
     requests = []
@@ -79,7 +83,9 @@ async def generate(args: argparse.Namespace) -> dict[str, object]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True)
-    parser.add_argument("--secret-file", required=True)
+    parser.add_argument(
+        "--secret-file", required=True, help="a whsec_ secret (v1) or a whsk_ private key (v1a)"
+    )
     parser.add_argument("--marker", required=True)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--connections", type=int, default=32)

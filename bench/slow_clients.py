@@ -312,7 +312,7 @@ def main() -> int:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start a receiver, attack it, and return the measurements."""
-    with synced_receiver() as (tmp, config, port):
+    with synced_receiver() as (tmp, config, port, _secret):
         limited = ["prlimit", f"--nofile={args.open_files}"] if args.open_files else []
         with (tmp / "serve.log").open("w") as log:
             server = subprocess.Popen([*limited, *pinned(0), *SERVE, "-c", str(config)], stderr=log)

@@ -40,7 +40,7 @@ from tests.helpers import (
 )
 
 
-def daemon_sync(port: int, secret: Secret, value: str, state: Path, mirror: Path) -> float:
+def daemon_sync(port: int, secret: Secret | None, value: str, state: Path, mirror: Path) -> float:
     """Send the daemon a webhook for ``value``; return its sync's recorded duration."""
     body, headers = signed_webhook(secret, value)
     request = urllib.request.Request(

@@ -19,11 +19,23 @@ from typing import Any
 
 from mirrorhook import message, signing
 from mirrorhook.config import Config, load_config
+from mirrorhook.credentials import write_private_key
 from mirrorhook.demo import same_tree
+from mirrorhook.freshness import Freshness
+from mirrorhook.keys import SigningKey
+from mirrorhook.publisher_config import PublisherConfig, PublisherHost
+from mirrorhook.receiver_config import ReceiverConfig
 
 MARKER = "CURRENT"
 MIRRORHOOK = [sys.executable, "-m", "mirrorhook"]
 """How tests start the command line: the interpreter running the tests."""
+
+
+def mirrorhook(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run the command line; its exit status, stdout and stderr (text) are the caller's."""
+    return subprocess.run(
+        [*MIRRORHOOK, *map(str, args)], capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def free_port() -> int:
@@ -160,7 +172,8 @@ def write_secret(path: Path, text: str | None = None) -> str:
 
 
 def receiver_toml(tmp: Path, *, upstream: str, port: int | None = None, **overrides: Any) -> Path:
-    """Write a ``[receiver]`` config into ``tmp`` and return its path."""
+    """Write a ``[receiver]`` config into ``tmp`` and return its path (a key given as
+    ``None`` is left out)."""
     secret_file = tmp / "receiver.secret"
     if not secret_file.exists():
         write_secret(secret_file)
@@ -175,7 +188,9 @@ def receiver_toml(tmp: Path, *, upstream: str, port: int | None = None, **overri
         "retries": 3,
     }
     values.update(overrides)
-    lines = ["[receiver]"] + [f"{key} = {_toml(value)}" for key, value in values.items()]
+    lines = ["[receiver]"] + [
+        f"{key} = {_toml(value)}" for key, value in values.items() if value is not None
+    ]
     path = tmp / "mirrorhook.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -197,7 +212,7 @@ def _toml(value: Any) -> str:
 
 
 def signed_webhook(
-    secret: signing.Secret,
+    secret: signing.Signer | None,
     current: str,
     *,
     msg_id: str | None = None,
@@ -205,11 +220,18 @@ def signed_webhook(
     marker: str = MARKER,
 ) -> tuple[bytes, dict[str, str]]:
     """Return a validly signed webhook body and its headers (with the content type)."""
+    assert secret is not None, "the receiver has no shared secret"
     now = int(time.time()) if timestamp is None else timestamp
     body = message.new_update(marker, current, "test-upstream", now).encode()
     headers = signing.signed_headers(secret, msg_id or str(uuid.uuid4()), now, body)
     headers["Content-Type"] = "application/json"
     return body, headers
+
+
+def secret_of(config: ReceiverConfig) -> signing.Secret:
+    """The secret a receiver shares with its upstream (the tests' receivers have one)."""
+    assert config.secret is not None, "the receiver has no shared secret"
+    return config.secret
 
 
 def stub_rsync(folder: Path, script: str) -> Path:
@@ -414,3 +436,35 @@ class StaticWeb:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class LiveUpstream:
+    """What a serving publisher gives the page and the mirror list: its trees and their
+    freshness objects, the checkers' own."""
+
+    host: PublisherHost
+    trees: dict[str | None, Freshness]
+
+    @classmethod
+    def of(cls, *trees: Freshness) -> LiveUpstream:
+        configs = tuple(freshness.config for freshness in trees)
+        host = PublisherHost(configs[0].state_dir, configs, name=configs[0].name)
+        return cls(host, {freshness.config.repo: freshness for freshness in trees})
+
+    def running(self) -> PublisherHost:
+        return self.host
+
+    def freshness(self, tree: PublisherConfig) -> Freshness:
+        return self.trees[tree.repo]
+
+
+def key_pair(folder: Path, name: str) -> tuple[Path, Path]:
+    """A new Ed25519 key pair as ``mirrorhook keygen`` writes it: ``NAME.key`` (mode 600)
+    and ``NAME.pub`` (the public key, readable by all); return both paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key = SigningKey.generate()
+    private, public = folder / f"{name}.key", folder / f"{name}.pub"
+    write_private_key(private, key)
+    public.write_text(f"{key.public()}\n")
+    return private, public

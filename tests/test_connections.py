@@ -29,7 +29,7 @@ from mirrorhook.connections import ACCEPT_BATCH, ACCEPT_QUEUE, Limits, _HeaderCo
 from mirrorhook.fleet import build_receiver
 from mirrorhook.receiver import HOOK_PATH, Receiver, make_app
 from mirrorhook.service import start_web
-from tests.helpers import free_port, receiver_config, signed_webhook
+from tests.helpers import free_port, receiver_config, secret_of, signed_webhook
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -78,7 +78,7 @@ def signed_request(receiver: Receiver, padding: int = 0) -> tuple[bytes, bytes]:
     """A valid webhook's request head and body (the JSON padded with ``padding`` spaces)."""
     now = int(time.time())
     body = message.new_update("CURRENT", "2", "test", now).encode() + b" " * padding
-    headers = signing.signed_headers(receiver.config.secret, uuid.uuid4().hex, now, body)
+    headers = signing.signed_headers(secret_of(receiver.config), uuid.uuid4().hex, now, body)
     head = f"POST {HOOK_PATH} HTTP/1.1\r\nHost: mirror\r\nContent-Type: application/json\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     head += f"Content-Length: {len(body)}\r\n\r\n"

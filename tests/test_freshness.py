@@ -21,7 +21,7 @@ from mirrorhook.checker import Checker, CheckError, serving
 from mirrorhook.config import load_config
 from mirrorhook.freshness import Freshness, State
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
-from tests.helpers import publisher_toml, write_secret
+from tests.helpers import LiveUpstream, publisher_toml, write_secret
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
@@ -93,7 +93,8 @@ async def test_states_follow_what_each_mirror_serves(
     assert (rows["a"]["serving"], rows["a"]["lag"]) == ("2", 12.5)
     assert rows["b"]["serving"] == "1"
     assert rows["c"]["error"]
-    # A restart keeps the record.
+    # A restart keeps the record (written within SAVE_DELAY, or at shutdown).
+    freshness.flush()
     again = Freshness(config, clock=lambda: now)
     assert (again.newest, again.state("a"), again.state("c")) == ("2", "fresh", "unreachable")
 
@@ -152,7 +153,7 @@ async def test_the_mirror_list_hands_out_fresh_mirrors_only(
         for mirror in config.mirrors:
             await checker.check(mirror)
     app = web.Application()
-    mirrorlist.add_routes(app, lambda: PublisherHost(config.state_dir, (config,)))
+    mirrorlist.add_routes(app, LiveUpstream.of(freshness))
     client = await aiohttp_client(app)
     listed = await (await client.get("/mirrorlist")).text()
     assert listed.splitlines()[1:] == ["https://a.example/repo/"]
@@ -182,7 +183,7 @@ async def test_with_no_fresh_mirror_the_list_names_the_most_recent_ones(
         await checker.check(config.mirrors[0])  # a serves 2, seen later
         checker.published("3")  # nobody serves 3 yet
     app = web.Application()
-    mirrorlist.add_routes(app, lambda: PublisherHost(config.state_dir, (config,)))
+    mirrorlist.add_routes(app, LiveUpstream.of(freshness))
     client = await aiohttp_client(app)
     listed = await (await client.get("/mirrorlist")).text()
     assert listed.splitlines()[1:] == ["https://a.example/repo/"]
@@ -330,7 +331,7 @@ async def test_a_report_is_verified_and_what_the_mirror_serves_is_recorded(
     config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a", "b"])
     serve_marker(trees["a"], "2")
     serve_marker(trees["b"], "1")
-    secrets = {m.name: m.secret for m in config.mirrors}
+    secrets = {m.name: m.secret for m in config.mirrors if m.secret is not None}
     freshness = Freshness(config)
     async with aiohttp.ClientSession() as session:
         checker = Checker(freshness, session)
@@ -369,7 +370,7 @@ async def test_with_several_repositories_the_list_must_name_one(
     ius = dataclasses.replace(config, repo="ius")
     epel = dataclasses.replace(config, repo="epel")
     app = web.Application()
-    mirrorlist.add_routes(app, lambda: PublisherHost(config.state_dir, (ius, epel)))
+    mirrorlist.add_routes(app, LiveUpstream.of(Freshness(ius), Freshness(epel)))
     client = await aiohttp_client(app)
     assert (await client.get("/mirrorlist")).status == 400
     assert (await client.get("/mirrorlist?repo=ius")).status == 200

@@ -24,7 +24,7 @@ from mirrorhook.errors import ConfigError
 from mirrorhook.fleet import build_receiver
 from mirrorhook.receiver import HOOK_PATH, Receiver, make_app
 from mirrorhook.scheduler import Queued, Scheduled
-from tests.helpers import publish, receiver_config
+from tests.helpers import publish, receiver_config, secret_of
 
 LOCAL = "local-marker"
 HEADER_TEXT = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80)
@@ -139,9 +139,8 @@ def test_only_valid_fresh_new_webhooks_schedule(  # noqa: PLR0917 - hypothesis p
     asked for exactly when the request is validly signed, fresh, new, of the schema, for
     this mirror's marker, and announces a value other than the local one."""
     now = int(time.time())
-    secret = (
-        live.receiver.config.secret if right_secret else signing.Secret.parse(signing.new_secret())
-    )
+    wrong = signing.Secret.parse(signing.new_secret())
+    secret = secret_of(live.receiver.config) if right_secret else wrong
     body = garbage if use_garbage else message.new_update(marker_name, current, "x", now).encode()
     msg_id = f"id-{uuid.uuid4().hex}"
     headers = sign(secret, msg_id, now + offset, body)

@@ -22,8 +22,7 @@ from mirrorhook import page
 from mirrorhook.config import load_config
 from mirrorhook.errors import ConfigError
 from mirrorhook.freshness import Freshness
-from mirrorhook.publisher_config import PublisherHost
-from tests.helpers import Processes, RsyncDaemon, publish, publisher_toml, wait_until
+from tests.helpers import LiveUpstream, Processes, RsyncDaemon, publish, publisher_toml, wait_until
 from tests.scene import Mirror, scene
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
@@ -53,7 +52,7 @@ async def test_the_page_escapes_every_value_and_allows_only_its_own_script(
     freshness.reported("evil", HOSTILE)
     freshness.observed("plain", "7", None)
     app = web.Application()
-    page.add_routes(app, lambda: PublisherHost(config.state_dir, (config,), name="up.example"))
+    page.add_routes(app, LiveUpstream.of(freshness))
     client = await aiohttp_client(app)
     answer = await client.get("/")
     assert answer.status == 200

@@ -269,7 +269,8 @@ async def test_body_altered_after_signing_is_401(receiver: Receiver, client: Cli
     assert status == 401
 
 
-def _signed_raw(secret: signing.Secret, body: bytes) -> dict[str, str]:
+def _signed_raw(secret: signing.Secret | None, body: bytes) -> dict[str, str]:
+    assert secret is not None
     headers = signing.signed_headers(secret, "raw-1", int(time.time()), body)
     headers["Content-Type"] = "application/json"
     return headers

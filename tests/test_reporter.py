@@ -39,7 +39,7 @@ async def test_reports_are_signed_and_the_url_survives_a_restart(
 
     async def take(request: web.Request) -> web.Response:
         body = await request.read()
-        signing.verify(config.secret, request.headers, body, now=time.time())
+        signing.verify(config.keys, request.headers, body, now=time.time())
         received.append(json.loads(body))
         return web.json_response({"status": "checking"}, status=202)
 

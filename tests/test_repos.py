@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -23,12 +22,12 @@ import pytest
 
 from mirrorhook import signing
 from tests.helpers import (
-    MIRRORHOOK,
     Processes,
     StaticWeb,
     free_port,
     make_upstream,
     marker_of,
+    mirrorhook,
     publish,
     real_rsync,
     rsync_daemon,
@@ -223,12 +222,6 @@ def test_one_daemon_serves_three_repositories_each_with_its_own_hook_secret_and_
     for name in REPOS:
         assert f'mirrorhook_syncs_total{{repo="{name}",result="synced"}}' in metrics, name
         assert f'mirrorhook_marker_info{{marker="3",repo="{name}",side="local"}} 1.0' in metrics
-
-
-def mirrorhook(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MIRRORHOOK, *map(str, args)], capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 def test_one_shot_sync_of_named_repositories_prints_a_line_each(
@@ -577,8 +570,14 @@ def test_a_serving_publisher_checks_its_mirrors_and_serves_the_mirror_list(
             wait_until(
                 lambda: listed() == ["https://m.example/repo/"], what="m fresh, cron syncing"
             )
-            status = mirrorhook("status", "-c", config, "--json")
-            rows = {m["name"]: m for m in json.loads(status.stdout)["publisher"]["mirrors"]}
+
+            def status_rows() -> dict[str, dict[str, Any]]:
+                status = mirrorhook("status", "-c", config, "--json")
+                return {m["name"]: m for m in json.loads(status.stdout)["publisher"]["mirrors"]}
+
+            # `status` reads the record the daemon writes within a second of a check.
+            wait_until(lambda: status_rows()["m"]["state"] == "fresh", what="the record written")
+            rows = status_rows()
             assert (rows["m"]["state"], rows["cron"]["state"]) == ("fresh", "syncing")
             assert rows["cron"]["serving"] == "1"
 

@@ -130,11 +130,14 @@ class Announcers:
             "" if tree.repo is None else f" (repository {tree.repo})",
         )
         prefix = "" if tree.repo is None else f"{tree.repo} "
-        async with asyncio.TaskGroup() as group:
-            group.create_task(publisher.run(), name=f"{prefix}publisher")
-            group.create_task(self._supervisor.keep(f"{prefix}watcher", watcher.run))
-            if any(mirror.check_url for mirror in tree.mirrors):
-                group.create_task(self._supervisor.keep(f"{prefix}checks", checker.run))
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(publisher.run(), name=f"{prefix}publisher")
+                group.create_task(self._supervisor.keep(f"{prefix}watcher", watcher.run))
+                if any(mirror.check_url for mirror in tree.mirrors):
+                    group.create_task(self._supervisor.keep(f"{prefix}checks", checker.run))
+        finally:
+            checker.freshness.flush()  # what the last second of checks found
 
 
 def _with_host_settings(tree: PublisherConfig, host: PublisherHost) -> PublisherConfig:

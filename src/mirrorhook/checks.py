@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mirrorhook.addresses import Listen, parse_listen
+from mirrorhook.keys import PublicKey, SigningKey
 from mirrorhook.signing import Secret
 
 _MARKER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -46,32 +47,60 @@ def valid(value: object) -> bool:
 
 def load_secret(t: Table, key: str, path: Path) -> Secret | None:
     """Read a secret file, refusing one that other users can read, change or own."""
+    return _load_key(t, key, path, "secret file", Secret.parse, private=True)
+
+
+def load_signing_key(t: Table, key: str, path: Path) -> SigningKey | None:
+    """Read a private key file (``whsk_``), refusing one that others can read, change or own."""
+    return _load_key(t, key, path, "private key file", SigningKey.parse, private=True)
+
+
+def load_public_key(t: Table, key: str, path: Path) -> PublicKey | None:
+    """Read a public key file (``whpk_``): anyone may read it, but only its owner (this user
+    or root) may change it, since whoever can change it can sign webhooks."""
+    return _load_key(t, key, path, "public key file", PublicKey.parse, private=False)
+
+
+_K = TypeVar("_K")
+
+
+def _load_key(
+    t: Table, key: str, path: Path, what: str, parse: Callable[[str], _K], *, private: bool
+) -> _K | None:
+    try:
+        return read_key_file(path, what, parse, private=private)
+    except ValueError as err:
+        t.problem(key, str(err))
+        return None
+
+
+def read_key_file(path: Path, what: str, parse: Callable[[str], _K], *, private: bool) -> _K:
+    """Read and parse a key file; ``ValueError`` says what is wrong (never the key): it
+    cannot be read, others may read (a ``private`` one) or change it, or it holds no key."""
     try:
         with path.open("rb") as file:
             info = os.fstat(file.fileno())  # of the file read, not of a path swapped meanwhile
-            text = file.read().decode("utf-8")
+            text = file.read(4096).decode("utf-8")
     except OSError as err:
-        t.problem(key, f"cannot read secret file {path}: {err.strerror}")
-        return None
+        raise ValueError(f"cannot read {what} {path}: {err.strerror}") from None
     except UnicodeDecodeError:
-        t.problem(key, f"secret file {path} is not UTF-8 text")
-        return None
-    if problem := unsafe_secret_file(info):
-        t.problem(key, f"secret file {path} {problem}")
-        return None
+        raise ValueError(f"{what} {path} is not UTF-8 text") from None
+    if problem := unsafe_secret_file(info, private=private):
+        raise ValueError(f"{what} {path} {problem}")
     try:
-        return Secret.parse(text)
+        return parse(text)
     except ValueError as err:
-        t.problem(key, f"secret file {path}: {err}")
-        return None
+        raise ValueError(f"{what} {path}: {err}") from None
 
 
-def unsafe_secret_file(info: os.stat_result) -> str | None:
-    """What makes a secret file unsafe to trust: who else can read, change or own it."""
-    if info.st_mode & stat.S_IROTH:
+def unsafe_secret_file(info: os.stat_result, *, private: bool = True) -> str | None:
+    """What makes a key file unsafe to trust: who else can read (a ``private`` one), change
+    or own it."""
+    if private and info.st_mode & stat.S_IROTH:
         return "is world-readable: chmod 600 or 640 it"
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return "is writable by others than its owner: chmod 600 or 640 it"
+        mode = "600 or 640" if private else "644"
+        return f"is writable by others than its owner: chmod {mode} it"
     if info.st_uid not in (0, os.geteuid()):
         return (
             f"is owned by uid {info.st_uid}, neither this user (uid {os.geteuid()}) nor root: "

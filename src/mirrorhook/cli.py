@@ -14,8 +14,8 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 import mirrorhook
+from mirrorhook import credentials
 from mirrorhook import log as logsetup
-from mirrorhook import signing
 from mirrorhook.config import CONFIG_ENV, DEFAULT_CONFIG, Config, config_path, load_config
 from mirrorhook.describe import describe
 from mirrorhook.errors import ConfigError, LockedError, MirrorhookError, SyncError
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sync_parser(subparsers, common)
     _add_status_parser(subparsers, common)
     _add_check_config_parser(subparsers, common)
-    _add_secret_parser(subparsers, common)
+    credentials.add_parsers(subparsers, common)
     _add_demo_parser(subparsers, common)
     return parser
 
@@ -193,20 +193,6 @@ def _add_check_config_parser(subparsers: _Subparsers[Any], common: argparse.Argu
         ),
     )
     parser.set_defaults(func=_check_config)
-
-
-def _add_secret_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentParser) -> None:
-    parser = subparsers.add_parser(
-        "secret",
-        parents=[common],
-        help="print a new random webhook secret",
-        description=(
-            "Print a new secret (whsec_ + base64 of 32 random bytes). Store it in a file only "
-            "mirrorhook can read, on the mirror (receiver.secret_file) and on the upstream "
-            "(publisher.mirrors.secret_file): umask 077; mirrorhook secret > mirror-a.secret"
-        ),
-    )
-    parser.set_defaults(func=_secret)
 
 
 class _VersionAction(argparse.Action):
@@ -374,11 +360,6 @@ def _demo(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     return demo.run(keep=args.keep, out=out)  # a DemoError is reported like any other
-
-
-def _secret(_args: argparse.Namespace) -> int:
-    sys.stdout.write(signing.new_secret() + "\n")
-    return EXIT_OK
 
 
 def _run_interruptible(coroutine: Coroutine[Any, Any, _T]) -> _T:

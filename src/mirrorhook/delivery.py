@@ -156,7 +156,7 @@ class Courier:
         # while the id stays the same so the mirror can tell it is a retry.
         now = self._clock()
         body = message.body_for(mirror.name)
-        headers = signing.signed_headers(mirror.secret, message.msg_id, int(now), body)
+        headers = signing.signed_headers(mirror.signers, message.msg_id, int(now), body)
         headers["Content-Type"] = "application/json"
         slot = _Slot(self._slots)
         await slot.take()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mirrorhook import rsync
 from mirrorhook.config import Config
-from mirrorhook.publisher_config import PublisherConfig
+from mirrorhook.publisher_config import MirrorConfig, PublisherConfig
 from mirrorhook.receiver_config import ReceiverConfig, ReceiverHost
 
 
@@ -14,6 +14,10 @@ def describe(config: Config) -> str:
     if config.receivers is not None:
         lines += _receivers(config.receivers)
     if config.publishers is not None:
+        if (key := config.publishers.signing_key) is not None:
+            lines.append(
+                f"signing key: {config.publishers.signing_key_file}, public key {key.public()}"
+            )
         for tree in config.publishers.repos:
             lines += _publisher(tree)
     return "\n".join(lines)
@@ -41,6 +45,7 @@ def _tree(r: ReceiverConfig, indent: str) -> list[str]:
         ("poll", poll),
         ("retries", f"{r.retries} attempts; one rsync run is killed after {r.timeout:g} s"),
         ("state", str(r.state_dir)),
+        ("verify with", _verifiers(r)),
         ("rsync command", " ".join(rsync.tree_args(r))),
     ]
     if r.trace is not None:
@@ -63,4 +68,20 @@ def _publisher(p: PublisherConfig) -> list[str]:
         f"retried for {p.retry_for:g} s",
         f"  state          {p.state_dir}",
     ]
-    return lines + [f"  mirror         {mirror.name}: {mirror.url}" for mirror in p.mirrors]
+    return lines + [f"  mirror         {_mirror(mirror)}" for mirror in p.mirrors]
+
+
+def _verifiers(r: ReceiverConfig) -> str:
+    """The keys webhooks are verified with: files and the public key, never a secret."""
+    keys = []
+    if r.secret_file is not None:
+        keys.append(f"v1, the secret in {r.secret_file}")
+    if r.public_key is not None:
+        keys.append(f"v1a, the upstream's public key {r.public_key} ({r.public_key_file})")
+    return "; or ".join(keys)
+
+
+def _mirror(mirror: MirrorConfig) -> str:
+    schemes = "+".join(("v1",) * bool(mirror.secret) + ("v1a",) * bool(mirror.signing_key))
+    where = mirror.url or f"no webhook, checked at {mirror.check_url}"
+    return f"{mirror.name}: {where} (signed {schemes})" if mirror.url else f"{mirror.name}: {where}"

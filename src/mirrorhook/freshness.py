@@ -5,12 +5,14 @@ After each publish every mirror with a ``check_url`` is checked at growing inter
 and every ``check_interval`` otherwise. A mirror is ``fresh`` when it serves the newest
 marker, ``syncing`` until ``stale_after`` seconds after the publish, ``stale`` after that,
 ``unreachable`` after ``UNREACHABLE_AFTER`` failed checks in a row, ``unknown`` without a
-``check_url``. The record (``freshness.json`` beside ``publisher.json``) survives restarts
-(docs/design.md#freshness).
+``check_url``. The record (``freshness.json`` beside ``publisher.json``) survives restarts;
+in the daemon it is written at most once per ``SAVE_DELAY`` (a round of checks of a
+thousand mirrors is one write, not a thousand) and at shutdown (docs/design.md#freshness).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
@@ -28,6 +30,9 @@ STATE_NAME = "freshness.json"
 AFTER_PUBLISH = (5.0, 15.0, 60.0, 300.0, 900.0)
 """Seconds after a publish at which a mirror not yet fresh is checked again."""
 UNREACHABLE_AFTER = 3
+SAVE_DELAY = 1.0
+"""Seconds the daemon gathers changes to the record before writing it: a crash loses at
+most these, and the next checks redo them."""
 
 
 class State(enum.StrEnum):
@@ -63,6 +68,8 @@ class Freshness:
         published = recorded.get("published_at")
         self.published_at = float(published) if isinstance(published, int | float) else None
         mirrors = recorded.get("mirrors")
+        self._unsaved = False
+        self._save_soon: asyncio.TimerHandle | None = None
         self.mirrors: dict[str, dict[str, Any]] = {
             mirror.name: dict(mirrors.get(mirror.name, {}))
             if isinstance(mirrors, dict) and isinstance(mirrors.get(mirror.name), dict)
@@ -140,19 +147,37 @@ class Freshness:
             "check_url": mirror.check_url,
         }
 
-    def _save(self) -> None:
+    def flush(self) -> None:
+        """Write the record now if it changed (at shutdown, and ``SAVE_DELAY`` after a change)."""
+        if self._save_soon is not None:
+            self._save_soon.cancel()
+            self._save_soon = None
+        if not self._unsaved:
+            return
+        self._unsaved = False
         document = {
             "newest": self.newest,
             "published_at": self.published_at,
             "mirrors": self.mirrors,
         }
-        # The daemon is the only writer (status and the mirror list only read it), and a
-        # check's result is redone by the next check: an atomic rename without fsync, and
-        # no read or lock, on a path taken once per check of every mirror.
+        # The daemon is the only writer (status reads the file; the page and the mirror list
+        # read this object), and a check's result is redone by the next check: an atomic
+        # rename without fsync, compact JSON, gathered over SAVE_DELAY.
         try:
-            write_json(self.path, document, durable=False)
+            write_json(self.path, document, durable=False, compact=True)
         except OSError as err:
             logger.warning("cannot write %s: %s", self.path, err.strerror)
+
+    def _save(self) -> None:
+        """Note a change: written at once outside an event loop, else ``SAVE_DELAY`` later."""
+        self._unsaved = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if self._save_soon is None:
+            self._save_soon = loop.call_later(SAVE_DELAY, self.flush)
 
 
 def _text(value: object) -> str | None:

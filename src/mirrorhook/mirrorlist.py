@@ -9,22 +9,32 @@ when the publisher has one tree (docs/design.md#freshness).
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from mirrorhook.freshness import Freshness, State
 from mirrorhook.publisher_config import PublisherConfig, PublisherHost
 
-Hosts = Callable[[], PublisherHost]
-"""The running ``[publisher]`` section (it changes with a reload)."""
-PUBLISHERS: web.AppKey[Hosts] = web.AppKey("publishers")
+
+class Upstream(Protocol):
+    """What the mirror list and the page show: the running trees and their freshness."""
+
+    def running(self) -> PublisherHost:
+        """The running ``[publisher]`` section (it changes with a reload)."""
+        ...  # pragma: no cover - a protocol
+
+    def freshness(self, tree: PublisherConfig) -> Freshness:
+        """The tree's freshness: the running checker's, else the record on disk."""
+        ...  # pragma: no cover - a protocol
 
 
-def add_routes(app: web.Application, publishers: Hosts) -> None:
-    """Serve the mirror list of the trees ``publishers()`` returns on ``app``."""
-    app[PUBLISHERS] = publishers
+UPSTREAM: web.AppKey[Upstream] = web.AppKey("upstream")
+
+
+def add_routes(app: web.Application, upstream: Upstream) -> None:
+    """Serve the mirror list of ``upstream``'s trees on ``app``."""
+    app[UPSTREAM] = upstream
     app.router.add_get("/v1/mirrors", handle_mirrors)
     app.router.add_get("/mirrorlist", handle_mirrorlist)
 
@@ -32,7 +42,7 @@ def add_routes(app: web.Application, publishers: Hosts) -> None:
 async def handle_mirrors(request: web.Request) -> web.Response:
     """Every mirror of the tree with its state, what it serves and its URLs."""
     tree = _tree(request)
-    freshness = Freshness(tree)
+    freshness = request.app[UPSTREAM].freshness(tree)
     document: dict[str, Any] = {
         "repo": tree.repo,
         "newest": freshness.newest,
@@ -45,7 +55,7 @@ async def handle_mirrorlist(request: web.Request) -> web.Response:
     """One base URL per line: fresh mirrors, or failing those the most recent ones."""
     tree = _tree(request)
     protocol = request.query.get("protocol")
-    rows = Freshness(tree).rows()
+    rows = request.app[UPSTREAM].freshness(tree).rows()
     chosen = [row for row in rows if row["state"] == State.FRESH]
     if not chosen:
         chosen = _most_recent(rows)
@@ -61,7 +71,7 @@ async def handle_mirrorlist(request: web.Request) -> web.Response:
 
 
 def _tree(request: web.Request) -> PublisherConfig:
-    publishers = request.app[PUBLISHERS]()
+    publishers = request.app[UPSTREAM].running()
     name = request.query.get("repo")
     if name is None:
         if len(publishers.repos) == 1:

@@ -22,8 +22,8 @@ from typing import Any
 from aiohttp import web
 
 from mirrorhook.freshness import Freshness, State
-from mirrorhook.mirrorlist import Hosts
-from mirrorhook.publisher_config import PublisherConfig, PublisherHost
+from mirrorhook.mirrorlist import Upstream
+from mirrorhook.publisher_config import PublisherConfig
 from mirrorhook.record import DeliveryLog, publisher_state_path
 
 REFRESH_SECONDS = 3
@@ -31,7 +31,7 @@ REFRESH_SECONDS = 3
 ``NOSCRIPT_REFRESH`` seconds."""
 NOSCRIPT_REFRESH = 15
 
-HOSTS: web.AppKey[Hosts] = web.AppKey("page_publishers")
+UPSTREAM: web.AppKey[Upstream] = web.AppKey("page_upstream")
 
 SCRIPT = f"""
 "use strict";
@@ -101,15 +101,15 @@ POLICY = "; ".join(
 )
 
 
-def add_routes(app: web.Application, publishers: Hosts) -> None:
-    """Serve the page of the trees ``publishers()`` returns at ``/`` on ``app``."""
-    app[HOSTS] = publishers
+def add_routes(app: web.Application, upstream: Upstream) -> None:
+    """Serve the page of ``upstream``'s trees at ``/`` on ``app``."""
+    app[UPSTREAM] = upstream
     app.router.add_get("/", handle_page)
 
 
 async def handle_page(request: web.Request) -> web.Response:
     """The page, rendered now."""
-    body = render(request.app[HOSTS](), time.time())
+    body = render(request.app[UPSTREAM], time.time())
     return web.Response(
         text=body,
         content_type="text/html",
@@ -122,10 +122,11 @@ async def handle_page(request: web.Request) -> web.Response:
     )
 
 
-def render(publishers: PublisherHost, now: float) -> str:
-    """The whole page for ``publishers`` at time ``now``."""
+def render(upstream: Upstream, now: float) -> str:
+    """The whole page for ``upstream`` at time ``now``."""
+    publishers = upstream.running()
     name = _e(publishers.name)
-    sections = "".join(_section(tree, now) for tree in publishers.repos)
+    sections = "".join(_section(tree, upstream.freshness(tree), now) for tree in publishers.repos)
     return (
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -145,8 +146,7 @@ def render(publishers: PublisherHost, now: float) -> str:
     )
 
 
-def _section(tree: PublisherConfig, now: float) -> str:
-    freshness = Freshness(tree)
+def _section(tree: PublisherConfig, freshness: Freshness, now: float) -> str:
     deliveries = DeliveryLog(publisher_state_path(tree)).mirrors()
     rows = freshness.rows()
     counts = {state: sum(row["state"] == state for row in rows) for state in State}

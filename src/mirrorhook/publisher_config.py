@@ -6,7 +6,9 @@ form has host-level keys (``name``, ``listen``, ``state_dir``, ``concurrency``,
 with its ``root``, ``marker``, ``watch``, ``rescan`` and ``[[publisher.repos.NAME.mirrors]]``;
 ``marker``, ``watch`` and ``rescan`` set at the host level are every repository's default.
 A repository that the ``[receiver]`` section also has may leave out ``root``: a hub
-announces the tree it mirrors (docs/design.md#many-repositories).
+announces the tree it mirrors (docs/design.md#many-repositories). With ``signing_key_file``
+(the upstream's Ed25519 key) every webhook is signed ``v1a`` too, and a mirror's
+``secret_file`` becomes optional (docs/design.md#signatures).
 """
 
 from __future__ import annotations
@@ -29,14 +31,16 @@ from mirrorhook.checks import (
     label,
     listen_list,
     load_secret,
+    load_signing_key,
     marker_name,
     positive_duration,
     positive_int,
     valid,
     webhook_url,
 )
+from mirrorhook.keys import SigningKey
 from mirrorhook.receiver_config import repository_tables
-from mirrorhook.signing import Secret
+from mirrorhook.signing import Secret, Signer
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +50,21 @@ class MirrorConfig:
     name: str
     url: str | None
     """Where webhooks go; ``None`` for a mirror that syncs by cron and is only checked."""
-    secret: Secret
-    secret_file: Path
+    secret: Secret | None
+    """The secret shared with the mirror (``v1``); ``None`` when the upstream signs ``v1a``
+    only for it: its reports are then hints (only what it serves counts)."""
+    secret_file: Path | None
     check_url: str | None = None
     """Where the mirror serves its copy of the marker to users: checked for freshness."""
     urls: tuple[str, ...] = ()
     """The base URLs the mirror serves the tree at (for the mirror list)."""
+    signing_key: SigningKey | None = None
+    """The upstream's private key (``[publisher] signing_key_file``): ``v1a`` signatures."""
+
+    @property
+    def signers(self) -> tuple[Signer, ...]:
+        """Every key this mirror's webhooks are signed with: ``v1`` and/or ``v1a``."""
+        return tuple(key for key in (self.secret, self.signing_key) if key is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +107,9 @@ class PublisherHost:
     check_interval: float = 3600.0
     stale_after: float = 900.0
     public_url: str | None = None
+    signing_key: SigningKey | None = None
+    """The upstream's private key, from ``signing_key_file`` (each mirror has it too)."""
+    signing_key_file: Path | None = None
 
     @property
     def single(self) -> bool:
@@ -117,6 +133,8 @@ _HOST_KEYS: dict[str, Check] = {
     "stale_after": positive_duration,
     "public_url": webhook_url,
 }
+_KEY_FILE = ("signing_key_file",)
+"""A host-level key, loaded apart: its key signs for every repository."""
 _PER_REPO: dict[str, Check] = {
     "marker": marker_name,
     "watch": choice("inotify", "poll"),
@@ -134,23 +152,29 @@ def parse_publisher(t: Table, hubs: Mapping[str, tuple[Path, str]]) -> Publisher
     host: dict[str, Any] = {
         key: t.get(key, check, default_of(PublisherHost, key)) for key, check in _HOST_KEYS.items()
     }
+    key_file: Any = t.get("signing_key_file", absolute_path, None)
+    key = load_signing_key(t, "signing_key_file", key_file) if valid(key_file) else None
+    if key_file is INVALID or (key_file is not None and key is None):
+        key = INVALID
     if "repos" in t.data:
-        repos = _host_form(t, state_dir, hubs)
+        repos = _host_form(t, state_dir, hubs, key)
     else:
         defaults = {key: default_of(PublisherConfig, key) for key in _PER_REPO}
-        repo = _repository(t, None, defaults, state_dir, root_default=None)
-        t.finish(known=("state_dir", "root", "mirrors", *_HOST_KEYS, *_PER_REPO))
+        repo = _repository(t, None, defaults, state_dir, root_default=None, signing_key=key)
+        t.finish(known=("state_dir", "root", "mirrors", *_HOST_KEYS, *_KEY_FILE, *_PER_REPO))
         repos = None if repo is None else [repo]
-    if repos is None or not valid(state_dir):
+    if repos is None or not valid(state_dir) or key is INVALID:
         return None
     if any(value is INVALID for value in host.values()):
         return None
     trees = tuple(PublisherConfig(**repo, **host) for repo in repos)
-    return PublisherHost(state_dir=state_dir, repos=trees, **host)
+    return PublisherHost(
+        state_dir=state_dir, repos=trees, signing_key=key, signing_key_file=key_file, **host
+    )
 
 
 def _host_form(
-    t: Table, state_dir: Any, hubs: Mapping[str, tuple[Path, str]]
+    t: Table, state_dir: Any, hubs: Mapping[str, tuple[Path, str]], signing_key: Any
 ) -> list[dict[str, Any]] | None:
     for key in ("root", "mirrors"):
         if key in t.data:
@@ -158,7 +182,7 @@ def _host_form(
     defaults = {
         key: t.get(key, check, default_of(PublisherConfig, key)) for key, check in _PER_REPO.items()
     }
-    t.finish(known=("state_dir", "repos", "root", "mirrors", *_HOST_KEYS, *_PER_REPO))
+    t.finish(known=("state_dir", "repos", "root", "mirrors", *_HOST_KEYS, *_KEY_FILE, *_PER_REPO))
     found = repository_tables(t, state_dir)
     if found is None:
         return None
@@ -168,7 +192,7 @@ def _host_form(
         hub = hubs.get(name)
         own = defaults if hub is None else {**defaults, "marker": hub[1]}
         root = None if hub is None else hub[0]
-        repo = _repository(entry, name, own, folder, root_default=root)
+        repo = _repository(entry, name, own, folder, root_default=root, signing_key=signing_key)
         entry.finish(known=("root", "mirrors", *_PER_REPO))
         if repo is None:
             ok = False
@@ -182,14 +206,16 @@ def _repository(
     name: str | None,
     defaults: dict[str, Any],
     state_dir: Any,
+    *,
     root_default: Path | None,
+    signing_key: Any,
 ) -> dict[str, Any] | None:
     """One published tree's keys, checked; ``None`` when any of them has a problem."""
     if "root" in t.data or root_default is None:
         root: Any = t.get("root", absolute_path)
     else:
         root = root_default
-    mirrors: Any = t.get("mirrors", lambda value: _mirrors(t, value))
+    mirrors: Any = t.get("mirrors", lambda value: _mirrors(t, value, signing_key))
     optional = {key: t.get(key, check, defaults[key]) for key, check in _PER_REPO.items()}
     if valid(root) and valid(state_dir) and state_dir.is_relative_to(root):
         t.problem("state_dir", f"must be outside root ({root}): mirrors would copy it")
@@ -201,7 +227,7 @@ def _repository(
     return {"root": root, "mirrors": mirrors, "state_dir": state_dir, "repo": name, **optional}
 
 
-def _mirrors(t: Table, value: Any) -> tuple[MirrorConfig, ...] | None:
+def _mirrors(t: Table, value: Any, signing_key: Any) -> tuple[MirrorConfig, ...] | None:
     """Check the mirrors array; problems inside an entry are reported with its index."""
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
         raise ValueError(f"must be an array of tables ([[{t.prefix}mirrors]])")
@@ -217,14 +243,21 @@ def _mirrors(t: Table, value: Any) -> tuple[MirrorConfig, ...] | None:
         # A mirror that syncs by cron gets no webhook; its check_url alone tracks it.
         url: Any = entry.get("url", webhook_url, None if check_url is not None else MISSING)
         urls: Any = entry.get("urls", base_urls, ())
-        secret_file: Any = entry.get("secret_file", absolute_path)
+        # With the upstream's signing key, a mirror may verify v1a alone: no shared secret.
+        secret_file: Any = entry.get("secret_file", absolute_path, None)
         entry.finish(known=("name", "url", "secret_file", "check_url", "urls"))
+        if secret_file is None and signing_key is None:
+            entry.problem(
+                "secret_file",
+                "required key is missing (or set [publisher] signing_key_file to sign v1a)",
+            )
         secret = load_secret(entry, "secret_file", secret_file) if valid(secret_file) else None
         if valid(name) and name in names:
             entry.problem("name", f"{name!r} is used by another mirror already")
             ok = False
         names.add(str(name))
-        if secret is None or not valid(name) or INVALID in (url, check_url, urls):
+        keyless = secret is None and (secret_file is not None or signing_key is None)
+        if keyless or not valid(name) or INVALID in (url, check_url, urls):
             ok = False
             continue
         mirrors.append(
@@ -235,6 +268,7 @@ def _mirrors(t: Table, value: Any) -> tuple[MirrorConfig, ...] | None:
                 secret_file=secret_file,
                 check_url=check_url,
                 urls=urls,
+                signing_key=signing_key if isinstance(signing_key, SigningKey) else None,
             )
         )
     # Problems were recorded entry by entry; None keeps the section from loading.

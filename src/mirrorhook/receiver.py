@@ -180,7 +180,7 @@ async def _hook(request: web.Request, receiver: Receiver) -> tuple[str, web.Resp
 
     now = receiver.clock()
     try:
-        verified = signing.verify(receiver.config.secret, request.headers, body, now=now)
+        verified = signing.verify(receiver.config.keys, request.headers, body, now=now)
     except TimestampError as err:
         return _refuse(receiver, "stale", 401, str(err), peer)
     except SignatureError as err:

@@ -1,6 +1,7 @@
 """The ``[receiver]`` section: one repository (the single form) or many on one host.
 
-The single form is ``[receiver]`` with ``upstream``, ``target`` and ``secret_file``: one
+The single form is ``[receiver]`` with ``upstream``, ``target`` and ``secret_file`` and/or
+``public_key_file`` (the upstream's key: webhooks verify with either): one
 tree, its hook at ``/v1/hook``, its state in ``state_dir``. The host form is ``[receiver]``
 with host-level keys and one ``[receiver.repos.NAME]`` table per repository; a
 per-repository key set at the host level is every repository's default, and each
@@ -27,6 +28,7 @@ from mirrorhook.checks import (
     duration,
     executable,
     listen_list,
+    load_public_key,
     load_secret,
     marker_name,
     positive_duration,
@@ -36,7 +38,8 @@ from mirrorhook.checks import (
     upstream,
     valid,
 )
-from mirrorhook.signing import Secret
+from mirrorhook.keys import PublicKey
+from mirrorhook.signing import Secret, Verifier
 
 REPO_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 """A repository's name: it is part of a URL path and of a folder name."""
@@ -49,8 +52,9 @@ class ReceiverConfig:
     """One repository of a downstream mirror: its tree, its upstream and its schedule."""
 
     listen: tuple[Listen, ...]
-    secret: Secret
-    secret_file: Path
+    secret: Secret | None
+    """The secret shared with the upstream (``v1`` signatures); ``None`` with a public key."""
+    secret_file: Path | None
     upstream: str
     target: Path
     state_dir: Path
@@ -75,6 +79,14 @@ class ReceiverConfig:
     """Where to write a Debian ftpsync-style trace file, relative to ``target``."""
     lastsync: str | None = None
     """Where to write an Arch-style ``lastsync`` file, relative to ``target``."""
+    public_key: PublicKey | None = None
+    """The upstream's public key (``v1a`` signatures)."""
+    public_key_file: Path | None = None
+
+    @property
+    def keys(self) -> tuple[Verifier, ...]:
+        """Every key a webhook of this repository may be signed with: any one will do."""
+        return tuple(key for key in (self.secret, self.public_key) if key is not None)
 
     @property
     def own_files(self) -> tuple[str, ...]:
@@ -107,10 +119,11 @@ Check = Callable[[Any], Any]
 
 _HOST_KEYS: dict[str, Check] = {"max_body": body_size, "max_syncs": positive_int}
 _REQUIRED_PER_REPO: dict[str, Check] = {
-    "secret_file": absolute_path,
     "upstream": upstream,
     "target": absolute_path,
 }
+_OWN_KEYS = ("secret_file",)
+"""Keys each repository sets for itself (the host form refuses them beside ``repos``)."""
 _PER_REPO: dict[str, Check] = {
     "marker": marker_name,
     "exclude_from": absolute_path,
@@ -127,6 +140,7 @@ _PER_REPO: dict[str, Check] = {
     "exec_on_failure": string_list,
     "trace": tree_file,
     "lastsync": tree_file,
+    "public_key_file": absolute_path,
 }
 """The keys of one repository that the host level may set for all; defaults: the fields'."""
 
@@ -142,7 +156,9 @@ def parse_receiver(t: Table) -> ReceiverHost | None:
         repos = _host_form(t, state_dir)
     else:
         repo = _repository(t, name=None, defaults=_builtin_defaults(), state_dir=state_dir)
-        t.finish(known=("listen", "state_dir", *_HOST_KEYS, *_REQUIRED_PER_REPO, *_PER_REPO))
+        t.finish(
+            known=("listen", "state_dir", *_HOST_KEYS, *_REQUIRED_PER_REPO, *_OWN_KEYS, *_PER_REPO)
+        )
         repos = None if repo is None else [repo]
     if repos is None or not (valid(listen) and valid(state_dir)):
         return None
@@ -158,14 +174,25 @@ def _builtin_defaults() -> dict[str, Any]:
 
 def _host_form(t: Table, state_dir: Any) -> list[dict[str, Any]] | None:
     """The ``[receiver.repos.NAME]`` tables, each inheriting the host level's keys."""
-    for key in _REQUIRED_PER_REPO:
+    for key in (*_REQUIRED_PER_REPO, *_OWN_KEYS):
         if key in t.data:
             t.problem(key, "set it in each [receiver.repos.NAME] table, not beside repos")
     defaults = {
         key: t.get(key, check, default_of(ReceiverConfig, key)) for key, check in _PER_REPO.items()
     }
     _programs(t, defaults)
-    t.finish(known=("listen", "state_dir", "repos", *_HOST_KEYS, *_REQUIRED_PER_REPO, *_PER_REPO))
+    defaults["public_key"] = _public_key(t, defaults["public_key_file"])
+    t.finish(
+        known=(
+            "listen",
+            "state_dir",
+            "repos",
+            *_HOST_KEYS,
+            *_REQUIRED_PER_REPO,
+            *_OWN_KEYS,
+            *_PER_REPO,
+        )
+    )
     found = repository_tables(t, state_dir)
     if found is None:
         return None
@@ -173,7 +200,7 @@ def _host_form(t: Table, state_dir: Any) -> list[dict[str, Any]] | None:
     repos: list[dict[str, Any]] = []
     for name, entry, folder in tables:
         repo = _repository(entry, name, defaults, folder)
-        entry.finish(known=(*_REQUIRED_PER_REPO, *_PER_REPO))
+        entry.finish(known=(*_REQUIRED_PER_REPO, *_OWN_KEYS, *_PER_REPO))
         if repo is None:
             ok = False
             continue
@@ -224,13 +251,42 @@ def _repository(
         return None
     _programs(t, optional)
     _apart_in_tree(t, optional)
-    secret_file = required["secret_file"]
-    secret = load_secret(t, "secret_file", secret_file) if valid(secret_file) else None
-    if secret is None or not all(map(valid, required.values())):
+    keys = _keys(t, optional["public_key_file"], defaults.get("public_key"))
+    if keys is None or not all(map(valid, required.values())):
         return None
     if any(value is INVALID for value in optional.values()):
         return None
-    return {"secret": secret, **required, **optional, "name": name, "state_dir": state_dir}
+    return {**keys, **required, **optional, "name": name, "state_dir": state_dir}
+
+
+def _keys(t: Table, public_key_file: Any, inherited: PublicKey | None) -> dict[str, Any] | None:
+    """The repository's webhook keys: its ``secret_file`` and/or a ``public_key_file`` (its
+    own, or the host level's, read there once); at least one."""
+    secret_file: Any = t.get("secret_file", absolute_path, None)
+    if secret_file is INVALID or public_key_file is INVALID:
+        return None
+    secret = None
+    if secret_file is not None and (secret := load_secret(t, "secret_file", secret_file)) is None:
+        return None
+    public_key = _public_key(t, public_key_file) if "public_key_file" in t.data else inherited
+    if public_key is INVALID:
+        return None
+    if secret_file is None and public_key_file is None:
+        t.problem(
+            "secret_file",
+            "missing: set secret_file (a secret shared with the upstream), public_key_file "
+            "(the upstream's public key), or both",
+        )
+        return None
+    return {"secret": secret, "secret_file": secret_file, "public_key": public_key}
+
+
+def _public_key(t: Table, path: Any) -> Any:
+    """The key in the ``public_key_file`` that ``t`` sets; ``INVALID`` when it cannot be read."""
+    if path is None or path is INVALID:
+        return None
+    key = load_public_key(t, "public_key_file", path)
+    return INVALID if key is None else key
 
 
 def _programs(t: Table, values: dict[str, Any]) -> None:

@@ -3,7 +3,8 @@
 A webhook whose publisher has a ``public_url`` carries ``data.report_url`` and
 ``data.mirror``; the receiver remembers both (in its state file, so across restarts) and,
 after every sync that installed a new marker or failed, POSTs a ``mirror.synced`` report
-signed with the same secret. A few bounded retries in the background, never delaying a
+signed with the same secret (unsigned, a mere hint, when it verifies the upstream's public
+key and holds no secret). A few bounded retries in the background, never delaying a
 sync; a report that cannot be delivered is logged and dropped — the publisher's checks of
 ``check_url`` are the safety net (docs/design.md#freshness).
 """
@@ -97,7 +98,11 @@ class Reporter:
     async def _post(self, url: str, msg_id: str, body: bytes) -> None:
         import aiohttp  # noqa: PLC0415 - the daemon has it loaded; one-shot commands never report
 
-        headers = signing.signed_headers(self.config.secret, msg_id, int(time.time()), body)
+        now = int(time.time())
+        if self.config.secret is not None:
+            headers = signing.signed_headers(self.config.secret, msg_id, now, body)
+        else:  # a mirror that verifies with the upstream's public key: a hint, unsigned
+            headers = {"webhook-id": msg_id, "webhook-timestamp": str(now)}
         headers["Content-Type"] = "application/json"
         timeout = aiohttp.ClientTimeout(total=REPORT_TIMEOUT)
         try:

@@ -4,8 +4,9 @@ The report is verified with that mirror's secret (the same Standard Webhooks sig
 webhooks, the same ±300 s window, replays answered "duplicate"); anything else is 401, a
 body that is not a report 400, too large 413. A verified report makes the publisher check
 the mirror's ``check_url`` at once — what is recorded is what the mirror *serves*, never
-what it claims; a mirror without ``check_url`` is recorded as its report says
-(docs/design.md#freshness).
+what it claims; a mirror without ``check_url`` is recorded as its report says. A mirror
+without a shared secret (it verifies the upstream's public key) cannot sign: its reports are
+hints, which only make the publisher check what it serves (docs/design.md#freshness).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from aiohttp import web
 from mirrorhook import signing
 from mirrorhook.checker import Checker
 from mirrorhook.errors import SignatureError, TimestampError
-from mirrorhook.freshness import State
+from mirrorhook.freshness import Freshness, State
 from mirrorhook.message import REPORT_PATH, REPORT_TYPE
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
 from mirrorhook.replay import ReplayCache
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 MAX_REPORT = 16384
 """Bytes a report may take: a few short fields."""
 READ_DEADLINE = 10.0
+HINT_PERIOD = 1.0
+"""Seconds between checks that unsigned reports (hints) of one mirror may cause."""
 
 
 class ReportDesk:
@@ -44,15 +47,33 @@ class ReportDesk:
         self.replays = ReplayCache(signing.TOLERANCE)
         self._checking: set[asyncio.Task[State]] = set()
         self._refusals = Throttle(WARNING_PERIOD)
+        self._hints: dict[str, float] = {}
 
     def running(self) -> PublisherHost:
         """The running ``[publisher]`` section (``announcers.py`` swaps it on a reload)."""
         return self.publishers
 
+    def freshness(self, tree: PublisherConfig) -> Freshness:
+        """The tree's freshness as its running checker has it, else as recorded."""
+        checker = self.checkers.get(tree.repo)
+        return checker.freshness if checker is not None else Freshness(tree)
+
     def check_soon(self, checker: Checker, mirror: MirrorConfig) -> None:
         task = asyncio.create_task(checker.check(mirror))
         self._checking.add(task)
         task.add_done_callback(self._checking.discard)
+
+    def hinted(self, checker: Checker, mirror: MirrorConfig) -> web.Response:
+        """A report from a mirror without a shared secret (it verifies the upstream's
+        public key): nothing proves who sent it, so nothing it says is recorded; it only
+        makes the publisher check what the mirror serves, at most once per ``HINT_PERIOD``."""
+        if mirror.check_url is None:
+            return web.json_response({"status": "ignored: a hint, and nothing to check"})
+        now = time.monotonic()
+        if now - self._hints.get(mirror.name, -HINT_PERIOD) >= HINT_PERIOD:
+            self._hints[mirror.name] = now
+            self.check_soon(checker, mirror)
+        return web.json_response({"status": "checking"}, status=202)
 
     def refused(self, peer: str, status: int, reason: str) -> web.Response:
         if (held := self._refusals.due()) is not None:
@@ -90,6 +111,11 @@ async def handle_report(request: web.Request) -> web.Response:  # noqa: PLR0911 
     if found is None:
         return desk.refused(peer, 401, "no such mirror here")
     tree, mirror = found
+    checker = desk.checkers.get(tree.repo)
+    if checker is None:
+        return web.json_response({"error": "this repository is not running"}, status=503)
+    if mirror.secret is None:
+        return desk.hinted(checker, mirror)
     now = time.time()
     try:
         verified = signing.verify(mirror.secret, request.headers, body, now=now)
@@ -97,9 +123,6 @@ async def handle_report(request: web.Request) -> web.Response:  # noqa: PLR0911 
         return desk.refused(peer, 401, f"bad signature: {err}")
     if desk.replays.seen(verified.msg_id, verified.timestamp, now):
         return web.json_response({"status": "duplicate"})
-    checker = desk.checkers.get(tree.repo)
-    if checker is None:
-        return web.json_response({"error": "this repository is not running"}, status=503)
     logger.info("report from %s: %s (%s)", mirror.name, data.get("result"), data.get("current"))
     current = data.get("current")
     checker.freshness.reported(mirror.name, current[:200] if isinstance(current, str) else None)

@@ -113,8 +113,8 @@ def _app(
     if config.publishers is not None:
         desk = reports.ReportDesk(config.publishers)
         reports.add_routes(app, desk)
-        mirrorlist.add_routes(app, desk.running)
-        page.add_routes(app, desk.running)
+        mirrorlist.add_routes(app, desk)
+        page.add_routes(app, desk)
     return app, listen, desk
 
 

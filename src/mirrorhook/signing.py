@@ -1,25 +1,30 @@
-"""Standard Webhooks v1 signatures: secrets, signing and verification, in one place.
+"""Standard Webhooks signatures, ``v1`` (HMAC) and ``v1a`` (Ed25519): signing and
+verification in one place.
 
-The signature is ``base64(HMAC-SHA256(key, f"{id}.{timestamp}.{body}"))`` sent as
-``webhook-signature: v1,<base64>`` (a space-separated list, any one may match). We implement
-it here rather than wrapping the ``standardwebhooks`` package because that package decodes
-the body as text, accepts fractional timestamps, reads the wall clock itself and raises
-``ValueError``/``binascii.Error`` on malformed headers; the tests check that both
-implementations accept each other's signatures.
+Both sign ``f"{id}.{timestamp}.{body}"``: ``v1`` is ``base64(HMAC-SHA256(secret, ...))``
+with a shared secret (``whsec_``), ``v1a`` is ``base64(Ed25519 signature)`` with the
+upstream's private key, verified with its public key (``keys.py``). ``webhook-signature`` is
+a space-separated list (``v1,<base64> v1a,<base64>``); a webhook passes when any signature
+verifies with any key the receiver holds. We implement it here rather than wrapping the
+``standardwebhooks`` package because that package decodes the body as text, accepts
+fractional timestamps, reads the wall clock itself, raises ``ValueError``/``binascii.Error``
+on malformed headers and has no ``v1a``; the tests check that our signatures interoperate
+with it (``v1``), with PyNaCl and with the reference Go library's test vector (``v1a``).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mirrorhook.errors import SignatureError, TimestampError
+from mirrorhook.keys import PublicKey, SigningKey, decode_prefixed
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of the format, not a secret
 TOLERANCE = 300
@@ -44,14 +49,7 @@ class Secret:
     @classmethod
     def parse(cls, text: str) -> Secret:
         """Parse ``whsec_<base64>``; raise ``ValueError`` naming what is wrong (not the value)."""
-        text = text.strip()
-        if not text.startswith(SECRET_PREFIX):
-            raise ValueError(f"secret must start with {SECRET_PREFIX!r}")
-        try:
-            key = base64.b64decode(text[len(SECRET_PREFIX) :], validate=True)
-        except binascii.Error:
-            raise ValueError(f"secret is not valid base64 after {SECRET_PREFIX!r}") from None
-        return cls(key)
+        return cls(decode_prefixed(text, SECRET_PREFIX, "secret"))
 
     @property
     def key(self) -> bytes:
@@ -75,17 +73,32 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
-def sign(secret: Secret, msg_id: str, timestamp: int, body: bytes) -> str:
-    """Return the ``webhook-signature`` header value for one message."""
-    return "v1," + base64.b64encode(_digest(secret, msg_id, timestamp, body)).decode("ascii")
+Signer = Secret | SigningKey
+"""A key that signs: a shared secret (``v1``) or the upstream's private key (``v1a``)."""
+Verifier = Secret | PublicKey
+"""A key that verifies: a shared secret (``v1``) or the upstream's public key (``v1a``)."""
 
 
-def signed_headers(secret: Secret, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+def sign(signers: Signer | Sequence[Signer], msg_id: str, timestamp: int, body: bytes) -> str:
+    """Return the ``webhook-signature`` header value: one signature per key, space-separated."""
+    signed = _signed_content(msg_id, timestamp, body)
+    parts = []
+    for signer in _listed(signers):
+        if isinstance(signer, Secret):
+            parts.append("v1," + _b64(hmac.new(signer.key, signed, hashlib.sha256).digest()))
+        else:
+            parts.append("v1a," + _b64(signer.sign(signed)))
+    return " ".join(parts)
+
+
+def signed_headers(
+    signers: Signer | Sequence[Signer], msg_id: str, timestamp: int, body: bytes
+) -> dict[str, str]:
     """Return the three Standard Webhooks headers for one message."""
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret, msg_id, timestamp, body),
+        "webhook-signature": sign(signers, msg_id, timestamp, body),
     }
 
 
@@ -98,14 +111,15 @@ class Verified:
 
 
 def verify(
-    secret: Secret,
+    keys: Verifier | Sequence[Verifier],
     headers: Mapping[str, str],
     body: bytes,
     *,
     now: float,
     tolerance: int = TOLERANCE,
 ) -> Verified:
-    """Check a webhook's headers and body against ``secret`` at time ``now``.
+    """Check a webhook's headers and body against ``keys`` at time ``now``: it passes when
+    any of its signatures verifies with any of the keys.
 
     Raises ``SignatureError`` (``TimestampError`` for a clock outside the window) for every
     missing, malformed or non-matching header; never another exception.
@@ -125,20 +139,36 @@ def verify(
     if abs(timestamp - now) > tolerance:
         raise TimestampError(round(timestamp - now), tolerance)
 
-    expected = _digest(secret, msg_id, timestamp, body)
+    listed = _listed(keys)
+    secrets_ = [key for key in listed if isinstance(key, Secret)]
+    public_keys = [key for key in listed if isinstance(key, PublicKey)]
+    signed = _signed_content(msg_id, timestamp, body)
+    expected = [hmac.new(secret.key, signed, hashlib.sha256).digest() for secret in secrets_]
     for candidate in raw_signatures.split():
         version, sep, encoded = candidate.partition(",")
-        if version != "v1" or not sep:
+        if not sep or version not in ("v1", "v1a"):
             continue
         try:
             given = base64.b64decode(encoded, validate=True)
         except ValueError:  # binascii.Error, or non-ASCII text
             continue
-        if hmac.compare_digest(expected, given):
+        if version == "v1" and any(hmac.compare_digest(digest, given) for digest in expected):
             return Verified(msg_id, timestamp)
-    raise SignatureError("no valid v1 signature (wrong secret, or the body was altered)")
+        if version == "v1a" and any(key.verifies(given, signed) for key in public_keys):
+            return Verified(msg_id, timestamp)
+    schemes = " or ".join(name for name, held in (("v1", secrets_), ("v1a", public_keys)) if held)
+    raise SignatureError(
+        f"no valid {schemes} signature (wrong secret or key, or the body was altered)"
+    )
 
 
-def _digest(secret: Secret, msg_id: str, timestamp: int, body: bytes) -> bytes:
-    signed = msg_id.encode("utf-8") + b"." + str(timestamp).encode("ascii") + b"." + body
-    return hmac.new(secret.key, signed, hashlib.sha256).digest()
+def _signed_content(msg_id: str, timestamp: int, body: bytes) -> bytes:
+    return msg_id.encode("utf-8") + b"." + str(timestamp).encode("ascii") + b"." + body
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _listed(keys: Secret | SigningKey | PublicKey | Sequence[Any]) -> Sequence[Any]:
+    return (keys,) if isinstance(keys, Secret | SigningKey | PublicKey) else keys

@@ -50,11 +50,17 @@ def write_atomic(
         _fsync_dir(path.parent)
 
 
-def write_json(path: Path, document: dict[str, Any], *, durable: bool = True) -> None:
-    """Write ``document`` as indented JSON, atomically, creating the folder if needed."""
+def write_json(
+    path: Path, document: dict[str, Any], *, durable: bool = True, compact: bool = False
+) -> None:
+    """Write ``document`` as indented JSON (one line if ``compact``: Python encodes that
+    several times faster, for large records), atomically, creating the folder if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
-    write_atomic(path, data, durable=durable)
+    if compact:
+        text = json.dumps(document, separators=(",", ":"), sort_keys=True)
+    else:
+        text = json.dumps(document, indent=2, sort_keys=True)
+    write_atomic(path, (text + "\n").encode(), durable=durable)
 
 
 def update_json(

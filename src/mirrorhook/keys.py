@@ -1,0 +1,126 @@
+"""Ed25519 keys for Standard Webhooks ``v1a`` signatures: the upstream's private signing key
+(``whsk_`` + base64 of the 32-byte seed) and the public key mirrors verify with (``whpk_`` +
+base64 of the 32-byte key), as the specification's reference libraries write them.
+
+The arithmetic is ``cryptography``'s (OpenSSL's Ed25519); this module only parses, prints
+and guards the keys. A private key never shows its value in ``repr``, ``str`` or logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+PRIVATE_PREFIX = "whsk_"
+PUBLIC_PREFIX = "whpk_"
+KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+
+
+def decode_prefixed(text: str, prefix: str, what: str) -> bytes:
+    """The bytes of ``prefix`` + base64 text (a key file's line); ``ValueError`` naming the
+    problem, never the value."""
+    text = text.strip()
+    if not text.startswith(prefix):
+        raise ValueError(f"{what} must start with {prefix!r}")
+    try:
+        return base64.b64decode(text[len(prefix) :], validate=True)
+    except binascii.Error:
+        raise ValueError(f"{what} is not valid base64 after {prefix!r}") from None
+
+
+def _decode(text: str, prefix: str, what: str) -> bytes:
+    raw = decode_prefixed(text, prefix, what)
+    if len(raw) != KEY_BYTES:
+        raise ValueError(f"{what} must hold {KEY_BYTES} bytes, not {len(raw)}")
+    return raw
+
+
+class PublicKey:
+    """An Ed25519 public key: verifies ``v1a`` signatures."""
+
+    __slots__ = ("_key", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        try:
+            self._key = Ed25519PublicKey.from_public_bytes(raw)
+        except ValueError:
+            raise ValueError(f"public key must hold {KEY_BYTES} bytes, not {len(raw)}") from None
+        self.raw = raw
+
+    @classmethod
+    def parse(cls, text: str) -> PublicKey:
+        """Parse ``whpk_<base64>``; raise ``ValueError`` saying what is wrong."""
+        return cls(_decode(text, PUBLIC_PREFIX, "public key"))
+
+    def verifies(self, signature: bytes, data: bytes) -> bool:
+        """Whether ``signature`` is this key's signature of ``data``."""
+        if len(signature) != SIGNATURE_BYTES:
+            return False
+        try:
+            self._key.verify(signature, data)
+        except InvalidSignature:
+            return False
+        return True
+
+    def __str__(self) -> str:
+        return PUBLIC_PREFIX + base64.b64encode(self.raw).decode("ascii")
+
+    def __repr__(self) -> str:
+        return f"PublicKey({self})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PublicKey) and self.raw == other.raw
+
+    def __hash__(self) -> int:
+        return hash(self.raw)
+
+
+class SigningKey:
+    """An Ed25519 private key: signs ``v1a`` signatures. Never shows its value."""
+
+    __slots__ = ("_key", "_seed")
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != KEY_BYTES:
+            raise ValueError(f"private key must hold {KEY_BYTES} bytes, not {len(seed)}")
+        self._seed = seed
+        self._key = Ed25519PrivateKey.from_private_bytes(seed)
+
+    @classmethod
+    def parse(cls, text: str) -> SigningKey:
+        """Parse ``whsk_<base64 of the seed>``; raise ``ValueError`` saying what is wrong."""
+        return cls(_decode(text, PRIVATE_PREFIX, "private key"))
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        """A new random key (from the operating system's generator)."""
+        seed = Ed25519PrivateKey.generate().private_bytes_raw()
+        return cls(seed)
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data)
+
+    def public(self) -> PublicKey:
+        """The public key that verifies this key's signatures."""
+        return PublicKey(self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+    def text(self) -> str:
+        """The key as its file holds it: ``whsk_`` + base64 of the seed (for ``keygen``)."""
+        return PRIVATE_PREFIX + base64.b64encode(self._seed).decode("ascii")
+
+    def __repr__(self) -> str:
+        return f"SigningKey(<private>, public {self.public()})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SigningKey) and hmac.compare_digest(self._seed, other._seed)
+
+    def __hash__(self) -> int:
+        return hash(SigningKey)
