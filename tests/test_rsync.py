@@ -9,7 +9,7 @@ import pytest
 
 from mirrorhook import process, rsync
 from mirrorhook.errors import RsyncError, RsyncTimeoutError
-from tests.helpers import RsyncDaemon, receiver_config, stub_rsync
+from tests.helpers import RsyncDaemon, marker_of, mirrorhook, receiver_config, stub_rsync
 
 TRANSIENT = [10, 12, 23, 30, 35]
 PERMANENT = [1, 2, 3, 4, 5, 11, 20, 22, 25]
@@ -273,3 +273,20 @@ def test_the_marker_read_is_never_quiet(tmp_path: Path) -> None:
     assert "--quiet" not in args
     assert "--bwlimit=100" in args
     assert "-q" in rsync.tree_args(config)
+
+
+def test_delete_options_in_rsync_args_leave_the_marker_read_working(
+    tmp_path: Path, daemon: RsyncDaemon
+) -> None:
+    """rsync refuses --delete-excluded without --recursive: the one-file marker read leaves
+    every --delete option out (the tree transfer keeps them), so such a config syncs."""
+    config = receiver_config(
+        tmp_path, upstream=daemon.url, rsync_args=["--delete-excluded", "--bwlimit=1000"]
+    ).receiver
+    assert config is not None
+    args = rsync.marker_args(config, tmp_path / "m")
+    assert not [arg for arg in args if arg.startswith("--del")]
+    assert "--delete-excluded" in rsync.tree_args(config)
+    result = mirrorhook("sync", "-c", tmp_path / "mirrorhook.toml")
+    assert result.returncode == 0, result.stderr
+    assert marker_of(config.target) == "1"

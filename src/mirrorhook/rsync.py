@@ -113,8 +113,12 @@ def tree_args(config: ReceiverConfig) -> list[str]:
     return args
 
 
-QUIET = ("-q", "--quiet")
-"""rsync_args that the marker read leaves out (see ``marker_args``)."""
+def _for_the_marker(arg: str) -> bool:
+    """Whether the marker read takes this one of ``rsync_args``: not ``-q`` (see
+    ``marker_args``), nor a ``--delete...`` option, which rsync refuses without
+    ``--recursive`` ("--delete does not work without --recursive") — the one-file read
+    has none, and deletes nothing anyway."""
+    return arg not in ("-q", "--quiet") and arg != "--del" and not arg.startswith("--delete")
 
 
 def marker_args(config: ReceiverConfig, destination: Path) -> list[str]:
@@ -130,7 +134,7 @@ def marker_args(config: ReceiverConfig, destination: Path) -> list[str]:
     and no file, saying so on stdout (``--info=skip1`` for the size); ``skipped_marker``
     reads that. These come after ``rsync_args`` so that no extra argument widens them, and
     ``-q`` is left out of them: it would silence the very lines that tell a refused marker
-    from a missing one.
+    from a missing one (and so are ``--delete...`` options, which rsync refuses here).
     """
     return [
         config.rsync,
@@ -138,7 +142,7 @@ def marker_args(config: ReceiverConfig, destination: Path) -> list[str]:
         "--no-motd",
         "--ignore-missing-args",
         *connect_args(config),
-        *(arg for arg in config.rsync_args if arg not in QUIET),
+        *filter(_for_the_marker, config.rsync_args),
         f"--max-size={marker.MAX_FILE_BYTES}",
         "--info=skip1",
         "--",
