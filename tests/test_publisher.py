@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -407,6 +408,33 @@ async def test_a_record_of_the_wrong_shape_is_replaced_not_trusted(
             await task
     assert DeliveryLog(path).mirrors()["m"]["delivered"] == "1"
     assert mirrors["m"].values() == ["1"]
+
+
+async def test_changes_being_written_when_the_record_stops_are_on_disk_once_it_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped while a write runs in its thread: the last flush writes the same changes
+    again, so they are on disk when the task is done (before the fix, the flush had
+    nothing left to write and the file still held the old record). The write is slowed
+    by a wrapper: a real disk is too fast to be caught in the act on demand."""
+    path = tmp_path / "publisher.json"
+    writing = threading.Event()
+    real_write = DeliveryLog._write
+
+    def slow_write(self: DeliveryLog, pending: dict[str, dict[str, Any]]) -> None:
+        writing.set()
+        time.sleep(0.3)
+        real_write(self, pending)
+
+    monkeypatch.setattr(DeliveryLog, "_write", slow_write)
+    log = DeliveryLog(path)
+    task = asyncio.create_task(log.run())
+    log.note("m", delivered="1")
+    assert await asyncio.to_thread(writing.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert DeliveryLog(path).mirrors()["m"]["delivered"] == "1"
 
 
 @pytest.mark.slow

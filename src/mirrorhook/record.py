@@ -75,6 +75,12 @@ class DeliveryLog:
                 pending = self._take()  # taken on the loop's thread, written in another
                 try:
                     await asyncio.to_thread(self._write, pending)
+                except asyncio.CancelledError:
+                    # The thread's write goes on, unseen; the last flush below writes the
+                    # same changes again (merging is idempotent; the file lock orders the
+                    # two), so that once this task is done, they are on disk.
+                    self._give_back(pending)
+                    raise
                 except OSError as err:
                     self._give_back(pending)
                     logger.error(
