@@ -356,7 +356,19 @@ async def test_a_report_is_verified_and_what_the_mirror_serves_is_recorded(
         assert freshness.state("b") is State.SYNCING  # what it serves, not what it says
         forged = report_body("a", "2")
         assert await post(forged, signed(secrets["b"], forged)) == 401  # b's secret, a's name
-        assert await post(forged, {"Content-Type": "application/json"}) == 401
+        # Unsigned: a hint (a mirror that just dropped its secret): checked, never recorded.
+        before = dict(freshness.mirrors["a"])
+        unsigned = report_body("a", "lie")
+        assert await post(unsigned, {"Content-Type": "application/json"}) == 202
+        async with asyncio.timeout(10):  # the hint's check
+            while freshness.mirrors["a"]["last_check"] == before["last_check"]:
+                await asyncio.sleep(0.02)
+        assert freshness.mirrors["a"]["reported"] == before["reported"] == "2"
+        assert freshness.mirrors["a"]["serving"] == "2"
+        assert (
+            await post(forged, {**signed(secrets["a"], forged), "Content-Type": "text/plain"})
+            == 415
+        )
         nobody = report_body("zz", "2")
         assert await post(nobody, signed(secrets["a"], nobody)) == 401
         assert await post(b"not json", signed(secrets["a"], b"not json")) == 400

@@ -17,7 +17,14 @@ from mirrorhook import message
 from mirrorhook.config import load_config
 from mirrorhook.errors import ConfigError, SignatureError
 from mirrorhook.keys import PublicKey, SigningKey
-from mirrorhook.signing import Secret, new_secret, sign, signed_headers, verify
+from mirrorhook.signing import (
+    MAX_V1A_SIGNATURES,
+    Secret,
+    new_secret,
+    sign,
+    signed_headers,
+    verify,
+)
 from tests.helpers import key_pair, mirrorhook, publisher_toml, receiver_toml, write_secret
 
 NOW = 1_700_000_000
@@ -94,6 +101,30 @@ def test_a_webhook_passes_when_any_signature_verifies_with_any_key() -> None:
     with pytest.raises(SignatureError):
         verify(secret, headers(v1a_only), BODY, now=NOW)
     assert signed_headers([KEY], MSG_ID, NOW, BODY)["webhook-signature"] == v1a_only
+
+
+def test_a_header_packed_with_forged_v1a_entries_costs_two_checks_at_most() -> None:
+    """Each Ed25519 check costs some 90 µs: only the first MAX_V1A_SIGNATURES v1a entries
+    (and the first MAX_SIGNATURES entries in all) are looked at, so a header of forged
+    entries costs no more than a genuine webhook; a genuine sender sends one per key."""
+    genuine = sign(KEY, MSG_ID, NOW, BODY)
+    forged = sign(OTHER, MSG_ID, NOW, BODY)
+    assert verify(KEY.public(), headers(f"{forged} {genuine}"), BODY, now=NOW)
+    with pytest.raises(SignatureError):
+        verify(KEY.public(), headers(f"{forged} {forged} {genuine}"), BODY, now=NOW)
+    checked = 0
+    real_verifies = PublicKey.verifies
+
+    def counting(self: PublicKey, signature: bytes, data: bytes) -> bool:
+        nonlocal checked
+        checked += 1
+        return real_verifies(self, signature, data)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PublicKey, "verifies", counting)
+        with pytest.raises(SignatureError):
+            verify([KEY.public()], headers(" ".join([forged] * 88)), BODY, now=NOW)
+    assert checked == MAX_V1A_SIGNATURES
 
 
 @given(signature=st.text(max_size=200))
@@ -174,6 +205,12 @@ def test_a_receiver_may_verify_with_a_public_key_alone(tmp_path: Path) -> None:
     assert receiver is not None
     assert receiver.secret is None
     assert receiver.keys == (PublicKey.parse(public.read_text()),)
+    # Two keys while the upstream moves to a new one: either verifies.
+    public.write_text(f"# the current key\n{public.read_text()}\n{OTHER.public()}\n")
+    receiver = load_config(path).receiver
+    assert receiver is not None
+    signed = headers(sign(OTHER, MSG_ID, NOW, BODY))
+    assert verify(receiver.keys, signed, BODY, now=NOW).scheme == "v1a"
 
 
 def test_a_receiver_needs_a_secret_or_a_public_key(tmp_path: Path) -> None:
@@ -188,7 +225,10 @@ def test_a_receiver_needs_a_secret_or_a_public_key(tmp_path: Path) -> None:
     ("content", "mode", "fragment"),
     [
         ("whpk_AAAA\n", 0o644, "must hold 32 bytes, not 3"),
-        ("whsk_" + base64.b64encode(SEED).decode(), 0o644, "must start with 'whpk_'"),
+        ("whsk_" + base64.b64encode(SEED).decode(), 0o644, "holds a private key: keep it on"),
+        ("# nothing yet\n\n", 0o644, "holds no public key (a whpk_... line)"),
+        (f"{KEY.public()}\n" * 5, 0o644, "holds 5 keys; at most 4"),
+        (f"{KEY.public()}\nwhpk_AAAA\n", 0o644, "key 2: public key must hold 32 bytes"),
         (str(KEY.public()), 0o664, "is writable by others than its owner: chmod 644"),
     ],
 )
@@ -228,7 +268,7 @@ def test_the_host_level_public_key_is_every_repositorys(tmp_path: Path) -> None:
     assert host is not None
     key = PublicKey.parse(public.read_text())
     assert [len(repo.keys) for repo in host.repos] == [1, 2]
-    assert all(repo.public_key == key for repo in host.repos)
+    assert all(repo.public_keys == (key,) for repo in host.repos)
 
 
 def test_with_a_signing_key_a_mirror_needs_no_secret(tmp_path: Path) -> None:

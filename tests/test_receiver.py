@@ -4,6 +4,7 @@ app."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,10 +12,11 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
-from mirrorhook import signing
+from mirrorhook import message, signing
 from mirrorhook.fleet import build_receiver
+from mirrorhook.keys import SigningKey
 from mirrorhook.receiver import HOOK_PATH, Receiver, background, make_app
 from tests.helpers import (
     RsyncDaemon,
@@ -449,3 +451,36 @@ async def test_a_content_type_that_cannot_be_parsed_is_415_not_500(
     async with client.post(HOOK_PATH, data=body, headers=headers) as response:
         assert response.status == 415
     assert_nothing_scheduled(receiver)
+
+
+async def test_only_a_webhook_meant_for_this_mirror_tells_it_who_it_is(tmp_path: Path) -> None:
+    """A receiver holding a secret and the upstream's public key: a webhook that passes by
+    its v1a signature alone (another mirror's, replayed here) does not rename it for its
+    reports; one with this mirror's own v1 signature does."""
+    key = SigningKey.generate()
+    (tmp_path / "upstream.pub").write_text(f"{key.public()}\n")
+    receiver = make_receiver(
+        tmp_path, "rsync://127.0.0.1:9/up/", public_key_file=str(tmp_path / "upstream.pub")
+    )
+    assert receiver.config.secret is not None
+    app = make_app(receiver)
+
+    def webhook(mirror: str, signers: list[signing.Signer]) -> tuple[bytes, dict[str, str]]:
+        now = int(time.time())
+        update = dataclasses.replace(
+            message.new_update("CURRENT", "local", "up", now, report_url="http://up/v1/report"),
+            mirror=mirror,
+        )
+        body = update.encode()
+        headers = signing.signed_headers(signers, f"id-{mirror}-{now}", now, body)
+        return body, {**headers, "Content-Type": "application/json"}
+
+    (receiver.config.target).mkdir(parents=True, exist_ok=True)
+    publish(receiver.config.target, "local")
+    async with TestClient(TestServer(app)) as client:
+        body, headers = webhook("mirror-b", [key])  # another mirror's webhook: v1a only
+        assert (await post(client, body, headers))[0] == 200
+        assert receiver.reporter.mirror is None
+        body, headers = webhook("mirror-a", [receiver.config.secret, key])
+        assert (await post(client, body, headers))[0] == 200
+        assert receiver.reporter.mirror == "mirror-a"

@@ -626,7 +626,7 @@ def test_a_mirror_reports_its_sync_and_the_publisher_sees_it_fresh(
         wait_until(lambda: state_at_publisher() == "fresh 1", what="fresh at marker 1")
         publish(root, "2")
         wait_until(lambda: state_at_publisher() == "fresh 2", what="fresh at marker 2")
-        assert "report from m: synced (2)" in processes.log("publisher")
+        assert "report from m: synced ('2')" in processes.log("publisher")
         recorded = json.loads((tmp_path / "rstate" / "receiver.json").read_text())
         assert recorded["report"] == {
             "url": f"http://127.0.0.1:{listen}/v1/report",

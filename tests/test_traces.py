@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mirrorhook import oneshot, rsync, traces
+from mirrorhook import lock, oneshot, rsync, traces
 from mirrorhook.addresses import upstream_host
 from mirrorhook.retry import Backoff
 from mirrorhook.syncer import Syncer, SyncResult
@@ -328,3 +328,18 @@ def test_upstream_host_and_transport(upstream: str, host: str | None, transport:
     """Upstream-mirror is the host alone (no login, no port); Rsync-Transport the kind."""
     assert upstream_host(upstream) == host
     assert traces.transport(upstream) == transport
+
+
+async def test_the_cron_pre_check_leaves_the_files_alone_while_a_sync_holds_the_lock(
+    tmp_path: Path, daemon: RsyncDaemon
+) -> None:
+    """The pre-check of `sync --if-changed --randomize` holds no lock: while another sync
+    holds it (and may be transferring), the files are not rewritten — that sync will."""
+    await make_syncer(tmp_path, daemon.url).sync(if_changed=True, trigger="first")
+    later = make_syncer(tmp_path, daemon.url, clock=functools.partial(hours_later, 1))
+    written = (later.config.target / LASTSYNC).read_text()
+    with lock.hold(later.config.state_dir):
+        assert not await later.needs_sync(trigger=oneshot.TRIGGER)
+    assert (later.config.target / LASTSYNC).read_text() == written
+    assert not await later.needs_sync(trigger=oneshot.TRIGGER)  # free again: rewritten
+    assert int((later.config.target / LASTSYNC).read_text()) > int(written) + 3000

@@ -101,6 +101,7 @@ class Announcers:
         task = self._tasks.pop(name, None)
         if self._desk is not None:
             self._desk.checkers.pop(name, None)
+            await self._desk.stop_checks(name)  # before the tree's last write of its record
         if task is not None:
             task.cancel("publisher shutting down")
             await asyncio.gather(task, return_exceptions=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mirrorhook.addresses import Listen, parse_listen
-from mirrorhook.keys import PublicKey, SigningKey
+from mirrorhook.keys import PublicKey, SigningKey, parse_public_keys
 from mirrorhook.signing import Secret
 
 _MARKER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -55,10 +55,10 @@ def load_signing_key(t: Table, key: str, path: Path) -> SigningKey | None:
     return _load_key(t, key, path, "private key file", SigningKey.parse, private=True)
 
 
-def load_public_key(t: Table, key: str, path: Path) -> PublicKey | None:
-    """Read a public key file (``whpk_``): anyone may read it, but only its owner (this user
-    or root) may change it, since whoever can change it can sign webhooks."""
-    return _load_key(t, key, path, "public key file", PublicKey.parse, private=False)
+def load_public_keys(t: Table, key: str, path: Path) -> tuple[PublicKey, ...] | None:
+    """Read a public key file (``whpk_`` lines): anyone may read it, but only its owner (this
+    user or root) may change it, since whoever can change it decides which webhooks pass."""
+    return _load_key(t, key, path, "public key file", parse_public_keys, private=False)
 
 
 _K = TypeVar("_K")

@@ -76,8 +76,9 @@ def _verifiers(r: ReceiverConfig) -> str:
     keys = []
     if r.secret_file is not None:
         keys.append(f"v1, the secret in {r.secret_file}")
-    if r.public_key is not None:
-        keys.append(f"v1a, the upstream's public key {r.public_key} ({r.public_key_file})")
+    if r.public_keys:
+        shown = ", ".join(map(str, r.public_keys))
+        keys.append(f"v1a, the upstream's public key {shown} ({r.public_key_file})")
     return "; or ".join(keys)
 
 

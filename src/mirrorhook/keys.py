@@ -20,6 +20,8 @@ PRIVATE_PREFIX = "whsk_"
 PUBLIC_PREFIX = "whpk_"
 KEY_BYTES = 32
 SIGNATURE_BYTES = 64
+MAX_PUBLIC_KEYS = 4
+"""Public keys one file may hold: the current one, and the next while the upstream rotates."""
 
 
 def decode_prefixed(text: str, prefix: str, what: str) -> bytes:
@@ -79,6 +81,29 @@ class PublicKey:
 
     def __hash__(self) -> int:
         return hash(self.raw)
+
+
+def parse_public_keys(text: str) -> tuple[PublicKey, ...]:
+    """The keys of a public key file: one ``whpk_`` line each (two while the upstream moves
+    to a new key), blank lines and ``#`` comments aside; ``ValueError`` saying what is wrong."""
+    lines = [line.strip() for line in text.splitlines()]
+    found = [line for line in lines if line and not line.startswith("#")]
+    if not found:
+        raise ValueError(f"holds no public key (a {PUBLIC_PREFIX}... line)")
+    if len(found) > MAX_PUBLIC_KEYS:
+        raise ValueError(f"holds {len(found)} keys; at most {MAX_PUBLIC_KEYS}")
+    keys = []
+    for number, line in enumerate(found, 1):
+        if line.startswith(PRIVATE_PREFIX):
+            raise ValueError(
+                "holds a private key: keep it on the upstream and put its public key here "
+                "(mirrorhook keygen --public FILE prints it)"
+            )
+        try:
+            keys.append(PublicKey.parse(line))
+        except ValueError as err:
+            raise ValueError(f"key {number}: {err}" if len(found) > 1 else str(err)) from None
+    return tuple(keys)
 
 
 class SigningKey:

@@ -8,7 +8,6 @@ drops replays, and hands the trigger to the scheduler. rsync never runs inside a
 from __future__ import annotations
 
 import asyncio
-import email.errors
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from mirrorhook import connections, message, signing
+from mirrorhook.bodies import TooLargeError, content_type, read_body
 from mirrorhook.endpoints import Endpoints, add_routes
 from mirrorhook.errors import (
     MarkerUnreadableError,
@@ -152,7 +152,7 @@ async def handle_hook(request: web.Request) -> web.Response:
 async def _hook(request: web.Request, receiver: Receiver) -> tuple[str, web.Response]:
     """Answer one webhook; return the outcome's name (for the metrics) and the response."""
     peer = request.remote or "unix socket"
-    if _content_type(request) != "application/json":
+    if content_type(request) != "application/json":
         return _refuse(
             receiver, "bad_content_type", 415, "content type must be application/json", peer
         )
@@ -162,9 +162,9 @@ async def _hook(request: web.Request, receiver: Receiver) -> tuple[str, web.Resp
             receiver, "too_large", 413, f"body larger than {limit} bytes", peer, close=True
         )
     try:
-        body = await _read_body(request, limit, receiver.read_deadline)
+        body = await read_body(request, limit, receiver.read_deadline)
         connections.body_read(request)
-    except _TooLargeError:
+    except TooLargeError:
         return _refuse(
             receiver, "too_large", 413, f"body larger than {limit} bytes", peer, close=True
         )
@@ -206,10 +206,10 @@ async def _hook(request: web.Request, receiver: Receiver) -> tuple[str, web.Resp
         problem = f"cannot read the local marker: {err.reason}"
         logger.error("webhook %s from %s not accepted: %s", verified.msg_id, peer, problem)
         return "unavailable", web.json_response({"error": problem}, status=503)
-    receiver.reporter.remember(update.report_url, update.mirror)
     if receiver.replays.seen(verified.msg_id, verified.timestamp, now):
         logger.info("webhook %s from %s: duplicate, ignored", verified.msg_id, peer)
         return "duplicate", web.json_response({"status": "duplicate"})
+    _remember_reports(receiver, update, verified)
     if update.current == local:
         logger.info(
             "webhook %s (%s, marker %r): already up to date",
@@ -227,31 +227,15 @@ async def _hook(request: web.Request, receiver: Receiver) -> tuple[str, web.Resp
     return "queued", web.json_response({"status": "queued"}, status=202)
 
 
-def _content_type(request: web.Request) -> str:
-    """The request's media type; "" when its Content-Type header cannot be parsed."""
-    try:
-        return request.content_type
-    except (ValueError, IndexError, email.errors.MessageError):
-        # aiohttp parses the header with the email package, which raises all of these on
-        # malformed input (hypothesis found "Content-Type: ;0*"): a 415, never a 500.
-        return ""
-
-
-class _TooLargeError(Exception):
-    pass
-
-
-async def _read_body(request: web.Request, limit: int, deadline: float) -> bytes:
-    """Read the body, giving up beyond ``limit`` bytes (also when chunked) or ``deadline`` s."""
-    chunks: list[bytes] = []
-    size = 0
-    async with asyncio.timeout(deadline):
-        while chunk := await request.content.readany():
-            size += len(chunk)
-            if size > limit:
-                raise _TooLargeError
-            chunks.append(chunk)
-    return b"".join(chunks)
+def _remember_reports(
+    receiver: Receiver, update: message.Update, verified: signing.Verified
+) -> None:
+    """Remember where to report and who this mirror is at the upstream (its reports say
+    it), from a webhook meant for this mirror only: the upstream's v1a signature is the same
+    for all its mirrors, so one mirror's webhook, replayed to another that holds a secret
+    (and was sent its own v1 signature), must not rename it."""
+    if receiver.config.secret is None or verified.scheme == "v1":
+        receiver.reporter.remember(update.report_url, update.mirror)
 
 
 def _refuse(

@@ -28,7 +28,7 @@ from mirrorhook.checks import (
     duration,
     executable,
     listen_list,
-    load_public_key,
+    load_public_keys,
     load_secret,
     marker_name,
     positive_duration,
@@ -79,14 +79,14 @@ class ReceiverConfig:
     """Where to write a Debian ftpsync-style trace file, relative to ``target``."""
     lastsync: str | None = None
     """Where to write an Arch-style ``lastsync`` file, relative to ``target``."""
-    public_key: PublicKey | None = None
-    """The upstream's public key (``v1a`` signatures)."""
+    public_keys: tuple[PublicKey, ...] = ()
+    """The upstream's public keys (``v1a`` signatures): one, or two while it rotates."""
     public_key_file: Path | None = None
 
     @property
     def keys(self) -> tuple[Verifier, ...]:
         """Every key a webhook of this repository may be signed with: any one will do."""
-        return tuple(key for key in (self.secret, self.public_key) if key is not None)
+        return (*([self.secret] if self.secret is not None else []), *self.public_keys)
 
     @property
     def own_files(self) -> tuple[str, ...]:
@@ -181,7 +181,7 @@ def _host_form(t: Table, state_dir: Any) -> list[dict[str, Any]] | None:
         key: t.get(key, check, default_of(ReceiverConfig, key)) for key, check in _PER_REPO.items()
     }
     _programs(t, defaults)
-    defaults["public_key"] = _public_key(t, defaults["public_key_file"])
+    defaults["public_keys"] = _public_keys(t, defaults["public_key_file"])
     t.finish(
         known=(
             "listen",
@@ -251,7 +251,7 @@ def _repository(
         return None
     _programs(t, optional)
     _apart_in_tree(t, optional)
-    keys = _keys(t, optional["public_key_file"], defaults.get("public_key"))
+    keys = _keys(t, optional["public_key_file"], defaults.get("public_keys", ()))
     if keys is None or not all(map(valid, required.values())):
         return None
     if any(value is INVALID for value in optional.values()):
@@ -259,7 +259,7 @@ def _repository(
     return {**keys, **required, **optional, "name": name, "state_dir": state_dir}
 
 
-def _keys(t: Table, public_key_file: Any, inherited: PublicKey | None) -> dict[str, Any] | None:
+def _keys(t: Table, public_key_file: Any, inherited: Any) -> dict[str, Any] | None:
     """The repository's webhook keys: its ``secret_file`` and/or a ``public_key_file`` (its
     own, or the host level's, read there once); at least one."""
     secret_file: Any = t.get("secret_file", absolute_path, None)
@@ -268,8 +268,8 @@ def _keys(t: Table, public_key_file: Any, inherited: PublicKey | None) -> dict[s
     secret = None
     if secret_file is not None and (secret := load_secret(t, "secret_file", secret_file)) is None:
         return None
-    public_key = _public_key(t, public_key_file) if "public_key_file" in t.data else inherited
-    if public_key is INVALID:
+    public_keys = _public_keys(t, public_key_file) if "public_key_file" in t.data else inherited
+    if public_keys is INVALID:
         return None
     if secret_file is None and public_key_file is None:
         t.problem(
@@ -278,15 +278,15 @@ def _keys(t: Table, public_key_file: Any, inherited: PublicKey | None) -> dict[s
             "(the upstream's public key), or both",
         )
         return None
-    return {"secret": secret, "secret_file": secret_file, "public_key": public_key}
+    return {"secret": secret, "secret_file": secret_file, "public_keys": public_keys}
 
 
-def _public_key(t: Table, path: Any) -> Any:
-    """The key in the ``public_key_file`` that ``t`` sets; ``INVALID`` when it cannot be read."""
+def _public_keys(t: Table, path: Any) -> Any:
+    """The keys in the ``public_key_file`` that ``t`` sets; ``INVALID`` when it cannot be read."""
     if path is None or path is INVALID:
-        return None
-    key = load_public_key(t, "public_key_file", path)
-    return INVALID if key is None else key
+        return ()
+    keys = load_public_keys(t, "public_key_file", path)
+    return INVALID if keys is None else keys
 
 
 def _programs(t: Table, values: dict[str, Any]) -> None:

@@ -19,9 +19,10 @@ from typing import Any
 
 from aiohttp import web
 
-from mirrorhook import signing
+from mirrorhook import marker, signing
+from mirrorhook.bodies import TooLargeError, content_type, read_body
 from mirrorhook.checker import Checker
-from mirrorhook.errors import SignatureError, TimestampError
+from mirrorhook.errors import MarkerError, SignatureError, TimestampError
 from mirrorhook.freshness import Freshness, State
 from mirrorhook.message import REPORT_PATH, REPORT_TYPE
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
@@ -45,9 +46,9 @@ class ReportDesk:
         self.checkers: dict[str | None, Checker] = {}
         """Each running tree's checker, by repository (registered by ``announcers.py``)."""
         self.replays = ReplayCache(signing.TOLERANCE)
-        self._checking: set[asyncio.Task[State]] = set()
+        self._checking: dict[str | None, set[asyncio.Task[State]]] = {}
         self._refusals = Throttle(WARNING_PERIOD)
-        self._hints: dict[str, float] = {}
+        self._hints: dict[tuple[str | None, str], float] = {}
 
     def running(self) -> PublisherHost:
         """The running ``[publisher]`` section (``announcers.py`` swaps it on a reload)."""
@@ -59,19 +60,33 @@ class ReportDesk:
         return checker.freshness if checker is not None else Freshness(tree)
 
     def check_soon(self, checker: Checker, mirror: MirrorConfig) -> None:
+        """Check ``mirror`` now, in the background (``stop_checks`` ends such checks)."""
+        repo = checker.freshness.config.repo
+        tasks = self._checking.setdefault(repo, set())
         task = asyncio.create_task(checker.check(mirror))
-        self._checking.add(task)
-        task.add_done_callback(self._checking.discard)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def stop_checks(self, repo: str | None) -> None:
+        """End the checks that reports started for tree ``repo`` (it stops, or is replaced
+        by a reload): none may record into its freshness after its last write."""
+        tasks = self._checking.pop(repo, set())
+        for task in tasks:
+            task.cancel("the tree stops")
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def hinted(self, checker: Checker, mirror: MirrorConfig) -> web.Response:
-        """A report from a mirror without a shared secret (it verifies the upstream's
-        public key): nothing proves who sent it, so nothing it says is recorded; it only
-        makes the publisher check what the mirror serves, at most once per ``HINT_PERIOD``."""
+        """An unsigned report: from a mirror without a shared secret (it verifies the
+        upstream's public key), or from one that has just dropped its secret while the
+        upstream still holds it. Nothing proves who sent it, so nothing it says is recorded;
+        it only makes the publisher check what the mirror serves, at most once per
+        ``HINT_PERIOD`` per mirror."""
         if mirror.check_url is None:
             return web.json_response({"status": "ignored: a hint, and nothing to check"})
         now = time.monotonic()
-        if now - self._hints.get(mirror.name, -HINT_PERIOD) >= HINT_PERIOD:
-            self._hints[mirror.name] = now
+        key = (checker.freshness.config.repo, mirror.name)
+        if now - self._hints.get(key, -HINT_PERIOD) >= HINT_PERIOD:
+            self._hints[key] = now
             self.check_soon(checker, mirror)
         return web.json_response({"status": "checking"}, status=202)
 
@@ -95,15 +110,16 @@ async def handle_report(request: web.Request) -> web.Response:  # noqa: PLR0911 
     """Verify a mirror's report and check (or record) what it serves."""
     desk = request.app[DESK]
     peer = request.remote or "unix socket"
+    if content_type(request) != "application/json":
+        return desk.refused(peer, 415, "content type must be application/json")
     if request.content_length is not None and request.content_length > MAX_REPORT:
         return desk.refused(peer, 413, f"body larger than {MAX_REPORT} bytes")
     try:
-        async with asyncio.timeout(READ_DEADLINE):
-            body = await request.content.read(MAX_REPORT + 1)
+        body = await read_body(request, MAX_REPORT, READ_DEADLINE)
+    except TooLargeError:
+        return desk.refused(peer, 413, f"body larger than {MAX_REPORT} bytes")
     except TimeoutError:
         return desk.refused(peer, 408, f"body not received within {READ_DEADLINE:g} s")
-    if len(body) > MAX_REPORT:
-        return desk.refused(peer, 413, f"body larger than {MAX_REPORT} bytes")
     data = _report_data(body)
     if data is None:
         return desk.refused(peer, 400, "not a mirror.synced report")
@@ -114,7 +130,7 @@ async def handle_report(request: web.Request) -> web.Response:  # noqa: PLR0911 
     checker = desk.checkers.get(tree.repo)
     if checker is None:
         return web.json_response({"error": "this repository is not running"}, status=503)
-    if mirror.secret is None:
+    if mirror.secret is None or "webhook-signature" not in request.headers:
         return desk.hinted(checker, mirror)
     now = time.time()
     try:
@@ -123,17 +139,29 @@ async def handle_report(request: web.Request) -> web.Response:  # noqa: PLR0911 
         return desk.refused(peer, 401, f"bad signature: {err}")
     if desk.replays.seen(verified.msg_id, verified.timestamp, now):
         return web.json_response({"status": "duplicate"})
-    logger.info("report from %s: %s (%s)", mirror.name, data.get("result"), data.get("current"))
-    current = data.get("current")
-    checker.freshness.reported(mirror.name, current[:200] if isinstance(current, str) else None)
+    current, problem = _claimed(data)
+    result = "synced" if data.get("result") == "synced" and current is not None else "failed"
+    logger.info("report from %s: %s (%r)", mirror.name, result, current)
+    checker.freshness.reported(mirror.name, current)
     if mirror.check_url is not None:
         desk.check_soon(checker, mirror)
         return web.json_response({"status": "checking"}, status=202)
-    freshness = checker.freshness
-    synced = data.get("result") == "synced" and isinstance(data.get("current"), str)
-    error = None if synced else str(data.get("error") or data.get("result"))[:200]
-    freshness.observed(mirror.name, data["current"] if synced else None, error)
+    # Nothing to check: recorded as the (verified) report says.
+    error = None if result == "synced" else (problem or str(data.get("error") or "failed"))[:200]
+    checker.freshness.observed(mirror.name, current if result == "synced" else None, error)
     return web.json_response({"status": "recorded"})
+
+
+def _claimed(data: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The marker value a report claims, held to the marker rules; else why it is none."""
+    current = data.get("current")
+    if not isinstance(current, str):
+        return None, None
+    try:
+        value = marker.value_of(current.encode(), "the report's current")
+    except MarkerError as err:
+        return None, f"reported an invalid marker: {err.reason}"
+    return (value or None), None
 
 
 def _report_data(body: bytes) -> dict[str, Any] | None:

@@ -34,6 +34,12 @@ MAX_ID_LENGTH = 256
 _ID_RE = re.compile(rf"[\x21-\x7e]{{1,{MAX_ID_LENGTH}}}")
 _TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
 _MIN_KEY_BYTES = 16
+MAX_SIGNATURES = 8
+"""Entries of ``webhook-signature`` looked at: a sender rotating keys sends two or three."""
+MAX_V1A_SIGNATURES = 2
+"""``v1a`` entries checked per webhook. An Ed25519 check costs some 90 µs, an HMAC 2 µs: a
+header packed with forged ``v1a`` entries must not cost the receiver more than a genuine
+webhook does (docs/design.md#signatures)."""
 
 
 class Secret:
@@ -108,6 +114,8 @@ class Verified:
 
     msg_id: str
     timestamp: int
+    scheme: str = "v1"
+    """Which signature verified it: ``v1`` (a shared secret) or ``v1a`` (a public key)."""
 
 
 def verify(
@@ -144,7 +152,8 @@ def verify(
     public_keys = [key for key in listed if isinstance(key, PublicKey)]
     signed = _signed_content(msg_id, timestamp, body)
     expected = [hmac.new(secret.key, signed, hashlib.sha256).digest() for secret in secrets_]
-    for candidate in raw_signatures.split():
+    v1a_tried = 0
+    for candidate in raw_signatures.split()[:MAX_SIGNATURES]:
         version, sep, encoded = candidate.partition(",")
         if not sep or version not in ("v1", "v1a"):
             continue
@@ -153,9 +162,11 @@ def verify(
         except ValueError:  # binascii.Error, or non-ASCII text
             continue
         if version == "v1" and any(hmac.compare_digest(digest, given) for digest in expected):
-            return Verified(msg_id, timestamp)
-        if version == "v1a" and any(key.verifies(given, signed) for key in public_keys):
-            return Verified(msg_id, timestamp)
+            return Verified(msg_id, timestamp, "v1")
+        if version == "v1a" and public_keys and v1a_tried < MAX_V1A_SIGNATURES:
+            v1a_tried += 1
+            if any(key.verifies(given, signed) for key in public_keys):
+                return Verified(msg_id, timestamp, "v1a")
     schemes = " or ".join(name for name, held in (("v1", secrets_), ("v1a", public_keys)) if held)
     raise SignatureError(
         f"no valid {schemes} signature (wrong secret or key, or the body was altered)"

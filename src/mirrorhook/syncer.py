@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mirrorhook import marker, process, rsync, traces
+from mirrorhook import lock, marker, process, rsync, traces
 from mirrorhook.addresses import redact_upstream
 from mirrorhook.errors import (
+    LockedError,
     MarkerError,
     MarkerUnreadableError,
     NoMarkerError,
@@ -160,9 +161,12 @@ class Syncer:
         if upstream.value != self.local_marker():
             return True
         self._finish(trigger, started, SyncResult.UP_TO_DATE, marker_value=upstream.value)
-        report = Report(SyncResult.UP_TO_DATE, upstream.value, 0)
-        await self._write_traces(trigger, started, report)
         self._log.info("already up to date with upstream marker %r", upstream.value)
+        # The trace files say the tree is complete: only while no sync runs (this check
+        # holds no lock; a daemon's sync may be transferring, and will write them itself).
+        with contextlib.suppress(LockedError), lock.hold(self.config.state_dir):
+            report = Report(SyncResult.UP_TO_DATE, upstream.value, 0)
+            await self._write_traces(trigger, started, report)
         return False
 
     async def _write_traces(self, trigger: str, started: float, report: Report) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+import mirrorhook
 from mirrorhook import rsync
 from mirrorhook.addresses import upstream_host
 from mirrorhook.log import TreeLog
@@ -107,7 +108,11 @@ def lastsync_text(sync: Sync) -> str:
 def _identity() -> tuple[str, str]:
     """This host's fully qualified name and mirrorhook's version; once per process: the
     name may take a DNS lookup."""
-    return fqdn(), importlib.metadata.version("mirrorhook")
+    try:
+        version = mirrorhook.__version__
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        version = "unknown"
+    return fqdn(), version
 
 
 def fqdn() -> str:
@@ -117,7 +122,7 @@ def fqdn() -> str:
     name = socket.gethostname()
     try:
         found = socket.getaddrinfo(name, None, flags=socket.AI_CANONNAME)
-    except OSError:
+    except (OSError, UnicodeError):  # UnicodeError: a label IDNA refuses (over 63 bytes)
         return name
     return next((entry[3] for entry in found if entry[3]), name)
 
