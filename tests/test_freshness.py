@@ -206,6 +206,12 @@ def test_a_cron_mirror_needs_no_webhook_url_but_some_url(tmp_path: Path) -> None
     path.write_text(base)
     with pytest.raises(Exception, match=r"publisher.mirrors\[0\].url: required key is missing"):
         load_config(path)
+    # Nothing is signed for a cron mirror: it needs no secret either.
+    unsigned = base.replace(f'secret_file = "{tmp_path}/s.secret"\n', "")
+    path.write_text(unsigned + 'check_url = "https://cron.example/ius/CURRENT"\n')
+    config = load_config(path).publisher
+    assert config is not None
+    assert config.mirrors[0].signers == ()
 
 
 def test_the_state_of_a_mirror_without_check_url_is_unknown(tmp_path: Path) -> None:

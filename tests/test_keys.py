@@ -5,6 +5,7 @@ key files and ``mirrorhook keygen``."""
 from __future__ import annotations
 
 import base64
+import os
 import stat
 from pathlib import Path
 
@@ -293,3 +294,18 @@ def test_with_a_signing_key_a_mirror_needs_no_secret(tmp_path: Path) -> None:
     (mirror,) = publisher.mirrors
     assert mirror.secret is None
     assert mirror.signers == (SigningKey.parse(private.read_text()),)
+
+
+def test_a_key_file_that_is_a_fifo_or_huge_is_refused_at_once(tmp_path: Path) -> None:
+    """Opened without blocking and read up to a bound: a FIFO planted as a key file must not
+    hang the config's loading, nor a huge file fill memory."""
+    fifo = tmp_path / "upstream.pub"
+    os.mkfifo(fifo)
+    path = receiver_toml(tmp_path, upstream="rsync://h/m/")
+    path.write_text(path.read_text() + f'public_key_file = "{fifo}"\n')
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load_config(path)
+    fifo.unlink()
+    fifo.write_text(f"{KEY.public()}\n" + "#" * 5000)
+    with pytest.raises(ConfigError, match="is larger than 4096 bytes: not a key file"):
+        load_config(path)

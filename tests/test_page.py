@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -71,6 +72,11 @@ async def test_the_page_escapes_every_value_and_allows_only_its_own_script(
     assert f"script-src 'sha256-{digest}'" in policy
     assert "default-src 'none'" in policy
     assert not re.search(r'(src|href)="(https?:)?//', body)
+    assert '<a href="v1/mirrors">' in body
+    # Behind a proxy at a path, the links keep its prefix.
+    live = LiveUpstream.of(freshness)
+    live.host = dataclasses.replace(live.host, public_url="https://up.example/mirrorhook")
+    assert '<a href="https://up.example/mirrorhook/v1/mirrors">' in page.render(live, 0.0)
 
 
 def test_a_mirror_name_cannot_carry_markup(tmp_path: Path) -> None:

@@ -62,6 +62,8 @@ def load_public_keys(t: Table, key: str, path: Path) -> tuple[PublicKey, ...] | 
 
 
 _K = TypeVar("_K")
+MAX_KEY_FILE = 4096
+"""Bytes a secret or key file may hold: a few short lines."""
 
 
 def _load_key(
@@ -78,11 +80,19 @@ def read_key_file(path: Path, what: str, parse: Callable[[str], _K], *, private:
     """Read and parse a key file; ``ValueError`` says what is wrong (never the key): it
     cannot be read, others may read (a ``private`` one) or change it, or it holds no key."""
     try:
-        with path.open("rb") as file:
+        # Non-blocking: a FIFO planted at the path must not hang the config's loading.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as file:
             info = os.fstat(file.fileno())  # of the file read, not of a path swapped meanwhile
-            text = file.read(4096).decode("utf-8")
+            if not stat.S_ISREG(info.st_mode):
+                raise ValueError(f"{what} {path} is not a regular file")
+            data = file.read(MAX_KEY_FILE + 1)
     except OSError as err:
         raise ValueError(f"cannot read {what} {path}: {err.strerror}") from None
+    if len(data) > MAX_KEY_FILE:
+        raise ValueError(f"{what} {path} is larger than {MAX_KEY_FILE} bytes: not a key file")
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{what} {path} is not UTF-8 text") from None
     if problem := unsafe_secret_file(info, private=private):

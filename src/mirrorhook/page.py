@@ -126,6 +126,8 @@ def render(upstream: Upstream, now: float) -> str:
     """The whole page for ``upstream`` at time ``now``."""
     publishers = upstream.running()
     name = _e(publishers.name)
+    # Behind a proxy at a path (public_url), links relative to "/" would miss the prefix.
+    base = _e(publishers.public_url.rstrip("/") + "/") if publishers.public_url else ""
     sections = "".join(_section(tree, upstream.freshness(tree), now) for tree in publishers.repos)
     return (
         "<!doctype html>\n"
@@ -139,8 +141,8 @@ def render(upstream: Upstream, now: float) -> str:
         f'<p id="stale-view">Not updated: the upstream does not answer (retrying).</p>'
         f'<main id="view"><p class="meta">As of <time datetime="{_iso(now)}">'
         f"{_clock(now)}</time> UTC; updated every {REFRESH_SECONDS} s. "
-        'Also as JSON (<a href="v1/mirrors">/v1/mirrors</a>) and for yum/dnf '
-        '(<a href="mirrorlist">/mirrorlist</a>).</p>\n'
+        f'Also as JSON (<a href="{base}v1/mirrors">/v1/mirrors</a>) and for yum/dnf '
+        f'(<a href="{base}mirrorlist">/mirrorlist</a>).</p>\n'
         f"{sections}</main>\n"
         f"<script>{SCRIPT}</script></body></html>\n"
     )

@@ -246,7 +246,9 @@ def _mirrors(t: Table, value: Any, signing_key: Any) -> tuple[MirrorConfig, ...]
         # With the upstream's signing key, a mirror may verify v1a alone: no shared secret.
         secret_file: Any = entry.get("secret_file", absolute_path, None)
         entry.finish(known=("name", "url", "secret_file", "check_url", "urls"))
-        if secret_file is None and signing_key is None:
+        # Nothing is signed for a cron mirror (no url): its check_url alone tracks it.
+        unsigned = signing_key is None and url is None
+        if secret_file is None and signing_key is None and url is not None:
             entry.problem(
                 "secret_file",
                 "required key is missing (or set [publisher] signing_key_file to sign v1a)",
@@ -256,7 +258,7 @@ def _mirrors(t: Table, value: Any, signing_key: Any) -> tuple[MirrorConfig, ...]
             entry.problem("name", f"{name!r} is used by another mirror already")
             ok = False
         names.add(str(name))
-        keyless = secret is None and (secret_file is not None or signing_key is None)
+        keyless = secret is None and (secret_file is not None or not (signing_key or unsigned))
         if keyless or not valid(name) or INVALID in (url, check_url, urls):
             ok = False
             continue
