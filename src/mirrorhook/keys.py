@@ -11,10 +11,16 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+# cryptography is imported where a key is made: it costs some 20 ms of start-up, which a
+# cron-run `mirrorhook sync` with a shared secret would pay for nothing.
 
 PRIVATE_PREFIX = "whsk_"
 PUBLIC_PREFIX = "whpk_"
@@ -49,8 +55,12 @@ class PublicKey:
     __slots__ = ("_key", "raw")
 
     def __init__(self, raw: bytes) -> None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+            Ed25519PublicKey,
+        )
+
         try:
-            self._key = Ed25519PublicKey.from_public_bytes(raw)
+            self._key: Ed25519PublicKey = Ed25519PublicKey.from_public_bytes(raw)
         except ValueError:
             raise ValueError(f"public key must hold {KEY_BYTES} bytes, not {len(raw)}") from None
         self.raw = raw
@@ -62,6 +72,8 @@ class PublicKey:
 
     def verifies(self, signature: bytes, data: bytes) -> bool:
         """Whether ``signature`` is this key's signature of ``data``."""
+        from cryptography.exceptions import InvalidSignature  # noqa: PLC0415 - loaded already
+
         if len(signature) != SIGNATURE_BYTES:
             return False
         try:
@@ -114,8 +126,12 @@ class SigningKey:
     def __init__(self, seed: bytes) -> None:
         if len(seed) != KEY_BYTES:
             raise ValueError(f"private key must hold {KEY_BYTES} bytes, not {len(seed)}")
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+            Ed25519PrivateKey,
+        )
+
         self._seed = seed
-        self._key = Ed25519PrivateKey.from_private_bytes(seed)
+        self._key: Ed25519PrivateKey = Ed25519PrivateKey.from_private_bytes(seed)
 
     @classmethod
     def parse(cls, text: str) -> SigningKey:
@@ -125,15 +141,18 @@ class SigningKey:
     @classmethod
     def generate(cls) -> SigningKey:
         """A new random key (from the operating system's generator)."""
-        seed = Ed25519PrivateKey.generate().private_bytes_raw()
-        return cls(seed)
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
+            Ed25519PrivateKey,
+        )
+
+        return cls(Ed25519PrivateKey.generate().private_bytes_raw())
 
     def sign(self, data: bytes) -> bytes:
         return self._key.sign(data)
 
     def public(self) -> PublicKey:
         """The public key that verifies this key's signatures."""
-        return PublicKey(self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+        return PublicKey(self._key.public_key().public_bytes_raw())
 
     def text(self) -> str:
         """The key as its file holds it: ``whsk_`` + base64 of the seed (for ``keygen``)."""

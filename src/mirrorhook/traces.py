@@ -17,7 +17,6 @@ import asyncio
 import email.utils
 import errno
 import functools
-import importlib.metadata
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -108,9 +107,11 @@ def lastsync_text(sync: Sync) -> str:
 def _identity() -> tuple[str, str]:
     """This host's fully qualified name and mirrorhook's version; once per process: the
     name may take a DNS lookup."""
+    from importlib.metadata import PackageNotFoundError  # noqa: PLC0415 - when first needed
+
     try:
         version = mirrorhook.__version__
-    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+    except PackageNotFoundError:  # run from a checkout, not installed
         version = "unknown"
     return fqdn(), version
 
