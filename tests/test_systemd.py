@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,10 +48,13 @@ def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
         yield listener
 
 
-def receive_until(listener: socket.socket, field: str) -> list[str]:
-    """Collect datagrams until one holds ``field``; return every line seen."""
+def receive_until(listener: socket.socket, field: str, timeout: float = 15) -> list[str]:
+    """Collect datagrams until one holds ``field``; return every line seen. Bounded in time:
+    watchdog pings keep arriving, so a field that never comes must still end the wait."""
     seen: list[str] = []
+    deadline = time.monotonic() + timeout
     while field not in seen:
+        assert time.monotonic() < deadline, f"no {field} within {timeout:g} s: {seen[-5:]}"
         seen += listener.recv(4096).decode().splitlines()
     return seen
 
@@ -76,6 +81,16 @@ def test_serve_sends_ready_watchdog_and_stopping(
         pings = 0
         while pings < 3:
             pings += receive_until(notify_socket, "WATCHDOG=1").count("WATCHDOG=1")
+        # systemctl reload: RELOADING=1 with the monotonic clock, then READY=1 when done.
+        process.send_signal(signal.SIGHUP)
+        reloading = receive_until(notify_socket, "RELOADING=1")
+        assert any(line.startswith("MONOTONIC_USEC=") for line in reloading)
+        assert "READY=1" in receive_until(notify_socket, "READY=1")
+        config.write_text(config.read_text() + "unknown_key = 1\n")
+        process.send_signal(signal.SIGHUP)
+        receive_until(notify_socket, "RELOADING=1")
+        refused = receive_until(notify_socket, "READY=1")
+        assert "STATUS=reload refused, the running config stays (see the log)" in refused
         process.terminate()
         assert "STOPPING=1" in receive_until(notify_socket, "STOPPING=1")
         assert process.wait(30) == 0

@@ -1,4 +1,5 @@
-"""The systemd notification protocol (sd_notify(3)): READY, STOPPING, STATUS and WATCHDOG.
+"""The systemd notification protocol (sd_notify(3)): READY, RELOADING, STOPPING, STATUS and
+WATCHDOG.
 
 A datagram to the AF_UNIX socket named by ``$NOTIFY_SOCKET`` (``@`` = abstract namespace);
 a no-op when it is not set. A few lines, so no dependency.
@@ -10,6 +11,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,11 @@ class Notifier:
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}")
+
+    def reloading(self) -> None:
+        """A reload (SIGHUP) begins: ``systemctl reload`` waits for the next ``ready``."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading the configuration")
 
     def stopping(self) -> None:
         self.send("STOPPING=1", "STATUS=shutting down")

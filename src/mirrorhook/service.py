@@ -78,7 +78,8 @@ async def serve(config: Config) -> None:
         watchdog = asyncio.create_task(systemd.keep_alive())
         reloads = asyncio.create_task(
             supervisor.keep(
-                "reload", lambda: _reloads(config.path, reload_wanted, fleet, announcers)
+                "reload",
+                lambda: _reloads(config.path, reload_wanted, fleet, announcers, systemd),
             )
         )
         waiter = asyncio.create_task(stop.wait())
@@ -132,28 +133,44 @@ def _log_receivers(config: Config) -> None:
 
 
 async def _reloads(
-    path: Path, wanted: asyncio.Event, fleet: Fleet | None, announcers: Announcers | None
+    path: Path,
+    wanted: asyncio.Event,
+    fleet: Fleet | None,
+    announcers: Announcers | None,
+    systemd: Notifier,
 ) -> None:
     """Reload ``path`` at each SIGHUP (``systemctl reload mirrorhook``); a file that does not
-    load is refused with its problems in the log, and the running config stays."""
+    load is refused with its problems in the log, and the running config stays. systemd
+    hears RELOADING=1 at the start and READY=1 at the end, so that ``systemctl reload``
+    returns once the reload is done."""
     while True:
         await wanted.wait()
         wanted.clear()
         logger.info("received SIGHUP: reloading %s", path)
+        systemd.reloading()
         try:
             config = await asyncio.to_thread(load_config, path)
         except ConfigError as err:
             for problem in err.problems:
                 logger.error("reload refused, the running config stays: %s", problem)
+            systemd.ready("reload refused, the running config stays (see the log)")
             continue
-        if fleet is not None:
-            await fleet.reload(config)
-        elif config.receivers is not None:
-            logger.warning("reload: a new [receiver] section takes effect at the next restart")
-        if announcers is not None:
-            await announcers.reload(config)
-        elif config.publishers is not None:
-            logger.warning("reload: a new [publisher] section takes effect at the next restart")
+        try:
+            await _apply(config, fleet, announcers)
+        finally:
+            systemd.ready(_summary(config))
+
+
+async def _apply(config: Config, fleet: Fleet | None, announcers: Announcers | None) -> None:
+    """Apply a reloaded config to the running receivers and publishers."""
+    if fleet is not None:
+        await fleet.reload(config)
+    elif config.receivers is not None:
+        logger.warning("reload: a new [receiver] section takes effect at the next restart")
+    if announcers is not None:
+        await announcers.reload(config)
+    elif config.publishers is not None:
+        logger.warning("reload: a new [publisher] section takes effect at the next restart")
 
 
 async def start_web(
