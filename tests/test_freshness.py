@@ -292,6 +292,36 @@ async def test_the_same_marker_announced_again_does_not_restart_the_checks(
     assert requests == 2
 
 
+async def test_after_a_restart_the_checks_of_a_recent_publish_go_on(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """The publisher restarts 0.3 s after a publish it recorded: a mirror not yet serving it
+    is checked at start, then at the schedule's next time (1 s after the publish), not an
+    hour later — the same value announced again does not restart the schedule."""
+    config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a"])
+    serve_marker(trees["a"], "1")
+    before = Freshness(config)
+    before.published("2")  # recorded by the publisher that stopped
+    before.flush()  # as it does at shutdown
+    await asyncio.sleep(0.3)
+    freshness = Freshness(config)  # the restarted publisher's
+    async with aiohttp.ClientSession() as session:
+        checker = Checker(freshness, session, after_publish=(1.0, 600.0))
+        checker.published("2")  # its watcher announces the same marker
+        task = asyncio.create_task(checker.run())
+        async with asyncio.timeout(10):
+            while "last_check" not in freshness.mirrors["a"]:
+                await asyncio.sleep(0.02)
+        assert freshness.state("a") is State.SYNCING
+        serve_marker(trees["a"], "2")
+        async with asyncio.timeout(5):
+            while freshness.state("a") is not State.FRESH:
+                await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 async def test_freshness_is_exported_as_metrics(
     tmp_path: Path, aiohttp_server: ServerFactory
 ) -> None:

@@ -133,12 +133,13 @@ class Checker:
 
     async def _watch(self, mirror: MirrorConfig) -> None:
         woken = self._woken[mirror.name]
-        step = len(self._after_publish)  # no publish seen yet: the regular interval
-        await self.check(mirror)
+        state = await self.check(mirror)
+        # After a restart within a publish's schedule, it goes on where it stands.
+        step = self._step_after(state, 0)
         while True:
             if step < len(self._after_publish):
-                previous = self._after_publish[step - 1] if step else 0.0
-                delay = self._after_publish[step] - previous
+                since = self.freshness.since_publish() or 0.0
+                delay = max(0.0, self._after_publish[step] - since)
             else:
                 delay = self.freshness.config.check_interval
             try:
@@ -150,4 +151,13 @@ class Checker:
             except TimeoutError:
                 pass
             state = await self.check(mirror)
-            step = len(self._after_publish) if state is State.FRESH else step + 1
+            step = self._step_after(state, step + 1)
+
+    def _step_after(self, state: State, step: int) -> int:
+        """The next step of the schedule after a publish (its length: none, back to the
+        regular interval): none once fresh, and none left when its last time has passed."""
+        since = self.freshness.since_publish()
+        if state is State.FRESH or since is None:
+            return len(self._after_publish)
+        steps = range(step, len(self._after_publish))
+        return next((i for i in steps if self._after_publish[i] > since), len(self._after_publish))

@@ -86,6 +86,11 @@ class Freshness:
         self._save()
         return True
 
+    def since_publish(self) -> float | None:
+        """Seconds since the newest publish was seen (it may predate a restart); ``None``
+        before any."""
+        return None if self.published_at is None else self._clock() - self.published_at
+
     def observed(self, mirror: str, value: str | None, error: str | None) -> State:
         """Record one check of ``mirror``: what it serves, or why the check failed."""
         entry = self.mirrors.setdefault(mirror, {})
