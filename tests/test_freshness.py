@@ -4,10 +4,11 @@ read them, the states follow, and the mirror list hands out fresh mirrors only."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,25 @@ async def mirrors_config(
 
 def serve_marker(tree: Path, value: str) -> None:
     (tree / "CURRENT").write_text(value + "\n")
+
+
+async def until(condition: Callable[[], object], timeout: float = 10) -> None:
+    """Poll ``condition`` on the event loop until it holds; fail after ``timeout`` s."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running(checker: Checker) -> AsyncIterator[None]:
+    """The checker's own loop, for the block; stopped (cancelled) after it."""
+    task = asyncio.create_task(checker.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
 
 async def test_states_follow_what_each_mirror_serves(
@@ -244,16 +264,11 @@ async def test_checks_follow_the_schedule_after_a_publish(
     freshness = Freshness(config)
     async with aiohttp.ClientSession() as session:
         checker = Checker(freshness, session, after_publish=(0.2, 0.4))
-        task = asyncio.create_task(checker.run())
-        await asyncio.sleep(0.1)
-        serve_marker(trees["a"], "2")
-        checker.published("2")
-        async with asyncio.timeout(10):
-            while freshness.state("a") is not State.FRESH:
-                await asyncio.sleep(0.05)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        async with running(checker):
+            await asyncio.sleep(0.1)
+            serve_marker(trees["a"], "2")
+            checker.published("2")
+            await until(lambda: freshness.state("a") is State.FRESH)
 
 
 async def test_the_same_marker_announced_again_does_not_restart_the_checks(
@@ -278,48 +293,37 @@ async def test_the_same_marker_announced_again_does_not_restart_the_checks(
     async with aiohttp.ClientSession() as session:
         checker = Checker(freshness, session, after_publish=(0.1,))
         checker.published("2")
-        task = asyncio.create_task(checker.run())
-        async with asyncio.timeout(10):
-            while requests < 2:  # at start, then the schedule's step
-                await asyncio.sleep(0.02)
-        for _ in range(5):
-            checker.published("2")  # rescans: the same value
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.2)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        async with running(checker):
+            await until(lambda: requests >= 2)  # at start, then the schedule's step
+            for _ in range(5):
+                checker.published("2")  # rescans: the same value
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)
     assert requests == 2
 
 
 async def test_after_a_restart_the_checks_of_a_recent_publish_go_on(
     tmp_path: Path, aiohttp_server: ServerFactory
 ) -> None:
-    """The publisher restarts 0.3 s after a publish it recorded: a mirror not yet serving it
-    is checked at start, then at the schedule's next time (1 s after the publish), not an
-    hour later — the same value announced again does not restart the schedule."""
+    """The publisher restarts 5 s after a publish it recorded: a mirror not yet serving it
+    is checked at start, then at the schedule's next time (6 s after the publish: 1 s after
+    the restart), not an hour later, nor 6 s after the restart — the same value announced
+    again does not restart the schedule."""
     config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a"])
     serve_marker(trees["a"], "1")
-    before = Freshness(config)
-    before.published("2")  # recorded by the publisher that stopped
+    before = Freshness(config, clock=lambda: time.time() - 5)
+    before.published("2")  # recorded by the publisher that stopped, 5 s ago
     before.flush()  # as it does at shutdown
-    await asyncio.sleep(0.3)
     freshness = Freshness(config)  # the restarted publisher's
     async with aiohttp.ClientSession() as session:
-        checker = Checker(freshness, session, after_publish=(1.0, 600.0))
+        checker = Checker(freshness, session, after_publish=(6.0, 600.0))
         checker.published("2")  # its watcher announces the same marker
-        task = asyncio.create_task(checker.run())
-        async with asyncio.timeout(10):
-            while "last_check" not in freshness.mirrors["a"]:
-                await asyncio.sleep(0.02)
-        assert freshness.state("a") is State.SYNCING
-        serve_marker(trees["a"], "2")
-        async with asyncio.timeout(5):
-            while freshness.state("a") is not State.FRESH:
-                await asyncio.sleep(0.02)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        async with running(checker):
+            await until(lambda: "last_check" in freshness.mirrors["a"])
+            assert freshness.state("a") is State.SYNCING
+            serve_marker(trees["a"], "2")
+            # Counted from the restart, the next check would come 6 s later: past this.
+            await until(lambda: freshness.state("a") is State.FRESH, timeout=3.5)
 
 
 async def test_freshness_is_exported_as_metrics(
@@ -385,9 +389,9 @@ async def test_a_report_is_verified_and_what_the_mirror_serves_is_recorded(
         assert await post(report_body("a", "2"), signed(secrets["a"], report_body("a", "2"))) == 202
         liar = report_body("b", "2")
         assert await post(liar, signed(secrets["b"], liar)) == 202
-        async with asyncio.timeout(10):
-            while "last_check" not in freshness.mirrors["b"] or freshness.state("a") != "fresh":
-                await asyncio.sleep(0.02)
+        await until(
+            lambda: "last_check" in freshness.mirrors["b"] and freshness.state("a") == "fresh"
+        )
         assert freshness.state("a") is State.FRESH
         assert freshness.state("b") is State.SYNCING  # what it serves, not what it says
         forged = report_body("a", "2")
@@ -396,9 +400,7 @@ async def test_a_report_is_verified_and_what_the_mirror_serves_is_recorded(
         before = dict(freshness.mirrors["a"])
         unsigned = report_body("a", "lie")
         assert await post(unsigned, {"Content-Type": "application/json"}) == 202
-        async with asyncio.timeout(10):  # the hint's check
-            while freshness.mirrors["a"]["last_check"] == before["last_check"]:
-                await asyncio.sleep(0.02)
+        await until(lambda: freshness.mirrors["a"]["last_check"] != before["last_check"])  # hint
         assert freshness.mirrors["a"]["reported"] == before["reported"] == "2"
         assert freshness.mirrors["a"]["serving"] == "2"
         assert (

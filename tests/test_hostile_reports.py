@@ -5,6 +5,7 @@ mirror's own secret is ever recorded as it says."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -16,12 +17,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from mirrorhook import reports, signing
+from mirrorhook import marker, reports, signing
 from mirrorhook.checker import Checker
 from mirrorhook.config import load_config
+from mirrorhook.errors import MarkerError
 from mirrorhook.freshness import Freshness
 from mirrorhook.message import REPORT_PATH, REPORT_TYPE
 from mirrorhook.publisher_config import PublisherHost
@@ -34,6 +36,8 @@ JSON = st.recursive(
     ),
     max_leaves=8,
 )
+MARKERS = st.from_regex(r"\s?[0-9A-Za-z.:-]{1,20}\s?", fullmatch=True)
+"""Values a marker may have (with the blanks a marker file's line may carry)."""
 HEADER_TEXT = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60)
 
 
@@ -109,11 +113,13 @@ def test_random_reports_never_fail_and_are_never_recorded(
 @given(
     data=st.fixed_dictionaries(
         {"mirror": st.sampled_from(["plain", "other"]), "result": st.sampled_from(["synced", "x"])},
-        optional={"current": JSON, "repo": JSON, "error": JSON},
+        optional={"current": MARKERS | JSON, "repo": JSON, "error": JSON},
     ),
     signer=st.sampled_from(["right", "wrong", "none"]),
     offset=st.integers(min_value=-600, max_value=600),
 )
+@example(data={"mirror": "plain", "result": "synced", "current": " 42 "}, signer="right", offset=0)
+@example(data={"mirror": "plain", "result": "synced", "current": "a\nb"}, signer="right", offset=0)
 def test_only_a_report_signed_with_the_mirrors_secret_is_recorded(
     desk: Desk, data: dict[str, Any], signer: str, offset: int
 ) -> None:
@@ -132,10 +138,13 @@ def test_only_a_report_signed_with_the_mirrors_secret_is_recorded(
     if recorded:
         assert signer == "right"
         assert data["mirror"] == "plain"
-        entry = desk.freshness.mirrors["plain"]
-        if entry.get("serving") is not None:  # recorded as synced: a valid claimed marker
-            assert data["result"] == "synced"
-            assert entry["serving"] == data["current"].strip()
+        claimed = data.get("current")
+        expected = None  # a failure, or a claim that is no marker: nothing served recorded
+        if data["result"] == "synced" and isinstance(claimed, str):
+            with contextlib.suppress(MarkerError):
+                expected = marker.value_of(claimed.encode(), "the claim") or None
+        assert desk.freshness.mirrors["plain"].get("serving") == expected
+        event("recorded as synced" if expected else "recorded as failed")
     # (One tree: data.repo, when a string, is not needed to find the mirror.)
     elif genuine and data["mirror"] == "plain" and isinstance(data.get("repo"), str | None):
         raise AssertionError(f"a genuine report was not recorded ({status})")

@@ -26,7 +26,14 @@ from mirrorhook.signing import (
     signed_headers,
     verify,
 )
-from tests.helpers import key_pair, mirrorhook, publisher_toml, receiver_toml, write_secret
+from tests.helpers import (
+    fifo_released_after,
+    key_pair,
+    mirrorhook,
+    publisher_toml,
+    receiver_toml,
+    write_secret,
+)
 
 NOW = 1_700_000_000
 MSG_ID = "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"
@@ -303,8 +310,10 @@ def test_a_key_file_that_is_a_fifo_or_huge_is_refused_at_once(tmp_path: Path) ->
     os.mkfifo(fifo)
     path = receiver_toml(tmp_path, upstream="rsync://h/m/")
     path.write_text(path.read_text() + f'public_key_file = "{fifo}"\n')
-    with pytest.raises(ConfigError, match="is not a regular file"):
-        load_config(path)
+    with fifo_released_after(fifo, 5) as released, pytest.raises(ConfigError) as caught:
+        load_config(path)  # a blocking open would be released (and fail below), not hang
+    assert "is not a regular file" in str(caught.value)
+    assert not released.is_set()
     fifo.unlink()
     fifo.write_text(f"{KEY.public()}\n" + "#" * 5000)
     with pytest.raises(ConfigError, match="is larger than 4096 bytes: not a key file"):

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from mirrorhook import signing
+from mirrorhook.freshness import AFTER_PUBLISH
 from tests.helpers import (
     Processes,
     StaticWeb,
@@ -626,6 +627,9 @@ def test_a_mirror_reports_its_sync_and_the_publisher_sees_it_fresh(
         wait_until(lambda: state_at_publisher() == "fresh 1", what="fresh at marker 1")
         publish(root, "2")
         wait_until(lambda: state_at_publisher() == "fresh 2", what="fresh at marker 2")
+        with urllib.request.urlopen(f"http://127.0.0.1:{listen}/v1/mirrors") as page:
+            lag = json.loads(page.read())["mirrors"][0]["lag"]
+        assert lag < AFTER_PUBLISH[0]  # the report's check, not the one scheduled after 5 s
         assert "report from m: synced ('2')" in processes.log("publisher")
         recorded = json.loads((tmp_path / "rstate" / "receiver.json").read_text())
         assert recorded["report"] == {

@@ -135,7 +135,7 @@ class Announcers:
             async with asyncio.TaskGroup() as group:
                 group.create_task(publisher.run(), name=f"{prefix}publisher")
                 group.create_task(self._supervisor.keep(f"{prefix}watcher", watcher.run))
-                if any(mirror.check_url for mirror in tree.mirrors):
+                if checker.mirrors:
                     group.create_task(self._supervisor.keep(f"{prefix}checks", checker.run))
         finally:
             checker.freshness.flush()  # what the last second of checks found

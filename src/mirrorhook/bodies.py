@@ -27,7 +27,10 @@ def content_type(request: web.Request) -> str:
 
 async def read_body(request: web.Request, limit: int, deadline: float) -> bytes:
     """Read the whole body, however it is split on the wire; raise ``TooLargeError`` beyond
-    ``limit`` bytes and ``TimeoutError`` after ``deadline`` seconds."""
+    ``limit`` bytes (at once when Content-Length says so) and ``TimeoutError`` after
+    ``deadline`` seconds."""
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLargeError
     chunks: list[bytes] = []
     size = 0
     async with asyncio.timeout(deadline):

@@ -92,15 +92,14 @@ class Checker:
         session: aiohttp.ClientSession,
         *,
         after_publish: tuple[float, ...] = AFTER_PUBLISH,
-        slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.freshness = freshness
+        self.mirrors = tuple(mirror for mirror in freshness.config.mirrors if mirror.check_url)
+        """The mirrors there is something to check of: those with a ``check_url``."""
         self._session = session
         self._after_publish = after_publish
-        self._slots = slots or asyncio.Semaphore(CHECK_CONCURRENCY)
-        self._woken: dict[str, asyncio.Event] = {
-            mirror.name: asyncio.Event() for mirror in freshness.config.mirrors if mirror.check_url
-        }
+        self._slots = asyncio.Semaphore(CHECK_CONCURRENCY)
+        self._woken = {mirror.name: asyncio.Event() for mirror in self.mirrors}
 
     def published(self, value: str) -> None:
         """A new marker starts each mirror's schedule of checks after a publish; the same
@@ -112,9 +111,8 @@ class Checker:
 
     async def run(self) -> None:
         """Check every mirror on its schedule until cancelled."""
-        mirrors = [m for m in self.freshness.config.mirrors if m.check_url]
         async with asyncio.TaskGroup() as group:
-            for mirror in mirrors:
+            for mirror in self.mirrors:
                 group.create_task(self._watch(mirror), name=f"check {mirror.name}")
 
     async def check(self, mirror: MirrorConfig) -> State:

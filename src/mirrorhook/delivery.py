@@ -30,8 +30,8 @@ import aiohttp
 import mirrorhook
 from mirrorhook import signing
 from mirrorhook.errors import DeliveryError, DeliveryKind
-from mirrorhook.message import Update
-from mirrorhook.publisher_config import MirrorConfig
+from mirrorhook.message import REPORT_PATH, Update, new_update
+from mirrorhook.publisher_config import MirrorConfig, PublisherConfig
 
 SLOT_HOLD = 1.0
 """Seconds at most that one attempt holds one of the ``concurrency`` slots."""
@@ -55,6 +55,21 @@ class Message:
     @classmethod
     def of(cls, update: Update) -> Message:
         return cls(update=update, body=update.encode())
+
+    @classmethod
+    def announcing(cls, config: PublisherConfig, value: str, now: float) -> Message:
+        """The announcement of marker ``value`` of ``config``'s tree (``serve`` and
+        ``notify`` alike): asking for reports at ``public_url`` when the publisher has one."""
+        public = config.public_url
+        update = new_update(
+            config.marker,
+            value,
+            config.name,
+            now,
+            repo=config.repo,
+            report_url=None if public is None else public.rstrip("/") + REPORT_PATH,
+        )
+        return cls.of(update)
 
     def body_for(self, mirror: str) -> bytes:
         """The body ``mirror`` gets: with its own name in it when reports are asked for."""

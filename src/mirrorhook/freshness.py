@@ -22,7 +22,7 @@ from typing import Any
 
 from mirrorhook.metrics import DeliveryMetrics, NoMetrics
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig
-from mirrorhook.state import iso_time, read_json, write_json
+from mirrorhook.state import iso_time, read_json, text_or_none, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Freshness:
         self._metrics = metrics or NoMetrics()
         self.path = freshness_path(config)
         recorded = read_json(self.path)
-        self.newest: str | None = _text(recorded.get("newest"))
+        self.newest: str | None = text_or_none(recorded.get("newest"))
         published = recorded.get("published_at")
         self.published_at = float(published) if isinstance(published, int | float) else None
         mirrors = recorded.get("mirrors")
@@ -183,7 +183,3 @@ class Freshness:
             return
         if self._save_soon is None:
             self._save_soon = loop.call_later(SAVE_DELAY, self.flush)
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None

@@ -42,13 +42,6 @@ def decode_prefixed(text: str, prefix: str, what: str) -> bytes:
         raise ValueError(f"{what} is not valid base64 after {prefix!r}") from None
 
 
-def _decode(text: str, prefix: str, what: str) -> bytes:
-    raw = decode_prefixed(text, prefix, what)
-    if len(raw) != KEY_BYTES:
-        raise ValueError(f"{what} must hold {KEY_BYTES} bytes, not {len(raw)}")
-    return raw
-
-
 class PublicKey:
     """An Ed25519 public key: verifies ``v1a`` signatures."""
 
@@ -68,7 +61,7 @@ class PublicKey:
     @classmethod
     def parse(cls, text: str) -> PublicKey:
         """Parse ``whpk_<base64>``; raise ``ValueError`` saying what is wrong."""
-        return cls(_decode(text, PUBLIC_PREFIX, "public key"))
+        return cls(decode_prefixed(text, PUBLIC_PREFIX, "public key"))
 
     def verifies(self, signature: bytes, data: bytes) -> bool:
         """Whether ``signature`` is this key's signature of ``data``."""
@@ -136,7 +129,7 @@ class SigningKey:
     @classmethod
     def parse(cls, text: str) -> SigningKey:
         """Parse ``whsk_<base64 of the seed>``; raise ``ValueError`` saying what is wrong."""
-        return cls(_decode(text, PRIVATE_PREFIX, "private key"))
+        return cls(decode_prefixed(text, PRIVATE_PREFIX, "private key"))
 
     @classmethod
     def generate(cls) -> SigningKey:

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from mirrorhook import marker
 from mirrorhook.delivery import Courier, Message
 from mirrorhook.errors import MirrorhookError
-from mirrorhook.message import REPORT_PATH, new_update
 from mirrorhook.publisher import Outcome, deliver
 from mirrorhook.publisher_config import PublisherConfig
 from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
@@ -42,11 +41,7 @@ async def notify(
             f"no marker to announce: {config.root / config.marker} is missing or empty"
         )
     hooked = [mirror for mirror in config.mirrors if mirror.url]  # cron mirrors get none
-    report = None if config.public_url is None else config.public_url.rstrip("/") + REPORT_PATH
-    update = new_update(
-        config.marker, value, config.name, clock(), repo=config.repo, report_url=report
-    )
-    message = Message.of(update)
+    message = Message.announcing(config, value, clock())
     record = DeliveryLog(publisher_state_path(config))
     async with Courier(timeout=config.timeout, concurrency=config.concurrency) as courier:
         results = await asyncio.gather(

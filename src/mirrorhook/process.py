@@ -81,7 +81,7 @@ async def run(
                 group.create_task(_collect(child.stdout, stdout, name))
                 returncode = await child.wait()
     except BaseException:
-        await _stop(child, term_grace)
+        await _stop(child, term_grace, name)
         raise
     return Completed(returncode, tuple(stderr), tuple(stdout))
 
@@ -105,7 +105,7 @@ async def _collect(stream: asyncio.StreamReader | None, tail: deque[str], name: 
         tail.append(partial)
 
 
-async def _stop(child: asyncio.subprocess.Process, grace: float) -> None:
+async def _stop(child: asyncio.subprocess.Process, grace: float, name: str) -> None:
     """Terminate the child's process group: TERM, a grace period, then KILL; reap the
     child and drain its pipes (so that nothing of it is left open)."""
     if child.returncode is None:
@@ -114,7 +114,9 @@ async def _stop(child: asyncio.subprocess.Process, grace: float) -> None:
             async with asyncio.timeout(grace):
                 await asyncio.shield(child.wait())
         except TimeoutError:
-            logger.warning("%s did not exit %g s after SIGTERM: killing it", child.pid, grace)
+            logger.warning(
+                "%s (pid %d) did not exit %g s after SIGTERM: killing it", name, child.pid, grace
+            )
     _signal_group(child.pid, signal.SIGKILL)  # and any child it may have left behind
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(grace):

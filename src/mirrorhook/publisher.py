@@ -22,12 +22,11 @@ from tenacity import RetryCallState
 
 from mirrorhook.delivery import Courier, Message, Receipt
 from mirrorhook.errors import DeliveryError, DeliveryKind
-from mirrorhook.message import REPORT_PATH, new_update
 from mirrorhook.metrics import DeliveryMetrics, NoMetrics
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig
 from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
 from mirrorhook.retry import Backoff, Sleep, retrying
-from mirrorhook.state import iso_time
+from mirrorhook.state import iso_time, text_or_none
 from mirrorhook.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -319,8 +318,8 @@ class Publisher:
         recorded = self.record.mirrors()
         for worker in self.workers:
             entry = recorded.get(worker.mirror.name, {})
-            worker.delivered = _text(entry.get("delivered"))
-            worker.gone = _text(entry.get("gone"))
+            worker.delivered = text_or_none(entry.get("delivered"))
+            worker.gone = text_or_none(entry.get("gone"))
         metrics.watch_pending(
             lambda: sum(not worker.settled(self.current or "") for worker in self.workers)
         )
@@ -334,16 +333,7 @@ class Publisher:
         if not value or value == self.current:
             return
         self.current = value
-        report = self.config.public_url
-        update = new_update(
-            self.config.marker,
-            value,
-            self.config.name,
-            self._clock(),
-            repo=self.config.repo,
-            report_url=None if report is None else report.rstrip("/") + REPORT_PATH,
-        )
-        message = Message.of(update)
+        message = Message.announcing(self.config, value, self._clock())
         behind = sum(not worker.settled(value) for worker in self.workers)
         logger.info("marker %r: announcing to %d of %d mirrors", value, behind, len(self.workers))
         for worker in self.workers:
@@ -359,7 +349,3 @@ class Publisher:
             for worker in self.workers:
                 name = f"delivery{tree} to {worker.mirror.name}"
                 group.create_task(keep(name, worker.run), name=name)
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None

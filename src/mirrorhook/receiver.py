@@ -135,10 +135,7 @@ async def handle_hook(request: web.Request) -> web.Response:
     if receiver is None:
         names = ", ".join(f"{HOOK_PATH}/{known}" for known in request.app[RECEIVERS])
         reason = f"no repository {name!r} on this mirror (its hooks: {names})"
-        if (held := request.app[UNKNOWN].due()) is not None:
-            peer = request.remote or "unix socket"
-            more = f" ({held} more refused so since the last such line)" if held else ""
-            logger.warning("webhook from %s refused (404): %s%s", peer, reason, more)
+        request.app[UNKNOWN].refused("webhook", request.remote or "unix socket", 404, reason)
         return web.json_response({"error": reason}, status=404)
     if not receiver.config.enabled:
         logger.debug("webhook for %s: the repository is disabled, nothing scheduled", name)
@@ -157,10 +154,6 @@ async def _hook(request: web.Request, receiver: Receiver) -> tuple[str, web.Resp
             receiver, "bad_content_type", 415, "content type must be application/json", peer
         )
     limit = receiver.config.max_body
-    if request.content_length is not None and request.content_length > limit:
-        return _refuse(
-            receiver, "too_large", 413, f"body larger than {limit} bytes", peer, close=True
-        )
     try:
         body = await read_body(request, limit, receiver.read_deadline)
         connections.body_read(request)
@@ -247,10 +240,9 @@ def _refuse(
     *,
     close: bool = False,
 ) -> tuple[str, web.Response]:
-    throttle = receiver.refusals.setdefault(outcome, Throttle(WARNING_PERIOD))
-    if (held := throttle.due()) is not None:
-        more = f" ({held} more refused so since the last such line)" if held else ""
-        logger.warning("webhook from %s refused (%d): %s%s", peer, status, reason, more)
+    if (throttle := receiver.refusals.get(outcome)) is None:
+        throttle = receiver.refusals[outcome] = Throttle(WARNING_PERIOD)
+    throttle.refused("webhook", peer, status, reason)
     response = web.json_response({"error": reason}, status=status)
     if close:
         # The rest of the body is not read: the connection cannot be reused.

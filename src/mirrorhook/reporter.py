@@ -24,7 +24,7 @@ from mirrorhook.log import TreeLog
 from mirrorhook.message import REPORT_TYPE
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.retry import Backoff, retrying
-from mirrorhook.state import read_json, update_json
+from mirrorhook.state import read_json, text_or_none, update_json
 from mirrorhook.syncer import receiver_state_path
 
 logger = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ class Reporter:
         self._log = TreeLog(logger, config.name)
         recorded = read_json(receiver_state_path(config)).get("report")
         recorded = recorded if isinstance(recorded, dict) else {}
-        self.url = recorded.get("url") if isinstance(recorded.get("url"), str) else None
-        self.mirror = recorded.get("mirror") if isinstance(recorded.get("mirror"), str) else None
+        self.url = text_or_none(recorded.get("url"))
+        self.mirror = text_or_none(recorded.get("mirror"))
         self._sending: set[asyncio.Task[None]] = set()
 
     def remember(self, url: str | None, mirror: str | None) -> None:

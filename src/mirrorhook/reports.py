@@ -91,9 +91,7 @@ class ReportDesk:
         return web.json_response({"status": "checking"}, status=202)
 
     def refused(self, peer: str, status: int, reason: str) -> web.Response:
-        if (held := self._refusals.due()) is not None:
-            more = f" ({held} more refused so since the last such line)" if held else ""
-            logger.warning("report from %s refused (%d): %s%s", peer, status, reason, more)
+        self._refusals.refused("report", peer, status, reason)
         return web.json_response({"error": reason}, status=status)
 
 
@@ -112,8 +110,6 @@ async def handle_report(request: web.Request) -> web.Response:  # noqa: PLR0911 
     peer = request.remote or "unix socket"
     if content_type(request) != "application/json":
         return desk.refused(peer, 415, "content type must be application/json")
-    if request.content_length is not None and request.content_length > MAX_REPORT:
-        return desk.refused(peer, 413, f"body larger than {MAX_REPORT} bytes")
     try:
         body = await read_body(request, MAX_REPORT, READ_DEADLINE)
     except TooLargeError:

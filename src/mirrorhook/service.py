@@ -42,7 +42,8 @@ SHUTDOWN_GRACE = 5.0
 
 
 async def serve(config: Config) -> None:
-    """Run every role of ``config`` until SIGTERM or SIGINT (or a role fails)."""
+    """Run every role of ``config`` until SIGTERM or SIGINT (every task is supervised:
+    one that fails is restarted, see ``supervisor.py``)."""
     _raise_open_files_limit()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -60,7 +61,6 @@ async def serve(config: Config) -> None:
     announcers: Announcers | None = None
     loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
     async with contextlib.AsyncExitStack() as stack:
-        roles: list[asyncio.Task[None]] = []
         app, listen, desk = _app(config, fleet, common)
         if listen:
             stack.push_async_callback((await start_web(app, listen)).cleanup)
@@ -82,17 +82,13 @@ async def serve(config: Config) -> None:
                 lambda: _reloads(config.path, reload_wanted, fleet, announcers, systemd),
             )
         )
-        waiter = asyncio.create_task(stop.wait())
         try:
-            await asyncio.wait([waiter, *roles], return_when=asyncio.FIRST_COMPLETED)
+            await stop.wait()
         finally:
             systemd.stopping()
-            for task in (waiter, watchdog, reloads, *roles):
+            for task in (watchdog, reloads):
                 task.cancel("shutting down")
-            await asyncio.gather(waiter, watchdog, reloads, *roles, return_exceptions=True)
-        for role in roles:
-            if role.done() and not role.cancelled() and (error := role.exception()):
-                raise _first_leaf(error)
+            await asyncio.gather(watchdog, reloads, return_exceptions=True)
         logger.info("shutting down")
     logger.info("stopped")
 
@@ -218,13 +214,6 @@ def _raise_open_files_limit() -> None:
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         logger.debug("open files limit raised from %d to %d", soft, hard)
-
-
-def _first_leaf(error: BaseException) -> BaseException:
-    """The first error inside nested exception groups (a TaskGroup wraps what failed)."""
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
 
 
 def _stopper(stop: asyncio.Event, sig: signal.Signals) -> Callable[[], None]:

@@ -83,6 +83,11 @@ def update_json(
         os.close(fd)
 
 
+def text_or_none(value: object) -> str | None:
+    """A string read from a state file, or ``None`` when it holds something else."""
+    return value if isinstance(value, str) else None
+
+
 def read_json(path: Path) -> dict[str, Any]:
     """Return the JSON object in ``path``, or ``{}`` when it does not exist or is unreadable."""
     try:

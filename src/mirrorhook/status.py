@@ -14,7 +14,7 @@ from mirrorhook.escape import printable
 from mirrorhook.freshness import Freshness
 from mirrorhook.publisher_config import PublisherConfig
 from mirrorhook.receiver_config import ReceiverConfig
-from mirrorhook.record import DeliveryResult, publisher_state_path
+from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
 from mirrorhook.state import iso_time, read_json, update_json
 from mirrorhook.syncer import SyncResult, receiver_state_path
 from mirrorhook.table import colour_of, format_table, paint
@@ -74,13 +74,11 @@ def receiver_status(config: ReceiverConfig) -> dict[str, Any]:
 
 def publisher_status(config: PublisherConfig) -> dict[str, Any]:
     """Return the publisher's record: the current marker and one entry per mirror."""
-    recorded = read_json(publisher_state_path(config)).get("mirrors")
-    recorded = recorded if isinstance(recorded, dict) else {}
+    recorded = DeliveryLog(publisher_state_path(config)).mirrors()
     seen = {row["name"]: row for row in Freshness(config).rows()}
     mirrors = []
     for mirror in config.mirrors:
-        entry = recorded.get(mirror.name)
-        entry = entry if isinstance(entry, dict) else {}
+        entry = recorded.get(mirror.name, {})
         mirrors.append(
             {
                 "name": mirror.name,

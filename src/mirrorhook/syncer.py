@@ -162,6 +162,8 @@ class Syncer:
             return True
         self._finish(trigger, started, SyncResult.UP_TO_DATE, marker_value=upstream.value)
         self._log.info("already up to date with upstream marker %r", upstream.value)
+        if not (self.config.trace or self.config.lastsync):
+            return False
         # The trace files say the tree is complete: only while no sync runs (this check
         # holds no lock; a daemon's sync may be transferring, and will write them itself).
         with contextlib.suppress(LockedError), lock.hold(self.config.state_dir):

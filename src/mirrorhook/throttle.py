@@ -45,6 +45,13 @@ class Throttle:
         self._next = now + self._period
         return held
 
+    def refused(self, what: str, peer: str, status: int, reason: str) -> None:
+        """Log one refused request (``what``: "webhook", "report") at most once per period,
+        saying how many more were refused since the last such line."""
+        if (held := self.due()) is not None:
+            more = f" ({held} more refused so since the last such line)" if held else ""
+            logger.warning("%s from %s refused (%d): %s%s", what, peer, status, reason, more)
+
 
 class AcceptErrorLog:
     """An event-loop exception handler that logs asyncio's ``accept()`` failures (see
