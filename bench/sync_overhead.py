@@ -53,6 +53,7 @@ def daemon_sync(port: int, secret: Secret | None, value: str, state: Path, mirro
         assert time.monotonic() < deadline, "the daemon's sync did not finish"
         time.sleep(0.005)
     while (last := read_json(state).get("last_sync", {})).get("marker") != value:
+        assert time.monotonic() < deadline, "the daemon's sync was not recorded"
         time.sleep(0.005)
     return float(last["duration"])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -54,6 +55,14 @@ def wait_until(condition: Callable[[], object], what: str = "it", timeout: float
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+async def until(condition: Callable[[], object], timeout: float = 10, step: float = 0.01) -> None:
+    """Poll ``condition`` on the event loop until it holds; fail (TimeoutError) after
+    ``timeout`` seconds: the async twin of ``wait_until``."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(step)
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:

@@ -267,9 +267,12 @@ async def test_accept_failing_for_lack_of_descriptors_is_logged_once(
             await asyncio.sleep(2.5)  # two retries by asyncio
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        await asyncio.sleep(1.5)  # the next retry accepts them all
         assert runner.server is not None
-        served = len(runner.server.connections)
+        server = runner.server
+        async with asyncio.timeout(10):  # the next retry (within a second) accepts them all
+            while len(server.connections) < 40:
+                await asyncio.sleep(0.05)
+        served = len(server.connections)
         for client in clients:
             client.close()
     failures = [r for r in caplog.records if "accept" in r.getMessage()]

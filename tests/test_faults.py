@@ -133,8 +133,10 @@ def fill(folder: Path) -> Path:
     filler = folder / "filler"
     fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
     error: OSError | None = None
+    space = os.statvfs(folder)
+    blocks = space.f_bavail * space.f_frsize // 4096 + 1024  # bounded: the free space, and some
     try:
-        while True:
+        for _ in range(blocks):
             os.write(fd, b"x" * 4096)
     except OSError as err:
         error = err

@@ -22,7 +22,7 @@ from mirrorhook.checker import Checker, CheckError, serving
 from mirrorhook.config import load_config
 from mirrorhook.freshness import Freshness, State
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
-from tests.helpers import LiveUpstream, publisher_toml, write_secret
+from tests.helpers import LiveUpstream, publisher_toml, until, write_secret
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
@@ -63,13 +63,6 @@ async def mirrors_config(
 
 def serve_marker(tree: Path, value: str) -> None:
     (tree / "CURRENT").write_text(value + "\n")
-
-
-async def until(condition: Callable[[], object], timeout: float = 10) -> None:
-    """Poll ``condition`` on the event loop until it holds; fail after ``timeout`` s."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager

@@ -32,7 +32,7 @@ from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
 from mirrorhook.retry import Backoff
 from mirrorhook.status import host_status
 from mirrorhook.watcher import MarkerWatcher
-from tests.helpers import mirror_secret, publish, publisher_toml
+from tests.helpers import mirror_secret, publish, publisher_toml, until
 from tests.mirrors import HookMirror, always, hang
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
@@ -278,12 +278,6 @@ async def fan_out(
     return load(publisher_toml(tmp_path, root=root, mirrors=urls, **overrides)), mirrors
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
 async def test_hanging_mirrors_do_not_delay_the_others(
     tmp_path: Path, aiohttp_server: ServerFactory
 ) -> None:
@@ -298,9 +292,9 @@ async def test_hanging_mirrors_do_not_delay_the_others(
         publisher = Publisher(config, courier, backoff=FAST)
         task = asyncio.create_task(publisher.run())
         publisher.publish("7")
-        await wait_for(lambda: all(m.received for m in mirrors.values()))
+        await until(lambda: all(m.received for m in mirrors.values()))
         first_hang = min(mirrors[f"hangs{i}"].received[0].at for i in range(4))
-        await wait_for(lambda: all(mirrors[f"ok{i}"].values() == ["7"] for i in range(5)))
+        await until(lambda: all(mirrors[f"ok{i}"].values() == ["7"] for i in range(5)))
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -322,12 +316,12 @@ async def test_newest_marker_wins_over_one_still_retrying(
         publisher = Publisher(config, courier, backoff=FAST)
         task = asyncio.create_task(publisher.run())
         publisher.publish("1")
-        await wait_for(lambda: len(mirrors["m"].received) >= 2)
+        await until(lambda: len(mirrors["m"].received) >= 2)
         publisher.publish("2")
-        await wait_for(lambda: mirrors["m"].values()[-1:] == ["2"])
+        await until(lambda: mirrors["m"].values()[-1:] == ["2"])
         seen = len(mirrors["m"].received)
         down = False
-        await wait_for(lambda: publisher.workers[0].delivered == "2")
+        await until(lambda: publisher.workers[0].delivered == "2")
         await asyncio.sleep(0.2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -352,7 +346,7 @@ async def test_restart_redelivers_only_what_was_not_acknowledged(
         first = Publisher(config, courier, backoff=FAST)
         task = asyncio.create_task(first.run())
         first.publish("1")
-        await wait_for(
+        await until(
             lambda: first.workers[0].delivered == "1" and len(mirrors["down"].received) >= 2
         )
         task.cancel()
@@ -364,7 +358,7 @@ async def test_restart_redelivers_only_what_was_not_acknowledged(
         second = Publisher(config, courier, backoff=FAST)
         task = asyncio.create_task(second.run())
         second.publish("1")
-        await wait_for(lambda: second.workers[1].delivered == "1")
+        await until(lambda: second.workers[1].delivered == "1")
         await asyncio.sleep(0.2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -402,7 +396,7 @@ async def test_a_record_of_the_wrong_shape_is_replaced_not_trusted(
         publisher = Publisher(config, courier, backoff=FAST)
         task = asyncio.create_task(publisher.run())
         publisher.publish("1")
-        await wait_for(lambda: publisher.workers[0].delivered == "1")
+        await until(lambda: publisher.workers[0].delivered == "1")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -484,10 +478,10 @@ async def test_going_back_to_an_acknowledged_marker_stops_the_newer_ones_retries
         publisher = Publisher(config, courier, backoff=FAST)
         task = await run_publisher(publisher)
         publisher.publish("A")
-        await wait_for(lambda: publisher.workers[0].delivered == "A")
+        await until(lambda: publisher.workers[0].delivered == "A")
         failing = True
         publisher.publish("B")
-        await wait_for(lambda: mirrors["m"].values().count("B") >= 2)
+        await until(lambda: mirrors["m"].values().count("B") >= 2)
         publisher.publish("A")
         await asyncio.sleep(0.1)
         requests = len(mirrors["m"].received)
@@ -558,7 +552,7 @@ async def test_mirrors_stuck_in_the_tls_handshake_do_not_starve_the_others(
             task = await run_publisher(publisher)
             published = time.monotonic()
             publisher.publish("7")
-            await wait_for(lambda: all(m.values() == ["7"] for m in mirrors.values()))
+            await until(lambda: all(m.values() == ["7"] for m in mirrors.values()))
             latest = max(m.received[0].at for m in mirrors.values())
             await stop(task)
     assert len(accepted) >= 2, "the stuck mirrors were contacted first"
@@ -602,10 +596,10 @@ async def test_every_way_of_publishing_gives_one_webhook_per_value_per_mirror(
         publisher = Publisher(config, courier, backoff=FAST)
         watcher = MarkerWatcher(config.root, "CURRENT", publisher.publish, polling=polling)
         tasks = [await run_publisher(publisher), asyncio.create_task(watcher.run())]
-        await wait_for(lambda: all(m.values() == ["1"] for m in mirrors.values()))
+        await until(lambda: all(m.values() == ["1"] for m in mirrors.values()))
         for value, act in steps:
             act()
-            await wait_for(lambda: all(m.values()[-1:] == [value] for m in mirrors.values()))  # noqa: B023
+            await until(lambda: all(m.values()[-1:] == [value] for m in mirrors.values()))  # noqa: B023
         await asyncio.sleep(0.3)
         for task in tasks:
             await stop(task)
@@ -626,8 +620,8 @@ async def test_delivery_metrics(tmp_path: Path, aiohttp_server: ServerFactory) -
         publisher = Publisher(config, courier, backoff=FAST, metrics=metrics.tree(None))
         task = await run_publisher(publisher)
         publisher.publish("9")
-        await wait_for(lambda: mirrors["flaky"].values() == ["9", "9"])
-        await wait_for(lambda: publisher.workers[1].delivered == "9")
+        await until(lambda: mirrors["flaky"].values() == ["9", "9"])
+        await until(lambda: publisher.workers[1].delivered == "9")
         text = metrics.render().decode()
         await stop(task)
     lines = set(text.splitlines())
@@ -670,16 +664,16 @@ async def test_symlinked_marker_sends_nothing_and_shows_the_secret_nowhere(
         publisher = Publisher(config, courier, backoff=FAST)
         watcher = MarkerWatcher(config.root, "CURRENT", publisher.publish)
         tasks = [await run_publisher(publisher), asyncio.create_task(watcher.run())]
-        await wait_for(lambda: all(m.values() == ["1"] for m in mirrors.values()))
+        await until(lambda: all(m.values() == ["1"] for m in mirrors.values()))
         planted = config.root / ".CURRENT.planted"
         planted.symlink_to(secret_file)
         planted.replace(config.root / "CURRENT")
-        await wait_for(lambda: any("symbolic link" in r.getMessage() for r in caplog.records))
+        await until(lambda: any("symbolic link" in r.getMessage() for r in caplog.records))
         async with status.get("/v1/status") as response:
             text = await response.text()
             document = (await response.json())["publisher"]
         publish(config.root, "2")  # the sentinel: events are handled in order
-        await wait_for(lambda: all(m.values() == ["1", "2"] for m in mirrors.values()))
+        await until(lambda: all(m.values() == ["1", "2"] for m in mirrors.values()))
         for task in tasks:
             await stop(task)
     assert document["current_marker"] is None

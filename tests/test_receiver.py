@@ -26,6 +26,7 @@ from tests.helpers import (
     signed_webhook,
     tree_invocations,
     trees_equal,
+    until,
 )
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
@@ -64,9 +65,10 @@ def assert_nothing_scheduled(receiver: Receiver) -> None:
 
 
 async def wait_until_synced(receiver: Receiver, marker: str) -> None:
-    async with asyncio.timeout(30):
-        while receiver.syncer.local_marker() != marker or receiver.scheduler.phase != "idle":
-            await asyncio.sleep(0.02)
+    await until(
+        lambda: receiver.syncer.local_marker() == marker and receiver.scheduler.phase == "idle",
+        30,
+    )
 
 
 async def test_valid_webhook_syncs_the_mirror(
@@ -115,9 +117,7 @@ async def test_webhooks_during_a_sync_produce_one_follow_up(
     publish(daemon.root, "2", {"dir0/two.rpm": "two\n"})
     status, _ = await post(client, *signed_webhook(receiver.config.secret, "2"))
     assert status == 202
-    async with asyncio.timeout(20):
-        while len(tree_invocations(log)) == before:
-            await asyncio.sleep(0.01)
+    await until(lambda: len(tree_invocations(log)) != before, 20)
     publish(daemon.root, "3", {"dir0/three.rpm": "three\n"})
     secret = receiver.config.secret
     answers = await asyncio.gather(

@@ -18,7 +18,7 @@ from mirrorhook import signing
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.reporter import Reporter
 from mirrorhook.retry import Backoff
-from tests.helpers import receiver_config
+from tests.helpers import receiver_config, until
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 FAST = Backoff(first=0.01, cap=0.02)
@@ -50,9 +50,7 @@ async def test_reports_are_signed_and_the_url_survives_a_restart(
     reporter = Reporter(config)  # as after a restart: the URL comes from the state file
     reporter.sync_ended("synced", "7", None)
     reporter.sync_ended("up-to-date", "7", None)  # nothing new: no report
-    async with asyncio.timeout(10):
-        while not received:
-            await asyncio.sleep(0.02)
+    await until(lambda: received, 10)
     await asyncio.sleep(0.1)
     assert len(received) == 1
     data = received[0]["data"]
@@ -83,8 +81,6 @@ async def test_a_report_that_cannot_be_delivered_is_retried_then_dropped(
     reporter = Reporter(config, backoff=FAST)
     reporter.remember(str(server.make_url("/v1/report")), "mirror-a")
     reporter.sync_ended("failed", None, "rsync said no")
-    async with asyncio.timeout(10):
-        while "dropped" not in caplog.text:
-            await asyncio.sleep(0.02)
+    await until(lambda: "dropped" in caplog.text, 10)
     assert attempts == 3
     assert "HTTP 500" in caplog.text

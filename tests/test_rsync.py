@@ -9,7 +9,7 @@ import pytest
 
 from mirrorhook import process, rsync
 from mirrorhook.errors import RsyncError, RsyncTimeoutError
-from tests.helpers import RsyncDaemon, marker_of, mirrorhook, receiver_config, stub_rsync
+from tests.helpers import RsyncDaemon, marker_of, mirrorhook, receiver_config, stub_rsync, until
 
 TRANSIENT = [10, 12, 23, 30, 35]
 PERMANENT = [1, 2, 3, 4, 5, 11, 20, 22, 25]
@@ -153,16 +153,12 @@ def _running(pid: int) -> bool:
 async def _survivors(pid_file: Path) -> list[int]:
     """Return the recorded processes still running once SIGKILL has had time to land."""
     pids = [int(line) for line in pid_file.read_text().split()]
-    async with asyncio.timeout(5):
-        while any(map(_running, pids)):
-            await asyncio.sleep(0.05)
+    await until(lambda: not any(map(_running, pids)), 5)
     return [pid for pid in pids if _running(pid)]
 
 
 async def _wait_for(path: Path, lines: int) -> None:
-    async with asyncio.timeout(10):
-        while not path.exists() or len(path.read_text().split()) < lines:
-            await asyncio.sleep(0.02)
+    await until(lambda: path.exists() and len(path.read_text().split()) >= lines, 10)
 
 
 @pytest.mark.slow

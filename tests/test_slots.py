@@ -34,7 +34,8 @@ async def test_slots_serve_in_order_and_never_exceed_their_size() -> None:
     await asyncio.sleep(0.01)
     assert (order, slots.waiting) == ([0, 1], 4)
     release.set()
-    await asyncio.gather(*tasks)
+    async with asyncio.timeout(5):  # a slot never given back fails, not hangs
+        await asyncio.gather(*tasks)
     assert order == list(range(6))
     assert peak == 2
 
@@ -52,7 +53,8 @@ async def test_growing_lets_waiters_in_and_shrinking_lets_holders_finish() -> No
     slots.resize(1)
     assert slots.in_use == 3  # nobody is interrupted
     release.set()
-    await asyncio.gather(*tasks)
+    async with asyncio.timeout(5):  # a slot never given back fails, not hangs
+        await asyncio.gather(*tasks)
     assert slots.in_use == 0
 
 
@@ -66,6 +68,7 @@ async def test_a_waiter_cancelled_gives_its_turn_on() -> None:
     await asyncio.sleep(0.01)
     second.cancel()
     release.set()
-    await asyncio.gather(first, third)
+    async with asyncio.timeout(5):
+        await asyncio.gather(first, third)
     assert entered == [0, 2]
     assert slots.in_use == 0

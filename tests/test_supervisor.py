@@ -15,6 +15,7 @@ from mirrorhook import endpoints
 from mirrorhook.metrics import Metrics
 from mirrorhook.scheduler import Phase, Scheduler
 from mirrorhook.supervisor import Supervisor
+from tests.helpers import until
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -60,9 +61,9 @@ async def test_a_failed_task_is_logged_restarted_and_unhealthy_meanwhile(
     assert response.status == 503
     assert "scheduler" in (await response.json())["down"]
     gate.open.set()
-    await asyncio.wait_for(_until(lambda: len(gate.delays) == 2 and gate.waiting.is_set()), 5)
+    await until(lambda: len(gate.delays) == 2 and gate.waiting.is_set(), 5)
     gate.open.set()
-    await asyncio.wait_for(_until(lambda: runs == 3), 5)
+    await until(lambda: runs == 3, 5)
     response = await client.get("/healthz")
     assert response.status == 200
     assert gate.delays == [1.0, 2.0]
@@ -109,7 +110,7 @@ async def test_a_cancellation_escaping_from_inside_a_task_is_a_failure_not_a_shu
     await asyncio.wait_for(gate.waiting.wait(), 5)
     assert "worker" in supervisor.down
     gate.open.set()
-    await asyncio.wait_for(_until(lambda: runs == 2), 5)
+    await until(lambda: runs == 2, 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -152,15 +153,10 @@ async def test_a_restarted_scheduler_runs_the_sync_that_was_queued(tmp_path: Pat
         await asyncio.wait_for(first, 5)
     assert scheduler.pending
     restarted = asyncio.create_task(scheduler.run())
-    await asyncio.wait_for(_until(lambda: synced == ["webhook 1"]), 5)
-    await asyncio.wait_for(_until(lambda: scheduler.phase is Phase.IDLE), 5)
+    await until(lambda: synced == ["webhook 1"], 5)
+    await until(lambda: scheduler.phase is Phase.IDLE, 5)
     scheduler.trigger("webhook 2")
-    await asyncio.wait_for(_until(lambda: synced == ["webhook 1", "webhook 2"]), 5)
+    await until(lambda: synced == ["webhook 1", "webhook 2"], 5)
     restarted.cancel()
     with pytest.raises(asyncio.CancelledError):
         await restarted
-
-
-async def _until(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await asyncio.sleep(0.01)

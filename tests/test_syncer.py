@@ -27,6 +27,7 @@ from tests.helpers import (
     stub_rsync,
     tree_invocations,
     trees_equal,
+    until,
     write_secret,
 )
 
@@ -121,9 +122,7 @@ async def test_marker_moving_during_stage_one_repeats_it(
     slow = counting_rsync(tmp_path, log, delay=0.5)
     syncer = make_syncer(tmp_path, daemon.url, rsync=str(slow))
     task = asyncio.create_task(syncer.sync(if_changed=True, trigger="test"))
-    async with asyncio.timeout(10):
-        while not tree_invocations(log):
-            await asyncio.sleep(0.01)
+    await until(lambda: tree_invocations(log), 10)
     publish(daemon.root, "2", {"dir2/late.rpm": "published during stage 1\n"})
     report = await task
     assert report.rounds == 2
@@ -146,9 +145,7 @@ async def test_killed_transfer_keeps_the_old_marker_and_the_next_leaves_no_tmp(
     slow = Syncer(dataclasses.replace(first.config, rsync_args=("--bwlimit=500",)))
     task = asyncio.create_task(slow.sync(if_changed=True, trigger="slow"))
     target = first.config.target
-    async with asyncio.timeout(20):
-        while not any(target.rglob(RSYNC_TMP_DIR)):
-            await asyncio.sleep(0.02)
+    await until(lambda: any(target.rglob(RSYNC_TMP_DIR)), 20)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
