@@ -504,6 +504,9 @@ def test_sighup_adds_and_removes_published_repositories(
         assert gone.value.code == 404
         with urllib.request.urlopen(f"http://127.0.0.1:{listen}/") as page:
             assert 'data-mirror="m-b"' in page.read().decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{listen}/v1/status") as page:
+            status = json.loads(page.read())
+        assert [tree["repo"] for tree in status["publishers"]] == ["b"]
         publish(roots["a"], "2")
         time.sleep(1.0)  # a's watcher, had it survived, reacts within milliseconds
         assert mirrors["a"].values() == ["1"]

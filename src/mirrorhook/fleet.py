@@ -172,10 +172,6 @@ class Fleet:
         for index, repo in enumerate(host.repos):
             self.receivers[repo.name] = self._build(repo, start_after=index * START_SPREAD)
 
-    def status(self) -> dict[str, object]:
-        """What ``/v1/status`` shows: the host as configured now."""
-        return host_status(self.config)
-
     async def lifetime(self, _app: web.Application) -> AsyncIterator[None]:
         """``cleanup_ctx``: run every tree's tasks while the app runs."""
         for name, receiver in self.receivers.items():

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import resource
 import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -54,11 +56,17 @@ async def serve(config: Config) -> None:
     metrics = Metrics(repos=any(not section.single for section in several))
     supervisor = Supervisor()
     fleet = Fleet(config, metrics, supervisor) if host is not None else None
-    common = endpoints.Endpoints(
-        fleet.status if fleet is not None else lambda: host_status(config), metrics, supervisor
-    )
-    reload_wanted = asyncio.Event()
     announcers: Announcers | None = None
+
+    def status() -> dict[str, Any]:
+        """The host as it runs now: a reload changes its receivers and its publishers."""
+        running = config if fleet is None else fleet.config
+        if announcers is not None:
+            running = dataclasses.replace(running, publishers=announcers.host)
+        return host_status(running)
+
+    common = endpoints.Endpoints(status, metrics, supervisor)
+    reload_wanted = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
     async with contextlib.AsyncExitStack() as stack:
         app, listen, desk = _app(config, fleet, common)
