@@ -1,6 +1,7 @@
-"""Reading a request's body within bounds, for every endpoint that takes one (webhooks on
-the receiver, reports on the publisher): its media type, never an exception; the whole
-body, refused beyond a size (also when chunked) or a deadline (docs/design.md#connection-limits).
+"""Reading a body within bounds, for every endpoint that takes one (webhooks on the
+receiver, reports on the publisher) and for a mirror's answer to a check: its media type,
+never an exception; the whole body, refused beyond a size (also when chunked) or a deadline
+(docs/design.md#connection-limits).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email.errors
 
+import aiohttp
 from aiohttp import web
 
 
@@ -31,12 +33,18 @@ async def read_body(request: web.Request, limit: int, deadline: float) -> bytes:
     ``deadline`` seconds."""
     if request.content_length is not None and request.content_length > limit:
         raise TooLargeError
+    async with asyncio.timeout(deadline):
+        return await read_stream(request.content, limit)
+
+
+async def read_stream(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """Read ``stream`` to its end, however it is split on the wire; raise ``TooLargeError``
+    beyond ``limit`` bytes. The caller bounds the time."""
     chunks: list[bytes] = []
     size = 0
-    async with asyncio.timeout(deadline):
-        while chunk := await request.content.readany():
-            size += len(chunk)
-            if size > limit:
-                raise TooLargeError
-            chunks.append(chunk)
+    while chunk := await stream.readany():
+        size += len(chunk)
+        if size > limit:
+            raise TooLargeError
+        chunks.append(chunk)
     return b"".join(chunks)

@@ -1,8 +1,9 @@
 """Reading what a mirror serves: its copy of the marker at ``check_url``, as a user would.
 
 One GET, bounded every way a hostile or broken mirror could stretch it: a deadline, at most
-``MAX_BODY`` bytes read, at most ``MAX_REDIRECTS`` redirects followed (never from https to
-http), and the answer must be a marker by the rules of ``marker.py`` (docs/design.md#freshness).
+``MAX_BODY`` bytes read (however the answer is split on the wire), at most ``MAX_REDIRECTS``
+redirects followed (never from https to http), and the answer must be a marker by the rules
+of ``marker.py`` (docs/design.md#freshness).
 Whatever goes wrong is a ``CheckError`` with a one-line reason; nothing else is raised.
 """
 
@@ -15,7 +16,7 @@ import urllib.parse
 
 import aiohttp
 
-from mirrorhook import marker
+from mirrorhook import bodies, marker
 from mirrorhook.errors import MarkerError, MirrorhookError
 from mirrorhook.freshness import AFTER_PUBLISH, Freshness, State
 from mirrorhook.publisher_config import MirrorConfig
@@ -61,7 +62,12 @@ async def _follow(session: aiohttp.ClientSession, url: str) -> str:
                 continue
             if response.status != 200:
                 raise CheckError(f"HTTP {response.status}")
-            data = await response.content.read(MAX_BODY + 1)
+            try:
+                data = await bodies.read_stream(response.content, MAX_BODY)
+            except bodies.TooLargeError:
+                raise CheckError(
+                    f"does not serve a marker: it is larger than {MAX_BODY} bytes"
+                ) from None
         try:
             value = marker.value_of(data, url)
         except MarkerError as err:
