@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from mirrorhook import mirrorlist, reports, signing
-from mirrorhook.checker import Checker, CheckError, serving
+from mirrorhook.checker import Checker, CheckError, public_session, serving
 from mirrorhook.config import load_config
 from mirrorhook.freshness import Freshness, State
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
@@ -89,8 +89,8 @@ async def test_states_follow_what_each_mirror_serves(
     for tree in trees.values():
         serve_marker(tree, "1")
     freshness = Freshness(config, clock=lambda: now)
-    async with aiohttp.ClientSession() as session:
-        checker = Checker(freshness, session)
+    async with aiohttp.ClientSession() as session, public_session() as public:
+        checker = Checker(freshness, session, public=public)
         checker.published("2")
         serve_marker(trees["a"], "2")
         now += 12.5
@@ -138,13 +138,13 @@ async def test_a_check_is_bounded_and_never_trusts_the_answer(
         app.router.add_get(path, handler)
     app.router.add_get("/fine", fine)
     server = await aiohttp_server(app)
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession() as session, public_session() as public:
         reasons = {}
         for path in ("/big", "/loop", "/500", "/esc"):
             with pytest.raises(CheckError) as caught:
-                await serving(session, str(server.make_url(path)))
+                await serving(session, str(server.make_url(path)), public=public)
             reasons[path] = str(caught.value)
-        assert await serving(session, str(server.make_url("/fine"))) == (
+        assert await serving(session, str(server.make_url("/fine")), public=public) == (
             "Wed Nov 25 12:00:00 UTC 2026"
         )
     assert "larger than" in reasons["/big"]
@@ -160,8 +160,8 @@ async def test_the_mirror_list_hands_out_fresh_mirrors_only(
     serve_marker(trees["a"], "2")
     serve_marker(trees["b"], "1")
     freshness = Freshness(config)
-    async with aiohttp.ClientSession() as session:
-        checker = Checker(freshness, session)
+    async with aiohttp.ClientSession() as session, public_session() as public:
+        checker = Checker(freshness, session, public=public)
         checker.published("2")
         for mirror in config.mirrors:
             await checker.check(mirror)
@@ -188,8 +188,8 @@ async def test_with_no_fresh_mirror_the_list_names_the_most_recent_ones(
     serve_marker(trees["b"], "1")
     now = 1_800_000_000.0
     freshness = Freshness(config, clock=lambda: now)
-    async with aiohttp.ClientSession() as session:
-        checker = Checker(freshness, session)
+    async with aiohttp.ClientSession() as session, public_session() as public:
+        checker = Checker(freshness, session, public=public)
         await checker.check(config.mirrors[1])  # b serves 1 first
         now += 10
         serve_marker(trees["a"], "2")
@@ -255,8 +255,8 @@ async def test_checks_follow_the_schedule_after_a_publish(
     config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a"])
     serve_marker(trees["a"], "1")
     freshness = Freshness(config)
-    async with aiohttp.ClientSession() as session:
-        checker = Checker(freshness, session, after_publish=(0.2, 0.4))
+    async with aiohttp.ClientSession() as session, public_session() as public:
+        checker = Checker(freshness, session, public=public, after_publish=(0.2, 0.4))
         async with running(checker):
             await asyncio.sleep(0.1)
             serve_marker(trees["a"], "2")
@@ -283,8 +283,8 @@ async def test_the_same_marker_announced_again_does_not_restart_the_checks(
     mirror = dataclasses.replace(config.mirrors[0], check_url=str(server.make_url("/CURRENT")))
     config = dataclasses.replace(config, mirrors=(mirror,))
     freshness = Freshness(config)
-    async with aiohttp.ClientSession() as session:
-        checker = Checker(freshness, session, after_publish=(0.1,))
+    async with aiohttp.ClientSession() as session, public_session() as public:
+        checker = Checker(freshness, session, public=public, after_publish=(0.1,))
         checker.published("2")
         async with running(checker):
             await until(lambda: requests >= 2)  # at start, then the schedule's step
@@ -308,8 +308,8 @@ async def test_after_a_restart_the_checks_of_a_recent_publish_go_on(
     before.published("2")  # recorded by the publisher that stopped, 5 s ago
     before.flush()  # as it does at shutdown
     freshness = Freshness(config)  # the restarted publisher's
-    async with aiohttp.ClientSession() as session:
-        checker = Checker(freshness, session, after_publish=(6.0, 600.0))
+    async with aiohttp.ClientSession() as session, public_session() as public:
+        checker = Checker(freshness, session, public=public, after_publish=(6.0, 600.0))
         checker.published("2")  # its watcher announces the same marker
         async with running(checker):
             await until(lambda: "last_check" in freshness.mirrors["a"])
@@ -331,8 +331,8 @@ async def test_freshness_is_exported_as_metrics(
     now = 1_800_000_000.0
     metrics = Metrics()
     freshness = Freshness(config, clock=lambda: now, metrics=metrics.tree(None))
-    async with aiohttp.ClientSession() as session:
-        checker = Checker(freshness, session)
+    async with aiohttp.ClientSession() as session, public_session() as public:
+        checker = Checker(freshness, session, public=public)
         checker.published("2")
         now += 3
         for mirror in config.mirrors:
@@ -366,8 +366,8 @@ async def test_a_report_is_verified_and_what_the_mirror_serves_is_recorded(
     serve_marker(trees["b"], "1")
     secrets = {m.name: m.secret for m in config.mirrors if m.secret is not None}
     freshness = Freshness(config)
-    async with aiohttp.ClientSession() as session:
-        checker = Checker(freshness, session)
+    async with aiohttp.ClientSession() as session, public_session() as public:
+        checker = Checker(freshness, session, public=public)
         checker.published("2")
         desk = reports.ReportDesk(PublisherHost(config.state_dir, (config,)))
         desk.checkers[None] = checker

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from mirrorhook import marker, reports, signing
-from mirrorhook.checker import Checker
+from mirrorhook.checker import Checker, public_session
 from mirrorhook.config import load_config
 from mirrorhook.errors import MarkerError
 from mirrorhook.freshness import Freshness
@@ -69,22 +69,25 @@ def desk(tmp_path: Path) -> Iterator[Desk]:
     loop = asyncio.new_event_loop()
     freshness = Freshness(config)
 
-    async def start() -> tuple[TestClient[web.Request, web.Application], aiohttp.ClientSession]:
-        session = aiohttp.ClientSession()
+    sessions = contextlib.AsyncExitStack()
+
+    async def start() -> TestClient[web.Request, web.Application]:
+        session = await sessions.enter_async_context(aiohttp.ClientSession())
+        public = await sessions.enter_async_context(public_session())
         front = reports.ReportDesk(PublisherHost(config.state_dir, (config,)))
-        front.checkers[None] = Checker(freshness, session)
+        front.checkers[None] = Checker(freshness, session, public=public)
         app = web.Application()
         reports.add_routes(app, front)
         client: TestClient[web.Request, web.Application] = TestClient(TestServer(app))
         await client.start_server()
-        return client, session
+        return client
 
-    client, session = loop.run_until_complete(start())
+    client = loop.run_until_complete(start())
     try:
         yield Desk(loop, client, freshness, mirror_secret(tmp_path, "plain"))
     finally:
         loop.run_until_complete(client.close())
-        loop.run_until_complete(session.close())
+        loop.run_until_complete(sessions.aclose())
         loop.close()
 
 

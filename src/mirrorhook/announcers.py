@@ -109,7 +109,11 @@ class Announcers:
     async def _run(self, tree: PublisherConfig) -> None:
         metrics = self._metrics.tree(tree.repo)
         publisher = Publisher(tree, self._courier, metrics=metrics, supervisor=self._supervisor)
-        checker = Checker(Freshness(tree, metrics=metrics), self._courier.session)
+        checker = Checker(
+            Freshness(tree, metrics=metrics),
+            self._courier.session,
+            public=self._courier.public_session,
+        )
         if self._desk is not None:
             self._desk.checkers[tree.repo] = checker  # reports reach this tree's checker
 

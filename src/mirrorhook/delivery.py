@@ -1,7 +1,9 @@
 """Sending one webhook to one mirror, and what its answer means (docs/design.md#delivery-semantics).
 
-One ``Courier`` owns the publisher's single ``ClientSession``: explicit timeouts (aiohttp's
-default is five minutes), no redirects followed, a User-Agent. Every non-2xx answer or
+One ``Courier`` owns the publisher's ``ClientSession``: explicit timeouts (aiohttp's
+default is five minutes), no redirects followed, a User-Agent; and, for the freshness checks
+redirected off their ``check_url``'s origin, a second one that connects to public addresses
+only (``checker.public_session``). Every non-2xx answer or
 network failure becomes a ``DeliveryError`` whose ``kind`` is the policy: retry soon,
 retry at the longest interval (the mirror is misconfigured), or stop (410 Gone).
 
@@ -16,6 +18,7 @@ in flight, so open sockets stay bounded by the mirrors that are mid-delivery.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import email.utils
 import math
@@ -29,6 +32,7 @@ import aiohttp
 
 import mirrorhook
 from mirrorhook import signing
+from mirrorhook.checker import public_session
 from mirrorhook.errors import DeliveryError, DeliveryKind
 from mirrorhook.message import REPORT_PATH, Update, new_update
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig
@@ -132,6 +136,8 @@ class Courier:
         self._slots = asyncio.Semaphore(concurrency)
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
+        self._public: aiohttp.ClientSession | None = None
+        self._sessions = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Courier:
         tracing = aiohttp.TraceConfig()
@@ -139,11 +145,14 @@ class Courier:
         tracing.on_request_chunk_sent.append(_request_written)
         # No pool limit: the slots bound the requests being started.
         connector = aiohttp.TCPConnector(limit=0, force_close=True)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            headers={"User-Agent": f"mirrorhook/{mirrorhook.__version__}"},
-            trace_configs=[tracing],
+        headers = {"User-Agent": f"mirrorhook/{mirrorhook.__version__}"}
+        self._session = await self._sessions.enter_async_context(
+            aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, headers=headers, trace_configs=[tracing]
+            )
+        )
+        self._public = await self._sessions.enter_async_context(
+            public_session(timeout=self._timeout, headers=headers)
         )
         return self
 
@@ -153,14 +162,20 @@ class Courier:
         _value: BaseException | None,
         _traceback: types.TracebackType | None,
     ) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._sessions.aclose()
 
     @property
     def session(self) -> aiohttp.ClientSession:
         """The HTTP session, shared with the freshness checks."""
         assert self._session is not None, "use Courier as an async context manager"  # noqa: S101
         return self._session
+
+    @property
+    def public_session(self) -> aiohttp.ClientSession:
+        """The HTTP session of checks redirected off their ``check_url``'s origin: it
+        connects to public addresses only."""
+        assert self._public is not None, "use Courier as an async context manager"  # noqa: S101
+        return self._public
 
     async def send(self, mirror: MirrorConfig, message: Message) -> Receipt:
         """POST ``message`` to ``mirror`` once; raise ``DeliveryError`` unless it is accepted."""
