@@ -22,19 +22,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from yarl import URL
 
-from mirrorhook.checker import (
-    MAX_BODY,
+from mirrorhook.checker import MAX_BODY, CheckError, origin, serving
+from mirrorhook.delivery import Courier
+from mirrorhook.public_addresses import (
     REFUSED,
-    CheckError,
     NotPublicError,
     PublicResolver,
     is_public,
     is_public_host,
-    origin,
     public_session,
-    serving,
 )
-from mirrorhook.delivery import Courier
 from tests.helpers import free_port, until
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]

@@ -18,9 +18,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from mirrorhook import mirrorlist, reports, signing
-from mirrorhook.checker import Checker, CheckError, public_session, serving
+from mirrorhook.checker import Checker, CheckError, serving
 from mirrorhook.config import load_config
 from mirrorhook.freshness import Freshness, State
+from mirrorhook.public_addresses import public_session
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
 from tests.helpers import LiveUpstream, publisher_toml, until, write_secret
 

@@ -21,11 +21,12 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from mirrorhook import marker, reports, signing
-from mirrorhook.checker import Checker, public_session
+from mirrorhook.checker import Checker
 from mirrorhook.config import load_config
 from mirrorhook.errors import MarkerError
 from mirrorhook.freshness import Freshness
 from mirrorhook.message import REPORT_PATH, REPORT_TYPE
+from mirrorhook.public_addresses import public_session
 from mirrorhook.publisher_config import PublisherHost
 from tests.helpers import mirror_secret, publisher_toml
 

@@ -3,7 +3,7 @@
 One ``Courier`` owns the publisher's ``ClientSession``: explicit timeouts (aiohttp's
 default is five minutes), no redirects followed, a User-Agent; and, for the freshness checks
 redirected off their ``check_url``'s origin, a second one that connects to public addresses
-only (``checker.public_session``). Every non-2xx answer or
+only (``public_addresses.public_session``). Every non-2xx answer or
 network failure becomes a ``DeliveryError`` whose ``kind`` is the policy: retry soon,
 retry at the longest interval (the mirror is misconfigured), or stop (410 Gone).
 
@@ -32,9 +32,9 @@ import aiohttp
 
 import mirrorhook
 from mirrorhook import signing
-from mirrorhook.checker import public_session
 from mirrorhook.errors import DeliveryError, DeliveryKind
 from mirrorhook.message import REPORT_PATH, Update, new_update
+from mirrorhook.public_addresses import public_session
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig
 
 SLOT_HOLD = 1.0
