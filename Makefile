@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: test test-fast demo bench lint typecheck pytest rsync browser venv clean
 
@@ -14,7 +15,8 @@ test: rsync browser lint typecheck pytest
 test-fast: venv rsync
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -m "not slow" -q
 
-demo: venv rsync
+# The demo needs mirrorhook alone: not the dev toolchain (linters, browser driver, ...).
+demo: $(RUN_STAMP) rsync
 	$(BIN)/mirrorhook demo
 
 # Every benchmark in turn; tables on stdout, JSON in bench/results/. BENCHMARKS.md records
@@ -30,10 +32,15 @@ bench: venv rsync
 	$(BIN)/python -m bench.freshness
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
+
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
 
 venv: $(STAMP)
 

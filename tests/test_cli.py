@@ -85,10 +85,25 @@ def start_serve(
 
 def test_version_and_help() -> None:
     assert run("--version").stdout.startswith("mirrorhook ")
-    for command in ("serve", "sync", "status", "check-config", "secret"):
+    for command in ("serve", "notify", "sync", "status", "check-config"):
         result = run(command, "--help")
         assert result.returncode == 0
         assert "--config" in result.stdout
+    serve = run("serve", "--help").stdout
+    assert "[receiver]" in serve
+    assert "[publisher]" in serve
+
+
+def test_commands_that_read_no_config_refuse_a_config_option() -> None:
+    """``secret``, ``keygen`` and ``demo`` read no config: a ``-c`` given to them is an
+    error saying so, never silently ignored."""
+    for command in ("secret", "keygen", "demo"):
+        helped = run(command, "--help")
+        assert helped.returncode == 0
+        assert "--config" not in helped.stdout
+        refused = run(command, "-c", "/etc/mirrorhook/mirrorhook.toml")
+        assert refused.returncode == 2
+        assert "unrecognized arguments: -c" in refused.stderr
 
 
 def test_secret_prints_a_usable_secret() -> None:
@@ -568,9 +583,23 @@ def test_demo_converges_prints_its_timeline_and_cleans_up() -> None:
     """`mirrorhook demo`: three publishes, a timeline per mirror, every tree identical,
     exit 0, and no folder or process left behind."""
     before = _demo_folders()
-    result = run("demo", timeout=180)
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
+    process = subprocess.Popen(
+        [*MIRRORHOOK, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    lines = []
+    page = None
+    for line in process.stdout:  # the demo runs meanwhile: its page is there to be read
+        lines.append(line.rstrip("\n"))
+        if line.startswith("the upstream's page, while the demo runs: "):
+            with urllib.request.urlopen(line.split()[-1], timeout=10) as answer:
+                page = answer.read().decode()
+    _rest, err = process.communicate(timeout=180)
+    assert process.returncode == 0, "\n".join(lines) + err
+    assert page is not None
+    assert "epel" in page
+    assert "ius" in page
+    assert any("milliseconds after the publish" in line for line in lines)
     assert lines[-1] == "every mirror converged"
     timeline = [line for line in lines if "tree identical" in line]
     assert len(timeline) == 9  # 3 publishes x (mirror-a: ius, epel; mirror-b: ius)
