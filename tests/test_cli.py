@@ -239,7 +239,10 @@ def test_contrib_host_example_loads(tmp_path: Path) -> None:
     assert publishers.repos[0].root == host.repos[0].target  # ius, the hub repository
     result = run("check-config", "-c", config)
     assert result.returncode == 0, result.stderr
-    assert "hook         /v1/hook/epel" in result.stdout
+    lines = result.stdout.splitlines()
+    assert "    hook           /v1/hook/epel" in lines
+    assert "  send upstream  https://YOUR-HOST[/PREFIX]/v1/hook/NAME" in result.stdout
+    assert "    rsync command  rsync -aH " in result.stdout  # label and value apart
 
 
 @pytest.mark.parametrize("example", ["receiver.toml", "publisher.toml", "hub.toml"])
@@ -265,6 +268,16 @@ def test_contrib_examples_load(tmp_path: Path, example: str) -> None:
         assert loaded.publisher.root == loaded.receiver.target
     result = run("check-config", "-c", config)
     assert result.returncode == 0, result.stderr
+    if example == "publisher.toml":
+        assert loaded.publishers is not None
+        assert loaded.publishers.public_url == "https://upstream.example.org/mirrorhook"
+        assert all(
+            mirror.check_url and mirror.urls for mirror in loaded.publishers.repos[0].mirrors
+        )
+        assert "  page           https://upstream.example.org/mirrorhook/\n" in result.stdout
+        assert "  mirror list    https://upstream.example.org/mirrorhook/mirrorlist\n" in (
+            result.stdout
+        )
 
 
 # --- the daemon ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 
 from mirrorhook.errors import DemoError
+from mirrorhook.message import HOOK_PATH
 from mirrorhook.signing import new_secret
 
 REPOS = ("ius", "epel")
@@ -135,7 +136,7 @@ def _start(network: Network, out: Callable[[str], None]) -> None:
             secret = new_secret()
             _secret(folder / f"{name}-{repo}.secret", secret)
             _secret(folder / f"publisher-{name}-{repo}.secret", secret)
-            path = f"/v1/hook/{repo}" if len(repos) > 1 else "/v1/hook"
+            path = f"{HOOK_PATH}/{repo}" if len(repos) > 1 else HOOK_PATH
             announcements[repo] += [
                 f"[[publisher.repos.{repo}.mirrors]]",
                 f'name = "{name}"',
