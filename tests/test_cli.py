@@ -119,6 +119,7 @@ def test_sync_if_changed_is_the_cron_drop_in(tmp_path: Path, daemon: RsyncDaemon
     config = receiver_toml(tmp_path, upstream=daemon.url, rsync=str(counting_rsync(tmp_path, log)))
     first = run("sync", "-c", config, "--if-changed", "--randomize", "0")
     assert first.returncode == 0, first.stderr
+    assert first.stdout == f"{tmp_path / 'mirror'}  ok\n"  # the host form's shape, one tree
     assert trees_equal(daemon.root, tmp_path / "mirror")
     second = run("sync", "-c", config, "--if-changed", "--randomize", "1")
     assert second.returncode == 0, second.stderr
@@ -151,6 +152,7 @@ def test_sync_failure_exits_1_and_status_reports_it(tmp_path: Path) -> None:
     config = receiver_toml(tmp_path, upstream=str(tmp_path / "unmounted"))
     result = run("sync", "-c", config)
     assert result.returncode == 1
+    assert result.stdout == f"{tmp_path / 'mirror'}  failed\n"
     assert "refusing to sync" in result.stderr
     assert "Traceback" not in result.stderr
     status = run("status", "-c", config)

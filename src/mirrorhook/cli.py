@@ -266,7 +266,11 @@ def _sync(args: argparse.Namespace) -> int:
         raise ConfigError([f"{config.path}: receiver: this command needs a [receiver] section"])
     repos = _trees(config, "receiver", host.repos, [r.name for r in host.repos], args.repos)
     if host.single:
-        return _sync_one(repos[0], args.if_changed, args.randomize)
+        # The same one line as each repository of the host form gets; the tree has no name,
+        # so its target names it.
+        code = _sync_one(repos[0], args.if_changed, args.randomize)
+        sys.stdout.write(f"{repos[0].target}  {_OUTCOMES[code]}\n")
+        return code
     if args.randomize:
         # One wait for the whole run, as the hourly script had: forty repositories must not
         # each sleep up to --randomize seconds in turn.
@@ -276,15 +280,17 @@ def _sync(args: argparse.Namespace) -> int:
     codes = {}
     for repo in repos:
         codes[repo.name] = _sync_one(repo, args.if_changed, 0.0) if repo.enabled else EXIT_OK
-        outcome = {EXIT_OK: "ok", EXIT_LOCKED: "locked", EXIT_FAILURE: "failed"}[codes[repo.name]]
-        if not repo.enabled:
-            outcome = "disabled"
+        outcome = _OUTCOMES[codes[repo.name]] if repo.enabled else "disabled"
         sys.stdout.write(f"{repo.name}  {outcome}\n")
     if any(code == EXIT_FAILURE for code in codes.values()):
         return EXIT_FAILURE
     if codes and all(code == EXIT_LOCKED for code in codes.values()):
         return EXIT_LOCKED
     return EXIT_OK
+
+
+_OUTCOMES = {EXIT_OK: "ok", EXIT_LOCKED: "locked", EXIT_FAILURE: "failed"}
+"""What ``sync`` prints of each tree, by its exit status."""
 
 
 def _trees(
