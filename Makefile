@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: test test-fast demo bench lint typecheck pytest rsync browser venv clean
+.PHONY: test test-fast test-loaded demo bench lint typecheck pytest rsync browser venv clean
 
 test: rsync browser lint typecheck pytest
 
@@ -67,3 +67,7 @@ pytest: venv rsync browser
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis .coverage .coverage.* htmlcov
+
+# make test three times in a row with every core kept busy by a bounded burner.
+test-loaded:
+	for run in 1 2 3; do sh scripts/under-load.sh $(MAKE) test || exit 1; done
