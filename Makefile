@@ -1,20 +1,23 @@
 # mirrorhook — developer entry points. `make test` works on a fresh Debian/Ubuntu machine:
 # it creates .venv, installs the project with its dev tools, installs rsync when missing, and
-# Debian's chromium with its driver for the browser test of the upstream's page.
+# Debian's chromium with its driver for the browser test of the upstream's page, and Debian's
+# dnf with createrepo_c for the tests of the mirror list and the Metalink.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: test test-fast demo bench lint typecheck pytest rsync browser venv clean
+.PHONY: test test-fast test-loaded demo bench lint typecheck pytest rsync browser yum venv clean
 
-test: rsync browser lint typecheck pytest
+test: rsync browser yum lint typecheck pytest
 
 # The everyday loop: everything but the tests marked slow (real daemons, namespaces, floods).
 test-fast: venv rsync
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -m "not slow" -q
 
-demo: venv rsync
+# The demo needs mirrorhook alone: not the dev toolchain (linters, browser driver, ...).
+demo: $(RUN_STAMP) rsync
 	$(BIN)/mirrorhook demo
 
 # Every benchmark in turn; tables on stdout, JSON in bench/results/. BENCHMARKS.md records
@@ -30,10 +33,15 @@ bench: venv rsync
 	$(BIN)/python -m bench.freshness
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
+
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
 
 venv: $(STAMP)
 
@@ -45,6 +53,12 @@ browser:
 	@sh scripts/install-debs.sh chromium=chromium chromedriver=chromium-driver \
 		|| echo "no browser: the browser test of the page will be skipped" >&2
 
+# Debian's dnf and createrepo_c: the mirror list and the Metalink are tested with the client
+# that reads them. Without root or apt those tests are skipped, saying why.
+yum:
+	@sh scripts/install-debs.sh dnf=dnf createrepo_c=createrepo-c \
+		|| echo "no dnf: the tests with dnf will be skipped" >&2
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -52,7 +66,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv rsync browser
+pytest: venv rsync browser yum
 	rm -f .coverage .coverage.*
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/coverage run -m pytest
 	$(BIN)/coverage combine -q
@@ -60,3 +74,7 @@ pytest: venv rsync browser
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis .coverage .coverage.* htmlcov
+
+# make test three times in a row with every core kept busy by a bounded burner.
+test-loaded:
+	for run in 1 2 3; do sh scripts/under-load.sh $(MAKE) test || exit 1; done

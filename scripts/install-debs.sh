@@ -1,8 +1,9 @@
 #!/bin/sh
 # Install Debian packages for the commands that are missing, with one apt-get update:
 #     sh scripts/install-debs.sh COMMAND=PACKAGE...
-# used by `make test` (rsync; chromium and chromedriver for the page's browser test) and
-# `make demo` (rsync). Exits 1, saying what to install, when it cannot install them.
+# used by `make test` (rsync; chromium and chromedriver for the page's browser test; dnf and
+# createrepo_c for the yum tests) and `make demo` (rsync). Exits 1, saying what to install,
+# when it cannot install them.
 set -eu
 missing=""
 for pair in "$@"; do
@@ -14,6 +15,9 @@ if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     exit 1
 fi
 echo "installing with apt-get:$missing" >&2
-apt-get update -qq
+# One update for all the calls of a run: skipped while the package lists are an hour fresh.
+if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -60 2>/dev/null | head -n 1)" ]; then
+    apt-get update -qq
+fi
 # shellcheck disable=SC2086 # one word per package
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null

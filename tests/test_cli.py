@@ -85,10 +85,25 @@ def start_serve(
 
 def test_version_and_help() -> None:
     assert run("--version").stdout.startswith("mirrorhook ")
-    for command in ("serve", "sync", "status", "check-config", "secret"):
+    for command in ("serve", "notify", "sync", "status", "check-config"):
         result = run(command, "--help")
         assert result.returncode == 0
         assert "--config" in result.stdout
+    serve = run("serve", "--help").stdout
+    assert "[receiver]" in serve
+    assert "[publisher]" in serve
+
+
+def test_commands_that_read_no_config_refuse_a_config_option() -> None:
+    """``secret``, ``keygen`` and ``demo`` read no config: a ``-c`` given to them is an
+    error saying so, never silently ignored."""
+    for command in ("secret", "keygen", "demo"):
+        helped = run(command, "--help")
+        assert helped.returncode == 0
+        assert "--config" not in helped.stdout
+        refused = run(command, "-c", "/etc/mirrorhook/mirrorhook.toml")
+        assert refused.returncode == 2
+        assert "unrecognized arguments: -c" in refused.stderr
 
 
 def test_secret_prints_a_usable_secret() -> None:
@@ -104,6 +119,7 @@ def test_sync_if_changed_is_the_cron_drop_in(tmp_path: Path, daemon: RsyncDaemon
     config = receiver_toml(tmp_path, upstream=daemon.url, rsync=str(counting_rsync(tmp_path, log)))
     first = run("sync", "-c", config, "--if-changed", "--randomize", "0")
     assert first.returncode == 0, first.stderr
+    assert first.stdout == f"{tmp_path / 'mirror'}  ok\n"  # the host form's shape, one tree
     assert trees_equal(daemon.root, tmp_path / "mirror")
     second = run("sync", "-c", config, "--if-changed", "--randomize", "1")
     assert second.returncode == 0, second.stderr
@@ -136,6 +152,7 @@ def test_sync_failure_exits_1_and_status_reports_it(tmp_path: Path) -> None:
     config = receiver_toml(tmp_path, upstream=str(tmp_path / "unmounted"))
     result = run("sync", "-c", config)
     assert result.returncode == 1
+    assert result.stdout == f"{tmp_path / 'mirror'}  failed\n"
     assert "refusing to sync" in result.stderr
     assert "Traceback" not in result.stderr
     status = run("status", "-c", config)
@@ -224,7 +241,10 @@ def test_contrib_host_example_loads(tmp_path: Path) -> None:
     assert publishers.repos[0].root == host.repos[0].target  # ius, the hub repository
     result = run("check-config", "-c", config)
     assert result.returncode == 0, result.stderr
-    assert "hook         /v1/hook/epel" in result.stdout
+    lines = result.stdout.splitlines()
+    assert "    hook           /v1/hook/epel" in lines
+    assert "  send upstream  https://YOUR-HOST[/PREFIX]/v1/hook/NAME" in result.stdout
+    assert "    rsync command  rsync -aH " in result.stdout  # label and value apart
 
 
 @pytest.mark.parametrize("example", ["receiver.toml", "publisher.toml", "hub.toml"])
@@ -250,6 +270,16 @@ def test_contrib_examples_load(tmp_path: Path, example: str) -> None:
         assert loaded.publisher.root == loaded.receiver.target
     result = run("check-config", "-c", config)
     assert result.returncode == 0, result.stderr
+    if example == "publisher.toml":
+        assert loaded.publishers is not None
+        assert loaded.publishers.public_url == "https://upstream.example.org/mirrorhook"
+        assert all(
+            mirror.check_url and mirror.urls for mirror in loaded.publishers.repos[0].mirrors
+        )
+        assert "  page           https://upstream.example.org/mirrorhook/\n" in result.stdout
+        assert "  mirror list    https://upstream.example.org/mirrorhook/mirrorlist\n" in (
+            result.stdout
+        )
 
 
 # --- the daemon ---------------------------------------------------------------------------
@@ -568,9 +598,23 @@ def test_demo_converges_prints_its_timeline_and_cleans_up() -> None:
     """`mirrorhook demo`: three publishes, a timeline per mirror, every tree identical,
     exit 0, and no folder or process left behind."""
     before = _demo_folders()
-    result = run("demo", timeout=180)
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
+    process = subprocess.Popen(
+        [*MIRRORHOOK, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    lines = []
+    page = None
+    for line in process.stdout:  # the demo runs meanwhile: its page is there to be read
+        lines.append(line.rstrip("\n"))
+        if line.startswith("the upstream's page, while the demo runs: "):
+            with urllib.request.urlopen(line.split()[-1], timeout=10) as answer:
+                page = answer.read().decode()
+    _rest, err = process.communicate(timeout=180)
+    assert process.returncode == 0, "\n".join(lines) + err
+    assert page is not None
+    assert "epel" in page
+    assert "ius" in page
+    assert any("milliseconds after the publish" in line for line in lines)
     assert lines[-1] == "every mirror converged"
     timeline = [line for line in lines if "tree identical" in line]
     assert len(timeline) == 9  # 3 publishes x (mirror-a: ius, epel; mirror-b: ius)

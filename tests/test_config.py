@@ -194,6 +194,35 @@ def test_unknown_key_is_named_with_its_section(tmp_path: Path) -> None:
     assert "unknown key" in _only_problem(path, "receiver.bakcoff")
 
 
+def test_an_unknown_key_names_the_nearest_known_one_or_every_key_of_its_table(
+    tmp_path: Path,
+) -> None:
+    """``bakcoff`` suggests ``backoff``; a name like no key lists the keys the table takes."""
+    assert _only_problem(_with(tmp_path, bakcoff=5), "receiver.bakcoff") == (
+        "unknown key: did you mean 'backoff'?"
+    )
+    far = _only_problem(_with(tmp_path, zzzz=5), "receiver.zzzz")
+    assert far.startswith("unknown key (this table takes ")
+    assert "backoff" in far
+    assert "poll_interval" in far
+
+
+def test_problems_are_listed_in_the_order_of_the_file(tmp_path: Path) -> None:
+    """Problems come top to bottom as their keys stand in the file, whatever order the
+    loader checks them in: here the file's order is the reverse of the loader's."""
+    path = _minimal(
+        tmp_path,
+        extra='zzz_first = 1\npoll_jitter = -1\nbackoff = "soon"\nretries = 0\n',
+    )
+    keys = [_key_path(path, problem) for problem in _problems(path)]
+    assert keys == [
+        "receiver.zzz_first",
+        "receiver.poll_jitter",
+        "receiver.backoff",
+        "receiver.retries",
+    ]
+
+
 def test_unknown_section_is_named(tmp_path: Path) -> None:
     """A misspelt section name is an error too."""
     path = _minimal(tmp_path, extra="[reciever]\nbackoff = 5\n")

@@ -27,7 +27,8 @@ from mirrorhook import message, signing
 from mirrorhook.addresses import Listen
 from mirrorhook.connections import ACCEPT_BATCH, ACCEPT_QUEUE, Limits, _HeaderCounter
 from mirrorhook.fleet import build_receiver
-from mirrorhook.receiver import HOOK_PATH, Receiver, make_app
+from mirrorhook.message import HOOK_PATH
+from mirrorhook.receiver import Receiver, make_app
 from mirrorhook.service import start_web
 from tests.helpers import free_port, receiver_config, secret_of, signed_webhook
 

@@ -22,7 +22,8 @@ from mirrorhook import message, signing
 from mirrorhook.config import load_config
 from mirrorhook.errors import ConfigError
 from mirrorhook.fleet import build_receiver
-from mirrorhook.receiver import HOOK_PATH, Receiver, make_app
+from mirrorhook.message import HOOK_PATH
+from mirrorhook.receiver import Receiver, make_app
 from mirrorhook.scheduler import Queued, Scheduled
 from tests.helpers import publish, receiver_config, secret_of
 

@@ -17,7 +17,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from mirrorhook import message, signing
 from mirrorhook.fleet import build_receiver
 from mirrorhook.keys import SigningKey
-from mirrorhook.receiver import HOOK_PATH, Receiver, background, make_app
+from mirrorhook.message import HOOK_PATH
+from mirrorhook.receiver import Receiver, background, make_app
 from tests.helpers import (
     RsyncDaemon,
     counting_rsync,

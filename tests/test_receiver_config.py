@@ -136,7 +136,7 @@ def test_the_host_form_may_not_set_a_trees_own_keys(tmp_path: Path) -> None:
 
 def test_unknown_keys_and_missing_ones_are_named_in_the_repository(tmp_path: Path) -> None:
     path = host_toml(tmp_path, {"a": {"bakcoff": 3}})
-    assert problems_of(path) == ["receiver.repos.a.bakcoff: unknown key (a typo?)"]
+    assert problems_of(path) == ["receiver.repos.a.bakcoff: unknown key: did you mean 'backoff'?"]
 
 
 def test_exec_hooks_must_name_a_program_that_exists(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ records. Secret files are read here too, refusing the ones others could read or 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -161,7 +162,16 @@ class Table:
     def finish(self, known: tuple[str, ...]) -> None:
         for key in self.data:
             if key not in known:
-                self.problem(key, "unknown key (a typo?)")
+                self.problem(key, unknown_key(key, known))
+
+
+def unknown_key(key: str, known: tuple[str, ...]) -> str:
+    """The problem of an unknown ``key``: the nearest known key when one is near enough
+    (``bakcoff`` → ``backoff``), else every key the table takes."""
+    nearest = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if nearest:
+        return f"unknown key: did you mean {nearest[0]!r}?"
+    return f"unknown key (this table takes {', '.join(sorted(known))})"
 
 
 def kind_of(value: Any) -> str:

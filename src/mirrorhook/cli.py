@@ -67,21 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction)
     parser.set_defaults(verbose=False)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    common = argparse.ArgumentParser(add_help=False)
+    # The commands that make keys or run the demo read no config: they take -v alone, so
+    # that a -c given to them is refused rather than silently ignored.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging and tracebacks"
+    )
+    common = argparse.ArgumentParser(add_help=False, parents=[verbose])
     common.add_argument(
         "-c",
         "--config",
         metavar="FILE",
         help=f"configuration file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})",
     )
-    common.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     _add_serve_parser(subparsers, common)
     _add_notify_parser(subparsers, common)
     _add_sync_parser(subparsers, common)
     _add_status_parser(subparsers, common)
     _add_check_config_parser(subparsers, common)
-    credentials.add_parsers(subparsers, common)
-    _add_demo_parser(subparsers, common)
+    credentials.add_parsers(subparsers, verbose)
+    _add_demo_parser(subparsers, verbose)
     return parser
 
 
@@ -92,12 +97,17 @@ def _add_serve_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentPar
     parser = subparsers.add_parser(
         "serve",
         parents=[common],
-        help="run the daemon: webhook receiver, poll fallback and sync engine",
+        help="run the daemon: the mirror's receiver and/or the upstream's publisher",
         description=(
-            "Run every role configured: with [receiver], listen for signed webhooks, sync "
-            "after a random backoff, poll the upstream marker as a fallback and check it once "
-            "at start. Exits 0 after SIGTERM/SIGINT (a running rsync is stopped, the marker "
-            "left as it was), 2 on a config error, 1 on a fatal error."
+            "Run every role the config has. With [receiver] (a mirror): listen for signed "
+            "webhooks, sync after a random backoff, poll the upstream marker as a fallback "
+            "and check it once at start. With [publisher] (an upstream, or a hub with both): "
+            "watch the marker, deliver a signed webhook to every mirror until it accepts, "
+            "check what each mirror serves, and serve the status page (GET /), the mirror "
+            "list (GET /mirrorlist) and mirrors' reports on its listen. SIGHUP reloads the "
+            "config; a config that does not load is refused and the running one stays. "
+            "Exits 0 after SIGTERM/SIGINT (a running rsync is stopped, the marker left as it "
+            "was), 2 on a config error, 1 on a fatal error."
         ),
     )
     parser.set_defaults(func=_serve)
@@ -206,10 +216,10 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def _add_demo_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentParser) -> None:
+def _add_demo_parser(subparsers: _Subparsers[Any], verbose: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "demo",
-        parents=[common],
+        parents=[verbose],
         help="run a whole mirror network on loopback and show it sync",
         description=(
             "In a temporary folder: an upstream tree served by a real rsync daemon on "
@@ -217,7 +227,7 @@ def _add_demo_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentPars
             "real configs). Publishes three times and prints, per mirror, when the webhook "
             "arrived and the sync started and finished (ms after the marker's rename), then "
             "compares every tree with the upstream's. Cleans up every process and file. "
-            "Exit status: 0 when every mirror converged. Needs rsync; ignores -c."
+            "Exit status: 0 when every mirror converged. Needs rsync; reads no config."
         ),
     )
     parser.add_argument(
@@ -256,7 +266,11 @@ def _sync(args: argparse.Namespace) -> int:
         raise ConfigError([f"{config.path}: receiver: this command needs a [receiver] section"])
     repos = _trees(config, "receiver", host.repos, [r.name for r in host.repos], args.repos)
     if host.single:
-        return _sync_one(repos[0], args.if_changed, args.randomize)
+        # The same one line as each repository of the host form gets; the tree has no name,
+        # so its target names it.
+        code = _sync_one(repos[0], args.if_changed, args.randomize)
+        sys.stdout.write(f"{repos[0].target}  {_OUTCOMES[code]}\n")
+        return code
     if args.randomize:
         # One wait for the whole run, as the hourly script had: forty repositories must not
         # each sleep up to --randomize seconds in turn.
@@ -266,15 +280,17 @@ def _sync(args: argparse.Namespace) -> int:
     codes = {}
     for repo in repos:
         codes[repo.name] = _sync_one(repo, args.if_changed, 0.0) if repo.enabled else EXIT_OK
-        outcome = {EXIT_OK: "ok", EXIT_LOCKED: "locked", EXIT_FAILURE: "failed"}[codes[repo.name]]
-        if not repo.enabled:
-            outcome = "disabled"
+        outcome = _OUTCOMES[codes[repo.name]] if repo.enabled else "disabled"
         sys.stdout.write(f"{repo.name}  {outcome}\n")
     if any(code == EXIT_FAILURE for code in codes.values()):
         return EXIT_FAILURE
     if codes and all(code == EXIT_LOCKED for code in codes.values()):
         return EXIT_LOCKED
     return EXIT_OK
+
+
+_OUTCOMES = {EXIT_OK: "ok", EXIT_LOCKED: "locked", EXIT_FAILURE: "failed"}
+"""What ``sync`` prints of each tree, by its exit status."""
 
 
 def _trees(

@@ -9,6 +9,7 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mirrorhook.checks import Table
 from mirrorhook.errors import ConfigError
@@ -55,6 +56,37 @@ def config_path(explicit: str | None) -> Path:
     return Path(from_env) if from_env else DEFAULT_CONFIG
 
 
+def in_file_order(path: Path, document: dict[str, Any], problems: list[str]) -> list[str]:
+    """``problems`` in the order their keys appear in the file, so that an operator reads
+    them top to bottom (the checks run in their own order; TOML tables keep the file's).
+    A problem of a key the file lacks (a required one) sorts where its table begins."""
+    order: dict[str, int] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                order.setdefault(f"{prefix}{key}", len(order))
+                walk(f"{prefix}{key}.", item)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, dict):
+                    order.setdefault(f"{prefix[:-1]}[{index}]", len(order))
+                    walk(f"{prefix[:-1]}[{index}].", item)
+
+    walk("", document)
+    head = f"{path}: "
+
+    def position(problem: str) -> int:
+        key = problem.removeprefix(head).split(": ", 1)[0]
+        while key:
+            if key in order:
+                return order[key]
+            key = key.rpartition(".")[0]  # a missing key: where its table is
+        return len(order)
+
+    return sorted(problems, key=position)  # stable: a key's own problems keep their order
+
+
 def load_config(path: Path) -> Config:
     """Read and validate ``path``; raise ``ConfigError`` listing every problem found."""
     try:
@@ -80,5 +112,5 @@ def load_config(path: Path) -> Config:
     if not problems and receivers is None and publishers is None:
         problems.append(f"{path}: neither a [receiver] nor a [publisher] section: nothing to run")
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(in_file_order(path, document, problems))
     return Config(path=path, receivers=receivers, publishers=publishers)

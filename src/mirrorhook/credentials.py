@@ -21,11 +21,12 @@ from mirrorhook.keys import SigningKey
 _Subparsers = argparse._SubParsersAction  # argparse exposes no public name for it
 
 
-def add_parsers(subparsers: _Subparsers[Any], common: argparse.ArgumentParser) -> None:
-    """Add ``secret`` and ``keygen`` to the command line."""
+def add_parsers(subparsers: _Subparsers[Any], verbose: argparse.ArgumentParser) -> None:
+    """Add ``secret`` and ``keygen`` to the command line (``verbose``: their ``-v``; they
+    read no config, so they take no ``-c``)."""
     parser = subparsers.add_parser(
         "secret",
-        parents=[common],
+        parents=[verbose],
         help="print a new random webhook secret",
         description=(
             "Print a new secret (whsec_ + base64 of 32 random bytes). Store it in a file only "
@@ -36,7 +37,7 @@ def add_parsers(subparsers: _Subparsers[Any], common: argparse.ArgumentParser) -
     parser.set_defaults(func=run_secret)
     parser = subparsers.add_parser(
         "keygen",
-        parents=[common],
+        parents=[verbose],
         help="make the upstream's Ed25519 key pair (v1a signatures), or show a public key",
         description=(
             "Make a new Ed25519 key pair for v1a signatures. With -o FILE, write the private "

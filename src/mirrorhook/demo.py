@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 
 from mirrorhook.errors import DemoError
+from mirrorhook.message import HOOK_PATH
 from mirrorhook.signing import new_secret
 
 REPOS = ("ius", "epel")
@@ -135,7 +136,7 @@ def _start(network: Network, out: Callable[[str], None]) -> None:
             secret = new_secret()
             _secret(folder / f"{name}-{repo}.secret", secret)
             _secret(folder / f"publisher-{name}-{repo}.secret", secret)
-            path = f"/v1/hook/{repo}" if len(repos) > 1 else "/v1/hook"
+            path = f"{HOOK_PATH}/{repo}" if len(repos) > 1 else HOOK_PATH
             announcements[repo] += [
                 f"[[publisher.repos.{repo}.mirrors]]",
                 f'name = "{name}"',
@@ -148,7 +149,11 @@ def _start(network: Network, out: Callable[[str], None]) -> None:
             [sys.executable, "-m", "mirrorhook", "serve", "-c", str(folder / f"{name}.toml")],
         )
         _wait_port(port)
-    publisher = [f'[publisher]\nstate_dir = "{folder}/publisher-state"\nname = "demo-upstream"']
+    page_port = _free_port()
+    publisher = [
+        f'[publisher]\nstate_dir = "{folder}/publisher-state"\nname = "demo-upstream"\n'
+        f'listen = ["127.0.0.1:{page_port}"]'
+    ]
     for repo in REPOS:
         publisher += [f'[publisher.repos.{repo}]\nroot = "{upstream / repo}"', *announcements[repo]]
     _write(folder / "publisher.toml", "\n".join(publisher) + "\n")
@@ -162,12 +167,20 @@ def _start(network: Network, out: Callable[[str], None]) -> None:
         [sys.executable, "-m", "mirrorhook", "serve", "-c", str(folder / "publisher.toml")],
     )
     _until(lambda: network.log("publisher").read_text().count("watching") >= 2, "the publisher")
+    _wait_port(page_port)
     out(
         f"upstream: repositories {' and '.join(REPOS)} served by rsync --daemon on "
         f"127.0.0.1:{rsync_port}; one publisher watching both; mirrors: "
         + ", ".join(
             f"{name} ({' + '.join(repos)}, backoff {backoff} s)" for name, backoff, repos in MIRRORS
         )
+    )
+    out(f"the upstream's page, while the demo runs: http://127.0.0.1:{page_port}/")
+    out(
+        "times below are milliseconds after the publish (the marker's rename): when the "
+        "webhook reached the mirror, its sync started (after its random backoff) and "
+        "finished; the hourly cron job this replaces syncs about 55 minutes after a publish "
+        "on average (minute 1 of the hour, then a random sleep of up to 3,000 s)"
     )
 
 

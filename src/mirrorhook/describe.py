@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from mirrorhook import rsync
 from mirrorhook.config import Config
-from mirrorhook.publisher_config import MirrorConfig, PublisherConfig
+from mirrorhook.message import HOOK_PATH
+from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
 from mirrorhook.receiver_config import ReceiverConfig, ReceiverHost
+
+LABEL_WIDTH = 15
+"""Columns a label takes, two spaces after the longest ("rsync command")."""
 
 
 def describe(config: Config) -> str:
@@ -18,27 +22,54 @@ def describe(config: Config) -> str:
             lines.append(
                 f"signing key: {config.publishers.signing_key_file}, public key {key.public()}"
             )
+        lines += _rows("  ", _publisher_urls(config.publishers))
         for tree in config.publishers.repos:
-            lines += _publisher(tree)
+            lines += _publisher(tree, config.publishers)
     return "\n".join(lines)
 
 
+def _rows(indent: str, rows: list[tuple[str, str]]) -> list[str]:
+    return [f"{indent}{key:<{LABEL_WIDTH}}{value}" for key, value in rows]
+
+
 def _receivers(host: ReceiverHost) -> list[str]:
-    lines = ["receiver:", f"  listen on      {', '.join(str(listen) for listen in host.listen)}"]
+    rows = [("listen on", ", ".join(map(str, host.listen)))]
     if host.single:
-        return lines + _tree(host.repos[0], indent="  ")
-    lines.append(f"  syncs at once  {host.max_syncs}, all repositories together")
+        rows += [("hook", HOOK_PATH), ("send upstream", _hook_url(HOOK_PATH))]
+        return ["receiver:", *_rows("  ", rows), *_tree(host.repos[0], indent="  ")]
+    rows += [
+        ("syncs at once", f"{host.max_syncs}, all repositories together"),
+        ("send upstream", _hook_url(f"{HOOK_PATH}/NAME") + ", for each repository below"),
+    ]
+    lines = ["receiver:", *_rows("  ", rows)]
     for repo in host.repos:
         state = "" if repo.enabled else " (disabled: kept in the config, not synced)"
         lines.append(f"  repository {repo.name}{state}:")
-        lines.append(f"    hook         /v1/hook/{repo.name}")
+        lines += _rows("    ", [("hook", f"{HOOK_PATH}/{repo.name}")])
         lines += _tree(repo, indent="    ")
     return lines
 
 
+def _hook_url(path: str) -> str:
+    """The webhook URL the upstream's operator needs: where the web server in front of the
+    listen serves it, which only the operator knows."""
+    return f"https://YOUR-HOST[/PREFIX]{path} (the listen, as your web server serves it)"
+
+
+def _publisher_urls(host: PublisherHost) -> list[tuple[str, str]]:
+    """Where users and mirrors reach the publisher's listen: its page and mirror lists."""
+    if not host.listen:
+        return []
+    base = host.public_url or f"http://{host.listen[0]}"
+    query = "" if host.single else "?repo=NAME"
+    rows = [("page", f"{base}/"), ("mirror list", f"{base}/mirrorlist{query}")]
+    if host.public_url is None:
+        rows.append(("public_url", "not set: mirrors get no report URL"))
+    return rows
+
+
 def _tree(r: ReceiverConfig, indent: str) -> list[str]:
     poll = f"every {r.poll_interval:g} s + 0..{r.poll_jitter:g} s" if r.poll_interval else "off"
-    width = 15 - len(indent) + 2
     rows = [
         ("follow", f"{r.upstream} -> {r.target} (marker {r.marker})"),
         ("webhook sync", f"after a random 0..{r.backoff:g} s backoff"),
@@ -56,19 +87,25 @@ def _tree(r: ReceiverConfig, indent: str) -> list[str]:
         rows.append(("on success", " ".join(r.exec_on_success)))
     if r.exec_on_failure:
         rows.append(("on failure", " ".join(r.exec_on_failure)))
-    return [f"{indent}{key:<{width}}{value}" for key, value in rows]
+    return _rows(indent, rows)
 
 
-def _publisher(p: PublisherConfig) -> list[str]:
-    lines = [
-        "publisher:" if p.repo is None else f"publisher, repository {p.repo}:",
-        f"  watch          {p.root / p.marker} ({p.watch}, rescan every {p.rescan:g} s)",
-        f"  announce as    {p.name}",
-        f"  deliveries     {p.concurrency} at once, {p.timeout:g} s each, "
-        f"retried for {p.retry_for:g} s",
-        f"  state          {p.state_dir}",
+def _publisher(p: PublisherConfig, host: PublisherHost) -> list[str]:
+    rows = [
+        ("watch", f"{p.root / p.marker} ({p.watch}, rescan every {p.rescan:g} s)"),
+        ("announce as", p.name),
+        (
+            "deliveries",
+            f"{p.concurrency} at once, {p.timeout:g} s each, retried for {p.retry_for:g} s",
+        ),
+        ("state", str(p.state_dir)),
     ]
-    return lines + [f"  mirror         {_mirror(mirror)}" for mirror in p.mirrors]
+    if host.listen and p.repo is not None:
+        base = host.public_url or f"http://{host.listen[0]}"
+        rows.append(("mirror list", f"{base}/mirrorlist?repo={p.repo}"))
+    rows += [("mirror", _mirror(mirror)) for mirror in p.mirrors]
+    heading = "publisher:" if p.repo is None else f"publisher, repository {p.repo}:"
+    return [heading, *_rows("  ", rows)]
 
 
 def _verifiers(r: ReceiverConfig) -> str:

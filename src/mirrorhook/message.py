@@ -14,6 +14,8 @@ from mirrorhook.errors import PayloadError
 
 EVENT_TYPE = "mirror.updated"
 REPORT_TYPE = "mirror.synced"
+HOOK_PATH = "/v1/hook"
+"""Where a receiver takes webhooks (``/v1/hook/NAME`` per repository in the host form)."""
 REPORT_PATH = "/v1/report"
 """Where a publisher takes mirrors' reports, under its ``public_url``."""
 MAX_FIELD_LENGTH = 4096

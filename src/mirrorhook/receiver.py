@@ -25,6 +25,7 @@ from mirrorhook.errors import (
     SignatureError,
     TimestampError,
 )
+from mirrorhook.message import HOOK_PATH
 from mirrorhook.metrics import Metrics, TreeMetrics
 from mirrorhook.poller import Poller
 from mirrorhook.receiver_config import ReceiverConfig
@@ -38,7 +39,6 @@ from mirrorhook.throttle import WARNING_PERIOD, Throttle
 
 logger = logging.getLogger(__name__)
 
-HOOK_PATH = "/v1/hook"
 READ_DEADLINE = 10.0
 """Seconds a client has to send a whole webhook body; a trickling body is cut off."""
 

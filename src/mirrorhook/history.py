@@ -1,0 +1,192 @@
+"""How publishes spread, over the last ``DAYS`` days: per publish, how long after it each
+mirror was first seen serving it; per mirror, a score like Arch's mirror status (the share
+of its checks that found it fresh, and its mean delay).
+
+Kept in ``history.json`` beside the freshness record, bounded in size: publishes older than
+``DAYS`` days are dropped, and at most ``MAX_PUBLISHES`` are kept; each mirror's checks are
+counted in one bucket a day. Served as ``/v1/history`` for aggregators and drawn on the
+page as a propagation curve (docs/design.md#history).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mirrorhook.state import read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "history.json"
+DAYS = 30
+DAY = 86400.0
+MAX_PUBLISHES = 2000
+"""Publishes kept at most (about one every 20 minutes for 30 days)."""
+SAVE_DELAY = 5.0
+"""Seconds changes are gathered before the record is written: a crash loses these only."""
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """A mirror's record over the days kept."""
+
+    checks: int
+    fresh_checks: int
+    mean_delay: float | None
+    """Mean seconds from a publish to the mirror first seen serving it, over the publishes
+    it was seen serving."""
+
+    @property
+    def share_fresh(self) -> float | None:
+        return None if not self.checks else self.fresh_checks / self.checks
+
+
+class History:
+    """One tree's publishes and its mirrors' checks, kept for ``DAYS`` days."""
+
+    def __init__(self, state_dir: Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = state_dir / STATE_NAME
+        self._clock = clock
+        recorded = read_json(self.path)
+        self._publishes: list[dict[str, Any]] = [
+            entry
+            for entry in recorded.get("publishes", [])
+            if isinstance(entry, dict)
+            and isinstance(entry.get("value"), str)
+            and isinstance(entry.get("at"), int | float)
+            and isinstance(entry.get("fresh"), dict)
+        ][-MAX_PUBLISHES:]
+        checks = recorded.get("checks")
+        self._checks: dict[str, dict[str, list[int]]] = {
+            name: {day: counts for day, counts in days.items() if _counts(counts)}
+            for name, days in (checks.items() if isinstance(checks, dict) else ())
+            if isinstance(name, str) and isinstance(days, dict)
+        }
+        self._save_soon: asyncio.TimerHandle | None = None
+        self._writing: asyncio.Task[None] | None = None
+        self._unsaved = False
+
+    def published(self, value: str, at: float) -> None:
+        """A new marker was announced at ``at``."""
+        self._publishes.append({"value": value, "at": at, "fresh": {}})
+        self._trim()
+        self._changed()
+
+    def fresh(self, mirror: str, value: str, lag: float) -> None:
+        """``mirror`` was first seen serving ``value``, ``lag`` seconds after its publish."""
+        for entry in reversed(self._publishes):
+            if entry["value"] == value:
+                entry["fresh"].setdefault(mirror, round(lag, 3))
+                self._changed()
+                return
+
+    def checked(self, mirror: str, *, fresh: bool) -> None:
+        """A check of ``mirror`` found it fresh or not (counted in today's bucket)."""
+        day = str(int(self._clock() // DAY))
+        counts = self._checks.setdefault(mirror, {}).setdefault(day, [0, 0])
+        counts[0] += 1
+        counts[1] += int(fresh)
+        self._changed()
+
+    def publishes(self) -> list[dict[str, Any]]:
+        """The publishes kept, oldest first: value, time, and each mirror's delay."""
+        self._trim()
+        return [
+            {"value": e["value"], "at": e["at"], "fresh": dict(e["fresh"])} for e in self._publishes
+        ]
+
+    def score(self, mirror: str) -> Score:
+        """``mirror``'s checks and delays over the days kept."""
+        self._trim()
+        days = self._checks.get(mirror, {}).values()
+        delays = [e["fresh"][mirror] for e in self._publishes if mirror in e["fresh"]]
+        return Score(
+            checks=sum(counts[0] for counts in days),
+            fresh_checks=sum(counts[1] for counts in days),
+            mean_delay=round(sum(delays) / len(delays), 3) if delays else None,
+        )
+
+    def document(self, mirrors: Iterable[str]) -> dict[str, Any]:
+        """What ``/v1/history`` answers for this tree."""
+        scores = {}
+        for name in mirrors:
+            score = self.score(name)
+            scores[name] = {
+                "checks": score.checks,
+                "fresh_checks": score.fresh_checks,
+                "share_fresh": score.share_fresh,
+                "mean_delay": score.mean_delay,
+            }
+        return {"days": DAYS, "publishes": self.publishes(), "mirrors": scores}
+
+    def flush(self) -> None:
+        """Write the record now if it changed (at shutdown)."""
+        if self._save_soon is not None:
+            self._save_soon.cancel()
+            self._save_soon = None
+        if self._unsaved:
+            self._unsaved = False
+            try:
+                write_json(self.path, self._document(), durable=False, compact=True)
+            except OSError as err:
+                self._unsaved = True
+                logger.warning("cannot write %s: %s", self.path, err.strerror)
+
+    def _document(self) -> dict[str, Any]:
+        """A copy of the record, which a writer thread may encode while the loop goes on."""
+        checks = {
+            name: {day: list(counts) for day, counts in days.items()}
+            for name, days in self._checks.items()
+        }
+        return {"publishes": self.publishes(), "checks": checks}
+
+    def _trim(self) -> None:
+        cutoff = self._clock() - DAYS * DAY
+        first_day = int(cutoff // DAY)
+        while self._publishes and (
+            self._publishes[0]["at"] < cutoff or len(self._publishes) > MAX_PUBLISHES
+        ):
+            self._publishes.pop(0)
+        for days in self._checks.values():
+            for day in [day for day in days if not day.isdigit() or int(day) < first_day]:
+                del days[day]
+
+    def _changed(self) -> None:
+        """Note a change: written at once outside an event loop, else ``SAVE_DELAY`` later,
+        off the loop."""
+        self._unsaved = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if self._save_soon is None:
+            self._save_soon = loop.call_later(SAVE_DELAY, self._write_soon)
+
+    def _write_soon(self) -> None:
+        self._save_soon = None
+        if self._writing is not None and not self._writing.done():
+            self._changed()  # a write is running: the next one follows it
+            return
+        document, self._unsaved = self._document(), False
+        self._writing = asyncio.create_task(self._write(document))
+
+    async def _write(self, document: dict[str, Any]) -> None:
+        try:
+            await asyncio.to_thread(write_json, self.path, document, durable=False, compact=True)
+        except OSError as err:
+            logger.warning("cannot write %s: %s", self.path, err.strerror)
+            self._changed()  # tried again SAVE_DELAY later
+
+
+def _counts(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(n, int) and n >= 0 for n in value)
+    )
