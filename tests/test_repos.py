@@ -288,6 +288,64 @@ def test_exec_hooks_run_after_a_sync_with_what_happened_and_disabled_repos_are_s
     assert marker_of(host.tree("epel")) is None
 
 
+def test_a_disabled_repository_is_kept_unsynced_and_shown_disabled(
+    tmp_path: Path, upstreams: dict[str, Path], processes: Processes
+) -> None:
+    """docs/design.md#many-repositories: with ``enabled = false`` epel stays in the config but
+    gets no start-up check, its hook answers 200 {"status": "disabled"} and schedules
+    nothing, and `status`, `status --json` and /v1/status show it ``disabled``; its last
+    sync, failed before it was disabled, does not make `status` exit 1."""
+    log = tmp_path / "transfers.log"
+    urls = {name: (tmp_path / f"{name}.url").read_text() for name in REPOS}
+    host = Host(tmp_path, urls, timing_rsync(tmp_path, log, delay=0.2))
+    text = host.config.read_text()
+    host.config.write_text(
+        text.replace("[receiver.repos.epel]", "[receiver.repos.epel]\nenabled = false")
+    )
+    failed = {"result": "failed", "trigger": "cron", "error": "rsync exited with code 10"}
+    (tmp_path / "state" / "repos" / "epel").mkdir(parents=True)
+    (tmp_path / "state" / "repos" / "epel" / "receiver.json").write_text(
+        json.dumps({"last_sync": failed})
+    )
+    processes.serve(host.config, "host")
+    wait_for_port(host.port)
+    # One sync at a time, start-up checks one second apart in config order: once arch's
+    # has synced, epel's would have run before it.
+    wait_until(
+        lambda: marker_of(host.tree("ius")) == marker_of(host.tree("arch")) == "1",
+        what="the start-up syncs of ius and arch",
+    )
+    publish(upstreams["epel"], "2")
+    publish(upstreams["ius"], "2")
+    assert host.post("/v1/hook/epel", host.secrets["epel"], "2") == (200, {"status": "disabled"})
+    assert host.post("/v1/hook/ius", host.secrets["ius"], "2")[0] == 202
+    # A sync scheduled by epel's webhook would have taken the only slot before ius's.
+    wait_until(lambda: marker_of(host.tree("ius")) == "2", what="ius at marker 2")
+    assert sorted(started(log)) == ["arch", "ius", "ius"]
+    assert marker_of(host.tree("epel")) is None
+    assert not host.tree("epel").exists()
+
+    served = {repo["name"]: repo for repo in host.status()["repos"]}
+    assert [served[name]["enabled"] for name in REPOS] == [True, False, True]
+    assert [served[name]["state"] for name in REPOS] == ["idle", "disabled", "idle"]
+    assert served["epel"]["last_sync"] == failed
+    shown = mirrorhook("status", "-c", host.config, "--json")
+    assert shown.returncode == 0, shown.stdout
+    rows = {repo["name"]: repo for repo in json.loads(shown.stdout)["repos"]}
+    assert [(rows[name]["enabled"], rows[name]["state"]) for name in REPOS] == [
+        (True, "idle"),
+        (False, "disabled"),
+        (True, "idle"),
+    ]
+    table = mirrorhook("status", "-c", host.config)
+    assert table.returncode == 0, table.stdout
+    states = {line.split()[0]: line.split()[1] for line in table.stdout.splitlines()[2:5]}
+    assert states == {"ius": "idle", "epel": "disabled", "arch": "idle"}
+    with urllib.request.urlopen(f"http://127.0.0.1:{host.port}/metrics", timeout=10) as page:
+        metrics = page.read().decode()
+    assert 'mirrorhook_webhooks_total{outcome="disabled",repo="epel"} 1.0' in metrics
+
+
 def test_sighup_adds_removes_and_changes_repositories_without_stopping_a_running_sync(
     tmp_path: Path, upstreams: dict[str, Path], processes: Processes
 ) -> None:
