@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import json
@@ -36,6 +35,7 @@ from tests.helpers import (
     rsync_daemon,
     signed_webhook,
     trees_equal,
+    until,
     wait_until,
 )
 
@@ -59,7 +59,8 @@ async def test_daemon_at_max_connections_is_retried_until_a_slot_frees(tmp_path:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        await asyncio.sleep(0.3)
+        # rsync receives into a temporary ".hog.bin.XXXXXX": the hog holds the slot.
+        await until(lambda: any(tmp_path.glob(".hog.bin.*")), 10)
         assert hog.poll() is None, "the hog should hold the only slot"
         syncer = syncer_for(tmp_path, daemon.url)
         report = await syncer.sync(if_changed=True, trigger="test")

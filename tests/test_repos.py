@@ -188,11 +188,16 @@ def test_one_daemon_serves_three_repositories_each_with_its_own_hook_secret_and_
         {"status": "scheduled", "delay": 0},
     )
     wait_until(lambda: marker_of(host.tree("ius")) == "2", what="ius at marker 2")
-    # Had the webhook triggered the others, one of them would have *started* its transfer
-    # (logged by the wrapper) a few milliseconds after ius's sync gave the slot back.
-    time.sleep(0.5)
-    assert sorted(started(log)) == sorted([*REPOS, "ius"])
-    assert [marker_of(host.tree(name)) for name in ("epel", "arch")] == ["1", "1"]
+    # arch's own webhook is the witness: had ius's triggered the others, arch's would find
+    # a sync pending or done (not "scheduled"), and epel's would have taken the only slot
+    # before arch's (first come, first served) and logged its transfer.
+    assert host.post("/v1/hook/arch", host.secrets["arch"], "2") == (
+        202,
+        {"status": "scheduled", "delay": 0},
+    )
+    wait_until(lambda: marker_of(host.tree("arch")) == "2", what="arch at marker 2")
+    assert sorted(started(log)) == sorted([*REPOS, "ius", "arch"])
+    assert marker_of(host.tree("epel")) == "1"
     assert trees_equal(upstreams["ius"], host.tree("ius"))
 
     assert host.post("/v1/hook/epel", host.secrets["ius"], "2")[0] == 401
