@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import json
@@ -20,8 +19,9 @@ from typing import Any
 import pytest
 
 from mirrorhook import signing
-from mirrorhook.errors import RsyncError, SyncError
+from mirrorhook.errors import RsyncError
 from mirrorhook.retry import Backoff
+from mirrorhook.status import format_receiver, receiver_status
 from mirrorhook.syncer import Syncer, SyncResult, receiver_state_path
 from tests.helpers import (
     Processes,
@@ -35,6 +35,7 @@ from tests.helpers import (
     rsync_daemon,
     signed_webhook,
     trees_equal,
+    until,
     wait_until,
 )
 
@@ -58,7 +59,8 @@ async def test_daemon_at_max_connections_is_retried_until_a_slot_frees(tmp_path:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        await asyncio.sleep(0.3)
+        # rsync receives into a temporary ".hog.bin.XXXXXX": the hog holds the slot.
+        await until(lambda: any(tmp_path.glob(".hog.bin.*")), 10)
         assert hog.poll() is None, "the hog should hold the only slot"
         syncer = syncer_for(tmp_path, daemon.url)
         report = await syncer.sync(if_changed=True, trigger="test")
@@ -93,27 +95,42 @@ async def test_upstream_down_fails_cleanly_and_the_next_sync_recovers(tmp_path: 
 async def test_full_target_file_system_fails_clearly_and_keeps_the_old_tree(
     tmp_path: Path,
 ) -> None:
-    """The mirror's file system fills up during a sync: a clear failure, the old tree and
-    marker intact (rsync --delay-updates never replaced a file it could not finish)."""
+    """The mirror's file system fills up during a sync: the failure names the cause (rsync's
+    exit code 11 and its "No space left on device" line, in the error, the record and
+    `status`), and the old tree and marker are intact byte for byte."""
     with small_tmpfs(tmp_path / "small", "2m") as mount:
         upstream = make_upstream(tmp_path / "upstream")
         with rsync_daemon(tmp_path, upstream) as daemon:
             syncer = syncer_for(tmp_path, daemon.url, retries=1, target=str(mount / "mirror"))
             await syncer.sync(if_changed=True, trigger="first")
-            before = {p: p.read_bytes() for p in syncer.config.target.rglob("*") if p.is_file()}
+            target = syncer.config.target
+            before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
             (upstream / "dir0" / "file0.rpm").write_bytes(os.urandom(3_000_000))
             publish(upstream, "2")
-            with pytest.raises(SyncError) as caught:
+            with pytest.raises(RsyncError) as caught:
                 await syncer.sync(if_changed=True, trigger="disk full")
-            assert (
-                "No space left" in str(caught.value)
-                or "code 11" in str(caught.value)
-                or (isinstance(caught.value, RsyncError))
-            )
-            after = {p: p.read_bytes() for p in syncer.config.target.rglob("*") if p.is_file()}
-            leftovers = [p for p in after if ".~tmp~" in p.parts]
-            assert {p: b for p, b in after.items() if p not in leftovers} == before
-            assert syncer.local_marker() == "1"
+            after = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
+            status = receiver_status(syncer.config)  # what `status --json` prints
+            local = syncer.local_marker()
+    failure = caught.value
+    assert failure.returncode == 11, failure  # rsync's "error in file IO"
+    assert not failure.transient
+    cause = f'write failed on "{target}/dir0/file0.rpm": No space left on device (28)'
+    assert cause in failure.cause
+    assert str(failure) == f"rsync exited with code 11 (permanent): {failure.cause}"
+    assert local == "1"
+    assert status["local_marker"] == "1"
+    last = status["last_sync"]
+    assert last["result"] == "failed"
+    assert last["returncode"] == 11
+    assert last["error"] == str(failure)
+    assert any(cause in line for line in last["stderr_tail"])
+    shown = format_receiver(status).splitlines()  # what `status` prints
+    assert any(line.startswith("error:") and line.endswith(str(failure)) for line in shown)
+    assert any(line.startswith("rsync said:") and cause in line for line in shown)
+    leftovers = [p for p in after if ".~tmp~" in p.parts]
+    assert {p: b for p, b in after.items() if p not in leftovers} == before
+    assert before[target / "CURRENT"] == b"1\n"
 
 
 @contextlib.contextmanager
@@ -173,14 +190,18 @@ def test_full_state_dir_fails_syncs_clearly_and_the_next_webhook_after_freeing_i
     tmp_path: Path, daemon: RsyncDaemon, processes: Processes
 ) -> None:
     """state_dir's file system full: every webhook still schedules a sync, which fails
-    with ENOSPC named; the daemon stays healthy with a warning about its state notes; once
-    space is freed the next webhook syncs (the scheduler died here before)."""
+    before rsync with ENOSPC named (its in-progress note cannot be written), leaving the
+    tree and marker byte for byte; the daemon stays healthy with a warning naming it about
+    its state notes; once space is freed the next webhook syncs (the scheduler died here
+    before)."""
     with small_tmpfs(tmp_path / "small", "1m") as small:
         port = free_port()
         config = receiver_toml(tmp_path, upstream=daemon.url, port=port, state_dir=str(small))
         secret = signing.Secret.parse((tmp_path / "receiver.secret").read_text())
         processes.serve(config, "receiver")
-        wait_until(lambda: marker_of(tmp_path / "mirror") == "1", what="the startup sync")
+        mirror = tmp_path / "mirror"
+        wait_until(lambda: marker_of(mirror) == "1", what="the startup sync")
+        before = {p: p.read_bytes() for p in mirror.rglob("*") if p.is_file()}
         filler = fill(small)
         publish(daemon.root, "2")
         for attempt in (1, 2, 3):
@@ -191,15 +212,22 @@ def test_full_state_dir_fails_syncs_clearly_and_the_next_webhook_after_freeing_i
                 partial(logged, processes, "sync failed (webhook", attempt),
                 what=f"failed sync {attempt}",
             )
-        assert "No space left on device" in processes.log("receiver")
+        cause = f"cannot note the sync in {small / 'receiver.json'}: No space left on device"
+        failures = [
+            line for line in processes.log("receiver").splitlines() if "sync failed (" in line
+        ]
+        assert len(failures) == 3, failures
+        assert all(line.endswith(f"): {cause}") for line in failures), failures
         status, health = get_json(port, "/healthz")
         assert status == 200
-        assert "state notes" in health["warnings"], health
-        assert marker_of(tmp_path / "mirror") == "1"
+        assert health["warnings"] == {
+            "state notes": f"cannot write {small / 'receiver.json'}: No space left on device"
+        }, health
+        assert {p: p.read_bytes() for p in mirror.rglob("*") if p.is_file()} == before
         filler.unlink()
         assert post_webhook(port, secret, "2")[0] == 202
-        wait_until(lambda: marker_of(tmp_path / "mirror") == "2", what="the sync after freeing")
-        assert trees_equal(daemon.root, tmp_path / "mirror")
+        wait_until(lambda: marker_of(mirror) == "2", what="the sync after freeing")
+        assert trees_equal(daemon.root, mirror)
         wait_until(lambda: get_json(port, "/healthz")[1]["warnings"] == {}, what="no warnings")
 
 

@@ -19,6 +19,8 @@ from mirrorhook.fleet import build_receiver
 from mirrorhook.keys import SigningKey
 from mirrorhook.message import HOOK_PATH
 from mirrorhook.receiver import Receiver, background, make_app
+from mirrorhook.state import read_json
+from mirrorhook.syncer import receiver_state_path
 from tests.helpers import (
     RsyncDaemon,
     counting_rsync,
@@ -76,7 +78,7 @@ async def test_valid_webhook_syncs_the_mirror(
     tmp_path: Path, daemon: RsyncDaemon, aiohttp_client: ClientFactory
 ) -> None:
     """A valid webhook → 202, then the mirror equals the upstream; the same marker again → 200
-    up-to-date and no rsync of the tree runs."""
+    up-to-date and no sync follows."""
     log = tmp_path / "rsync.log"
     receiver = make_receiver(tmp_path, daemon.url, rsync=str(counting_rsync(tmp_path, log)))
     app = make_app(receiver)
@@ -90,11 +92,14 @@ async def test_valid_webhook_syncs_the_mirror(
     await wait_until_synced(receiver, "2")
     assert trees_equal(daemon.root, receiver.config.target)
     transfers = len(tree_invocations(log))
+    recorded = read_json(receiver_state_path(receiver.config))
     status, answer = await post(client, *signed_webhook(receiver.config.secret, "2"))
     assert (status, answer) == (200, {"status": "up-to-date"})
-    await asyncio.sleep(0.2)
+    # Nothing queued, waiting or running, and no sync since the last: none will come (a
+    # sync of an up-to-date tree transfers nothing, so the transfers alone cannot tell).
+    assert (receiver.scheduler.phase, receiver.scheduler.pending) == ("idle", False)
+    assert read_json(receiver_state_path(receiver.config)) == recorded
     assert len(tree_invocations(log)) == transfers
-    assert not receiver.scheduler.pending
 
 
 @pytest.mark.slow
@@ -127,7 +132,9 @@ async def test_webhooks_during_a_sync_produce_one_follow_up(
     assert receiver.scheduler.phase == "syncing", "all 200 arrived during the first sync"
     assert {(status, answer["status"]) for status, answer in answers} == {(202, "queued")}
     await wait_until_synced(receiver, "3")
-    await asyncio.sleep(0.3)
+    # The follow-up was queued during the first sync: nothing queued or running means it
+    # has run, and nothing follows it.
+    await until(lambda: receiver.scheduler.phase == "idle" and not receiver.scheduler.pending)
     started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sync started")]
     assert len(started) == 2, started
     # The first sync saw marker 3 appear during its stage 1 and transferred again; the

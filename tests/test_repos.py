@@ -188,11 +188,16 @@ def test_one_daemon_serves_three_repositories_each_with_its_own_hook_secret_and_
         {"status": "scheduled", "delay": 0},
     )
     wait_until(lambda: marker_of(host.tree("ius")) == "2", what="ius at marker 2")
-    # Had the webhook triggered the others, one of them would have *started* its transfer
-    # (logged by the wrapper) a few milliseconds after ius's sync gave the slot back.
-    time.sleep(0.5)
-    assert sorted(started(log)) == sorted([*REPOS, "ius"])
-    assert [marker_of(host.tree(name)) for name in ("epel", "arch")] == ["1", "1"]
+    # arch's own webhook is the witness: had ius's triggered the others, arch's would find
+    # a sync pending or done (not "scheduled"), and epel's would have taken the only slot
+    # before arch's (first come, first served) and logged its transfer.
+    assert host.post("/v1/hook/arch", host.secrets["arch"], "2") == (
+        202,
+        {"status": "scheduled", "delay": 0},
+    )
+    wait_until(lambda: marker_of(host.tree("arch")) == "2", what="arch at marker 2")
+    assert sorted(started(log)) == sorted([*REPOS, "ius", "arch"])
+    assert marker_of(host.tree("epel")) == "1"
     assert trees_equal(upstreams["ius"], host.tree("ius"))
 
     assert host.post("/v1/hook/epel", host.secrets["ius"], "2")[0] == 401
@@ -286,6 +291,64 @@ def test_exec_hooks_run_after_a_sync_with_what_happened_and_disabled_repos_are_s
     assert "exited with status 3" in result.stderr
     assert marker_of(host.tree("ius")) == "1"  # the failing hook undid nothing
     assert marker_of(host.tree("epel")) is None
+
+
+def test_a_disabled_repository_is_kept_unsynced_and_shown_disabled(
+    tmp_path: Path, upstreams: dict[str, Path], processes: Processes
+) -> None:
+    """docs/design.md#many-repositories: with ``enabled = false`` epel stays in the config but
+    gets no start-up check, its hook answers 200 {"status": "disabled"} and schedules
+    nothing, and `status`, `status --json` and /v1/status show it ``disabled``; its last
+    sync, failed before it was disabled, does not make `status` exit 1."""
+    log = tmp_path / "transfers.log"
+    urls = {name: (tmp_path / f"{name}.url").read_text() for name in REPOS}
+    host = Host(tmp_path, urls, timing_rsync(tmp_path, log, delay=0.2))
+    text = host.config.read_text()
+    host.config.write_text(
+        text.replace("[receiver.repos.epel]", "[receiver.repos.epel]\nenabled = false")
+    )
+    failed = {"result": "failed", "trigger": "cron", "error": "rsync exited with code 10"}
+    (tmp_path / "state" / "repos" / "epel").mkdir(parents=True)
+    (tmp_path / "state" / "repos" / "epel" / "receiver.json").write_text(
+        json.dumps({"last_sync": failed})
+    )
+    processes.serve(host.config, "host")
+    wait_for_port(host.port)
+    # One sync at a time, start-up checks one second apart in config order: once arch's
+    # has synced, epel's would have run before it.
+    wait_until(
+        lambda: marker_of(host.tree("ius")) == marker_of(host.tree("arch")) == "1",
+        what="the start-up syncs of ius and arch",
+    )
+    publish(upstreams["epel"], "2")
+    publish(upstreams["ius"], "2")
+    assert host.post("/v1/hook/epel", host.secrets["epel"], "2") == (200, {"status": "disabled"})
+    assert host.post("/v1/hook/ius", host.secrets["ius"], "2")[0] == 202
+    # A sync scheduled by epel's webhook would have taken the only slot before ius's.
+    wait_until(lambda: marker_of(host.tree("ius")) == "2", what="ius at marker 2")
+    assert sorted(started(log)) == ["arch", "ius", "ius"]
+    assert marker_of(host.tree("epel")) is None
+    assert not host.tree("epel").exists()
+
+    served = {repo["name"]: repo for repo in host.status()["repos"]}
+    assert [served[name]["enabled"] for name in REPOS] == [True, False, True]
+    assert [served[name]["state"] for name in REPOS] == ["idle", "disabled", "idle"]
+    assert served["epel"]["last_sync"] == failed
+    shown = mirrorhook("status", "-c", host.config, "--json")
+    assert shown.returncode == 0, shown.stdout
+    rows = {repo["name"]: repo for repo in json.loads(shown.stdout)["repos"]}
+    assert [(rows[name]["enabled"], rows[name]["state"]) for name in REPOS] == [
+        (True, "idle"),
+        (False, "disabled"),
+        (True, "idle"),
+    ]
+    table = mirrorhook("status", "-c", host.config)
+    assert table.returncode == 0, table.stdout
+    states = {line.split()[0]: line.split()[1] for line in table.stdout.splitlines()[2:5]}
+    assert states == {"ius": "idle", "epel": "disabled", "arch": "idle"}
+    with urllib.request.urlopen(f"http://127.0.0.1:{host.port}/metrics", timeout=10) as page:
+        metrics = page.read().decode()
+    assert 'mirrorhook_webhooks_total{outcome="disabled",repo="epel"} 1.0' in metrics
 
 
 def test_sighup_adds_removes_and_changes_repositories_without_stopping_a_running_sync(

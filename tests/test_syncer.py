@@ -239,21 +239,68 @@ async def test_transient_failure_then_success_completes(
     assert trees_equal(daemon.root, syncer.config.target)
 
 
-async def test_sync_after_a_crash_sweeps_leftovers(tmp_path: Path, daemon: RsyncDaemon) -> None:
-    """A sync whose predecessor died mid-run (its in-progress note is still there, as after
-    a SIGKILL) removes .~tmp~ folders that rsync itself would not revisit."""
-    syncer = make_syncer(tmp_path, daemon.url)
-    await syncer.sync(if_changed=True, trigger="first")
-    leftover = syncer.config.target / "dir1" / RSYNC_TMP_DIR
-    leftover.mkdir()
-    (leftover / "file1.rpm").write_text("half a file")
-    state = receiver_state_path(syncer.config)
+def _plant_leftovers(upstream: Path, target: Path) -> list[Path]:
+    """Plant ``.~tmp~`` folders that rsync itself never revisits: it removes its staging
+    folder only in folders whose files it transfers, so not in one the upstream emptied
+    (the half-copied files' publish was dropped, its folder kept) nor in one that holds
+    only subfolders."""
+    for part in (upstream / "big").iterdir():
+        part.unlink()
+    leftovers = [target / "big" / RSYNC_TMP_DIR, target / "pool" / RSYNC_TMP_DIR]
+    for leftover in leftovers:
+        leftover.mkdir()
+        (leftover / "part1.bin").write_text("half a file")
+    return leftovers
+
+
+def _killed(state: Path) -> None:
+    """Leave the in-progress note a SIGKILL leaves."""
     recorded = json.loads(state.read_text())
     recorded["in_progress"] = {"trigger": "killed", "started": "t", "pid": 999999}
     state.write_text(json.dumps(recorded))
+
+
+def _ended(result: SyncResult) -> Callable[[Path], None]:
+    def rewrite(state: Path) -> None:
+        recorded = json.loads(state.read_text())
+        recorded["last_sync"]["result"] = str(result)
+        state.write_text(json.dumps(recorded))
+
+    return rewrite
+
+
+def _no_record(state: Path) -> None:
+    state.unlink()
+
+
+@pytest.mark.parametrize(
+    "predecessor",
+    [
+        pytest.param(_killed, id="killed"),
+        pytest.param(_ended(SyncResult.FAILED), id="failed"),
+        pytest.param(_ended(SyncResult.CANCELLED), id="cancelled"),
+        pytest.param(_no_record, id="no-record"),
+    ],
+)
+async def test_sync_after_an_interrupted_one_sweeps_leftovers(
+    tmp_path: Path, daemon: RsyncDaemon, predecessor: Callable[[Path], None]
+) -> None:
+    """docs/design.md#leftovers-of-an-interrupted-sync: .~tmp~ folders that rsync itself
+    would not revisit stay after a sync that follows a completed one (that tree is not
+    walked), and are gone after the first sync that follows one that did not complete."""
+    publish(daemon.root, "1", {"big/part0.bin": "a part\n", "pool/a/file.rpm": "a package\n"})
+    syncer = make_syncer(tmp_path, daemon.url)
+    await syncer.sync(if_changed=True, trigger="first")
+    leftovers = _plant_leftovers(daemon.root, syncer.config.target)
     publish(daemon.root, "2")
-    await syncer.sync(if_changed=True, trigger="after the crash")
-    assert not leftover.exists()
+    await syncer.sync(if_changed=True, trigger="after a completed sync")
+    assert all(leftover.exists() for leftover in leftovers), "rsync should not remove these"
+    predecessor(receiver_state_path(syncer.config))
+    publish(daemon.root, "3")
+    report = await syncer.sync(if_changed=True, trigger="after an interrupted sync")
+    assert report.result is SyncResult.SYNCED
+    assert not any(leftover.exists() for leftover in leftovers)
+    assert not any(syncer.config.target.rglob(RSYNC_TMP_DIR))
     assert trees_equal(daemon.root, syncer.config.target)
 
 
