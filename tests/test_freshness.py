@@ -179,6 +179,20 @@ async def test_the_mirror_list_hands_out_fresh_mirrors_only(
     assert (await client.get("/mirrorlist?repo=nope")).status == 404
 
 
+def with_mirror(config: PublisherConfig, name: str, **changes: Any) -> PublisherConfig:
+    """``config`` with mirror ``name`` changed (its ``check_url``, its ``urls``)."""
+    mirrors = tuple(
+        dataclasses.replace(m, **changes) if m.name == name else m for m in config.mirrors
+    )
+    return dataclasses.replace(config, mirrors=mirrors)
+
+
+async def listed(client: TestClient[web.Request, web.Application], query: str = "") -> list[str]:
+    """The base URLs ``/mirrorlist`` hands out, without its comment line."""
+    text = await (await client.get(f"/mirrorlist{query}")).text()
+    return [line for line in text.splitlines() if not line.startswith("#")]
+
+
 async def test_with_no_fresh_mirror_the_list_names_the_most_recent_ones(
     tmp_path: Path, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
 ) -> None:
@@ -418,3 +432,94 @@ async def test_with_several_repositories_the_list_must_name_one(
     assert (await client.get("/mirrorlist")).status == 400
     assert (await client.get("/mirrorlist?repo=ius")).status == 200
     assert (await client.get("/v1/mirrors?repo=nope")).status == 404
+
+
+def checks() -> list[asyncio.Task[Any]]:
+    """The live tasks of checkers: their loops, schedules and checks."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "").startswith("Checker.")
+    ]
+
+
+async def test_a_flood_of_signed_reports_from_one_mirror_costs_one_check_at_a_time(
+    tmp_path: Path, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    """5,000 reports signed with the attacker's own secret while its web server hangs: it
+    never has more than one check in flight nor more than one queued, the live tasks stay
+    bounded, and after a publish every healthy mirror is seen fresh at the schedule's first
+    step and is what /mirrorlist lists; once the server answers, one follow-up check ends
+    the flood's cost (before the fix, each report queued a check: 5,000 at the 16 slots)."""
+    healthy = ["h1", "h2", "h3", "h4"]
+    config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, [*healthy, "attacker"])
+    gate = asyncio.Event()
+    gate.set()
+    asked = {"requests": 0, "in_flight": 0, "most_in_flight": 0}
+
+    async def slow(_request: web.Request) -> web.Response:
+        asked["requests"] += 1
+        asked["in_flight"] += 1
+        asked["most_in_flight"] = max(asked["most_in_flight"], asked["in_flight"])
+        try:
+            await gate.wait()
+        finally:
+            asked["in_flight"] -= 1
+        return web.Response(text="1\n")
+
+    app = web.Application()
+    app.router.add_get("/CURRENT", slow)
+    attacker_web = await aiohttp_server(app)
+    config = with_mirror(config, "attacker", check_url=str(attacker_web.make_url("/CURRENT")))
+    mirrors = config.mirrors
+    secret = next(m.secret for m in mirrors if m.name == "attacker")
+    assert secret is not None
+    for name in healthy:
+        serve_marker(trees[name], "1")
+    freshness = Freshness(config)
+    async with aiohttp.ClientSession() as session:
+        checker = Checker(freshness, session, after_publish=(0.5, 30.0))
+        desk = reports.ReportDesk(PublisherHost(config.state_dir, (config,)))
+        desk.checkers[None] = checker
+        front = web.Application()
+        reports.add_routes(front, desk)
+        mirrorlist.add_routes(front, desk)
+        client = await aiohttp_client(front)
+        async with running(checker):
+            await until(lambda: all("last_check" in freshness.mirrors[m.name] for m in mirrors))
+            gate.clear()  # the attacker's server hangs from now on
+            senders, count = 40, 5000
+            most_tasks, numbers = 0, iter(range(count))
+
+            async def send() -> None:
+                nonlocal most_tasks
+                for number in numbers:
+                    body = report_body("attacker", str(number))
+                    headers = signing.signed_headers(
+                        secret, f"flood-{number}", int(time.time()), body
+                    )
+                    headers["Content-Type"] = "application/json"
+                    async with client.post("/v1/report", data=body, headers=headers) as answer:
+                        assert answer.status == 202
+                    assert checker.in_line("attacker") <= 2  # one in flight, one queued
+                    if number % 50 == 0:
+                        most_tasks = max(most_tasks, len(checks()))
+
+            async with asyncio.timeout(120):
+                await asyncio.gather(*(send() for _ in range(senders)))
+            # Each mirror's schedule, the checker's loop, and two checks per mirror at most.
+            assert most_tasks <= 3 * len(mirrors) + 1, most_tasks
+            assert asked["most_in_flight"] == 1
+
+            for name in healthy:
+                serve_marker(trees[name], "2")
+            checker.published("2")
+            # Seen fresh by the schedule's first step (0.5 s), long before its second (30 s).
+            await until(lambda: all(freshness.state(name) is State.FRESH for name in healthy), 5)
+            assert await listed(client) == [f"https://{name}.example/repo/" for name in healthy]
+
+            before = asked["requests"]
+            gate.set()
+            await until(lambda: checker.in_line("attacker") == 0)
+            assert asked["requests"] - before <= 1  # the one follow-up, whatever was sent
+            assert asked["most_in_flight"] == 1
