@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from mirrorhook import mirrorlist, reports, signing
 from mirrorhook.checker import Checker, CheckError, serving
 from mirrorhook.config import load_config
-from mirrorhook.freshness import Freshness, State
+from mirrorhook.freshness import Announcement, Freshness, State, freshness_path
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
 from tests.helpers import LiveUpstream, publisher_toml, until, write_secret
 
@@ -63,6 +64,18 @@ async def mirrors_config(
 
 def serve_marker(tree: Path, value: str) -> None:
     (tree / "CURRENT").write_text(value + "\n")
+
+
+async def checked_once(config: PublisherConfig, *announced: str) -> tuple[Freshness, list[State]]:
+    """The record once ``announced`` values were published in turn and each mirror was
+    checked once; and the states those checks found."""
+    freshness = Freshness(config)
+    async with aiohttp.ClientSession() as session:
+        checker = Checker(freshness, session)
+        for value in announced:
+            checker.published(value)
+        states = [await checker.check(mirror) for mirror in config.mirrors]
+    return freshness, states
 
 
 @contextlib.asynccontextmanager
@@ -159,12 +172,7 @@ async def test_the_mirror_list_hands_out_fresh_mirrors_only(
     config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a", "b"])
     serve_marker(trees["a"], "2")
     serve_marker(trees["b"], "1")
-    freshness = Freshness(config)
-    async with aiohttp.ClientSession() as session:
-        checker = Checker(freshness, session)
-        checker.published("2")
-        for mirror in config.mirrors:
-            await checker.check(mirror)
+    freshness, _states = await checked_once(config, "2")
     app = web.Application()
     mirrorlist.add_routes(app, LiveUpstream.of(freshness))
     client = await aiohttp_client(app)
@@ -193,27 +201,97 @@ async def listed(client: TestClient[web.Request, web.Application], query: str = 
     return [line for line in text.splitlines() if not line.startswith("#")]
 
 
-async def test_with_no_fresh_mirror_the_list_names_the_most_recent_ones(
+async def test_with_no_fresh_mirror_the_list_names_those_serving_the_newest_announced_value(
     tmp_path: Path, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
 ) -> None:
-    """Users are never sent nowhere: the mirrors serving the value seen most recently."""
-    config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a", "b"])
-    serve_marker(trees["a"], "1")
+    """Users are never sent nowhere, nor to a mirror serving what was never published: with
+    nobody serving the newest value yet, the list names the mirrors serving the most
+    recently announced value any of them serves; a mirror serving a new random value at
+    each check is never listed (before the fix, the value seen most recently won: it alone
+    was listed)."""
+    config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a", "b", "evil"])
+
+    async def random_value(_request: web.Request) -> web.Response:
+        return web.Response(text=f"{secrets.token_hex(8)}\n")
+
+    app = web.Application()
+    app.router.add_get("/CURRENT", random_value)
+    evil = await aiohttp_server(app)
+    config = with_mirror(config, "evil", check_url=str(evil.make_url("/CURRENT")))
+    serve_marker(trees["a"], "2")
     serve_marker(trees["b"], "1")
     now = 1_800_000_000.0
     freshness = Freshness(config, clock=lambda: now)
+    front = web.Application()
+    mirrorlist.add_routes(front, LiveUpstream.of(freshness))
+    client = await aiohttp_client(front)
     async with aiohttp.ClientSession() as session:
         checker = Checker(freshness, session)
-        await checker.check(config.mirrors[1])  # b serves 1 first
-        now += 10
-        serve_marker(trees["a"], "2")
-        await checker.check(config.mirrors[0])  # a serves 2, seen later
-        checker.published("3")  # nobody serves 3 yet
+        for value in ("1", "2", "3"):  # nobody serves 3 yet
+            checker.published(value)
+        for mirror in config.mirrors:  # b, a, then evil: the value seen most recently
+            now += 10
+            await checker.check(mirror)
+        assert await listed(client) == ["https://a.example/repo/"]
+        for _ in range(3):
+            now += 10
+            await checker.check(config.mirrors[2])  # evil's next random value
+            assert await listed(client) == ["https://a.example/repo/"]
+        serve_marker(trees["b"], "3")
+        await checker.check(config.mirrors[1])
+        assert await listed(client) == ["https://b.example/repo/"]  # fresh: the newest
+
+
+async def test_the_list_is_chosen_among_the_mirrors_it_can_list(
+    tmp_path: Path, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    """The only fresh mirror has no urls (or none of the protocol asked for): the list names
+    the listable mirrors serving the newest announced value they serve, never nobody (before
+    the fix it was empty until they caught up)."""
+    config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a", "b", "c"])
+    config = with_mirror(config, "a", urls=())
+    config = with_mirror(config, "c", urls=("https://c.example/repo/", "rsync://c.example/repo/"))
+    serve_marker(trees["a"], "2")
+    serve_marker(trees["b"], "1")
+    serve_marker(trees["c"], "1")
+    freshness, states = await checked_once(config, "1", "2")
+    assert states == [State.FRESH, State.SYNCING, State.SYNCING]
     app = web.Application()
     mirrorlist.add_routes(app, LiveUpstream.of(freshness))
     client = await aiohttp_client(app)
-    listed = await (await client.get("/mirrorlist")).text()
-    assert listed.splitlines()[1:] == ["https://a.example/repo/"]
+    assert await listed(client) == [
+        "https://b.example/repo/",
+        "https://c.example/repo/",
+        "rsync://c.example/repo/",
+    ]
+    assert await listed(client, "?protocol=rsync") == ["rsync://c.example/repo/"]
+    assert await listed(client, "?protocol=ftp") == []  # nobody can be listed
+
+
+def test_the_values_announced_survive_a_restart_and_an_older_record_loads(tmp_path: Path) -> None:
+    """The record keeps the last ten values announced with their times (a value announced
+    again moves to the end); a record written before it kept them loads its newest alone."""
+    (tmp_path / "repo").mkdir()
+    path = publisher_toml(tmp_path, root=tmp_path / "repo", mirrors=[("a", "http://a.example/")])
+    config = load_config(path).publisher
+    assert config is not None
+    now = 1_800_000_000.0
+    freshness = Freshness(config, clock=lambda: now)  # outside an event loop: written at once
+    for value in range(12):
+        freshness.published(str(value))
+        now += 1
+    freshness.published("5")  # a rollback
+    again = Freshness(config)
+    assert [known.value for known in again.announced] == [
+        *("2", "3", "4", "6", "7", "8", "9", "10", "11"),
+        "5",
+    ]
+    assert (again.newest, again.published_at) == ("5", now)
+    assert again.announced[0] == Announcement("2", now - 10)
+    freshness_path(config).write_text(json.dumps({"newest": "7", "published_at": 5.5}))
+    older = Freshness(config)
+    assert older.announced == [Announcement("7", 5.5)]
+    assert (older.newest, older.published_at) == ("7", 5.5)
 
 
 def test_a_cron_mirror_needs_no_webhook_url_but_some_url(tmp_path: Path) -> None:

@@ -7,12 +7,15 @@ marker, ``syncing`` until ``stale_after`` seconds after the publish, ``stale`` a
 ``unreachable`` after ``UNREACHABLE_AFTER`` failed checks in a row, ``unknown`` without a
 ``check_url``. The record (``freshness.json`` beside ``publisher.json``) survives restarts;
 in the daemon it is written at most once per ``SAVE_DELAY`` (a round of checks of a
-thousand mirrors is one write, not a thousand) and at shutdown (docs/design.md#freshness).
+thousand mirrors is one write, not a thousand) and at shutdown. It keeps the last
+``ANNOUNCED_KEPT`` values announced, which the mirror list chooses among
+(docs/design.md#freshness).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import time
@@ -33,6 +36,9 @@ UNREACHABLE_AFTER = 3
 SAVE_DELAY = 1.0
 """Seconds the daemon gathers changes to the record before writing it: a crash loses at
 most these, and the next checks redo them."""
+ANNOUNCED_KEPT = 10
+"""Values announced that the record remembers, newest last: a mirror serving one of them
+serves a real publish (one serving anything else is never listed)."""
 
 
 class State(enum.StrEnum):
@@ -43,6 +49,15 @@ class State(enum.StrEnum):
     STALE = "stale"
     UNREACHABLE = "unreachable"
     UNKNOWN = "unknown"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Announcement:
+    """A marker value the publisher announced, and when (Unix time; unknown in a record
+    written by hand)."""
+
+    value: str
+    at: float | None
 
 
 def freshness_path(config: PublisherConfig) -> Path:
@@ -64,9 +79,8 @@ class Freshness:
         self._metrics = metrics or NoMetrics()
         self.path = freshness_path(config)
         recorded = read_json(self.path)
-        self.newest: str | None = text_or_none(recorded.get("newest"))
-        published = recorded.get("published_at")
-        self.published_at = float(published) if isinstance(published, int | float) else None
+        self.announced = _announcements(recorded)
+        """The last ``ANNOUNCED_KEPT`` values announced, newest last."""
         mirrors = recorded.get("mirrors")
         self._unsaved = False
         self._save_soon: asyncio.TimerHandle | None = None
@@ -77,12 +91,24 @@ class Freshness:
             for mirror in config.mirrors
         }
 
+    @property
+    def newest(self) -> str | None:
+        """The marker value announced last; ``None`` before any."""
+        return self.announced[-1].value if self.announced else None
+
+    @property
+    def published_at(self) -> float | None:
+        """When the newest value was announced (Unix time)."""
+        return self.announced[-1].at if self.announced else None
+
     def published(self, value: str) -> bool:
         """A marker was announced: when it is new, mirrors not serving it start ``syncing``.
         Return whether it was new (the watcher announces the same value at every rescan)."""
         if value == self.newest:
             return False
-        self.newest, self.published_at = value, self._clock()
+        # A value announced again (a rollback) moves to the end: it is the newest once more.
+        earlier = [known for known in self.announced if known.value != value]
+        self.announced = [*earlier, Announcement(value, self._clock())][-ANNOUNCED_KEPT:]
         self._save()
         return True
 
@@ -161,8 +187,9 @@ class Freshness:
             return
         self._unsaved = False
         document = {
-            "newest": self.newest,
+            "newest": self.newest,  # also in "announced": kept for older readers
             "published_at": self.published_at,
+            "announced": [dataclasses.asdict(known) for known in self.announced],
             "mirrors": self.mirrors,
         }
         # The daemon is the only writer (status reads the file; the page and the mirror list
@@ -183,3 +210,22 @@ class Freshness:
             return
         if self._save_soon is None:
             self._save_soon = loop.call_later(SAVE_DELAY, self.flush)
+
+
+def _announcements(recorded: dict[str, Any]) -> list[Announcement]:
+    """The values announced, from the record; one written before it kept them has the
+    newest value alone."""
+    history = recorded.get("announced")
+    found = [
+        Announcement(item["value"], _time(item.get("at")))
+        for item in (history if isinstance(history, list) else [])
+        if isinstance(item, dict) and isinstance(item.get("value"), str)
+    ]
+    newest = text_or_none(recorded.get("newest"))
+    if not found and newest is not None:
+        found = [Announcement(newest, _time(recorded.get("published_at")))]
+    return found[-ANNOUNCED_KEPT:]
+
+
+def _time(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
