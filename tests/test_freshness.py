@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import secrets
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -292,6 +294,37 @@ def test_the_values_announced_survive_a_restart_and_an_older_record_loads(tmp_pa
     older = Freshness(config)
     assert older.announced == [Announcement("7", 5.5)]
     assert (older.newest, older.published_at) == ("7", 5.5)
+
+
+async def test_a_failed_write_of_the_record_is_retried_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """freshness.json cannot be replaced (the path is a folder that is not empty): the record
+    stays unsaved and the failure is logged once, however many attempts; once the path is
+    free, the retry writes every change, logged as written again (before the fix, a failed
+    write's changes were dropped until some later change)."""
+    caplog.set_level(logging.INFO, logger="mirrorhook.freshness")
+    (tmp_path / "repo").mkdir()
+    path = publisher_toml(tmp_path, root=tmp_path / "repo", mirrors=[("a", "http://a.example/")])
+    config = load_config(path).publisher
+    assert config is not None
+    record = freshness_path(config)
+    record.mkdir(parents=True)
+    (record / "in-the-way").write_text("x\n")
+    freshness = Freshness(config, retry_write=0.05)
+    freshness.published("2")
+    freshness.observed("a", "2", None)
+    for _ in range(3):  # attempts while the fault holds (the retries keep trying too)
+        freshness.flush()
+    assert not record.is_file()
+    shutil.rmtree(record)
+    await until(record.is_file)  # no flush from here: the retry's own write
+    written = json.loads(record.read_text())
+    assert (written["newest"], written["mirrors"]["a"]["serving"]) == ("2", "2")
+    assert [known["value"] for known in written["announced"]] == ["2"]
+    messages = [entry.getMessage() for entry in caplog.records]
+    assert len([text for text in messages if text.startswith("cannot write")]) == 1, messages
+    assert len([text for text in messages if text.endswith("written again")]) == 1, messages
 
 
 def test_a_cron_mirror_needs_no_webhook_url_but_some_url(tmp_path: Path) -> None:

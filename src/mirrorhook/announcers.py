@@ -138,7 +138,7 @@ class Announcers:
                 if checker.mirrors:
                     group.create_task(self._supervisor.keep(f"{prefix}checks", checker.run))
         finally:
-            checker.freshness.flush()  # what the last second of checks found
+            checker.freshness.close()  # what the last second of checks found
 
 
 def _with_host_settings(tree: PublisherConfig, host: PublisherHost) -> PublisherConfig:

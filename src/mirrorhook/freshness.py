@@ -7,9 +7,9 @@ marker, ``syncing`` until ``stale_after`` seconds after the publish, ``stale`` a
 ``unreachable`` after ``UNREACHABLE_AFTER`` failed checks in a row, ``unknown`` without a
 ``check_url``. The record (``freshness.json`` beside ``publisher.json``) survives restarts;
 in the daemon it is written at most once per ``SAVE_DELAY`` (a round of checks of a
-thousand mirrors is one write, not a thousand) and at shutdown. It keeps the last
-``ANNOUNCED_KEPT`` values announced, which the mirror list chooses among
-(docs/design.md#freshness).
+thousand mirrors is one write, not a thousand), every ``RETRY_WRITE`` while writing fails,
+and at shutdown. It keeps the last ``ANNOUNCED_KEPT`` values announced, which the mirror
+list chooses among (docs/design.md#freshness).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 from mirrorhook.metrics import DeliveryMetrics, NoMetrics
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig
+from mirrorhook.record import RETRY_WRITE
 from mirrorhook.state import iso_time, read_json, text_or_none, write_json
 
 logger = logging.getLogger(__name__)
@@ -73,16 +74,21 @@ class Freshness:
         config: PublisherConfig,
         clock: Callable[[], float] = time.time,
         metrics: DeliveryMetrics | None = None,
+        *,
+        retry_write: float = RETRY_WRITE,
     ) -> None:
         self.config = config
         self._clock = clock
         self._metrics = metrics or NoMetrics()
+        self._retry_write = retry_write
         self.path = freshness_path(config)
         recorded = read_json(self.path)
         self.announced = _announcements(recorded)
         """The last ``ANNOUNCED_KEPT`` values announced, newest last."""
         mirrors = recorded.get("mirrors")
         self._unsaved = False
+        self._failing = False
+        self._closed = False
         self._save_soon: asyncio.TimerHandle | None = None
         self.mirrors: dict[str, dict[str, Any]] = {
             mirror.name: dict(mirrors.get(mirror.name, {}))
@@ -179,13 +185,14 @@ class Freshness:
         }
 
     def flush(self) -> None:
-        """Write the record now if it changed (at shutdown, and ``SAVE_DELAY`` after a change)."""
+        """Write the record now if it changed (``SAVE_DELAY`` after a change, and at
+        shutdown); when that fails it stays unsaved, and is tried again ``RETRY_WRITE``
+        later (in the daemon) or at the next change."""
         if self._save_soon is not None:
             self._save_soon.cancel()
             self._save_soon = None
         if not self._unsaved:
             return
-        self._unsaved = False
         document = {
             "newest": self.newest,  # also in "announced": kept for older readers
             "published_at": self.published_at,
@@ -198,18 +205,43 @@ class Freshness:
         try:
             write_json(self.path, document, durable=False, compact=True)
         except OSError as err:
-            logger.warning("cannot write %s: %s", self.path, err.strerror)
+            if not self._failing:  # once per outage, not once per attempt
+                self._failing = True
+                logger.warning(
+                    "cannot write %s: %s; trying again every %g s",
+                    self.path,
+                    err.strerror or err,
+                    self._retry_write,
+                )
+            if not self._closed:
+                self._flush_later(self._retry_write)
+            return
+        self._unsaved = False
+        if self._failing:
+            self._failing = False
+            logger.info("%s written again", self.path)
+
+    def close(self) -> None:
+        """Write the record a last time (the tree stops), with no retry after it: a tree
+        started in its place (a reload) writes the file from then on."""
+        self._closed = True
+        self.flush()
 
     def _save(self) -> None:
-        """Note a change: written at once outside an event loop, else ``SAVE_DELAY`` later."""
+        """Note a change: written at once outside an event loop, else ``SAVE_DELAY`` later
+        (or at the retry of a failed write, already due)."""
         self._unsaved = True
+        if self._save_soon is None and not self._flush_later(SAVE_DELAY):
+            self.flush()
+
+    def _flush_later(self, delay: float) -> bool:
+        """Flush ``delay`` seconds from now; return ``False`` outside an event loop."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self.flush()
-            return
-        if self._save_soon is None:
-            self._save_soon = loop.call_later(SAVE_DELAY, self.flush)
+            return False
+        self._save_soon = loop.call_later(delay, self.flush)
+        return True
 
 
 def _announcements(recorded: dict[str, Any]) -> list[Announcement]:
