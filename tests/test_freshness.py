@@ -7,6 +7,9 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
+import secrets
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from mirrorhook import mirrorlist, reports, signing
 from mirrorhook.checker import Checker, CheckError, serving
 from mirrorhook.config import load_config
-from mirrorhook.freshness import Freshness, State
+from mirrorhook.freshness import Announcement, Freshness, State, freshness_path
 from mirrorhook.public_addresses import public_session
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
 from tests.helpers import LiveUpstream, publisher_toml, until, write_secret
@@ -64,6 +67,18 @@ async def mirrors_config(
 
 def serve_marker(tree: Path, value: str) -> None:
     (tree / "CURRENT").write_text(value + "\n")
+
+
+async def checked_once(config: PublisherConfig, *announced: str) -> tuple[Freshness, list[State]]:
+    """The record once ``announced`` values were published in turn and each mirror was
+    checked once; and the states those checks found."""
+    freshness = Freshness(config)
+    async with aiohttp.ClientSession() as session, public_session() as public:
+        checker = Checker(freshness, session, public=public)
+        for value in announced:
+            checker.published(value)
+        states = [await checker.check(mirror) for mirror in config.mirrors]
+    return freshness, states
 
 
 @contextlib.asynccontextmanager
@@ -160,12 +175,7 @@ async def test_the_mirror_list_hands_out_fresh_mirrors_only(
     config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a", "b"])
     serve_marker(trees["a"], "2")
     serve_marker(trees["b"], "1")
-    freshness = Freshness(config)
-    async with aiohttp.ClientSession() as session, public_session() as public:
-        checker = Checker(freshness, session, public=public)
-        checker.published("2")
-        for mirror in config.mirrors:
-            await checker.check(mirror)
+    freshness, _states = await checked_once(config, "2")
     app = web.Application()
     mirrorlist.add_routes(app, LiveUpstream.of(freshness))
     client = await aiohttp_client(app)
@@ -180,27 +190,142 @@ async def test_the_mirror_list_hands_out_fresh_mirrors_only(
     assert (await client.get("/mirrorlist?repo=nope")).status == 404
 
 
-async def test_with_no_fresh_mirror_the_list_names_the_most_recent_ones(
+def with_mirror(config: PublisherConfig, name: str, **changes: Any) -> PublisherConfig:
+    """``config`` with mirror ``name`` changed (its ``check_url``, its ``urls``)."""
+    mirrors = tuple(
+        dataclasses.replace(m, **changes) if m.name == name else m for m in config.mirrors
+    )
+    return dataclasses.replace(config, mirrors=mirrors)
+
+
+async def listed(client: TestClient[web.Request, web.Application], query: str = "") -> list[str]:
+    """The base URLs ``/mirrorlist`` hands out, without its comment line."""
+    text = await (await client.get(f"/mirrorlist{query}")).text()
+    return [line for line in text.splitlines() if not line.startswith("#")]
+
+
+async def test_with_no_fresh_mirror_the_list_names_those_serving_the_newest_announced_value(
     tmp_path: Path, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
 ) -> None:
-    """Users are never sent nowhere: the mirrors serving the value seen most recently."""
-    config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a", "b"])
-    serve_marker(trees["a"], "1")
+    """Users are never sent nowhere, nor to a mirror serving what was never published: with
+    nobody serving the newest value yet, the list names the mirrors serving the most
+    recently announced value any of them serves; a mirror serving a new random value at
+    each check is never listed (before the fix, the value seen most recently won: it alone
+    was listed)."""
+    config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a", "b", "evil"])
+
+    async def random_value(_request: web.Request) -> web.Response:
+        return web.Response(text=f"{secrets.token_hex(8)}\n")
+
+    app = web.Application()
+    app.router.add_get("/CURRENT", random_value)
+    evil = await aiohttp_server(app)
+    config = with_mirror(config, "evil", check_url=str(evil.make_url("/CURRENT")))
+    serve_marker(trees["a"], "2")
     serve_marker(trees["b"], "1")
     now = 1_800_000_000.0
     freshness = Freshness(config, clock=lambda: now)
+    front = web.Application()
+    mirrorlist.add_routes(front, LiveUpstream.of(freshness))
+    client = await aiohttp_client(front)
     async with aiohttp.ClientSession() as session, public_session() as public:
         checker = Checker(freshness, session, public=public)
-        await checker.check(config.mirrors[1])  # b serves 1 first
-        now += 10
-        serve_marker(trees["a"], "2")
-        await checker.check(config.mirrors[0])  # a serves 2, seen later
-        checker.published("3")  # nobody serves 3 yet
+        for value in ("1", "2", "3"):  # nobody serves 3 yet
+            checker.published(value)
+        for mirror in config.mirrors:  # b, a, then evil: the value seen most recently
+            now += 10
+            await checker.check(mirror)
+        assert await listed(client) == ["https://a.example/repo/"]
+        for _ in range(3):
+            now += 10
+            await checker.check(config.mirrors[2])  # evil's next random value
+            assert await listed(client) == ["https://a.example/repo/"]
+        serve_marker(trees["b"], "3")
+        await checker.check(config.mirrors[1])
+        assert await listed(client) == ["https://b.example/repo/"]  # fresh: the newest
+
+
+async def test_the_list_is_chosen_among_the_mirrors_it_can_list(
+    tmp_path: Path, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    """The only fresh mirror has no urls (or none of the protocol asked for): the list names
+    the listable mirrors serving the newest announced value they serve, never nobody (before
+    the fix it was empty until they caught up)."""
+    config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a", "b", "c"])
+    config = with_mirror(config, "a", urls=())
+    config = with_mirror(config, "c", urls=("https://c.example/repo/", "rsync://c.example/repo/"))
+    serve_marker(trees["a"], "2")
+    serve_marker(trees["b"], "1")
+    serve_marker(trees["c"], "1")
+    freshness, states = await checked_once(config, "1", "2")
+    assert states == [State.FRESH, State.SYNCING, State.SYNCING]
     app = web.Application()
     mirrorlist.add_routes(app, LiveUpstream.of(freshness))
     client = await aiohttp_client(app)
-    listed = await (await client.get("/mirrorlist")).text()
-    assert listed.splitlines()[1:] == ["https://a.example/repo/"]
+    assert await listed(client) == [
+        "https://b.example/repo/",
+        "https://c.example/repo/",
+        "rsync://c.example/repo/",
+    ]
+    assert await listed(client, "?protocol=rsync") == ["rsync://c.example/repo/"]
+    assert await listed(client, "?protocol=ftp") == []  # nobody can be listed
+
+
+def test_the_values_announced_survive_a_restart_and_an_older_record_loads(tmp_path: Path) -> None:
+    """The record keeps the last ten values announced with their times (a value announced
+    again moves to the end); a record written before it kept them loads its newest alone."""
+    (tmp_path / "repo").mkdir()
+    path = publisher_toml(tmp_path, root=tmp_path / "repo", mirrors=[("a", "http://a.example/")])
+    config = load_config(path).publisher
+    assert config is not None
+    now = 1_800_000_000.0
+    freshness = Freshness(config, clock=lambda: now)  # outside an event loop: written at once
+    for value in range(12):
+        freshness.published(str(value))
+        now += 1
+    freshness.published("5")  # a rollback
+    again = Freshness(config)
+    assert [known.value for known in again.announced] == [
+        *("2", "3", "4", "6", "7", "8", "9", "10", "11"),
+        "5",
+    ]
+    assert (again.newest, again.published_at) == ("5", now)
+    assert again.announced[0] == Announcement("2", now - 10)
+    freshness_path(config).write_text(json.dumps({"newest": "7", "published_at": 5.5}))
+    older = Freshness(config)
+    assert older.announced == [Announcement("7", 5.5)]
+    assert (older.newest, older.published_at) == ("7", 5.5)
+
+
+async def test_a_failed_write_of_the_record_is_retried_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """freshness.json cannot be replaced (the path is a folder that is not empty): the record
+    stays unsaved and the failure is logged once, however many attempts; once the path is
+    free, the retry writes every change, logged as written again (before the fix, a failed
+    write's changes were dropped until some later change)."""
+    caplog.set_level(logging.INFO, logger="mirrorhook.freshness")
+    (tmp_path / "repo").mkdir()
+    path = publisher_toml(tmp_path, root=tmp_path / "repo", mirrors=[("a", "http://a.example/")])
+    config = load_config(path).publisher
+    assert config is not None
+    record = freshness_path(config)
+    record.mkdir(parents=True)
+    (record / "in-the-way").write_text("x\n")
+    freshness = Freshness(config, retry_write=0.05)
+    freshness.published("2")
+    freshness.observed("a", "2", None)
+    for _ in range(3):  # attempts while the fault holds (the retries keep trying too)
+        freshness.flush()
+    assert not record.is_file()
+    shutil.rmtree(record)
+    await until(record.is_file)  # no flush from here: the retry's own write
+    written = json.loads(record.read_text())
+    assert (written["newest"], written["mirrors"]["a"]["serving"]) == ("2", "2")
+    assert [known["value"] for known in written["announced"]] == ["2"]
+    messages = [entry.getMessage() for entry in caplog.records]
+    assert len([text for text in messages if text.startswith("cannot write")]) == 1, messages
+    assert len([text for text in messages if text.endswith("written again")]) == 1, messages
 
 
 def test_a_cron_mirror_needs_no_webhook_url_but_some_url(tmp_path: Path) -> None:
@@ -419,3 +544,94 @@ async def test_with_several_repositories_the_list_must_name_one(
     assert (await client.get("/mirrorlist")).status == 400
     assert (await client.get("/mirrorlist?repo=ius")).status == 200
     assert (await client.get("/v1/mirrors?repo=nope")).status == 404
+
+
+def checks() -> list[asyncio.Task[Any]]:
+    """The live tasks of checkers: their loops, schedules and checks."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "").startswith("Checker.")
+    ]
+
+
+async def test_a_flood_of_signed_reports_from_one_mirror_costs_one_check_at_a_time(
+    tmp_path: Path, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    """5,000 reports signed with the attacker's own secret while its web server hangs: it
+    never has more than one check in flight nor more than one queued, the live tasks stay
+    bounded, and after a publish every healthy mirror is seen fresh at the schedule's first
+    step and is what /mirrorlist lists; once the server answers, one follow-up check ends
+    the flood's cost (before the fix, each report queued a check: 5,000 at the 16 slots)."""
+    healthy = ["h1", "h2", "h3", "h4"]
+    config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, [*healthy, "attacker"])
+    gate = asyncio.Event()
+    gate.set()
+    asked = {"requests": 0, "in_flight": 0, "most_in_flight": 0}
+
+    async def slow(_request: web.Request) -> web.Response:
+        asked["requests"] += 1
+        asked["in_flight"] += 1
+        asked["most_in_flight"] = max(asked["most_in_flight"], asked["in_flight"])
+        try:
+            await gate.wait()
+        finally:
+            asked["in_flight"] -= 1
+        return web.Response(text="1\n")
+
+    app = web.Application()
+    app.router.add_get("/CURRENT", slow)
+    attacker_web = await aiohttp_server(app)
+    config = with_mirror(config, "attacker", check_url=str(attacker_web.make_url("/CURRENT")))
+    mirrors = config.mirrors
+    secret = next(m.secret for m in mirrors if m.name == "attacker")
+    assert secret is not None
+    for name in healthy:
+        serve_marker(trees[name], "1")
+    freshness = Freshness(config)
+    async with aiohttp.ClientSession() as session, public_session() as public:
+        checker = Checker(freshness, session, public=public, after_publish=(0.5, 30.0))
+        desk = reports.ReportDesk(PublisherHost(config.state_dir, (config,)))
+        desk.checkers[None] = checker
+        front = web.Application()
+        reports.add_routes(front, desk)
+        mirrorlist.add_routes(front, desk)
+        client = await aiohttp_client(front)
+        async with running(checker):
+            await until(lambda: all("last_check" in freshness.mirrors[m.name] for m in mirrors))
+            gate.clear()  # the attacker's server hangs from now on
+            senders, count = 40, 5000
+            most_tasks, numbers = 0, iter(range(count))
+
+            async def send() -> None:
+                nonlocal most_tasks
+                for number in numbers:
+                    body = report_body("attacker", str(number))
+                    headers = signing.signed_headers(
+                        secret, f"flood-{number}", int(time.time()), body
+                    )
+                    headers["Content-Type"] = "application/json"
+                    async with client.post("/v1/report", data=body, headers=headers) as answer:
+                        assert answer.status == 202
+                    assert checker.in_line("attacker") <= 2  # one in flight, one queued
+                    if number % 50 == 0:
+                        most_tasks = max(most_tasks, len(checks()))
+
+            async with asyncio.timeout(120):
+                await asyncio.gather(*(send() for _ in range(senders)))
+            # Each mirror's schedule, the checker's loop, and two checks per mirror at most.
+            assert most_tasks <= 3 * len(mirrors) + 1, most_tasks
+            assert asked["most_in_flight"] == 1
+
+            for name in healthy:
+                serve_marker(trees[name], "2")
+            checker.published("2")
+            # Seen fresh by the schedule's first step (0.5 s), long before its second (30 s).
+            await until(lambda: all(freshness.state(name) is State.FRESH for name in healthy), 5)
+            assert await listed(client) == [f"https://{name}.example/repo/" for name in healthy]
+
+            before = asked["requests"]
+            gate.set()
+            await until(lambda: checker.in_line("attacker") == 0)
+            assert asked["requests"] - before <= 1  # the one follow-up, whatever was sent
+            assert asked["most_in_flight"] == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from mirrorhook.errors import TimestampError
@@ -119,3 +121,24 @@ def test_a_replay_the_timestamp_check_accepts_is_still_remembered(late: float) -
     except TimestampError:
         return
     assert cache.seen(again.msg_id, again.timestamp, now=now)
+
+
+def test_ids_re_signed_again_and_again_take_bounded_memory() -> None:
+    """A sender that re-signs the same ids with ever later timestamps (each a replay) never
+    grows the cache: 600 rounds over 100 ids take what one round does (before the fix, every
+    extension left a record in the heap until it expired: 60,000 of them, about 8 MB)."""
+    cache = ReplayCache(TOLERANCE, capacity=100)
+    for index in range(100):
+        cache.seen(f"id-{index}", T, now=T)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for later in range(1, 600):
+            for index in range(100):
+                assert cache.seen(f"id-{index}", T + later, now=T)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(cache) == 100
+    assert grown < 100_000, grown
+    assert cache.seen("id-0", T + 599, now=T + 599 + TOLERANCE)  # the latest window still holds

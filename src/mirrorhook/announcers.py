@@ -100,8 +100,8 @@ class Announcers:
     async def _stop(self, name: str | None) -> None:
         task = self._tasks.pop(name, None)
         if self._desk is not None:
+            # Reports no longer reach the tree; its checker ends the checks they asked for.
             self._desk.checkers.pop(name, None)
-            await self._desk.stop_checks(name)  # before the tree's last write of its record
         if task is not None:
             task.cancel("publisher shutting down")
             await asyncio.gather(task, return_exceptions=True)
@@ -142,7 +142,7 @@ class Announcers:
                 if checker.mirrors:
                     group.create_task(self._supervisor.keep(f"{prefix}checks", checker.run))
         finally:
-            checker.freshness.flush()  # what the last second of checks found
+            checker.freshness.close()  # what the last second of checks found
 
 
 def _with_host_settings(tree: PublisherConfig, host: PublisherHost) -> PublisherConfig:

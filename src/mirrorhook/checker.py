@@ -122,7 +122,17 @@ def _next(url: URL, location: str) -> URL:
 
 
 class Checker:
-    """Checks every mirror of a tree that has a ``check_url``, on the schedule above."""
+    """Checks every mirror of a tree that has a ``check_url``, on the schedule above and
+    whenever a report asks, fairly across mirrors whatever one of them sends.
+
+    A mirror has at most one check running and one queued to follow it: asking while one is
+    queued joins that one (it has not read the mirror yet, so it answers the new request
+    too), whether the schedule or a report asks. The queued check waits for its turn at the
+    ``CHECK_CONCURRENCY`` slots only once the running one is done, so each mirror holds at
+    most one place in that queue, served first come first served (asyncio's semaphore is
+    FIFO): a flood of reports from one mirror costs one check at a time, and the others'
+    scheduled checks wait behind at most one check of each mirror (docs/design.md#freshness).
+    """
 
     def __init__(
         self,
@@ -142,6 +152,10 @@ class Checker:
         self._after_publish = after_publish
         self._slots = asyncio.Semaphore(CHECK_CONCURRENCY)
         self._woken = {mirror.name: asyncio.Event() for mirror in self.mirrors}
+        self._running: dict[str, asyncio.Task[State]] = {}
+        self._queued: dict[str, asyncio.Task[State]] = {}
+        self._checks: set[asyncio.Task[State]] = set()
+        """Every check running or queued: at most two per mirror."""
 
     def published(self, value: str) -> None:
         """A new marker starts each mirror's schedule of checks after a publish; the same
@@ -152,15 +166,53 @@ class Checker:
             event.set()
 
     async def run(self) -> None:
-        """Check every mirror on its schedule until cancelled."""
-        async with asyncio.TaskGroup() as group:
-            for mirror in self.mirrors:
-                group.create_task(self._watch(mirror), name=f"check {mirror.name}")
+        """Check every mirror on its schedule until cancelled; then end the checks reports
+        asked for, so that none records after the tree's last write of its record."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                for mirror in self.mirrors:
+                    group.create_task(self._watch(mirror), name=f"check {mirror.name}")
+        finally:
+            for task in self._checks:
+                task.cancel("the tree stops")
+            await asyncio.gather(*self._checks, return_exceptions=True)
 
     async def check(self, mirror: MirrorConfig) -> State:
-        """Check ``mirror`` now and record what it serves."""
+        """Check ``mirror`` and record what it serves: the check queued for it if there is
+        one, else a new one (after the running one, if any)."""
+        # Shielded: a caller that stops waiting leaves the check to the others it answers.
+        return await asyncio.shield(self._queue(mirror))
+
+    def check_soon(self, mirror: MirrorConfig) -> None:
+        """Check ``mirror`` in the background (a report asks), as ``check`` would."""
+        self._queue(mirror)
+
+    def in_line(self, mirror: str) -> int:
+        """The checks of ``mirror`` running or queued now: 0, 1 or 2, whatever was asked."""
+        return (mirror in self._running) + (mirror in self._queued)
+
+    def _queue(self, mirror: MirrorConfig) -> asyncio.Task[State]:
+        name = mirror.name
+        queued = self._queued.get(name)
+        if queued is None:
+            queued = self._queued[name] = asyncio.create_task(self._check(mirror))
+            self._checks.add(queued)
+            queued.add_done_callback(lambda task: self._done(name, task))
+        return queued
+
+    def _done(self, name: str, task: asyncio.Task[State]) -> None:
+        self._checks.discard(task)
+        if self._queued.get(name) is task:  # cancelled before its turn
+            del self._queued[name]
+
+    async def _check(self, mirror: MirrorConfig) -> State:
         assert mirror.check_url is not None  # noqa: S101 - only such mirrors are checked
+        running = self._running.get(mirror.name)
+        if running is not None:
+            # What was asked may postdate the running check's read: read again, after it.
+            await asyncio.wait([running])
         async with self._slots:
+            self._running[mirror.name] = self._queued.pop(mirror.name)
             try:
                 value: str | None = await serving(
                     self._session, mirror.check_url, public=self._public
@@ -168,6 +220,8 @@ class Checker:
                 error = None
             except CheckError as err:
                 value, error = None, str(err)
+            finally:
+                del self._running[mirror.name]
         state = self.freshness.observed(mirror.name, value, error)
         if error is not None:
             logger.info("check of %s failed: %s", mirror.name, error)

@@ -7,12 +7,15 @@ marker, ``syncing`` until ``stale_after`` seconds after the publish, ``stale`` a
 ``unreachable`` after ``UNREACHABLE_AFTER`` failed checks in a row, ``unknown`` without a
 ``check_url``. The record (``freshness.json`` beside ``publisher.json``) survives restarts;
 in the daemon it is written at most once per ``SAVE_DELAY`` (a round of checks of a
-thousand mirrors is one write, not a thousand) and at shutdown (docs/design.md#freshness).
+thousand mirrors is one write, not a thousand), every ``RETRY_WRITE`` while writing fails,
+and at shutdown. It keeps the last ``ANNOUNCED_KEPT`` values announced, which the mirror
+list chooses among (docs/design.md#freshness).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import time
@@ -22,6 +25,7 @@ from typing import Any
 
 from mirrorhook.metrics import DeliveryMetrics, NoMetrics
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig
+from mirrorhook.record import RETRY_WRITE
 from mirrorhook.state import iso_time, read_json, text_or_none, write_json
 
 logger = logging.getLogger(__name__)
@@ -33,6 +37,9 @@ UNREACHABLE_AFTER = 3
 SAVE_DELAY = 1.0
 """Seconds the daemon gathers changes to the record before writing it: a crash loses at
 most these, and the next checks redo them."""
+ANNOUNCED_KEPT = 10
+"""Values announced that the record remembers, newest last: a mirror serving one of them
+serves a real publish (one serving anything else is never listed)."""
 
 
 class State(enum.StrEnum):
@@ -43,6 +50,15 @@ class State(enum.StrEnum):
     STALE = "stale"
     UNREACHABLE = "unreachable"
     UNKNOWN = "unknown"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Announcement:
+    """A marker value the publisher announced, and when (Unix time; unknown in a record
+    written by hand)."""
+
+    value: str
+    at: float | None
 
 
 def freshness_path(config: PublisherConfig) -> Path:
@@ -58,17 +74,21 @@ class Freshness:
         config: PublisherConfig,
         clock: Callable[[], float] = time.time,
         metrics: DeliveryMetrics | None = None,
+        *,
+        retry_write: float = RETRY_WRITE,
     ) -> None:
         self.config = config
         self._clock = clock
         self._metrics = metrics or NoMetrics()
+        self._retry_write = retry_write
         self.path = freshness_path(config)
         recorded = read_json(self.path)
-        self.newest: str | None = text_or_none(recorded.get("newest"))
-        published = recorded.get("published_at")
-        self.published_at = float(published) if isinstance(published, int | float) else None
+        self.announced = _announcements(recorded)
+        """The last ``ANNOUNCED_KEPT`` values announced, newest last."""
         mirrors = recorded.get("mirrors")
         self._unsaved = False
+        self._failing = False
+        self._closed = False
         self._save_soon: asyncio.TimerHandle | None = None
         self.mirrors: dict[str, dict[str, Any]] = {
             mirror.name: dict(mirrors.get(mirror.name, {}))
@@ -77,12 +97,24 @@ class Freshness:
             for mirror in config.mirrors
         }
 
+    @property
+    def newest(self) -> str | None:
+        """The marker value announced last; ``None`` before any."""
+        return self.announced[-1].value if self.announced else None
+
+    @property
+    def published_at(self) -> float | None:
+        """When the newest value was announced (Unix time)."""
+        return self.announced[-1].at if self.announced else None
+
     def published(self, value: str) -> bool:
         """A marker was announced: when it is new, mirrors not serving it start ``syncing``.
         Return whether it was new (the watcher announces the same value at every rescan)."""
         if value == self.newest:
             return False
-        self.newest, self.published_at = value, self._clock()
+        # A value announced again (a rollback) moves to the end: it is the newest once more.
+        earlier = [known for known in self.announced if known.value != value]
+        self.announced = [*earlier, Announcement(value, self._clock())][-ANNOUNCED_KEPT:]
         self._save()
         return True
 
@@ -153,16 +185,18 @@ class Freshness:
         }
 
     def flush(self) -> None:
-        """Write the record now if it changed (at shutdown, and ``SAVE_DELAY`` after a change)."""
+        """Write the record now if it changed (``SAVE_DELAY`` after a change, and at
+        shutdown); when that fails it stays unsaved, and is tried again ``RETRY_WRITE``
+        later (in the daemon) or at the next change."""
         if self._save_soon is not None:
             self._save_soon.cancel()
             self._save_soon = None
         if not self._unsaved:
             return
-        self._unsaved = False
         document = {
-            "newest": self.newest,
+            "newest": self.newest,  # also in "announced": kept for older readers
             "published_at": self.published_at,
+            "announced": [dataclasses.asdict(known) for known in self.announced],
             "mirrors": self.mirrors,
         }
         # The daemon is the only writer (status reads the file; the page and the mirror list
@@ -171,15 +205,59 @@ class Freshness:
         try:
             write_json(self.path, document, durable=False, compact=True)
         except OSError as err:
-            logger.warning("cannot write %s: %s", self.path, err.strerror)
+            if not self._failing:  # once per outage, not once per attempt
+                self._failing = True
+                logger.warning(
+                    "cannot write %s: %s; trying again every %g s",
+                    self.path,
+                    err.strerror or err,
+                    self._retry_write,
+                )
+            if not self._closed:
+                self._flush_later(self._retry_write)
+            return
+        self._unsaved = False
+        if self._failing:
+            self._failing = False
+            logger.info("%s written again", self.path)
+
+    def close(self) -> None:
+        """Write the record a last time (the tree stops), with no retry after it: a tree
+        started in its place (a reload) writes the file from then on."""
+        self._closed = True
+        self.flush()
 
     def _save(self) -> None:
-        """Note a change: written at once outside an event loop, else ``SAVE_DELAY`` later."""
+        """Note a change: written at once outside an event loop, else ``SAVE_DELAY`` later
+        (or at the retry of a failed write, already due)."""
         self._unsaved = True
+        if self._save_soon is None and not self._flush_later(SAVE_DELAY):
+            self.flush()
+
+    def _flush_later(self, delay: float) -> bool:
+        """Flush ``delay`` seconds from now; return ``False`` outside an event loop."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self.flush()
-            return
-        if self._save_soon is None:
-            self._save_soon = loop.call_later(SAVE_DELAY, self.flush)
+            return False
+        self._save_soon = loop.call_later(delay, self.flush)
+        return True
+
+
+def _announcements(recorded: dict[str, Any]) -> list[Announcement]:
+    """The values announced, from the record; one written before it kept them has the
+    newest value alone."""
+    history = recorded.get("announced")
+    found = [
+        Announcement(item["value"], _time(item.get("at")))
+        for item in (history if isinstance(history, list) else [])
+        if isinstance(item, dict) and isinstance(item.get("value"), str)
+    ]
+    newest = text_or_none(recorded.get("newest"))
+    if not found and newest is not None:
+        found = [Announcement(newest, _time(recorded.get("published_at")))]
+    return found[-ANNOUNCED_KEPT:]
+
+
+def _time(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None

@@ -1,9 +1,12 @@
 """The upstream's mirror list: ``GET /v1/mirrors`` (JSON) and ``GET /mirrorlist`` (text).
 
 ``/mirrorlist?repo=NAME[&protocol=https]`` is what yum and dnf read with ``mirrorlist=``:
-one base URL per line, fresh mirrors only — when none is fresh, those serving the value
-that appeared most recently, so that users are never sent nowhere. ``repo`` may be left out
-when the publisher has one tree (docs/design.md#freshness).
+one base URL per line, of the mirrors that can be listed (a URL of that protocol) serving
+the newest value announced — fresh ones — or, when none does (right after each publish),
+those serving the most recently announced value that any of them serves, so that users are
+never sent nowhere. A mirror serving a value the publisher never announced is never listed,
+however recent. ``repo`` may be left out when the publisher has one tree
+(docs/design.md#freshness).
 """
 
 from __future__ import annotations
@@ -52,19 +55,12 @@ async def handle_mirrors(request: web.Request) -> web.Response:
 
 
 async def handle_mirrorlist(request: web.Request) -> web.Response:
-    """One base URL per line: fresh mirrors, or failing those the most recent ones."""
+    """One base URL per line: fresh mirrors, or failing those the ones serving the most
+    recently announced value (``_listed``)."""
     tree = _tree(request)
     protocol = request.query.get("protocol")
-    rows = request.app[UPSTREAM].freshness(tree).rows()
-    chosen = [row for row in rows if row["state"] == State.FRESH]
-    if not chosen:
-        chosen = _most_recent(rows)
-    lines = [
-        url
-        for row in chosen
-        for url in row["urls"]
-        if protocol is None or urllib.parse.urlsplit(url).scheme == protocol
-    ]
+    freshness = request.app[UPSTREAM].freshness(tree)
+    lines = [url for row in _listed(freshness, protocol) for url in _urls(row, protocol)]
     heading = f"# mirrorhook mirror list for {tree.repo or 'this repository'}"
     body = "\n".join([heading, *lines]) + "\n"
     return web.Response(text=body, content_type="text/plain")
@@ -83,14 +79,22 @@ def _tree(request: web.Request) -> PublisherConfig:
     return tree
 
 
-def _most_recent(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The reachable mirrors serving the value that appeared most recently."""
-    reachable = [row for row in rows if row["serving"] and row["state"] != State.UNREACHABLE]
-    first_seen: dict[str, str] = {}
-    for row in reachable:
-        since = str(row["since"] or "")
-        first_seen[row["serving"]] = min(first_seen.get(row["serving"], since), since)
-    if not first_seen:
-        return []
-    newest = max(first_seen, key=lambda value: first_seen[value])
-    return [row for row in reachable if row["serving"] == newest]
+def _listed(freshness: Freshness, protocol: str | None) -> list[dict[str, Any]]:
+    """The reachable mirrors with a URL of ``protocol`` serving the most recently announced
+    value that any of them serves: the newest (they are fresh), else an earlier one."""
+    serving: dict[str, list[dict[str, Any]]] = {}
+    for row in freshness.rows():
+        if row["serving"] and row["state"] != State.UNREACHABLE and _urls(row, protocol):
+            serving.setdefault(row["serving"], []).append(row)
+    for announced in reversed(freshness.announced):
+        if announced.value in serving:
+            return serving[announced.value]
+    return []
+
+
+def _urls(row: dict[str, Any], protocol: str | None) -> list[str]:
+    return [
+        url
+        for url in row["urls"]
+        if protocol is None or urllib.parse.urlsplit(url).scheme == protocol
+    ]

@@ -11,7 +11,6 @@ hints, which only make the publisher check what it serves (docs/design.md#freshn
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -23,7 +22,7 @@ from mirrorhook import marker, signing
 from mirrorhook.bodies import TooLargeError, content_type, read_body
 from mirrorhook.checker import Checker
 from mirrorhook.errors import MarkerError, SignatureError, TimestampError
-from mirrorhook.freshness import Freshness, State
+from mirrorhook.freshness import Freshness
 from mirrorhook.message import REPORT_PATH, REPORT_TYPE
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
 from mirrorhook.replay import ReplayCache
@@ -46,7 +45,6 @@ class ReportDesk:
         self.checkers: dict[str | None, Checker] = {}
         """Each running tree's checker, by repository (registered by ``announcers.py``)."""
         self.replays = ReplayCache(signing.TOLERANCE)
-        self._checking: dict[str | None, set[asyncio.Task[State]]] = {}
         self._refusals = Throttle(WARNING_PERIOD)
         self._hints: dict[tuple[str | None, str], float] = {}
 
@@ -58,22 +56,6 @@ class ReportDesk:
         """The tree's freshness as its running checker has it, else as recorded."""
         checker = self.checkers.get(tree.repo)
         return checker.freshness if checker is not None else Freshness(tree)
-
-    def check_soon(self, checker: Checker, mirror: MirrorConfig) -> None:
-        """Check ``mirror`` now, in the background (``stop_checks`` ends such checks)."""
-        repo = checker.freshness.config.repo
-        tasks = self._checking.setdefault(repo, set())
-        task = asyncio.create_task(checker.check(mirror))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    async def stop_checks(self, repo: str | None) -> None:
-        """End the checks that reports started for tree ``repo`` (it stops, or is replaced
-        by a reload): none may record into its freshness after its last write."""
-        tasks = self._checking.pop(repo, set())
-        for task in tasks:
-            task.cancel("the tree stops")
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     def hinted(self, checker: Checker, mirror: MirrorConfig) -> web.Response:
         """An unsigned report: from a mirror without a shared secret (it verifies the
@@ -87,7 +69,7 @@ class ReportDesk:
         key = (checker.freshness.config.repo, mirror.name)
         if now - self._hints.get(key, -HINT_PERIOD) >= HINT_PERIOD:
             self._hints[key] = now
-            self.check_soon(checker, mirror)
+            checker.check_soon(mirror)
         return web.json_response({"status": "checking"}, status=202)
 
     def refused(self, peer: str, status: int, reason: str) -> web.Response:
@@ -140,7 +122,7 @@ async def handle_report(request: web.Request) -> web.Response:  # noqa: PLR0911 
     logger.info("report from %s: %s (%r)", mirror.name, result, current)
     checker.freshness.reported(mirror.name, current)
     if mirror.check_url is not None:
-        desk.check_soon(checker, mirror)
+        checker.check_soon(mirror)
         return web.json_response({"status": "checking"}, status=202)
     # Nothing to check: recorded as the (verified) report says.
     error = None if result == "synced" else (problem or str(data.get("error") or "failed"))[:200]
