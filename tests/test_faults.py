@@ -21,8 +21,9 @@ import pytest
 
 from mirrorhook import signing
 from mirrorhook.errors import RsyncError, SyncError
+from mirrorhook.receiver_state import receiver_state_path
 from mirrorhook.retry import Backoff
-from mirrorhook.syncer import Syncer, SyncResult, receiver_state_path
+from mirrorhook.syncer import Syncer, SyncResult
 from tests.helpers import (
     Processes,
     RsyncDaemon,

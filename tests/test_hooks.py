@@ -11,7 +11,7 @@ import pytest
 
 from mirrorhook import hooks
 from mirrorhook.receiver_config import ReceiverConfig
-from mirrorhook.syncer import receiver_state_path
+from mirrorhook.receiver_state import receiver_state_path
 from tests.helpers import receiver_config
 
 

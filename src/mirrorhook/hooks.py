@@ -13,11 +13,10 @@ from __future__ import annotations
 import logging
 import os
 
-from mirrorhook import process
+from mirrorhook import process, receiver_state
 from mirrorhook.log import TreeLog
 from mirrorhook.receiver_config import ReceiverConfig
-from mirrorhook.state import iso_time, update_json
-from mirrorhook.syncer import receiver_state_path
+from mirrorhook.state import iso_time
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +44,9 @@ async def after_sync(
         "MIRRORHOOK_RESULT": result,
     }
     outcome = await _run(TreeLog(logger, config.name), key, argv, env, timeout)
-    note = {"command": key, "outcome": outcome, "at": iso_time(now)}
+    note = receiver_state.HookNote(command=key, outcome=outcome, at=iso_time(now))
     try:
-        update_json(receiver_state_path(config), lambda document: document.update(last_hook=note))
+        await receiver_state.note_hook(config, note)
     except OSError as err:
         logger.warning("cannot record the outcome of %s: %s", key, err)
 
