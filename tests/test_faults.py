@@ -20,9 +20,10 @@ import pytest
 
 from mirrorhook import signing
 from mirrorhook.errors import RsyncError
+from mirrorhook.receiver_state import receiver_state_path
 from mirrorhook.retry import Backoff
 from mirrorhook.status import format_receiver, receiver_status
-from mirrorhook.syncer import Syncer, SyncResult, receiver_state_path
+from mirrorhook.syncer import Syncer, SyncResult
 from tests.helpers import (
     Processes,
     RsyncDaemon,

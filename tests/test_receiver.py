@@ -19,8 +19,8 @@ from mirrorhook.fleet import build_receiver
 from mirrorhook.keys import SigningKey
 from mirrorhook.message import HOOK_PATH
 from mirrorhook.receiver import Receiver, background, make_app
+from mirrorhook.receiver_state import receiver_state_path
 from mirrorhook.state import read_json
-from mirrorhook.syncer import receiver_state_path
 from tests.helpers import (
     RsyncDaemon,
     counting_rsync,

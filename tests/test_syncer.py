@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from mirrorhook.errors import NoMarkerError, RsyncError, UpstreamMarkerError
+from mirrorhook.receiver_state import receiver_state_path
 from mirrorhook.retry import Backoff
 from mirrorhook.status import receiver_status
-from mirrorhook.syncer import RSYNC_TMP_DIR, Syncer, SyncResult, receiver_state_path
+from mirrorhook.syncer import RSYNC_TMP_DIR, Syncer, SyncResult
 from tests.helpers import (
     RsyncDaemon,
     counting_rsync,

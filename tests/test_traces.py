@@ -21,6 +21,7 @@ import pytest
 
 from mirrorhook import lock, oneshot, rsync, traces
 from mirrorhook.addresses import upstream_host
+from mirrorhook.log import TreeLog
 from mirrorhook.retry import Backoff
 from mirrorhook.syncer import Syncer, SyncResult
 from tests.helpers import RsyncDaemon, publish, receiver_config
@@ -258,6 +259,77 @@ async def test_a_trace_that_cannot_be_written_is_logged_and_the_sync_stands(
     assert errors[0].startswith(f"cannot write the trace file {syncer.config.target / TRACE}: ")
     assert errors[0].endswith("; the sync itself succeeded")
     assert "\n" not in errors[0]
+
+
+def written_outside_and_temporaries(tmp_path: Path, outside: Path) -> tuple[list[Path], list[Path]]:
+    """What is in the folder outside the tree, and the temporary files left anywhere."""
+    return sorted(outside.rglob("*")), sorted(tmp_path.rglob(".*.tmp"))
+
+
+@pytest.mark.parametrize("link", ["project", "project/trace", None])
+async def test_a_link_on_the_way_is_refused_and_nothing_is_written_outside_the_tree(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, link: str | None
+) -> None:
+    """A local user who can write the tree made a folder of the trace's path a symbolic
+    link to a folder outside it (or, with no link, put a folder where the file goes): one
+    error line, nothing written outside, no temporary file anywhere; lastsync is written
+    as usual."""
+    syncer = make_syncer(tmp_path, "rsync://127.0.0.1:9/up/")
+    target = syncer.config.target
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if link is None:
+        (target / TRACE).mkdir(parents=True)
+    else:
+        (target / link).parent.mkdir(parents=True)
+        (target / link).symlink_to(outside)
+    sync = traces.Sync(serial="1", trigger="poll", started=time.time(), finished=time.time())
+    caplog.set_level(logging.INFO)
+    await traces.write(syncer.config, sync, TreeLog(logging.getLogger("test"), None))
+    assert written_outside_and_temporaries(tmp_path, outside) == ([], [])
+    assert (target / LASTSYNC).read_text() == f"{int(sync.finished)}\n"
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"cannot write the trace file {target / TRACE}: ")
+    if link is not None:
+        assert f"a folder on the way is a symbolic link ({target / link})" in errors[0]
+
+
+async def test_a_folder_swapped_for_a_link_during_the_write_is_refused_and_the_sync_stands(
+    tmp_path: Path,
+    daemon: RsyncDaemon,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A local user swaps the trace's folder for a link to a folder outside the tree just
+    after mirrorhook created it and before it writes the file there: the race, without its
+    timing, by an os.mkdir that replaces the `trace` folder it has just made with the link
+    (a check of that path made before would have passed). Nothing is written outside and no
+    temporary file is left; one error line; the sync is `synced` with its marker and
+    lastsync."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    real_mkdir = os.mkdir
+
+    def mkdir_then_swap(path: str | Path, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        real_mkdir(path, mode, dir_fd=dir_fd)
+        if Path(path).name == "trace":
+            os.rmdir(path, dir_fd=dir_fd)
+            os.symlink(outside, path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_swap)
+    syncer = make_syncer(tmp_path, daemon.url)
+    caplog.set_level(logging.INFO)
+    report = await syncer.sync(if_changed=True, trigger="test")
+    assert (syncer.config.target / "project" / "trace").is_symlink(), "the swap happened"
+    assert report.result is SyncResult.SYNCED
+    assert syncer.local_marker() == "1"
+    assert (syncer.config.target / LASTSYNC).exists()
+    assert written_outside_and_temporaries(tmp_path, outside) == ([], [])
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"cannot write the trace file {syncer.config.target / TRACE}: ")
+    assert "a folder on the way is a symbolic link" in errors[0]
 
 
 # --- formats ----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from mirrorhook import hooks, lock
+from mirrorhook import hooks, lock, receiver_state
 from mirrorhook.config import Config
 from mirrorhook.errors import MarkerError, SyncError
 from mirrorhook.log import TreeLog
@@ -29,13 +29,13 @@ from mirrorhook.metrics import Metrics, TreeMetrics
 from mirrorhook.poller import Poller
 from mirrorhook.receiver import Receiver, start_tasks, stop_tasks
 from mirrorhook.receiver_config import REPOS_FOLDER, ReceiverConfig, ReceiverHost
+from mirrorhook.receiver_state import DaemonNote, DaemonNotes, receiver_state_path
 from mirrorhook.reporter import Reporter
 from mirrorhook.scheduler import Phase, Scheduler
 from mirrorhook.slots import SyncSlots
-from mirrorhook.state import read_json
-from mirrorhook.status import host_status, record_daemon
+from mirrorhook.status import host_status
 from mirrorhook.supervisor import Supervisor
-from mirrorhook.syncer import Syncer, receiver_state_path
+from mirrorhook.syncer import Syncer
 
 logger = logging.getLogger(__name__)
 
@@ -97,20 +97,23 @@ def build_receiver(
         await hooks.after_sync(config, str(report.result), report.marker, time.time())
 
     def note_change() -> None:
-        # A live note for `mirrorhook status`, best effort: a full disk must not stop syncs.
-        try:
-            record_daemon(
-                config,
+        notes.note(
+            DaemonNote.now(
                 phase=Phase.WAITING if waiting_for_slot else scheduler.phase,
                 starts_at=scheduler.starts_at,
                 next_poll=poller.next_at,
             )
-        except OSError as err:
-            supervisor.warn(topic, f"cannot write {receiver_state_path(config)}: {err.strerror}")
-        else:
+        )
+
+    def noted(err: OSError | None) -> None:
+        # A live note for `mirrorhook status`, best effort: a full disk must not stop syncs.
+        if err is None:
             supervisor.clear(topic)
+        else:
+            supervisor.warn(topic, f"cannot write {receiver_state_path(config)}: {err.strerror}")
 
     topic = "state notes" if config.name is None else f"state notes of {config.name}"
+    notes = DaemonNotes(config, on_written=noted)
 
     scheduler = Scheduler(run_sync, backoff=config.backoff, on_change=note_change, repo=config.name)
     poller = Poller(
@@ -131,6 +134,7 @@ def build_receiver(
         metrics=metrics,
         tree_metrics=tree,
         reporter=reporter,
+        notes=notes,
         supervisor=supervisor,
     )
 
@@ -144,8 +148,8 @@ def _host_of(config: ReceiverConfig) -> Config:
 def _restore_metrics(config: ReceiverConfig, syncer: Syncer, metrics: TreeMetrics) -> None:
     """Start the gauges from the state file: an alert on the last success's age must not
     fire just because the daemon restarted."""
-    last_success = read_json(receiver_state_path(config)).get("last_success")
-    if isinstance(last_success, str):
+    last_success = receiver_state.read(config).last_success
+    if last_success is not None:
         with contextlib.suppress(ValueError):
             metrics.succeeded_at(datetime.fromisoformat(last_success).timestamp())
     with contextlib.suppress(MarkerError):  # unreadable now: the first sync will say why

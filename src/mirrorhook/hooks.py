@@ -6,6 +6,12 @@ list, never a shell, started like rsync (its own process group, a deadline); it 
 what happened from ``MIRRORHOOK_REPO``, ``MIRRORHOOK_MARKER`` and ``MIRRORHOOK_RESULT`` in
 its environment. Its output is logged; its failure is logged and recorded, and never
 undoes the sync (docs/design.md#many-repositories).
+
+Its environment is a small one, not the daemon's (docs/design.md#the-hook-environment):
+the daemon's may hold ``RSYNC_PASSWORD`` (the upstream's credential), systemd's
+``NOTIFY_SOCKET`` (through which a child could tell systemd that the daemon is ready or
+stopping) and ``CREDENTIALS_DIRECTORY``, or whatever else a unit file sets; none of it is
+the hook's business.
 """
 
 from __future__ import annotations
@@ -13,16 +19,22 @@ from __future__ import annotations
 import logging
 import os
 
-from mirrorhook import process
+from mirrorhook import process, receiver_state
 from mirrorhook.log import TreeLog
 from mirrorhook.receiver_config import ReceiverConfig
-from mirrorhook.state import iso_time, update_json
-from mirrorhook.syncer import receiver_state_path
+from mirrorhook.state import iso_time
 
 logger = logging.getLogger(__name__)
 
 HOOK_TIMEOUT = 300.0
 """Seconds an ``exec_on_*`` command may run before its process group is stopped."""
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""A hook's ``PATH`` when the daemon has none (the default of systemd's services, plus
+/sbin and /bin for hosts that have not merged /usr)."""
+PASSED_ON = ("HOME", "LANG", "LC_ALL", "TZ")
+"""The daemon's variables a hook gets too, when set: where its tools find their own
+configuration (``HOME``; the hook runs as the daemon's user, so it adds nothing the hook
+could not read anyway), and the locale and time zone its output is written in."""
 
 
 async def after_sync(
@@ -38,18 +50,30 @@ async def after_sync(
     argv = config.exec_on_success if result == "synced" else config.exec_on_failure
     if result not in ("synced", "failed") or not argv:
         return
-    env = {
-        **os.environ,
+    env = hook_environment(config, result, marker)
+    outcome = await _run(TreeLog(logger, config.name), key, argv, env, timeout)
+    note = receiver_state.HookNote(command=key, outcome=outcome, at=iso_time(now))
+    try:
+        await receiver_state.note_hook(config, note)
+    except OSError as err:
+        logger.warning("cannot record the outcome of %s: %s", key, err)
+
+
+def hook_environment(config: ReceiverConfig, result: str, marker: str | None) -> dict[str, str]:
+    """The whole environment of a hook: ``PATH`` (the daemon's, else ``DEFAULT_PATH``), the
+    ``PASSED_ON`` variables the daemon has, and the ``MIRRORHOOK_*`` variables.
+
+    ``marker`` is the value the sync installed as ``marker.py`` read it (held to the marker
+    rules: one printable line, stripped), never the upstream file's bytes; empty after a
+    failure.
+    """
+    env = {"PATH": os.environ.get("PATH") or DEFAULT_PATH}
+    env |= {name: os.environ[name] for name in PASSED_ON if name in os.environ}
+    return env | {
         "MIRRORHOOK_REPO": config.name or "",
         "MIRRORHOOK_MARKER": marker or "",
         "MIRRORHOOK_RESULT": result,
     }
-    outcome = await _run(TreeLog(logger, config.name), key, argv, env, timeout)
-    note = {"command": key, "outcome": outcome, "at": iso_time(now)}
-    try:
-        update_json(receiver_state_path(config), lambda document: document.update(last_hook=note))
-    except OSError as err:
-        logger.warning("cannot record the outcome of %s: %s", key, err)
 
 
 async def _run(

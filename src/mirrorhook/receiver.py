@@ -29,10 +29,10 @@ from mirrorhook.message import HOOK_PATH
 from mirrorhook.metrics import Metrics, TreeMetrics
 from mirrorhook.poller import Poller
 from mirrorhook.receiver_config import ReceiverConfig
+from mirrorhook.receiver_state import DaemonNotes, forget_daemon
 from mirrorhook.replay import ReplayCache
 from mirrorhook.reporter import Reporter
 from mirrorhook.scheduler import Scheduled, Scheduler
-from mirrorhook.status import forget_daemon
 from mirrorhook.supervisor import Supervisor
 from mirrorhook.syncer import Syncer
 from mirrorhook.throttle import WARNING_PERIOD, Throttle
@@ -55,6 +55,8 @@ class Receiver:
     metrics: Metrics
     tree_metrics: TreeMetrics
     reporter: Reporter
+    notes: DaemonNotes
+    """The live note for ``status`` that the scheduler and the poller keep up to date."""
     clock: Callable[[], float] = time.time
     read_deadline: float = READ_DEADLINE
     replays: ReplayCache = field(default_factory=lambda: ReplayCache(signing.TOLERANCE))
@@ -120,10 +122,11 @@ async def stop_tasks(
     for task in tasks:
         task.cancel("receiver shutting down")
     await asyncio.gather(*tasks, return_exceptions=True)
+    await receiver.notes.flush()  # the stopped tasks' last notes land before the one below
     if not forget:
         return
     try:
-        forget_daemon(receiver.config)
+        await forget_daemon(receiver.config)
     except OSError as err:
         logger.warning("cannot note the daemon's stop in the state file: %s", err)
 
@@ -202,7 +205,7 @@ async def _hook(request: web.Request, receiver: Receiver) -> tuple[str, web.Resp
     if receiver.replays.seen(verified.msg_id, verified.timestamp, now):
         logger.info("webhook %s from %s: duplicate, ignored", verified.msg_id, peer)
         return "duplicate", web.json_response({"status": "duplicate"})
-    _remember_reports(receiver, update, verified)
+    await _remember_reports(receiver, update, verified)
     if update.current == local:
         logger.info(
             "webhook %s (%s, marker %r): already up to date",
@@ -220,7 +223,7 @@ async def _hook(request: web.Request, receiver: Receiver) -> tuple[str, web.Resp
     return "queued", web.json_response({"status": "queued"}, status=202)
 
 
-def _remember_reports(
+async def _remember_reports(
     receiver: Receiver, update: message.Update, verified: signing.Verified
 ) -> None:
     """Remember where to report and who this mirror is at the upstream (its reports say
@@ -228,7 +231,7 @@ def _remember_reports(
     for all its mirrors, so one mirror's webhook, replayed to another that holds a secret
     (and was sent its own v1 signature), must not rename it."""
     if receiver.config.secret is None or verified.scheme == "v1":
-        receiver.reporter.remember(update.report_url, update.mirror)
+        await receiver.reporter.remember(update.report_url, update.mirror)
 
 
 def _refuse(

@@ -18,14 +18,12 @@ import time
 import uuid
 from typing import Any
 
-from mirrorhook import signing
+from mirrorhook import receiver_state, signing
 from mirrorhook.errors import MirrorhookError
 from mirrorhook.log import TreeLog
 from mirrorhook.message import REPORT_TYPE
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.retry import Backoff, retrying
-from mirrorhook.state import read_json, text_or_none, update_json
-from mirrorhook.syncer import receiver_state_path
 
 logger = logging.getLogger(__name__)
 
@@ -45,20 +43,18 @@ class Reporter:
         self.config = config
         self._backoff = backoff or Backoff(first=1.0, cap=4.0)
         self._log = TreeLog(logger, config.name)
-        recorded = read_json(receiver_state_path(config)).get("report")
-        recorded = recorded if isinstance(recorded, dict) else {}
-        self.url = text_or_none(recorded.get("url"))
-        self.mirror = text_or_none(recorded.get("mirror"))
+        recorded = receiver_state.read(config).report
+        self.url = None if recorded is None else recorded.url
+        self.mirror = None if recorded is None else recorded.mirror
         self._sending: set[asyncio.Task[None]] = set()
 
-    def remember(self, url: str | None, mirror: str | None) -> None:
+    async def remember(self, url: str | None, mirror: str | None) -> None:
         """A verified webhook said where to report and under which name (or nothing)."""
         if url is None or mirror is None or (url, mirror) == (self.url, self.mirror):
             return
         self.url, self.mirror = url, mirror
-        note = {"url": url, "mirror": mirror}
         try:
-            update_json(receiver_state_path(self.config), lambda doc: doc.update(report=note))
+            await receiver_state.remember_report(self.config, receiver_state.ReportTo(url, mirror))
         except OSError as err:
             self._log.warning("cannot remember the report URL: %s", err.strerror)
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mirrorhook import marker
+from mirrorhook import marker, receiver_state
 from mirrorhook.addresses import redact_upstream
 from mirrorhook.config import Config
 from mirrorhook.errors import MarkerError
@@ -15,31 +15,8 @@ from mirrorhook.freshness import Freshness
 from mirrorhook.publisher_config import PublisherConfig
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
-from mirrorhook.state import iso_time, read_json, update_json
-from mirrorhook.syncer import SyncResult, receiver_state_path
+from mirrorhook.syncer import SyncResult
 from mirrorhook.table import colour_of, format_table, paint
-
-
-def record_daemon(
-    config: ReceiverConfig, *, phase: str, starts_at: float | None, next_poll: float | None
-) -> None:
-    """Note what the running daemon is doing in the state file, for ``mirrorhook status``."""
-    daemon = {
-        "pid": os.getpid(),
-        "phase": phase,
-        "sync_starts_at": None if starts_at is None else iso_time(starts_at),
-        "next_poll": None if next_poll is None else iso_time(next_poll),
-    }
-    # A live note, rewritten at every change: atomic, but not worth an fsync on the way
-    # from a webhook to rsync.
-    update_json(
-        receiver_state_path(config), lambda document: document.update(daemon=daemon), durable=False
-    )
-
-
-def forget_daemon(config: ReceiverConfig) -> None:
-    """Note that the daemon stopped."""
-    update_json(receiver_state_path(config), lambda document: document.update(daemon=None))
 
 
 def receiver_status(config: ReceiverConfig) -> dict[str, Any]:
@@ -48,15 +25,12 @@ def receiver_status(config: ReceiverConfig) -> dict[str, Any]:
     Whoever is syncing notes it (with its pid) before it starts; a dead pid means the sync
     was interrupted, and the next one repairs it.
     """
-    recorded = read_json(receiver_state_path(config))
-    in_progress = recorded.get("in_progress")
-    daemon = recorded.get("daemon")
-    if not (isinstance(daemon, dict) and _alive(daemon.get("pid"))):
-        daemon = {}
-    if isinstance(in_progress, dict):
-        state = "syncing" if _alive(in_progress.get("pid")) else "interrupted"
+    recorded = receiver_state.read(config)
+    daemon = recorded.daemon if recorded.daemon and _alive(recorded.daemon.pid) else None
+    if recorded.in_progress is not None:
+        state = "syncing" if _alive(recorded.in_progress.pid) else "interrupted"
     else:
-        state = daemon.get("phase") or "idle"
+        state = daemon.phase if daemon and daemon.phase else "idle"
     return {
         "role": "receiver",
         "upstream": redact_upstream(config.upstream),
@@ -64,11 +38,11 @@ def receiver_status(config: ReceiverConfig) -> dict[str, Any]:
         "marker_file": config.marker,
         **_marker_entries("local_marker", config.target / config.marker),
         "state": state,
-        "daemon_pid": daemon.get("pid"),
-        "sync_starts_at": daemon.get("sync_starts_at") if state == "waiting" else None,
-        "next_poll": daemon.get("next_poll"),
-        "last_sync": recorded.get("last_sync"),
-        "last_success": recorded.get("last_success"),
+        "daemon_pid": None if daemon is None else daemon.pid,
+        "sync_starts_at": daemon.sync_starts_at if daemon and state == "waiting" else None,
+        "next_poll": None if daemon is None else daemon.next_poll,
+        "last_sync": None if recorded.last_sync is None else recorded.last_sync.as_json(),
+        "last_success": recorded.last_success,
     }
 
 

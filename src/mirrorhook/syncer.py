@@ -22,9 +22,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from mirrorhook import lock, marker, process, rsync, traces
+from mirrorhook import lock, marker, process, receiver_state, rsync, traces
 from mirrorhook.addresses import redact_upstream
 from mirrorhook.errors import (
     LockedError,
@@ -38,8 +38,9 @@ from mirrorhook.errors import (
 from mirrorhook.log import TreeLog
 from mirrorhook.metrics import NoMetrics, SyncMetrics
 from mirrorhook.receiver_config import ReceiverConfig
+from mirrorhook.receiver_state import InProgress, LastSync, ReceiverState, receiver_state_path
 from mirrorhook.retry import Backoff, Sleep, retrying
-from mirrorhook.state import iso_time, update_json, write_atomic
+from mirrorhook.state import iso_time, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ MAX_ROUNDS = 3
 """Stage 1 runs at most this often in one sync when the upstream keeps publishing."""
 RSYNC_TMP_DIR = ".~tmp~"
 """The folder ``--delay-updates`` stages files in; a killed rsync can leave it behind."""
-STATE_NAME = "receiver.json"
 
 _T = TypeVar("_T")
 
@@ -72,11 +72,6 @@ class Report:
     """What the tree transfers received, from rsync's ``--stats``."""
     rsync_seconds: float = 0.0
     """Wall time of the tree transfers, retries included."""
-
-
-def receiver_state_path(config: ReceiverConfig) -> Path:
-    """Return the file that keeps the last sync's outcome across restarts."""
-    return config.state_dir / STATE_NAME
 
 
 class Syncer:
@@ -121,11 +116,16 @@ class Syncer:
         Every failure is raised as a ``SyncError`` (an unexpected ``OSError`` included).
         """
         started = self._clock()
-        in_progress = {"trigger": trigger, "started": iso_time(started), "pid": os.getpid()}
+        in_progress = InProgress(trigger, iso_time(started), os.getpid())
         # Durable: after a crash, this note is how the next sync knows to sweep the tree
         # for rsync's leftovers (and how `status` shows "interrupted"). No sync without it.
         try:
-            before = self._record({"in_progress": in_progress})
+            before = await receiver_state.begin_sync(self.config, in_progress)
+        except asyncio.CancelledError:
+            # The note was written (see receiver_state.py): a cancelled sync's outcome
+            # replaces it, as below.
+            await self._finish(trigger, started, SyncResult.CANCELLED)
+            raise
         except OSError as err:
             failure = SyncError(
                 f"cannot note the sync in {receiver_state_path(self.config)}: {err.strerror}"
@@ -138,7 +138,7 @@ class Syncer:
             if_changed=if_changed, sweep=_may_have_leftovers(before), pass_fds=pass_fds
         )
         report = await self._recorded(trigger, started, work)
-        self._finish(trigger, started, report.result, marker_value=report.marker)
+        await self._finish(trigger, started, report.result, marker_value=report.marker)
         await self._write_traces(trigger, started, report)
         if report.result is SyncResult.UP_TO_DATE:
             self._log.info("already up to date with upstream marker %r", report.marker)
@@ -160,7 +160,7 @@ class Syncer:
         upstream = await self._recorded(trigger, started, self._read_upstream())
         if upstream.value != self.local_marker():
             return True
-        self._finish(trigger, started, SyncResult.UP_TO_DATE, marker_value=upstream.value)
+        await self._finish(trigger, started, SyncResult.UP_TO_DATE, marker_value=upstream.value)
         self._log.info("already up to date with upstream marker %r", upstream.value)
         if not (self.config.trace or self.config.lastsync):
             return False
@@ -189,7 +189,7 @@ class Syncer:
         try:
             return await work
         except asyncio.CancelledError:
-            self._finish(trigger, started, SyncResult.CANCELLED)
+            await self._finish(trigger, started, SyncResult.CANCELLED)
             self._log.info("sync cancelled (%s); the local marker was left as it was", trigger)
             raise
         except SyncError as err:
@@ -199,7 +199,7 @@ class Syncer:
         except OSError as err:  # disk full, permissions...: the same one-line report
             where = f" ({err.filename})" if err.filename else ""
             failure = SyncError(f"{err.strerror or err}{where}")
-        self._finish(trigger, started, SyncResult.FAILED, error=failure)
+        await self._finish(trigger, started, SyncResult.FAILED, error=failure)
         self._log.error("sync failed (%s): %s", trigger, failure)
         raise failure
 
@@ -307,18 +307,7 @@ class Syncer:
                 return await operation()
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    def _record(self, changes: dict[str, Any]) -> dict[str, Any]:
-        """Apply ``changes`` to the state file; return the state as it was before."""
-        before: dict[str, Any] = {}
-
-        def change(document: dict[str, Any]) -> None:
-            before.update(document)
-            document.update(changes)
-
-        update_json(receiver_state_path(self.config), change)
-        return before
-
-    def _finish(
+    async def _finish(
         self,
         trigger: str,
         started: float,
@@ -328,28 +317,25 @@ class Syncer:
         error: SyncError | None = None,
     ) -> None:
         finished = self._clock()
-        last: dict[str, Any] = {
-            "trigger": trigger,
-            "started": iso_time(started),
-            "finished": iso_time(finished),
-            "duration": round(finished - started, 3),
-            "result": str(result),
-            "marker": marker_value,
-        }
-        changes: dict[str, Any] = {"in_progress": None, "last_sync": last}
-        if error is not None:
-            last["error"] = str(error)
-            if isinstance(error, RsyncError):
-                last["returncode"] = error.returncode
-                last["stderr_tail"] = list(error.stderr_tail)
+        rsync_error = error if isinstance(error, RsyncError) else None
+        last = LastSync(
+            trigger=trigger,
+            started=iso_time(started),
+            finished=iso_time(finished),
+            duration=round(finished - started, 3),
+            result=str(result),
+            marker=marker_value,
+            error=None if error is None else str(error),
+            returncode=None if rsync_error is None else rsync_error.returncode,
+            stderr_tail=None if rsync_error is None else rsync_error.stderr_tail,
+        )
         succeeded = result in (SyncResult.SYNCED, SyncResult.UP_TO_DATE)
-        if succeeded:
-            changes["last_success"] = iso_time(finished)
         self.metrics.sync_finished(str(result), success_at=finished if succeeded else None)
         with contextlib.suppress(MarkerError):  # the gauge only; the sync's outcome stands
             self.metrics.set_marker("local", self.local_marker())
         try:
-            self._record(changes)
+            success_at = iso_time(finished) if succeeded else None
+            await receiver_state.end_sync(self.config, last, success_at=success_at)
         except OSError as err:
             # The tree and its marker are what they are; only `status` misses this outcome.
             self._log.error(
@@ -360,7 +346,7 @@ class Syncer:
             )
 
 
-def _may_have_leftovers(state: dict[str, Any]) -> bool:
+def _may_have_leftovers(state: ReceiverState) -> bool:
     """Whether the sync before this one may have left ``.~tmp~`` folders: it did not finish
     (a crash leaves its in-progress note), failed or was cancelled, or there was none.
 
@@ -368,10 +354,10 @@ def _may_have_leftovers(state: dict[str, Any]) -> bool:
     need not be walked (a walk of a 100,000-file tree costs a noticeable fraction of a
     no-change sync).
     """
-    last = state.get("last_sync")
-    if state.get("in_progress") or not isinstance(last, dict):
+    last = state.last_sync
+    if state.in_progress is not None or last is None:
         return True
-    return last.get("result") not in (SyncResult.SYNCED, SyncResult.UP_TO_DATE)
+    return last.result not in (SyncResult.SYNCED, SyncResult.UP_TO_DATE)
 
 
 def _remove_rsync_leftovers(target: Path) -> None:

@@ -3,7 +3,9 @@
 See docs/design.md#trace-files. After each sync that ends with the tree complete (a new
 marker installed, or the upstream marker found equal to ours), a receiver repository with
 ``trace`` and/or ``lastsync`` gets them rewritten, atomically, after the marker. They are
-notes for others to read: a failure to write one is logged, and the sync stays good.
+notes for others to read: a failure to write one is logged, and the sync stays good. They
+are written through folder descriptors (``write_in_tree``), so that nothing in the tree
+can redirect them.
 
 The trace has the fields of ftpsync's ``tracefile_content`` (ftpsync 20180513, in
 ``/usr/bin/ftpsync`` of Debian's ``ftpsync`` package) that mean something here, in its
@@ -14,10 +16,15 @@ stage-1 and stage-2 times) are left out. Nothing in it comes from a webhook.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import errno
 import functools
+import os
+import secrets
 import socket
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -27,7 +34,6 @@ from mirrorhook import rsync
 from mirrorhook.addresses import upstream_host
 from mirrorhook.log import TreeLog
 from mirrorhook.receiver_config import ReceiverConfig
-from mirrorhook.state import write_atomic
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -138,8 +144,8 @@ async def write(config: ReceiverConfig, sync: Sync, log: TreeLog) -> None:
     if config.lastsync is not None:
         files.append(("lastsync", config.lastsync, lastsync_text(sync)))
     for what, name, text in files:
-        try:
-            write_in_tree(config.target, name, text.encode())
+        try:  # in a thread: it fsyncs
+            await asyncio.to_thread(write_in_tree, config.target, name, text.encode())
         except OSError as err:
             where = f" ({err.filename})" if err.filename else ""
             log.error(
@@ -152,12 +158,85 @@ async def write(config: ReceiverConfig, sync: Sync, log: TreeLog) -> None:
 
 
 def write_in_tree(target: Path, name: str, data: bytes) -> None:
-    """Write ``data`` atomically as ``target/name``, creating its folders; never through a
-    symbolic link in the tree (one from the upstream could point anywhere in it)."""
-    folder = target
-    for part in PurePosixPath(name).parts[:-1]:
-        folder /= part
-        if folder.is_symlink():
-            raise OSError(errno.ELOOP, "a folder on the way is a symbolic link", str(folder))
-        folder.mkdir(exist_ok=True)
-    write_atomic(target / name, data)
+    """Write ``data`` atomically and durably as ``target/name``, creating its folders; never
+    through a symbolic link in the tree, never outside it, and no temporary file left.
+
+    A link from the upstream could point anywhere, and a local user who can write the tree
+    could swap a folder on the way for a link between a check of a path and a write to it;
+    so no path is looked up twice: each folder is opened in the one before it (``dir_fd``)
+    without following a link, and the temporary file is created, fsynced and renamed in the
+    last one (docs/design.md#trace-files). ``target`` itself is the operator's (set in the
+    config, outside what the tree's writers can change) and is followed as rsync follows
+    it.
+    """
+    *folders, leaf = PurePosixPath(name).parts
+    with contextlib.ExitStack() as descriptors:
+        folder = os.open(target, _FOLDER_FLAGS)
+        descriptors.callback(os.close, folder)
+        where = target
+        for part in folders:
+            where /= part
+            with _named(where):
+                folder = _open_folder(folder, part)
+            descriptors.callback(os.close, folder)
+        with _named(where / leaf):
+            _replace(folder, leaf, data)
+
+
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_NAMES = 100
+"""Names tried for a temporary file before giving up (others may be planted in the tree)."""
+
+
+@contextlib.contextmanager
+def _named(where: Path) -> Iterator[None]:
+    """Name ``where`` in an ``OSError`` from within: a call relative to a folder's
+    descriptor names only the last part, or the temporary file."""
+    try:
+        yield
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(where)) from None
+
+
+def _open_folder(parent: int, part: str) -> int:
+    """Open (after creating it if need be) the folder ``part`` in ``parent``, never a link."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(part, dir_fd=parent)
+    try:
+        return os.open(part, _FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+    except NotADirectoryError:  # what Linux says of a link opened with O_NOFOLLOW too
+        mode = os.stat(part, dir_fd=parent, follow_symlinks=False).st_mode
+        if stat.S_ISLNK(mode):
+            raise OSError(errno.ELOOP, "a folder on the way is a symbolic link") from None
+        raise
+
+
+def _replace(folder: int, leaf: str, data: bytes) -> None:
+    """Replace ``leaf`` in ``folder`` with ``data``: a new temporary file there, fsynced,
+    renamed over it (a link at ``leaf`` is replaced, never followed), the folder fsynced."""
+    temp, fd = _create_temporary(folder, leaf)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, 0o644)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, leaf, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp, dir_fd=folder)
+        raise
+    os.fsync(folder)
+
+
+def _create_temporary(folder: int, leaf: str) -> tuple[str, int]:
+    """A new file in ``folder`` beside ``leaf`` (``O_EXCL``: never one planted there)."""
+    for _ in range(_TEMP_NAMES):
+        temp = f".{leaf}.{secrets.token_hex(4)}.tmp"
+        with contextlib.suppress(FileExistsError):
+            return temp, os.open(temp, _TEMP_FLAGS, 0o600, dir_fd=folder)
+    raise OSError(errno.EEXIST, "no free name for a temporary file")
