@@ -28,7 +28,7 @@ from mirrorhook.log import TreeLog
 from mirrorhook.metrics import Metrics, TreeMetrics
 from mirrorhook.poller import Poller
 from mirrorhook.receiver import Receiver, start_tasks, stop_tasks
-from mirrorhook.receiver_config import REPOS_FOLDER, ReceiverConfig, ReceiverHost
+from mirrorhook.receiver_config import LOCKS_FOLDER, REPOS_FOLDER, ReceiverConfig, ReceiverHost
 from mirrorhook.reporter import Reporter
 from mirrorhook.scheduler import Phase, Scheduler
 from mirrorhook.slots import SyncSlots
@@ -79,15 +79,15 @@ def build_receiver(
 
     async def run_sync(reason: str) -> None:
         try:
-            # The tree's lock first: a cron sync of this tree running for hours must not keep
+            # The tree's locks first: a cron sync of this tree running for hours must not keep
             # one of the host's slots idle meanwhile.
-            if lock.is_locked(config.state_dir):
+            if lock.is_locked(config):
                 log.info("another sync of this tree is running: waiting for it to finish")
             async with (
-                lock.hold_waiting(config.state_dir) as lock_fd,
+                lock.hold_waiting(config) as lock_fds,
                 slots.hold(on_wait=waiting(now=True), on_slot=waiting(now=False)),
             ):
-                report = await syncer.sync(if_changed=True, trigger=reason, lock_fd=lock_fd)
+                report = await syncer.sync(if_changed=True, trigger=reason, lock_fds=lock_fds)
         except SyncError as err:
             # Run outside the slot and the lock: a slow hook must not hold up other trees.
             reporter.sync_ended("failed", None, str(err))
@@ -274,13 +274,19 @@ class Fleet:
 
 def _on_running_host(new: ReceiverHost, old: ReceiverHost) -> ReceiverHost:
     """``new`` with the running host's ``listen``, ``max_body`` and state folders, which
-    change only with a restart: moving a tree's state (its lock!) under a running sync
-    would let a cron sync run beside it."""
+    change only with a restart: moving a tree's state (its locks!) under a running sync
+    would let another sync run beside it."""
     repos = []
     for repo in new.repos:
         state = old.state_dir if repo.name is None else old.state_dir / REPOS_FOLDER / repo.name
         repos.append(
-            dataclasses.replace(repo, listen=old.listen, max_body=old.max_body, state_dir=state)
+            dataclasses.replace(
+                repo,
+                listen=old.listen,
+                max_body=old.max_body,
+                state_dir=state,
+                locks_dir=old.state_dir / LOCKS_FOLDER,
+            )
         )
     return dataclasses.replace(
         new, listen=old.listen, max_body=old.max_body, state_dir=old.state_dir, repos=tuple(repos)

@@ -5,7 +5,7 @@ See docs/design.md#the-two-stage-sync.
 Stage 1 copies the tree without the marker; stage 2 installs the marker, atomically and
 only when the upstream marker did not move during stage 1. A local marker equal to V
 therefore always means "at least the content of publish V". The caller holds the sync
-lock (see ``lock.py``); this module does not know who triggered it or how it waits.
+locks (see ``lock.py``); this module does not know who triggered it or how it waits.
 """
 
 from __future__ import annotations
@@ -113,11 +113,13 @@ class Syncer:
             self._log.warning("%s; treating the mirror as never synced", err)
             return None
 
-    async def sync(self, *, if_changed: bool, trigger: str, lock_fd: int | None = None) -> Report:
+    async def sync(
+        self, *, if_changed: bool, trigger: str, lock_fds: tuple[int, ...] = ()
+    ) -> Report:
         """Bring the local tree up to the upstream; record the outcome; re-raise failures.
 
         With ``if_changed``, nothing is transferred when the upstream marker equals ours.
-        ``lock_fd``, the caller's sync lock, is handed to rsync (see ``lock.py``).
+        ``lock_fds``, the caller's sync locks, are handed to rsync (see ``lock.py``).
         Every failure is raised as a ``SyncError`` (an unexpected ``OSError`` included).
         """
         started = self._clock()
@@ -133,9 +135,8 @@ class Syncer:
             self._log.error("sync failed (%s): %s", trigger, failure)
             raise failure from None
         self._log.info("sync started (%s)", trigger)
-        pass_fds = () if lock_fd is None else (lock_fd,)
         work = self._sync(
-            if_changed=if_changed, sweep=_may_have_leftovers(before), pass_fds=pass_fds
+            if_changed=if_changed, sweep=_may_have_leftovers(before), pass_fds=lock_fds
         )
         report = await self._recorded(trigger, started, work)
         self._finish(trigger, started, report.result, marker_value=report.marker)
@@ -166,7 +167,7 @@ class Syncer:
             return False
         # The trace files say the tree is complete: only while no sync runs (this check
         # holds no lock; a daemon's sync may be transferring, and will write them itself).
-        with contextlib.suppress(LockedError), lock.hold(self.config.state_dir):
+        with contextlib.suppress(LockedError), lock.hold(self.config):
             report = Report(SyncResult.UP_TO_DATE, upstream.value, 0)
             await self._write_traces(trigger, started, report)
         return False
