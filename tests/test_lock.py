@@ -1,4 +1,5 @@
-"""One sync per tree, whatever the repository's name (docs/design.md#the-sync-lock).
+"""One sync per tree, whatever the repository's name, and no leftovers in a tree a reload
+leaves behind (docs/design.md#the-sync-lock, docs/design.md#leftovers-of-an-interrupted-sync).
 
 The end-to-end tests run a real ``mirrorhook serve`` against a real rsync daemon and
 reload it with SIGHUP; a wrapper around the real rsync logs when each tree transfer starts
@@ -8,6 +9,7 @@ and ends and which folder it writes, so a test sees whether two ever wrote one t
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +23,7 @@ from mirrorhook import lock
 from mirrorhook.errors import LockedError
 from mirrorhook.receiver_config import ReceiverConfig
 from tests.helpers import (
+    MIRRORHOOK,
     Processes,
     at_once,
     free_port,
@@ -285,3 +288,81 @@ def test_an_rsync_orphaned_by_a_killed_daemon_keeps_its_tree_locked_under_every_
     assert (result.returncode, result.stdout) == (0, "c  ok\n"), result.stderr
     assert marker_of(host.tree("x")) == "7"
     assert trees_equal(host.upstream("b"), host.tree("x"))
+
+
+@pytest.mark.slow
+def test_a_repository_removed_mid_transfer_leaves_no_tmp_folder_in_its_tree(
+    host: Host, processes: Processes
+) -> None:
+    """A reload that removes a while its rsync stages files in srv/x/.../.~tmp~: the rsync
+    is stopped, and once it has ended the tree is swept (the web server must not serve
+    half a publish); the marker stays as it was."""
+    publish(host.upstream("a"), "2", {f"big/{i}.bin": "z" * 200_000 for i in range(6)})
+    pids = host.tmp / "rsync.pids"
+    host.write(
+        Repo("a", "a", "x", slow_rsync(host.tmp, pids, bwlimit=400)),
+        Repo("b", "b", "z", host.fast, extra="enabled = false"),
+    )
+    daemon = processes.serve(host.config, "host")
+    wait_until(lambda: tmp_folders(host.tree("x")), what="a transfer staging in srv/x")
+    rsync = int(pids.read_text().split()[-1])
+    host.write(Repo("b", "b", "z", host.fast, extra="enabled = false"))
+    reloaded(processes, daemon, 1)
+    assert "repository a removed" in processes.log("host")
+    wait_until(lambda: not group_alive(rsync), what="the stopped rsync's end")
+    wait_until(lambda: not tmp_folders(host.tree("x")), what="srv/x swept")
+    assert "left behind by an interrupted rsync" in processes.log("host")
+    assert marker_of(host.tree("x")) is None
+
+
+@pytest.mark.slow
+def test_a_tree_moved_away_after_a_failed_transfer_is_swept(
+    host: Host, processes: Processes
+) -> None:
+    """A reload moves a from srv/x to srv/y while its rsync stages files in srv/x; that
+    rsync then dies (SIGKILL), failing the sync: no sync will visit srv/x again, so it is
+    swept once the rsync has ended; srv/y is synced."""
+    publish(host.upstream("a"), "2", {f"big/{i}.bin": "z" * 200_000 for i in range(6)})
+    pids = host.tmp / "rsync.pids"
+    host.write(Repo("a", "a", "x", slow_rsync(host.tmp, pids, bwlimit=400)))
+    daemon = processes.serve(host.config, "host")
+    wait_until(lambda: tmp_folders(host.tree("x")), what="a transfer staging in srv/x")
+    host.write(Repo("a", "a", "y", host.fast))
+    reloaded(processes, daemon, 1)
+    os.killpg(int(pids.read_text().split()[-1]), signal.SIGKILL)
+    wait_until(lambda: marker_of(host.tree("y")) == "2", timeout=60, what="a's sync of srv/y")
+    wait_until(lambda: not tmp_folders(host.tree("x")), what="srv/x swept")
+    assert marker_of(host.tree("x")) is None
+    state = json.loads((host.tmp / "state" / "repos" / "a" / "receiver.json").read_text())
+    assert state["last_sync"]["result"] == "synced"
+
+
+@pytest.mark.slow
+def test_the_sweep_of_a_removed_repositorys_tree_waits_for_the_sync_writing_it(
+    host: Host, processes: Processes
+) -> None:
+    """A cron sync (repository c) stages files in srv/x while the daemon's a, never synced,
+    waits for srv/x's lock; a reload removes a: the sweep of srv/x waits for the cron sync
+    instead of deleting its staged files, so the cron sync completes with the whole tree."""
+    publish(host.upstream("a"), "2", {f"big/{i}.bin": "z" * 200_000 for i in range(6)})
+    pids = host.tmp / "rsync.pids"
+    cron = host.write(
+        Repo("c", "a", "x", slow_rsync(host.tmp, pids, bwlimit=400)), path=host.tmp / "cron.toml"
+    )
+    with (host.tmp / "cron.log").open("wb") as log:
+        syncing = subprocess.Popen([*MIRRORHOOK, "sync", "-c", str(cron)], stderr=log)
+    processes.running.append(syncing)
+    wait_until(lambda: tmp_folders(host.tree("x")), what="the cron sync staging in srv/x")
+    host.write(
+        Repo("a", "a", "x", host.fast), Repo("b", "b", "z", host.fast, extra="enabled = false")
+    )
+    daemon = processes.serve(host.config, "host")
+    wait_until(
+        lambda: "a: another sync of this tree is running" in processes.log("host"),
+        what="a waiting for srv/x",
+    )
+    host.write(Repo("b", "b", "z", host.fast, extra="enabled = false"))
+    reloaded(processes, daemon, 1)
+    assert syncing.wait(60) == 0, (host.tmp / "cron.log").read_text()
+    assert marker_of(host.tree("x")) == "2"
+    assert trees_equal(host.upstream("a"), host.tree("x"))

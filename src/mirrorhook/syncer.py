@@ -5,7 +5,9 @@ See docs/design.md#the-two-stage-sync.
 Stage 1 copies the tree without the marker; stage 2 installs the marker, atomically and
 only when the upstream marker did not move during stage 1. A local marker equal to V
 therefore always means "at least the content of publish V". The caller holds the sync
-locks (see ``lock.py``); this module does not know who triggered it or how it waits.
+locks (see ``lock.py``); this module does not know who triggered it or how it waits. Only
+the sweep of a tree that its repository left (``sweep_left_tree``) takes the tree's lock
+itself, since no sync of that repository will follow.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from mirrorhook.log import TreeLog
 from mirrorhook.metrics import NoMetrics, SyncMetrics
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.retry import Backoff, Sleep, retrying
-from mirrorhook.state import iso_time, update_json, write_atomic
+from mirrorhook.state import iso_time, read_json, update_json, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -373,6 +375,23 @@ def _may_have_leftovers(state: dict[str, Any]) -> bool:
     if state.get("in_progress") or not isinstance(last, dict):
         return True
     return last.get("result") not in (SyncResult.SYNCED, SyncResult.UP_TO_DATE)
+
+
+async def sweep_left_tree(config: ReceiverConfig) -> None:
+    """Delete the ``.~tmp~`` folders that the last sync of ``config``'s tree may have left
+    (it was stopped, or failed), in a tree that no sync of this repository will visit again:
+    a reload removed the repository or moved its target. Waits for the tree's lock, so that
+    the stopped rsync has ended and no other sync is writing (docs/design.md, "Leftovers of
+    an interrupted sync"); a failure is only logged.
+    """
+    # Read at once: a successor of the same name shares the state file.
+    if not _may_have_leftovers(read_json(receiver_state_path(config))):
+        return
+    try:
+        async with lock.hold_waiting(config, tree_only=True):
+            await asyncio.to_thread(_remove_rsync_leftovers, config.target)
+    except OSError as err:
+        logger.warning("cannot sweep %s for rsync's leftovers: %s", config.target, err)
 
 
 def _remove_rsync_leftovers(target: Path) -> None:
