@@ -280,6 +280,64 @@ def tree_invocations(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if "--delay-updates" in line]
 
 
+def writes_rsync(folder: Path, log: Path, name: str, *, delay: float = 0.0) -> Path:
+    """Write a wrapper ``folder/NAME`` around the real rsync that logs when each tree
+    transfer starts and ends, its pid and the folder it writes (marker reads pass through),
+    slowed by ``delay`` seconds: from the log (``tree_writes``) a test sees whether two
+    transfers ever wrote one tree at once. The sleep counts as writing: the wrapper holds
+    whatever the sync handed rsync (the sync locks) from its start."""
+    real = real_rsync()
+    path = folder / name
+    path.write_text(
+        "#!/bin/sh\n"
+        "for destination; do :; done\n"
+        'case "$*" in *--delay-updates*)\n'
+        f'  echo "start $(date +%s.%N) $$ $destination" >> {log}\n'
+        f"  sleep {delay}\n"
+        f'  {real} "$@"; code=$?\n'
+        f'  echo "end $(date +%s.%N) $$ $destination" >> {log}\n'
+        "  exit $code;;\n"
+        "esac\n"
+        f'exec {real} "$@"\n'
+    )
+    path.chmod(0o755)
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class TreeWrite:
+    """One tree transfer as ``writes_rsync`` logged it; ``end`` is infinite while it runs."""
+
+    start: float
+    end: float
+    tree: Path
+
+
+def tree_writes(log: Path, tree: Path) -> list[TreeWrite]:
+    """The transfers into ``tree`` that ``writes_rsync`` logged, in start order."""
+    started: dict[str, TreeWrite] = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        kind, stamp, pid, destination = line.split(" ", 3)
+        if Path(destination) != tree:
+            continue
+        if kind == "start":
+            started[pid] = TreeWrite(float(stamp), float("inf"), tree)
+        else:
+            started[pid] = TreeWrite(started[pid].start, float(stamp), tree)
+    return sorted(started.values(), key=lambda write: write.start)
+
+
+def at_once(writes: list[TreeWrite]) -> list[tuple[TreeWrite, TreeWrite]]:
+    """The pairs of ``writes`` (in start order) of which the second began before the first
+    ended."""
+    return [
+        (first, second)
+        for index, first in enumerate(writes)
+        for second in writes[index + 1 :]
+        if second.start < first.end
+    ]
+
+
 def publisher_toml(
     tmp: Path,
     *,

@@ -582,6 +582,12 @@ def test_redact_upstream_leaves_sources_without_credentials_untouched(upstream: 
     assert redact_upstream(upstream) == upstream
 
 
+def test_a_target_inside_the_state_dir_is_refused(tmp_path: Path) -> None:
+    """rsync --delete there could remove the state, the tree locks with it."""
+    path = _with(tmp_path, state_dir=str(tmp_path / "state"), target=str(tmp_path / "state/t"))
+    assert "must be outside state_dir" in _only_problem(path, "receiver.target")
+
+
 @pytest.mark.parametrize("inside", ["", ".mirrorhook", "sub/state"])
 def test_state_dir_inside_the_target_is_refused(tmp_path: Path, inside: str) -> None:
     """rsync --delete would remove a state folder inside the tree, lock file included."""

@@ -127,6 +127,15 @@ def test_a_target_holding_the_state_dir_is_refused(tmp_path: Path) -> None:
     ]
 
 
+def test_a_target_inside_the_state_dir_is_refused(tmp_path: Path) -> None:
+    """rsync --delete there could remove the state, the host's tree locks with it."""
+    path = host_toml(tmp_path, {"a": {"target": str(tmp_path / "state" / "locks")}})
+    assert problems_of(path) == [
+        f"receiver.repos.a.target: must be outside state_dir ({tmp_path / 'state'}): "
+        "rsync --delete would remove the state there (the sync locks with it)"
+    ]
+
+
 def test_the_host_form_may_not_set_a_trees_own_keys(tmp_path: Path) -> None:
     path = host_toml(tmp_path, {"a": {}}, host='upstream = "rsync://h/m/"\n')
     assert problems_of(path) == [

@@ -307,7 +307,16 @@ def test_a_disabled_repository_is_kept_unsynced_and_shown_disabled(
     host.config.write_text(
         text.replace("[receiver.repos.epel]", "[receiver.repos.epel]\nenabled = false")
     )
-    failed = {"result": "failed", "trigger": "cron", "error": "rsync exited with code 10"}
+    failed = {  # as a cron sync from before it was disabled wrote it
+        "trigger": "cron",
+        "started": "2026-11-30T10:00:00.000+00:00",
+        "finished": "2026-11-30T10:00:01.500+00:00",
+        "duration": 1.5,
+        "result": "failed",
+        "marker": None,
+        "error": "rsync exited with code 10",
+        "returncode": 10,
+    }
     (tmp_path / "state" / "repos" / "epel").mkdir(parents=True)
     (tmp_path / "state" / "repos" / "epel" / "receiver.json").write_text(
         json.dumps({"last_sync": failed})

@@ -410,7 +410,7 @@ async def test_the_cron_pre_check_leaves_the_files_alone_while_a_sync_holds_the_
     await make_syncer(tmp_path, daemon.url).sync(if_changed=True, trigger="first")
     later = make_syncer(tmp_path, daemon.url, clock=functools.partial(hours_later, 1))
     written = (later.config.target / LASTSYNC).read_text()
-    with lock.hold(later.config.state_dir):
+    with lock.hold(later.config):
         assert not await later.needs_sync(trigger=oneshot.TRIGGER)
     assert (later.config.target / LASTSYNC).read_text() == written
     assert not await later.needs_sync(trigger=oneshot.TRIGGER)  # free again: rewritten

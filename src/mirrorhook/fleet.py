@@ -5,7 +5,9 @@
 a ``[receiver]`` section for ``mirrorhook serve``, runs their tasks for the app's lifetime,
 and applies a changed config without a restart (``SIGHUP``): trees whose settings did not
 change keep their state, schedules and running syncs; removed ones stop as at shutdown; new
-and changed ones start with their start-up check (docs/design.md#many-repositories).
+and changed ones start with their start-up check (docs/design.md#many-repositories). A tree
+that a repository leaves (removed, or moved to another target) is swept of rsync's
+leftovers once its last rsync has ended, since no sync of that repository will again.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
 
@@ -28,14 +30,14 @@ from mirrorhook.log import TreeLog
 from mirrorhook.metrics import Metrics, TreeMetrics
 from mirrorhook.poller import Poller
 from mirrorhook.receiver import Receiver, start_tasks, stop_tasks
-from mirrorhook.receiver_config import REPOS_FOLDER, ReceiverConfig, ReceiverHost
+from mirrorhook.receiver_config import LOCKS_FOLDER, REPOS_FOLDER, ReceiverConfig, ReceiverHost
 from mirrorhook.receiver_state import DaemonNote, DaemonNotes, receiver_state_path
 from mirrorhook.reporter import Reporter
 from mirrorhook.scheduler import Phase, Scheduler
 from mirrorhook.slots import SyncSlots
 from mirrorhook.status import host_status
 from mirrorhook.supervisor import Supervisor
-from mirrorhook.syncer import Syncer
+from mirrorhook.syncer import Syncer, sweep_left_tree
 
 logger = logging.getLogger(__name__)
 
@@ -79,15 +81,15 @@ def build_receiver(
 
     async def run_sync(reason: str) -> None:
         try:
-            # The tree's lock first: a cron sync of this tree running for hours must not keep
+            # The tree's locks first: a cron sync of this tree running for hours must not keep
             # one of the host's slots idle meanwhile.
-            if lock.is_locked(config.state_dir):
+            if lock.is_locked(config):
                 log.info("another sync of this tree is running: waiting for it to finish")
             async with (
-                lock.hold_waiting(config.state_dir) as lock_fd,
+                lock.hold_waiting(config) as lock_fds,
                 slots.hold(on_wait=waiting(now=True), on_slot=waiting(now=False)),
             ):
-                report = await syncer.sync(if_changed=True, trigger=reason, lock_fd=lock_fd)
+                report = await syncer.sync(if_changed=True, trigger=reason, lock_fds=lock_fds)
         except SyncError as err:
             # Run outside the slot and the lock: a slow hook must not hold up other trees.
             reporter.sync_ended("failed", None, str(err))
@@ -170,8 +172,9 @@ class Fleet:
         self.receivers: dict[str | None, Receiver] = {}
         """The app's ``RECEIVERS``: the hook handler finds each tree here by name."""
         self._tasks: dict[str | None, list[asyncio.Task[None]]] = {}
-        self._retiring: set[asyncio.Task[None]] = set()
-        """Replaced trees' tasks, waiting for their running sync to end."""
+        self._background: set[asyncio.Task[None]] = set()
+        """Work left by reloads: replaced trees' tasks waiting for their running sync to
+        end, sweeps of the trees repositories left."""
         self._reloading = asyncio.Lock()
         for index, repo in enumerate(host.repos):
             self.receivers[repo.name] = self._build(repo, start_after=index * START_SPREAD)
@@ -181,10 +184,10 @@ class Fleet:
         for name, receiver in self.receivers.items():
             self._tasks[name] = start_tasks(receiver)
         yield
-        for task in self._retiring:
+        for task in self._background:
             task.cancel("receiver shutting down")
         await asyncio.gather(
-            *self._retiring,
+            *self._background,
             *(self._stop(name) for name in list(self._tasks)),
             return_exceptions=True,
         )
@@ -221,12 +224,15 @@ class Fleet:
                 return
             for name in running.keys() - {repo.name for repo in new.repos}:
                 await self._stop(name)
-                del self.receivers[name]
+                removed = self.receivers.pop(name)
+                self._in_background(sweep_left_tree(removed.config))
                 self._metrics.forget(name)
                 logger.info("reload: repository %s removed (its sync, if any, was stopped)", name)
             for name, receiver in built.items():
                 if name in running:
-                    self._retire(self.receivers[name], self._tasks.pop(name, []))
+                    replaced = self.receivers[name]
+                    moved = replaced.config.target != receiver.config.target
+                    self._retire(replaced, self._tasks.pop(name, []), sweep=moved)
                     logger.info("reload: repository %s changed: started anew", name)
                 else:
                     logger.info("reload: repository %s added", name)
@@ -235,8 +241,9 @@ class Fleet:
             self.config = dataclasses.replace(self.config, receivers=new)
             logger.info("reload: %s applied", config.path)
 
-    def _retire(self, receiver: Receiver, tasks: list[asyncio.Task[None]]) -> None:
-        """Stop a replaced tree's tasks once its running sync (if any) has ended."""
+    def _retire(self, receiver: Receiver, tasks: list[asyncio.Task[None]], *, sweep: bool) -> None:
+        """Stop a replaced tree's tasks once its running sync (if any) has ended; with
+        ``sweep`` (its successor has another target), sweep the tree it leaves."""
 
         async def retire() -> None:
             for task in tasks[1:]:  # the poller (start_tasks puts the scheduler first)
@@ -244,10 +251,16 @@ class Fleet:
             receiver.scheduler.discard_pending()  # its successor checks the tree at start
             await receiver.scheduler.not_syncing.wait()
             await stop_tasks(receiver, tasks, forget=False)
+            if sweep:
+                await sweep_left_tree(receiver.config)
 
-        task = asyncio.create_task(retire())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._in_background(retire())
+
+    def _in_background(self, work: Coroutine[None, None, None]) -> None:
+        """Run a reload's leftover ``work``, cancelled at shutdown."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _note_host_changes(self, old: ReceiverHost, new: ReceiverHost) -> None:
         for key in ("listen", "state_dir", "max_body"):
@@ -278,13 +291,19 @@ class Fleet:
 
 def _on_running_host(new: ReceiverHost, old: ReceiverHost) -> ReceiverHost:
     """``new`` with the running host's ``listen``, ``max_body`` and state folders, which
-    change only with a restart: moving a tree's state (its lock!) under a running sync
-    would let a cron sync run beside it."""
+    change only with a restart: moving a tree's state (its locks!) under a running sync
+    would let another sync run beside it."""
     repos = []
     for repo in new.repos:
         state = old.state_dir if repo.name is None else old.state_dir / REPOS_FOLDER / repo.name
         repos.append(
-            dataclasses.replace(repo, listen=old.listen, max_body=old.max_body, state_dir=state)
+            dataclasses.replace(
+                repo,
+                listen=old.listen,
+                max_body=old.max_body,
+                state_dir=state,
+                locks_dir=old.state_dir / LOCKS_FOLDER,
+            )
         )
     return dataclasses.replace(
         new, listen=old.listen, max_body=old.max_body, state_dir=old.state_dir, repos=tuple(repos)

@@ -13,7 +13,7 @@ import random
 import time
 
 from mirrorhook import hooks, lock
-from mirrorhook.errors import LockedError, SyncError
+from mirrorhook.errors import SyncError
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.syncer import Syncer
 
@@ -37,16 +37,15 @@ async def sync_tree(
     """
     syncer = Syncer(receiver)
     if randomize:
-        if lock.is_locked(receiver.state_dir):
-            raise LockedError(str(lock.lock_path(receiver.state_dir)))
+        lock.check_free(receiver)
         if if_changed and not await syncer.needs_sync(trigger=TRIGGER):
             return
         delay = (rng or random.Random()).uniform(0, randomize)
         logger.info("sleeping %.0f s to spread the mirrors' load on the upstream", delay)
         await asyncio.sleep(delay)
     try:
-        with lock.hold(receiver.state_dir) as lock_fd:
-            report = await syncer.sync(if_changed=if_changed, trigger=TRIGGER, lock_fd=lock_fd)
+        with lock.hold(receiver) as lock_fds:
+            report = await syncer.sync(if_changed=if_changed, trigger=TRIGGER, lock_fds=lock_fds)
     except SyncError:
         await hooks.after_sync(receiver, "failed", None, time.time())
         raise

@@ -45,6 +45,8 @@ REPO_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 """A repository's name: it is part of a URL path and of a folder name."""
 REPOS_FOLDER = "repos"
 """Under ``state_dir``, each repository of the host form keeps its state in a folder."""
+LOCKS_FOLDER = "locks"
+"""Under ``state_dir``, the host's tree locks (docs/design.md#the-sync-lock)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,8 @@ class ReceiverConfig:
     target: Path
     state_dir: Path
     """This repository's own state folder (the host's ``state_dir`` in the single form)."""
+    locks_dir: Path
+    """The host's folder of tree locks, shared by its repositories (``state_dir/locks``)."""
     marker: str = "CURRENT"
     exclude_from: Path | None = None
     rsync: str = "rsync"
@@ -164,7 +168,8 @@ def parse_receiver(t: Table) -> ReceiverHost | None:
         return None
     if any(value is INVALID for value in host.values()):
         return None
-    finished = tuple(_finish(repo, listen, host["max_body"]) for repo in repos)
+    locks_dir = state_dir / LOCKS_FOLDER
+    finished = tuple(_finish(repo, listen, host["max_body"], locks_dir) for repo in repos)
     return ReceiverHost(listen=listen, state_dir=state_dir, repos=finished, **host)
 
 
@@ -246,9 +251,15 @@ def _repository(
         key: t.get(key, check, defaults[key]) for key, check in _PER_REPO.items()
     }
     target = required["target"]
-    if name is None and valid(target) and valid(state_dir) and state_dir.is_relative_to(target):
-        t.problem("state_dir", f"must be outside target ({target}): rsync --delete would remove it")
-        return None
+    if name is None and valid(target) and valid(state_dir):
+        if state_dir.is_relative_to(target):
+            t.problem(
+                "state_dir", f"must be outside target ({target}): rsync --delete would remove it"
+            )
+            return None
+        if target.is_relative_to(state_dir):
+            t.problem("target", _INSIDE_STATE_DIR.format(state_dir=state_dir))
+            return None
     _programs(t, optional)
     _apart_in_tree(t, optional)
     keys = _keys(t, optional["public_key_file"], defaults.get("public_keys", ()))
@@ -338,9 +349,15 @@ def _command(t: Table, key: str, argv: Any) -> Any:
     return argv
 
 
+_INSIDE_STATE_DIR = (
+    "must be outside state_dir ({state_dir}): rsync --delete would remove the state there "
+    "(the sync locks with it)"
+)
+
+
 def _apart(t: Table, repos: list[dict[str, Any]], state_dir: Any) -> bool:
-    """Targets may not be shared, nested, or hold the state folder: rsync --delete in one
-    tree would remove another's files, or the state."""
+    """Targets may not be shared, nested, hold the state folder or lie in it: rsync --delete
+    in one tree would remove another's files, or the state."""
     ok = True
     for index, repo in enumerate(repos):
         target: Path = repo["target"]
@@ -349,6 +366,9 @@ def _apart(t: Table, repos: list[dict[str, Any]], state_dir: Any) -> bool:
                 f"repos.{repo['name']}.target",
                 f"must not hold state_dir ({state_dir}): rsync --delete would remove it",
             )
+            ok = False
+        elif valid(state_dir) and target.is_relative_to(state_dir):
+            t.problem(f"repos.{repo['name']}.target", _INSIDE_STATE_DIR.format(state_dir=state_dir))
             ok = False
         for other in repos[:index]:
             if target.is_relative_to(other["target"]) or other["target"].is_relative_to(target):
@@ -361,8 +381,10 @@ def _apart(t: Table, repos: list[dict[str, Any]], state_dir: Any) -> bool:
     return ok
 
 
-def _finish(repo: dict[str, Any], listen: tuple[Listen, ...], max_body: int) -> ReceiverConfig:
-    return ReceiverConfig(listen=listen, max_body=max_body, **repo)
+def _finish(
+    repo: dict[str, Any], listen: tuple[Listen, ...], max_body: int, locks_dir: Path
+) -> ReceiverConfig:
+    return ReceiverConfig(listen=listen, max_body=max_body, locks_dir=locks_dir, **repo)
 
 
 def repositories(host: ReceiverHost | None) -> Iterator[ReceiverConfig]:

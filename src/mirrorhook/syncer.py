@@ -5,7 +5,9 @@ See docs/design.md#the-two-stage-sync.
 Stage 1 copies the tree without the marker; stage 2 installs the marker, atomically and
 only when the upstream marker did not move during stage 1. A local marker equal to V
 therefore always means "at least the content of publish V". The caller holds the sync
-lock (see ``lock.py``); this module does not know who triggered it or how it waits.
+locks (see ``lock.py``); this module does not know who triggered it or how it waits. Only
+the sweep of a tree that its repository left (``sweep_left_tree``) takes the tree's lock
+itself, since no sync of that repository will follow.
 """
 
 from __future__ import annotations
@@ -108,11 +110,13 @@ class Syncer:
             self._log.warning("%s; treating the mirror as never synced", err)
             return None
 
-    async def sync(self, *, if_changed: bool, trigger: str, lock_fd: int | None = None) -> Report:
+    async def sync(
+        self, *, if_changed: bool, trigger: str, lock_fds: tuple[int, ...] = ()
+    ) -> Report:
         """Bring the local tree up to the upstream; record the outcome; re-raise failures.
 
         With ``if_changed``, nothing is transferred when the upstream marker equals ours.
-        ``lock_fd``, the caller's sync lock, is handed to rsync (see ``lock.py``).
+        ``lock_fds``, the caller's sync locks, are handed to rsync (see ``lock.py``).
         Every failure is raised as a ``SyncError`` (an unexpected ``OSError`` included).
         """
         started = self._clock()
@@ -133,9 +137,8 @@ class Syncer:
             self._log.error("sync failed (%s): %s", trigger, failure)
             raise failure from None
         self._log.info("sync started (%s)", trigger)
-        pass_fds = () if lock_fd is None else (lock_fd,)
         work = self._sync(
-            if_changed=if_changed, sweep=_may_have_leftovers(before), pass_fds=pass_fds
+            if_changed=if_changed, sweep=_may_have_leftovers(before), pass_fds=lock_fds
         )
         report = await self._recorded(trigger, started, work)
         await self._finish(trigger, started, report.result, marker_value=report.marker)
@@ -166,7 +169,7 @@ class Syncer:
             return False
         # The trace files say the tree is complete: only while no sync runs (this check
         # holds no lock; a daemon's sync may be transferring, and will write them itself).
-        with contextlib.suppress(LockedError), lock.hold(self.config.state_dir):
+        with contextlib.suppress(LockedError), lock.hold(self.config):
             report = Report(SyncResult.UP_TO_DATE, upstream.value, 0)
             await self._write_traces(trigger, started, report)
         return False
@@ -358,6 +361,23 @@ def _may_have_leftovers(state: ReceiverState) -> bool:
     if state.in_progress is not None or last is None:
         return True
     return last.result not in (SyncResult.SYNCED, SyncResult.UP_TO_DATE)
+
+
+async def sweep_left_tree(config: ReceiverConfig) -> None:
+    """Delete the ``.~tmp~`` folders that the last sync of ``config``'s tree may have left
+    (it was stopped, or failed), in a tree that no sync of this repository will visit again:
+    a reload removed the repository or moved its target. Waits for the tree's lock, so that
+    the stopped rsync has ended and no other sync is writing (docs/design.md, "Leftovers of
+    an interrupted sync"); a failure is only logged.
+    """
+    # Read at once: a successor of the same name shares the state file.
+    if not _may_have_leftovers(receiver_state.read(config)):
+        return
+    try:
+        async with lock.hold_waiting(config, tree_only=True):
+            await asyncio.to_thread(_remove_rsync_leftovers, config.target)
+    except OSError as err:
+        logger.warning("cannot sweep %s for rsync's leftovers: %s", config.target, err)
 
 
 def _remove_rsync_leftovers(target: Path) -> None:
