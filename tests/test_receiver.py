@@ -488,7 +488,8 @@ async def test_only_a_webhook_meant_for_this_mirror_tells_it_who_it_is(tmp_path:
     async with TestClient(TestServer(app)) as client:
         body, headers = webhook("mirror-b", [key])  # another mirror's webhook: v1a only
         assert (await post(client, body, headers))[0] == 200
-        assert receiver.reporter.mirror is None
+        assert receiver.reporter.to is None
         body, headers = webhook("mirror-a", [receiver.config.secret, key])
         assert (await post(client, body, headers))[0] == 200
-        assert receiver.reporter.mirror == "mirror-a"
+        assert receiver.reporter.to is not None
+        assert receiver.reporter.to.mirror == "mirror-a"

@@ -46,7 +46,8 @@ async def test_reports_are_signed_and_the_url_survives_a_restart(
     app = web.Application()
     app.router.add_post("/v1/report", take)
     server = await aiohttp_server(app)
-    await Reporter(config).remember(str(server.make_url("/v1/report")), "mirror-a")
+    # The upstream calls the repository "ius"; this single-form mirror has no name for it.
+    await Reporter(config).remember(str(server.make_url("/v1/report")), "mirror-a", "ius")
     reporter = Reporter(config)  # as after a restart: the URL comes from the state file
     reporter.sync_ended("synced", "7", None)
     reporter.sync_ended("up-to-date", "7", None)  # nothing new: no report
@@ -61,6 +62,7 @@ async def test_reports_are_signed_and_the_url_survives_a_restart(
         "7",
         "synced",
     )
+    assert data["repo"] == "ius"  # the upstream's name: it finds the tree by it
 
 
 async def test_a_report_that_cannot_be_delivered_is_retried_then_dropped(
@@ -79,7 +81,7 @@ async def test_a_report_that_cannot_be_delivered_is_retried_then_dropped(
     app.router.add_post("/v1/report", refuse)
     server = await aiohttp_server(app)
     reporter = Reporter(config, backoff=FAST)
-    await reporter.remember(str(server.make_url("/v1/report")), "mirror-a")
+    await reporter.remember(str(server.make_url("/v1/report")), "mirror-a", None)
     reporter.sync_ended("failed", None, "rsync said no")
     await until(lambda: "dropped" in caplog.text, 10)
     assert attempts == 3

@@ -658,11 +658,15 @@ def test_a_serving_publisher_checks_its_mirrors_and_serves_the_mirror_list(
             assert rows["cron"]["serving"] == "1"
 
 
+@pytest.mark.parametrize("form", ["single", "host"])
 def test_a_mirror_reports_its_sync_and_the_publisher_sees_it_fresh(
-    tmp_path: Path, processes: Processes
+    tmp_path: Path, processes: Processes, form: str
 ) -> None:
     """publisher (public_url) → a real receiver: the webhook carries the report URL, the
-    receiver syncs and reports, the publisher checks the mirror's check_url at once."""
+    receiver syncs and reports, the publisher checks the mirror's check_url at once. With
+    the publisher's host form the single-form receiver reports under the upstream's name
+    for the repository (``ius``), which the webhook told it: its reports were refused
+    ("no such mirror here") and it turned fresh only at the next scheduled check."""
     root = make_upstream(tmp_path / "up")
     hook_port, listen = free_port(), free_port()
     write_secret(tmp_path / "m.secret")
@@ -679,12 +683,18 @@ def test_a_mirror_reports_its_sync_and_the_publisher_sees_it_fresh(
             "backoff = 0\npoll_interval = 0\n"
         )
         publisher = tmp_path / "publisher.toml"
+        tree, entry, query = (
+            ("", "[[publisher.mirrors]]", "")
+            if form == "single"
+            else ("[publisher.repos.ius]\n", "[[publisher.repos.ius.mirrors]]", "?repo=ius")
+        )
         publisher.write_text(
             "[publisher]\n"
-            f'root = "{root}"\nstate_dir = "{tmp_path / "pstate"}"\nrescan = 5\n'
+            f'state_dir = "{tmp_path / "pstate"}"\n'
             f'listen = ["127.0.0.1:{listen}"]\n'
             f'public_url = "http://127.0.0.1:{listen}"\n'
-            "[[publisher.mirrors]]\n"
+            f'{tree}root = "{root}"\nrescan = 5\n'
+            f"{entry}\n"
             f'name = "m"\nurl = "http://127.0.0.1:{hook_port}/v1/hook"\n'
             f'secret_file = "{tmp_path / "m.secret"}"\n'
             f'check_url = "{web.url}/CURRENT"\n'
@@ -695,14 +705,14 @@ def test_a_mirror_reports_its_sync_and_the_publisher_sees_it_fresh(
         wait_for_port(listen)
 
         def state_at_publisher() -> str:
-            with urllib.request.urlopen(f"http://127.0.0.1:{listen}/v1/mirrors") as page:
+            with urllib.request.urlopen(f"http://127.0.0.1:{listen}/v1/mirrors{query}") as page:
                 document = json.loads(page.read())
             return str(document["mirrors"][0]["state"]) + " " + str(document["newest"])
 
         wait_until(lambda: state_at_publisher() == "fresh 1", what="fresh at marker 1")
         publish(root, "2")
         wait_until(lambda: state_at_publisher() == "fresh 2", what="fresh at marker 2")
-        with urllib.request.urlopen(f"http://127.0.0.1:{listen}/v1/mirrors") as page:
+        with urllib.request.urlopen(f"http://127.0.0.1:{listen}/v1/mirrors{query}") as page:
             lag = json.loads(page.read())["mirrors"][0]["lag"]
         assert lag < AFTER_PUBLISH[0]  # the report's check, not the one scheduled after 5 s
         assert "report from m: synced ('2')" in processes.log("publisher")
@@ -710,4 +720,5 @@ def test_a_mirror_reports_its_sync_and_the_publisher_sees_it_fresh(
         assert recorded["report"] == {
             "url": f"http://127.0.0.1:{listen}/v1/report",
             "mirror": "m",
+            "repo": None if form == "single" else "ius",
         }

@@ -231,7 +231,7 @@ async def _remember_reports(
     for all its mirrors, so one mirror's webhook, replayed to another that holds a secret
     (and was sent its own v1 signature), must not rename it."""
     if receiver.config.secret is None or verified.scheme == "v1":
-        await receiver.reporter.remember(update.report_url, update.mirror)
+        await receiver.reporter.remember(update.report_url, update.mirror, update.repo)
 
 
 def _refuse(

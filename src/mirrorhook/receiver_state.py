@@ -176,10 +176,18 @@ class ReportTo:
 
     url: str
     mirror: str
+    repo: str | None = None
+    """The repository's name at the upstream (the webhook's ``data.repo``), which the
+    report names: it may differ from this mirror's own name for it, or be the only name
+    when this mirror has the single form."""
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Self:
-        return cls(_field(raw, "url", str), _field(raw, "mirror", str))
+        return cls(
+            _field(raw, "url", str),
+            _field(raw, "mirror", str),
+            _field(raw, "repo", str, optional=True),
+        )
 
 
 @dataclass(frozen=True, slots=True)

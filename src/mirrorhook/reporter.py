@@ -43,28 +43,33 @@ class Reporter:
         self.config = config
         self._backoff = backoff or Backoff(first=1.0, cap=4.0)
         self._log = TreeLog(logger, config.name)
-        recorded = receiver_state.read(config).report
-        self.url = None if recorded is None else recorded.url
-        self.mirror = None if recorded is None else recorded.mirror
+        self.to = receiver_state.read(config).report
+        """Where to report, as the last verified webhook said (``None``: not asked to)."""
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def remember(self, url: str | None, mirror: str | None) -> None:
-        """A verified webhook said where to report and under which name (or nothing)."""
-        if url is None or mirror is None or (url, mirror) == (self.url, self.mirror):
+    async def remember(self, url: str | None, mirror: str | None, repo: str | None) -> None:
+        """A verified webhook said where to report, under which name, and for which of the
+        upstream's repositories (or nothing)."""
+        if url is None or mirror is None:
             return
-        self.url, self.mirror = url, mirror
+        to = receiver_state.ReportTo(url, mirror, repo)
+        if to == self.to:
+            return
+        self.to = to
         try:
-            await receiver_state.remember_report(self.config, receiver_state.ReportTo(url, mirror))
+            await receiver_state.remember_report(self.config, to)
         except OSError as err:
             self._log.warning("cannot remember the report URL: %s", err.strerror)
 
     def sync_ended(self, result: str, current: str | None, error: str | None) -> None:
         """Report a sync that installed ``current`` or failed, in the background."""
-        if self.url is None or self.mirror is None or result not in ("synced", "failed"):
+        if self.to is None or result not in ("synced", "failed"):
             return
         data: dict[str, Any] = {
-            "mirror": self.mirror,
-            "repo": self.config.name,
+            "mirror": self.to.mirror,
+            # The upstream's name for the repository; a webhook from before it said one
+            # leaves this mirror's own.
+            "repo": self.to.repo or self.config.name,
             "marker": self.config.marker,
             "current": current,
             "result": result,
@@ -73,7 +78,7 @@ class Reporter:
         body = json.dumps(
             {"type": REPORT_TYPE, "timestamp": _now(), "data": data}, separators=(",", ":")
         ).encode()
-        task = asyncio.create_task(self._send(self.url, body))
+        task = asyncio.create_task(self._send(self.to.url, body))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
