@@ -26,6 +26,7 @@ from mirrorhook.config import load_config
 from mirrorhook.freshness import Announcement, Freshness, State, freshness_path
 from mirrorhook.public_addresses import public_session
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
+from mirrorhook.state import iso_time
 from tests.helpers import LiveUpstream, publisher_toml, until, write_secret
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
@@ -96,7 +97,8 @@ async def running(checker: Checker) -> AsyncIterator[None]:
 async def test_states_follow_what_each_mirror_serves(
     tmp_path: Path, aiohttp_server: ServerFactory
 ) -> None:
-    """fresh when serving the newest marker, syncing until stale_after, then stale;
+    """fresh when serving the newest marker, behind (these mirrors get no webhooks) until
+    stale_after, then stale;
     unreachable after three failed checks; the lag of the publish is recorded."""
     now = 1_800_000_000.0
     config, trees, servers = await mirrors_config(
@@ -111,7 +113,7 @@ async def test_states_follow_what_each_mirror_serves(
         serve_marker(trees["a"], "2")
         now += 12.5
         states = {mirror.name: await checker.check(mirror) for mirror in config.mirrors}
-        assert states == {"a": State.FRESH, "b": State.SYNCING, "c": State.SYNCING}
+        assert states == {"a": State.FRESH, "b": State.BEHIND, "c": State.BEHIND}  # no webhooks
         now += 60
         assert freshness.state("b") is State.STALE
         await servers["c"].close()
@@ -185,7 +187,7 @@ async def test_the_mirror_list_hands_out_fresh_mirrors_only(
     document = await (await client.get("/v1/mirrors")).json()
     assert [(m["name"], m["state"]) for m in document["mirrors"]] == [
         ("a", "fresh"),
-        ("b", "syncing"),
+        ("b", "behind"),
     ]
     assert (await client.get("/mirrorlist?repo=nope")).status == 404
 
@@ -258,7 +260,7 @@ async def test_the_list_is_chosen_among_the_mirrors_it_can_list(
     serve_marker(trees["b"], "1")
     serve_marker(trees["c"], "1")
     freshness, states = await checked_once(config, "1", "2")
-    assert states == [State.FRESH, State.SYNCING, State.SYNCING]
+    assert states == [State.FRESH, State.BEHIND, State.BEHIND]
     app = web.Application()
     mirrorlist.add_routes(app, LiveUpstream.of(freshness))
     client = await aiohttp_client(app)
@@ -439,7 +441,7 @@ async def test_after_a_restart_the_checks_of_a_recent_publish_go_on(
         checker.published("2")  # its watcher announces the same marker
         async with running(checker):
             await until(lambda: "last_check" in freshness.mirrors["a"])
-            assert freshness.state("a") is State.SYNCING
+            assert freshness.state("a") is State.BEHIND
             serve_marker(trees["a"], "2")
             # Counted from the restart, the next check would come 6 s later: past this.
             await until(lambda: freshness.state("a") is State.FRESH, timeout=3.5)
@@ -512,7 +514,7 @@ async def test_a_report_is_verified_and_what_the_mirror_serves_is_recorded(
             lambda: "last_check" in freshness.mirrors["b"] and freshness.state("a") == "fresh"
         )
         assert freshness.state("a") is State.FRESH
-        assert freshness.state("b") is State.SYNCING  # what it serves, not what it says
+        assert freshness.state("b") is State.BEHIND  # what it serves, not what it says
         forged = report_body("a", "2")
         assert await post(forged, signed(secrets["b"], forged)) == 401  # b's secret, a's name
         # Unsigned: a hint (a mirror that just dropped its secret): checked, never recorded.
@@ -635,3 +637,35 @@ async def test_a_flood_of_signed_reports_from_one_mirror_costs_one_check_at_a_ti
             await until(lambda: checker.in_line("attacker") == 0)
             assert asked["requests"] - before <= 1  # the one follow-up, whatever was sent
             assert asked["most_in_flight"] == 1
+
+
+async def test_staleness_counts_from_the_first_publish_a_mirror_does_not_serve(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """Publishes every 5 minutes, stale_after 15 minutes: a mirror left at publish 1 is
+    stale 25 minutes and three publishes later (counted from publish 2, the first it does
+    not serve), though the newest publish is only 5 minutes old; one that serves publish 3
+    is one behind and still within its window. A mirror that gets webhooks is syncing
+    meanwhile, one that syncs by cron behind (before the fix: syncing both, for ever)."""
+    config, _trees, _servers = await mirrors_config(
+        tmp_path, aiohttp_server, ["pushed", "cron", "close"], stale_after=900
+    )
+    config = with_mirror(config, "pushed", url="http://127.0.0.1:1/v1/hook")
+    now = 1_800_000_000.0
+    freshness = Freshness(config, clock=lambda: now)
+    freshness.published("1")
+    for name in ("pushed", "cron", "close"):
+        freshness.observed(name, "1", None)
+    first_missed = now + 300
+    for value in ("2", "3", "4"):
+        now += 300
+        freshness.published(value)
+    freshness.observed("close", "3", None)
+    rows = {row["name"]: row for row in freshness.rows()}
+    assert (rows["pushed"]["state"], rows["cron"]["state"]) == ("syncing", "behind")
+    assert (rows["cron"]["behind"], rows["close"]["behind"]) == (3, 1)
+    assert rows["cron"]["behind_since"] == iso_time(first_missed)
+    now = first_missed + 901  # the newest publish is 301 s old
+    assert freshness.state("pushed") is State.STALE
+    assert freshness.state("cron") is State.STALE
+    assert freshness.state("close") is State.BEHIND  # publish 4: 301 s ago

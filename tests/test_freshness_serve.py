@@ -24,7 +24,7 @@ def test_each_mirror_turns_fresh_stale_or_unreachable_and_the_record_survives_a_
     tmp_path: Path, processes: Processes, daemon: RsyncDaemon
 ) -> None:
     """After a publish both receivers report and are seen fresh before the first scheduled
-    check; the cron mirror is syncing, stale after stale_after, fresh once synced; a mirror
+    check; the cron mirror is behind, stale after stale_after, fresh once synced; a mirror
     whose web server stops becomes unreachable; /mirrorlist lists exactly the fresh ones;
     a restarted publisher keeps every record."""
     with scene(tmp_path, processes, daemon, MIRRORS, check_interval=1, stale_after=3) as upstream:
@@ -36,7 +36,7 @@ def test_each_mirror_turns_fresh_stale_or_unreachable_and_the_record_survives_a_
         wait_until(
             lambda: upstream.rows()["cron"]["newest"] == "2", what="the publish seen", timeout=10
         )
-        assert upstream.states()["cron"] == "syncing"
+        assert upstream.states()["cron"] == "behind"
         wait_until(
             lambda: upstream.states() == {"a": "fresh", "b": "fresh", "cron": "stale"},
             what="receivers fresh, the cron mirror stale",

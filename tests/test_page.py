@@ -182,7 +182,7 @@ def test_in_a_real_browser_rows_turn_fresh_without_a_reload(
                     row_state(driver, "alpha") == "fresh"
                     and serving(driver, "alpha") == "2"
                     and row_state(driver, "beta") == "fresh"
-                    and row_state(driver, "cron") == "syncing"
+                    and row_state(driver, "cron") == "behind"
                 )
             )
             assert browser.execute_script("return window.stillTheSamePage;") is True

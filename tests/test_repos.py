@@ -643,9 +643,7 @@ def test_a_serving_publisher_checks_its_mirrors_and_serves_the_mirror_list(
             (webs["m"].folder / "CURRENT").write_text("2\n")  # the webhook mirror syncs at once
             publish(root, "2")
             wait_until(lambda: mirror.values()[-1:] == ["2"], what="the webhook")
-            wait_until(
-                lambda: listed() == ["https://m.example/repo/"], what="m fresh, cron syncing"
-            )
+            wait_until(lambda: listed() == ["https://m.example/repo/"], what="m fresh, cron behind")
 
             def status_rows() -> dict[str, dict[str, Any]]:
                 status = mirrorhook("status", "-c", config, "--json")
@@ -654,7 +652,7 @@ def test_a_serving_publisher_checks_its_mirrors_and_serves_the_mirror_list(
             # `status` reads the record the daemon writes within a second of a check.
             wait_until(lambda: status_rows()["m"]["state"] == "fresh", what="the record written")
             rows = status_rows()
-            assert (rows["m"]["state"], rows["cron"]["state"]) == ("fresh", "syncing")
+            assert (rows["m"]["state"], rows["cron"]["state"]) == ("fresh", "behind")
             assert rows["cron"]["serving"] == "1"
 
 

@@ -3,8 +3,9 @@
 After each publish every mirror with a ``check_url`` is checked at growing intervals
 (``AFTER_PUBLISH``: about 5 s, 15 s, 1 min, 5 min, 15 min) until it serves the new value,
 and every ``check_interval`` otherwise. A mirror is ``fresh`` when it serves the newest
-marker, ``syncing`` until ``stale_after`` seconds after the publish, ``stale`` after that,
-``unreachable`` after ``UNREACHABLE_AFTER`` failed checks in a row, ``unknown`` without a
+marker; else ``syncing`` (``behind`` for one without webhooks: it syncs by cron) until
+``stale_after`` seconds after the first publish it does not serve, ``stale`` after that;
+``unreachable`` after ``UNREACHABLE_AFTER`` failed checks in a row; ``unknown`` without a
 ``check_url``. The record (``freshness.json`` beside ``publisher.json``) survives restarts;
 in the daemon it is written at most once per ``SAVE_DELAY`` (a round of checks of a
 thousand mirrors is one write, not a thousand), every ``RETRY_WRITE`` while writing fails,
@@ -47,6 +48,9 @@ class State(enum.StrEnum):
 
     FRESH = "fresh"
     SYNCING = "syncing"
+    BEHIND = "behind"
+    """A mirror without webhooks (it syncs by cron) that does not serve the newest publish
+    yet, within ``stale_after`` of the first one it does not serve."""
     STALE = "stale"
     UNREACHABLE = "unreachable"
     UNKNOWN = "unknown"
@@ -161,8 +165,23 @@ class Freshness:
             return State.UNREACHABLE
         if self.newest is None or entry.get("serving") == self.newest:
             return State.FRESH
-        since_publish = self._clock() - (self.published_at or 0.0)
-        return State.SYNCING if since_publish <= self.config.stale_after else State.STALE
+        _count, first = self.behind(entry.get("serving"))
+        if first is not None and self._clock() - first > self.config.stale_after:
+            return State.STALE
+        pushed = any(m.url is not None for m in self.config.mirrors if m.name == mirror)
+        return State.SYNCING if pushed else State.BEHIND
+
+    def behind(self, serving: object) -> tuple[int, float | None]:
+        """How far behind a mirror serving ``serving`` is: the publishes announced since the
+        one it serves (every one kept, when it serves none of them), and when the first of
+        those was announced (``None`` if unknown). Staleness counts from that first publish
+        it does not serve, not from the newest: a mirror three publishes behind is stale
+        however often the upstream publishes."""
+        values = [known.value for known in self.announced]
+        start = values.index(serving) + 1 if serving in values else 0
+        missed = self.announced[start:]
+        times = [known.at for known in missed if known.at is not None]
+        return len(missed), (times[0] if times else None)
 
     def rows(self) -> list[dict[str, Any]]:
         """One entry per mirror, for status, ``/v1/mirrors``, the page and the mirror list."""
@@ -170,10 +189,13 @@ class Freshness:
 
     def _row(self, mirror: MirrorConfig) -> dict[str, Any]:
         entry = self.mirrors[mirror.name]
+        behind, first = self.behind(entry.get("serving"))
         return {
             "name": mirror.name,
             "state": str(self.state(mirror.name)),
             "serving": entry.get("serving"),
+            "behind": behind,
+            "behind_since": None if first is None else iso_time(first),
             "since": entry.get("since"),
             "lag": entry.get("lag") if entry.get("fresh_for") == self.newest else None,
             "last_check": entry.get("last_check"),

@@ -15,7 +15,7 @@ _COLOURS = {
 _RESET = "\033[0m"
 _WORDS = {
     "green": ("delivered", "synced", "up-to-date", "idle", "fresh"),
-    "yellow": ("retrying", "waiting", "syncing", "never tried", "superseded"),
+    "yellow": ("retrying", "waiting", "syncing", "behind", "never tried", "superseded"),
     "red": ("failed", "interrupted", "stale", "unreachable"),
     "dim": ("gone", "disabled", "never", "unknown", "no webhook"),
 }
