@@ -101,6 +101,7 @@ class Announcers:
         task = self._tasks.pop(name, None)
         if self._desk is not None:
             self._desk.checkers.pop(name, None)
+            self._desk.records.pop(name, None)
             await self._desk.stop_checks(name)  # before the tree's last write of its record
         if task is not None:
             task.cancel("publisher shutting down")
@@ -112,6 +113,7 @@ class Announcers:
         checker = Checker(Freshness(tree, metrics=metrics), self._courier.session)
         if self._desk is not None:
             self._desk.checkers[tree.repo] = checker  # reports reach this tree's checker
+            self._desk.records[tree.repo] = publisher.record  # the page shows its deliveries
 
         def announce(value: str) -> None:
             publisher.publish(value)

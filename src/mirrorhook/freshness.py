@@ -13,6 +13,7 @@ thousand mirrors is one write, not a thousand) and at shutdown (docs/design.md#f
 from __future__ import annotations
 
 import asyncio
+import copy
 import enum
 import logging
 import time
@@ -76,6 +77,14 @@ class Freshness:
             else {}
             for mirror in config.mirrors
         }
+
+    def snapshot(self) -> Freshness:
+        """A copy to read elsewhere (the page renders in a worker thread) while checks go
+        on changing this one: its entries copied, nothing of it ever saved."""
+        copied = copy.copy(self)
+        copied.mirrors = {name: dict(entry) for name, entry in self.mirrors.items()}
+        copied._unsaved, copied._save_soon = False, None
+        return copied
 
     def published(self, value: str) -> bool:
         """A marker was announced: when it is new, mirrors not serving it start ``syncing``.

@@ -3,18 +3,22 @@
 ``/mirrorlist?repo=NAME[&protocol=https]`` is what yum and dnf read with ``mirrorlist=``:
 one base URL per line, fresh mirrors only — when none is fresh, those serving the value
 that appeared most recently, so that users are never sent nowhere. ``repo`` may be left out
-when the publisher has one tree (docs/design.md#freshness).
+when the publisher has one tree. Both are rendered at most once a second per tree, off the
+event loop, like the page (``response_cache.py``, docs/design.md#freshness).
 """
 
 from __future__ import annotations
 
+import json
 import urllib.parse
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from mirrorhook.freshness import Freshness, State
 from mirrorhook.publisher_config import PublisherConfig, PublisherHost
+from mirrorhook.response_cache import Body, ResponseCache
 
 
 class Upstream(Protocol):
@@ -29,12 +33,30 @@ class Upstream(Protocol):
         ...  # pragma: no cover - a protocol
 
 
+@dataclass(frozen=True, slots=True)
+class Lists:
+    """One tree's mirror list for each protocol its URLs use, and for all of them."""
+
+    every: Body
+    by_protocol: dict[str, Body]
+    none: Body
+    """The heading alone: the list for a protocol no URL uses."""
+
+    def of(self, protocol: str | None) -> Body:
+        """The list of ``protocol``'s URLs (of every URL when ``None``)."""
+        return self.every if protocol is None else self.by_protocol.get(protocol, self.none)
+
+
 UPSTREAM: web.AppKey[Upstream] = web.AppKey("upstream")
+MIRRORS = web.AppKey("mirrors_json", ResponseCache[str | None, Freshness, Body])
+LISTS = web.AppKey("mirror_lists", ResponseCache[str | None, Freshness, Lists])
 
 
 def add_routes(app: web.Application, upstream: Upstream) -> None:
     """Serve the mirror list of ``upstream``'s trees on ``app``."""
     app[UPSTREAM] = upstream
+    app[MIRRORS] = ResponseCache(_mirrors)
+    app[LISTS] = ResponseCache(_lists)
     app.router.add_get("/v1/mirrors", handle_mirrors)
     app.router.add_get("/mirrorlist", handle_mirrorlist)
 
@@ -43,31 +65,48 @@ async def handle_mirrors(request: web.Request) -> web.Response:
     """Every mirror of the tree with its state, what it serves and its URLs."""
     tree = _tree(request)
     freshness = request.app[UPSTREAM].freshness(tree)
-    document: dict[str, Any] = {
-        "repo": tree.repo,
-        "newest": freshness.newest,
-        "mirrors": freshness.rows(),
-    }
-    return web.json_response(document)
+    body = await request.app[MIRRORS].get(tree.repo, freshness.snapshot)
+    return body.response(request, "application/json; charset=utf-8")
 
 
 async def handle_mirrorlist(request: web.Request) -> web.Response:
     """One base URL per line: fresh mirrors, or failing those the most recent ones."""
     tree = _tree(request)
-    protocol = request.query.get("protocol")
-    rows = request.app[UPSTREAM].freshness(tree).rows()
+    freshness = request.app[UPSTREAM].freshness(tree)
+    lists = await request.app[LISTS].get(tree.repo, freshness.snapshot)
+    body = lists.of(request.query.get("protocol"))
+    return body.response(request, "text/plain; charset=utf-8")
+
+
+def _mirrors(freshness: Freshness) -> Body:
+    document: dict[str, Any] = {
+        "repo": freshness.config.repo,
+        "newest": freshness.newest,
+        "mirrors": freshness.rows(),
+    }
+    return Body.of(json.dumps(document).encode())
+
+
+def _lists(freshness: Freshness) -> Lists:
+    rows = freshness.rows()
     chosen = [row for row in rows if row["state"] == State.FRESH]
     if not chosen:
         chosen = _most_recent(rows)
-    lines = [
-        url
-        for row in chosen
-        for url in row["urls"]
-        if protocol is None or urllib.parse.urlsplit(url).scheme == protocol
-    ]
-    heading = f"# mirrorhook mirror list for {tree.repo or 'this repository'}"
-    body = "\n".join([heading, *lines]) + "\n"
-    return web.Response(text=body, content_type="text/plain")
+    urls = [url for row in chosen for url in row["urls"]]
+    heading = f"# mirrorhook mirror list for {freshness.config.repo or 'this repository'}"
+
+    def listing(lines: list[str]) -> Body:
+        return Body.of(("\n".join([heading, *lines]) + "\n").encode())
+
+    schemes = {urllib.parse.urlsplit(url).scheme for url in urls}
+    return Lists(
+        every=listing(urls),
+        by_protocol={
+            scheme: listing([url for url in urls if urllib.parse.urlsplit(url).scheme == scheme])
+            for scheme in schemes
+        },
+        none=listing([]),
+    )
 
 
 def _tree(request: web.Request) -> PublisherConfig:
