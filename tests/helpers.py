@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from mirrorhook.freshness import Freshness
 from mirrorhook.keys import SigningKey
 from mirrorhook.publisher_config import PublisherConfig, PublisherHost
 from mirrorhook.receiver_config import ReceiverConfig
+from mirrorhook.record import DeliveryLog, Fields
 
 MARKER = "CURRENT"
 MIRRORHOOK = [sys.executable, "-m", "mirrorhook"]
@@ -507,11 +508,12 @@ class StaticWeb:
 
 @dataclass
 class LiveUpstream:
-    """What a serving publisher gives the page and the mirror list: its trees and their
-    freshness objects, the checkers' own."""
+    """What a serving publisher gives the page and the mirror list: its trees, their
+    freshness objects (the checkers' own) and their deliveries (the publishers' records)."""
 
     host: PublisherHost
     trees: dict[str | None, Freshness]
+    records: dict[str | None, DeliveryLog] = field(default_factory=dict)
 
     @classmethod
     def of(cls, *trees: Freshness) -> LiveUpstream:
@@ -524,6 +526,10 @@ class LiveUpstream:
 
     def freshness(self, tree: PublisherConfig) -> Freshness:
         return self.trees[tree.repo]
+
+    def deliveries(self, tree: PublisherConfig) -> Fields:
+        record = self.records.get(tree.repo)
+        return {} if record is None else record.known()
 
 
 def key_pair(folder: Path, name: str) -> tuple[Path, Path]:

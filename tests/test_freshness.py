@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import secrets
@@ -26,6 +27,7 @@ from mirrorhook.config import load_config
 from mirrorhook.freshness import Announcement, Freshness, State, freshness_path
 from mirrorhook.public_addresses import public_session
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
+from mirrorhook.response_cache import ResponseCache
 from mirrorhook.state import iso_time
 from tests.helpers import LiveUpstream, publisher_toml, until, write_secret
 
@@ -229,6 +231,11 @@ async def test_with_no_fresh_mirror_the_list_names_those_serving_the_newest_anno
     freshness = Freshness(config, clock=lambda: now)
     front = web.Application()
     mirrorlist.add_routes(front, LiveUpstream.of(freshness))
+    # Each request here follows a change: on a clock where every list is stale at once
+    # (the daemon's is a second old at most).
+    front[mirrorlist.LISTS] = ResponseCache(
+        mirrorlist.listings, clock=itertools.count(0, 10).__next__
+    )
     client = await aiohttp_client(front)
     async with aiohttp.ClientSession() as session, public_session() as public:
         checker = Checker(freshness, session, public=public)

@@ -4,6 +4,7 @@ every mirror that turn fresh without a reload, readable without JavaScript too."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import dataclasses
@@ -12,21 +13,38 @@ import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
-from mirrorhook import page
+from mirrorhook import page, reports
+from mirrorhook.announcers import Announcers
 from mirrorhook.config import load_config
+from mirrorhook.delivery import Courier
 from mirrorhook.errors import ConfigError
 from mirrorhook.freshness import Freshness
-from tests.helpers import LiveUpstream, Processes, RsyncDaemon, publish, publisher_toml, wait_until
+from mirrorhook.metrics import Metrics
+from mirrorhook.response_cache import MAX_AGE, Body, ResponseCache
+from mirrorhook.supervisor import Supervisor
+from tests.helpers import (
+    LiveUpstream,
+    Processes,
+    RsyncDaemon,
+    mirror_secret,
+    publish,
+    publisher_toml,
+    until,
+    wait_until,
+)
+from tests.mirrors import HookMirror
 from tests.scene import Mirror, scene
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 HOSTILE = '<script>document.title="owned"</script>'
 
 
@@ -76,7 +94,120 @@ async def test_the_page_escapes_every_value_and_allows_only_its_own_script(
     # Behind a proxy at a path, the links keep its prefix.
     live = LiveUpstream.of(freshness)
     live.host = dataclasses.replace(live.host, public_url="https://up.example/mirrorhook")
-    assert '<a href="https://up.example/mirrorhook/v1/mirrors">' in page.render(live, 0.0)
+    view = page.snapshot(live, now=0.0)
+    assert '<a href="https://up.example/mirrorhook/v1/mirrors">' in page.render(view)
+
+
+async def test_the_page_shows_deliveries_and_checks_from_memory_at_most_a_second_late(
+    tmp_path: Path, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    """A running publisher (announcers, courier and report desk, as ``serve`` builds them):
+    with publisher.json replaced by a folder after the first delivery (unreadable and
+    unwritable), the page still shows that delivery; a second delivery and a check of the
+    mirror reach the page on the first request once the rendered page is ``MAX_AGE`` old
+    (the cache's clock is the test's), and not before: until then, one rendering serves."""
+    root, served = tmp_path / "repo", tmp_path / "mirror"
+    root.mkdir()
+    served.mkdir()
+    path = publisher_toml(tmp_path, root=root, mirrors=[("m", "http://127.0.0.1:1/")])
+    hook = HookMirror(mirror_secret(tmp_path, "m"))
+    hooks = await aiohttp_server(hook.app())
+    files = web.Application()
+    files.router.add_static("/", served)
+    web_server = await aiohttp_server(files)
+    path = publisher_toml(tmp_path, root=root, mirrors=[("m", str(hooks.make_url("/v1/hook")))])
+    check_url = web_server.make_url("/CURRENT")
+    path.write_text(
+        path.read_text().replace('name = "m"', f'name = "m"\ncheck_url = "{check_url}"')
+    )
+    host = load_config(path).publishers
+    assert host is not None
+    publish(root, "1")
+    (served / "CURRENT").write_text("1\n")
+    now = [0.0]
+    cache: page.PageCache = ResponseCache(page.render_body, clock=lambda: now[0])
+    desk = reports.ReportDesk(host)
+    app = web.Application()
+    page.add_routes(app, desk, cache)
+    client = await aiohttp_client(app)
+
+    async def row() -> str:
+        body = await (await client.get("/")).text()
+        found = re.search(r'<tr class="\w+" data-mirror="m">.*?</tr>', body)
+        assert found is not None, body
+        return found[0]
+
+    async with Courier(timeout=2, concurrency=4) as courier:
+        announcers = Announcers(host, courier, Metrics(), Supervisor(), desk)
+        announcers.start()
+        try:
+            record = host.state_dir / "publisher.json"
+            await until(lambda: record.exists() and '"delivered": "1"' in record.read_text())
+            await until(lambda: desk.checkers[None].freshness.state("m") == "fresh")
+            record.unlink()
+            record.mkdir()  # neither readable as a record nor writable
+            first = await row()
+            assert re.search(r'<td class="timeline">\+[\d.]+ s →', first), first
+            assert "<code>1</code>" in first
+            publish(root, "2")
+            (served / "CURRENT").write_text("2\n")
+            await until(lambda: hook.values() == ["1", "2"])
+            await desk.checkers[None].check(host.repos[0].mirrors[0])
+            assert await row() == first  # a second has not passed: the same rendering
+            assert cache.renders == 1
+            now[0] += MAX_AGE
+            second = await row()
+            assert cache.renders == 2
+            assert "<code>2</code>" in second
+            assert re.search(r'<td class="timeline">\+[\d.]+ s →', second), second
+        finally:
+            await announcers.stop()
+
+
+async def test_concurrent_requests_share_one_rendering(
+    tmp_path: Path, aiohttp_client: ClientFactory
+) -> None:
+    """Twenty requests that arrive while the page is being rendered all get that one
+    rendering, gzipped for those that accept it; the next request within the second too."""
+    (tmp_path / "repo").mkdir()
+    path = publisher_toml(tmp_path, root=tmp_path / "repo", mirrors=[("m", "http://x.example/")])
+    config = load_config(path).publisher
+    assert config is not None
+    release = threading.Event()
+
+    def slow(view: page.View) -> Body:
+        release.wait(30)
+        return page.render_body(view)
+
+    cache: page.PageCache = ResponseCache(slow)
+    arrived = 0
+
+    @web.middleware
+    async def count(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        nonlocal arrived
+        arrived += 1
+        return await handler(request)
+
+    app = web.Application(middlewares=[count])
+    page.add_routes(app, LiveUpstream.of(Freshness(config)), cache)
+    client = await aiohttp_client(app)
+
+    async def fetch(encoding: str) -> tuple[str | None, str]:
+        async with client.get("/", headers={"Accept-Encoding": encoding}) as answer:
+            assert answer.status == 200
+            return answer.headers.get("Content-Encoding"), await answer.text()
+
+    fetches = [asyncio.create_task(fetch(("gzip", "identity")[i % 2])) for i in range(20)]
+    await until(lambda: arrived == 20)
+    release.set()
+    answers = await asyncio.gather(*fetches)
+    assert cache.renders == 1
+    assert {text for _encoding, text in answers} == {answers[0][1]}
+    assert sorted({str(encoding) for encoding, _text in answers}) == ["None", "gzip"]
+    assert (await fetch("gzip"))[1] == answers[0][1]
+    assert cache.renders == 1
 
 
 def test_a_mirror_name_cannot_carry_markup(tmp_path: Path) -> None:

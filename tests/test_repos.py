@@ -221,8 +221,13 @@ def test_one_daemon_serves_three_repositories_each_with_its_own_hook_secret_and_
     assert overlapping(transfers(log)) == []
     for name in REPOS:
         assert trees_equal(upstreams[name], host.tree(name)), name
-    rows = {repo["name"]: repo for repo in host.status()["repos"]}
-    assert {name: rows[name]["local_marker"] for name in REPOS} == dict.fromkeys(REPOS, "3")
+    wait_until(  # /v1/status is rendered at most once a second: it may be that late
+        lambda: (
+            {repo["name"]: repo["local_marker"] for repo in host.status()["repos"]}
+            == dict.fromkeys(REPOS, "3")
+        ),
+        what="/v1/status showing all three at marker 3",
+    )
     with urllib.request.urlopen(f"http://127.0.0.1:{host.port}/metrics", timeout=10) as page:
         metrics = page.read().decode()
     for name in REPOS:

@@ -26,6 +26,9 @@ from mirrorhook.watcher import MarkerWatcher
 
 logger = logging.getLogger(__name__)
 
+RESTART_KEYS = ("listen", "name", "state_dir", "concurrency", "timeout", "retry_for")
+"""Host-level keys that a reload does not change: they take effect at the next restart."""
+
 
 class Announcers:
     """Every tree of a ``[publisher]`` section and its running watcher and publisher."""
@@ -66,7 +69,7 @@ class Announcers:
                     config.path,
                 )
                 return
-            for key in ("listen", "name", "state_dir", "concurrency", "timeout", "retry_for"):
+            for key in RESTART_KEYS:
                 if getattr(new, key) != getattr(self.host, key):
                     logger.warning(
                         "reload: publisher.%s changed: takes effect at the next restart", key
@@ -74,6 +77,7 @@ class Announcers:
             running = {tree.repo: tree for tree in self.host.repos}
             for name in running.keys() - {tree.repo for tree in new.repos}:
                 await self._stop(name)
+                self._metrics.tree(name).forget_publisher()
                 logger.info("reload: published repository %s removed", name)
             kept = []
             for tree in new.repos:
@@ -83,13 +87,16 @@ class Announcers:
                     continue
                 if old is not None:
                     await self._stop(tree.repo)
+                    self._metrics.tree(tree.repo).keep_mirrors({m.name for m in tree.mirrors})
                     logger.info("reload: published repository %s changed: restarting", tree.repo)
                 else:
                     logger.info("reload: published repository %s added", tree.repo)
                 started = _with_host_settings(tree, self.host)
                 self._start(started)
                 kept.append(started)
-            self.host = dataclasses.replace(self.host, repos=tuple(kept))
+            # The new section's own keys (public_url, for the page's links), with the host
+            # settings that only a restart changes.
+            self.host = _with_running_host(new, self.host, repos=tuple(kept))
             if self._desk is not None:
                 self._desk.publishers = self.host  # the page, mirror list and reports follow
 
@@ -102,6 +109,7 @@ class Announcers:
         if self._desk is not None:
             # Reports no longer reach the tree; its checker ends the checks they asked for.
             self._desk.checkers.pop(name, None)
+            self._desk.records.pop(name, None)
         if task is not None:
             task.cancel("publisher shutting down")
             await asyncio.gather(task, return_exceptions=True)
@@ -116,6 +124,7 @@ class Announcers:
         )
         if self._desk is not None:
             self._desk.checkers[tree.repo] = checker  # reports reach this tree's checker
+            self._desk.records[tree.repo] = publisher.record  # the page shows its deliveries
 
         def announce(value: str) -> None:
             publisher.publish(value)
@@ -154,6 +163,17 @@ def _with_host_settings(tree: PublisherConfig, host: PublisherHost) -> Publisher
         concurrency=host.concurrency,
         timeout=host.timeout,
         retry_for=host.retry_for,
+    )
+
+
+def _with_running_host(
+    new: PublisherHost, running: PublisherHost, repos: tuple[PublisherConfig, ...]
+) -> PublisherHost:
+    """``new`` with the running host's values of the keys that change only with a restart."""
+    return dataclasses.replace(
+        new,
+        repos=repos,
+        **{key: getattr(running, key) for key in RESTART_KEYS},
     )
 
 

@@ -16,6 +16,7 @@ list chooses among (docs/design.md#freshness).
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import enum
 import logging
@@ -110,6 +111,14 @@ class Freshness:
     def published_at(self) -> float | None:
         """When the newest value was announced (Unix time)."""
         return self.announced[-1].at if self.announced else None
+
+    def snapshot(self) -> Freshness:
+        """A copy to read elsewhere (the page renders in a worker thread) while checks go
+        on changing this one: its entries copied, nothing of it ever saved."""
+        copied = copy.copy(self)
+        copied.mirrors = {name: dict(entry) for name, entry in self.mirrors.items()}
+        copied._unsaved, copied._save_soon = False, None
+        return copied
 
     def published(self, value: str) -> bool:
         """A marker was announced: when it is new, mirrors not serving it start ``syncing``.

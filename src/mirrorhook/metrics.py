@@ -8,7 +8,7 @@ records into ``NoMetrics``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -164,6 +164,16 @@ class Metrics:
             tree,
             registry=registry,
         )
+        self.publishing = (
+            self.deliveries,
+            self.delivery_seconds,
+            self.publish_lag,
+            self.mirror_fresh,
+            self.mirror_lag,
+            self.publish_to_fresh,
+            self.pending,
+        )
+        """The publisher's families (beside a receiver's, in a hub's repository)."""
 
     def tree(self, repo: str | None) -> TreeMetrics:
         """The metrics of one tree (a receiver's or a publisher's): labelled with repository
@@ -252,14 +262,29 @@ class TreeMetrics:
             self._series(self._metrics.mirror_lag, mirror=mirror).set(first_lag)
             self._series(self._metrics.publish_to_fresh).observe(first_lag)
 
+    def keep_mirrors(self, names: Collection[str]) -> None:
+        """Remove the series of every mirror not in ``names`` (removed by a reload)."""
+        self._remove(lambda _family, labels: "mirror" in labels and labels["mirror"] not in names)
+
+    def forget_publisher(self) -> None:
+        """Remove this tree's publisher series (its published repository is removed by a
+        reload); in a hub, the receiver of the same repository keeps its own."""
+        publishing = self._metrics.publishing
+        self._remove(lambda family, _labels: family in publishing)
+
     def forget(self) -> None:
         """Remove every series of this tree (a repository removed by a reload): an alert on
         its last success must not fire for ever."""
-        for family, labels in list(self._shown):
-            with contextlib.suppress(KeyError):
-                family.remove(*labels)
-        self._shown.clear()
+        self._remove(lambda _family, _labels: True)
         self._markers.clear()
+
+    def _remove(self, which: Callable[[Any, dict[str, str]], bool]) -> None:
+        """Remove each series shown whose family and labels ``which`` picks."""
+        for family, values in list(self._shown):
+            if which(family, dict(zip(family._labelnames, values, strict=True))):
+                with contextlib.suppress(KeyError):
+                    family.remove(*values)
+                self._shown.discard((family, values))
 
     def _series(self, family: Any, **labels: str) -> Any:
         """``family``'s series for this tree and ``labels`` (the family itself when it has

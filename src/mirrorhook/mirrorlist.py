@@ -5,19 +5,23 @@ one base URL per line, of the mirrors that can be listed (a URL of that protocol
 the newest value announced — fresh ones — or, when none does (right after each publish),
 those serving the most recently announced value that any of them serves, so that users are
 never sent nowhere. A mirror serving a value the publisher never announced is never listed,
-however recent. ``repo`` may be left out when the publisher has one tree
-(docs/design.md#freshness).
+however recent. ``repo`` may be left out when the publisher has one tree. Both are rendered
+at most once a second per tree, off the event loop, like the page (``response_cache.py``,
+docs/design.md#freshness).
 """
 
 from __future__ import annotations
 
+import json
 import urllib.parse
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from mirrorhook.freshness import Freshness, State
 from mirrorhook.publisher_config import PublisherConfig, PublisherHost
+from mirrorhook.response_cache import Body, ResponseCache
 
 
 class Upstream(Protocol):
@@ -32,12 +36,30 @@ class Upstream(Protocol):
         ...  # pragma: no cover - a protocol
 
 
+@dataclass(frozen=True, slots=True)
+class Lists:
+    """One tree's mirror list for each protocol its URLs use, and for all of them."""
+
+    every: Body
+    by_protocol: dict[str, Body]
+    none: Body
+    """The heading alone: the list for a protocol no URL uses."""
+
+    def of(self, protocol: str | None) -> Body:
+        """The list of ``protocol``'s URLs (of every URL when ``None``)."""
+        return self.every if protocol is None else self.by_protocol.get(protocol, self.none)
+
+
 UPSTREAM: web.AppKey[Upstream] = web.AppKey("upstream")
+MIRRORS = web.AppKey("mirrors_json", ResponseCache[str | None, Freshness, Body])
+LISTS = web.AppKey("mirror_lists", ResponseCache[str | None, Freshness, Lists])
 
 
 def add_routes(app: web.Application, upstream: Upstream) -> None:
     """Serve the mirror list of ``upstream``'s trees on ``app``."""
     app[UPSTREAM] = upstream
+    app[MIRRORS] = ResponseCache(_mirrors)
+    app[LISTS] = ResponseCache(listings)
     app.router.add_get("/v1/mirrors", handle_mirrors)
     app.router.add_get("/mirrorlist", handle_mirrorlist)
 
@@ -46,24 +68,48 @@ async def handle_mirrors(request: web.Request) -> web.Response:
     """Every mirror of the tree with its state, what it serves and its URLs."""
     tree = _tree(request)
     freshness = request.app[UPSTREAM].freshness(tree)
-    document: dict[str, Any] = {
-        "repo": tree.repo,
-        "newest": freshness.newest,
-        "mirrors": freshness.rows(),
-    }
-    return web.json_response(document)
+    body = await request.app[MIRRORS].get(tree.repo, freshness.snapshot)
+    return body.response(request, "application/json; charset=utf-8")
 
 
 async def handle_mirrorlist(request: web.Request) -> web.Response:
     """One base URL per line: fresh mirrors, or failing those the ones serving the most
     recently announced value (``_listed``)."""
     tree = _tree(request)
-    protocol = request.query.get("protocol")
     freshness = request.app[UPSTREAM].freshness(tree)
-    lines = [url for row in _listed(freshness, protocol) for url in _urls(row, protocol)]
-    heading = f"# mirrorhook mirror list for {tree.repo or 'this repository'}"
-    body = "\n".join([heading, *lines]) + "\n"
-    return web.Response(text=body, content_type="text/plain")
+    lists = await request.app[LISTS].get(tree.repo, freshness.snapshot)
+    body = lists.of(request.query.get("protocol"))
+    return body.response(request, "text/plain; charset=utf-8")
+
+
+def _mirrors(freshness: Freshness) -> Body:
+    document: dict[str, Any] = {
+        "repo": freshness.config.repo,
+        "newest": freshness.newest,
+        "mirrors": freshness.rows(),
+    }
+    return Body.of(json.dumps(document).encode())
+
+
+def listings(freshness: Freshness) -> Lists:
+    """The list for each protocol the mirrors have URLs of, each chosen among the mirrors
+    it can name (``_listed``), and for no protocol asked."""
+    heading = f"# mirrorhook mirror list for {freshness.config.repo or 'this repository'}"
+
+    def listing(protocol: str | None) -> Body:
+        lines = [url for row in _listed(freshness, protocol) for url in _urls(row, protocol)]
+        return Body.of(("\n".join([heading, *lines]) + "\n").encode())
+
+    schemes = {
+        urllib.parse.urlsplit(url).scheme
+        for mirror in freshness.config.mirrors
+        for url in mirror.urls
+    }
+    return Lists(
+        every=listing(None),
+        by_protocol={scheme: listing(scheme) for scheme in schemes},
+        none=Body.of((heading + "\n").encode()),
+    )
 
 
 def _tree(request: web.Request) -> PublisherConfig:

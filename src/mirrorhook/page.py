@@ -8,6 +8,10 @@ without JavaScript (a ``<noscript>`` refresh reloads it), and a short inline scr
 replaces the view every few seconds with a fresh copy of the same page, without a reload.
 It loads nothing from elsewhere, and its Content-Security-Policy lets nothing else run:
 only the script and style below, by hash (docs/design.md#freshness).
+
+It is rendered from memory — the running checkers' freshness and the running publishers'
+deliveries, never the records on disk — at most once a second, in a worker thread, from a
+snapshot taken on the event loop (``response_cache.py``): its ages may be a second old.
 """
 
 from __future__ import annotations
@@ -16,23 +20,54 @@ import base64
 import hashlib
 import html
 import time
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from mirrorhook.freshness import Freshness, State
 from mirrorhook.mirrorlist import Upstream
-from mirrorhook.publisher_config import PublisherConfig
-from mirrorhook.record import DeliveryLog, publisher_state_path
+from mirrorhook.publisher_config import PublisherConfig, PublisherHost
+from mirrorhook.record import Fields
+from mirrorhook.response_cache import Body, ResponseCache
 
 REFRESH_SECONDS = 3
 """How often the script replaces the view; without JavaScript the page reloads every
 ``NOSCRIPT_REFRESH`` seconds."""
 NOSCRIPT_REFRESH = 15
 
-UPSTREAM: web.AppKey[Upstream] = web.AppKey("page_upstream")
 
+class Deliveries(Upstream, Protocol):
+    """What the page shows: the mirror list's trees and freshness, and the deliveries."""
+
+    def deliveries(self, tree: PublisherConfig) -> Fields:
+        """What the tree's running publisher holds of each mirror's deliveries (a copy)."""
+        ...  # pragma: no cover - a protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Tree:
+    """One tree as the page shows it: taken on the event loop, read in a worker thread."""
+
+    config: PublisherConfig
+    freshness: Freshness
+    """A snapshot of the tree's freshness (see ``Freshness.snapshot``)."""
+    deliveries: Fields
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """Everything one rendering of the page reads, and the time it shows."""
+
+    host: PublisherHost
+    trees: tuple[Tree, ...]
+    now: float
+
+
+PageCache = ResponseCache[None, View, Body]
+PAGE = web.AppKey("page", PageCache)
+UPSTREAM: web.AppKey[Deliveries] = web.AppKey("page_upstream")
 SCRIPT = f"""
 "use strict";
 (() => {{
@@ -74,6 +109,7 @@ code { font: 14px ui-monospace, monospace; overflow-wrap: anywhere; }
   font-weight: 600; text-align: center; }
 tr.fresh .state { background: #d6f5d6; color: #0b5d0b; }
 tr.syncing .state { background: #fff1c2; color: #6b4d00; }
+tr.behind .state { background: #ffe3c2; color: #6b3a00; }
 tr.stale .state { background: #ffd6d6; color: #8a0000; }
 tr.unreachable .state { background: #e3d7f5; color: #4b2a7b; }
 tr.unknown .state { background: #ececec; color: #555; }
@@ -101,34 +137,53 @@ POLICY = "; ".join(
 )
 
 
-def add_routes(app: web.Application, upstream: Upstream) -> None:
-    """Serve the page of ``upstream``'s trees at ``/`` on ``app``."""
+HEADERS = {
+    "Content-Security-Policy": POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def add_routes(app: web.Application, upstream: Deliveries, cache: PageCache | None = None) -> None:
+    """Serve the page of ``upstream``'s trees at ``/`` on ``app``, rendered by ``cache``
+    (by default one that renders at most once a second)."""
     app[UPSTREAM] = upstream
+    app[PAGE] = cache or ResponseCache(render_body)
     app.router.add_get("/", handle_page)
 
 
 async def handle_page(request: web.Request) -> web.Response:
-    """The page, rendered now."""
-    body = render(request.app[UPSTREAM], time.time())
-    return web.Response(
-        text=body,
-        content_type="text/html",
-        headers={
-            "Content-Security-Policy": POLICY,
-            "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer",
-            "Cache-Control": "no-store",
-        },
+    """The page, as rendered within the last second (docs/design.md#freshness)."""
+    upstream = request.app[UPSTREAM]
+    body = await request.app[PAGE].get(None, lambda: snapshot(upstream))
+    return body.response(request, "text/html; charset=utf-8", HEADERS)
+
+
+def snapshot(upstream: Deliveries, now: float | None = None) -> View:
+    """What the page shows of ``upstream`` now, taken on the event loop: the running
+    config, a copy of each tree's freshness and deliveries (never read from disk)."""
+    host = upstream.running()
+    trees = tuple(
+        Tree(tree, upstream.freshness(tree).snapshot(), upstream.deliveries(tree))
+        for tree in host.repos
     )
+    return View(host, trees, time.time() if now is None else now)
 
 
-def render(upstream: Upstream, now: float) -> str:
-    """The whole page for ``upstream`` at time ``now``."""
-    publishers = upstream.running()
+def render_body(view: View) -> Body:
+    """The page's bytes, plain and gzipped (in a worker thread)."""
+    return Body.of(render(view).encode())
+
+
+def render(view: View) -> str:
+    """The whole page of ``view``."""
+    publishers = view.host
+    now = view.now
     name = _e(publishers.name)
     # Behind a proxy at a path (public_url), links relative to "/" would miss the prefix.
     base = _e(publishers.public_url.rstrip("/") + "/") if publishers.public_url else ""
-    sections = "".join(_section(tree, upstream.freshness(tree), now) for tree in publishers.repos)
+    sections = "".join(_section(tree, now) for tree in view.trees)
     return (
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -148,8 +203,8 @@ def render(upstream: Upstream, now: float) -> str:
     )
 
 
-def _section(tree: PublisherConfig, freshness: Freshness, now: float) -> str:
-    deliveries = DeliveryLog(publisher_state_path(tree)).mirrors()
+def _section(shown: Tree, now: float) -> str:
+    tree, freshness, deliveries = shown.config, shown.freshness, shown.deliveries
     rows = freshness.rows()
     counts = {state: sum(row["state"] == state for row in rows) for state in State}
     summary = ", ".join(f"{count} {state}" for state, count in counts.items() if count)

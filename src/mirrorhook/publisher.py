@@ -315,7 +315,7 @@ class Publisher:
         self.workers = [
             MirrorWorker(mirror, deliver_one) for mirror in config.mirrors if mirror.url
         ]
-        recorded = self.record.mirrors()
+        recorded = self.record.load()
         for worker in self.workers:
             entry = recorded.get(worker.mirror.name, {})
             worker.delivered = text_or_none(entry.get("delivered"))

@@ -43,12 +43,27 @@ def publisher_state_path(config: PublisherConfig) -> Path:
 
 
 class DeliveryLog:
-    """The per-mirror record; ``note`` changes it, ``run`` or ``flush`` writes it."""
+    """The per-mirror record; ``note`` changes it, ``run`` or ``flush`` writes it, ``known``
+    shows it as this process holds it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._pending: Fields = {}
+        self._known: Fields = {}
+        """The record as ``load`` read it, with every change noted since (written or not)."""
         self._dirty = asyncio.Event()
+
+    def load(self) -> Fields:
+        """Read the record and hold it (the running publisher does, at its start, before it
+        notes anything): ``known`` then shows it without reading the file again."""
+        recorded = self.mirrors()
+        self._known = {name: dict(entry) for name, entry in recorded.items()}
+        return recorded
+
+    def known(self) -> Fields:
+        """Each mirror's entry as this process holds it (see ``load``): a copy, which another
+        thread may read while deliveries go on noting changes."""
+        return {name: dict(entry) for name, entry in self._known.items()}
 
     def mirrors(self) -> Fields:
         """Return the record as last written, per mirror name."""
@@ -60,6 +75,7 @@ class DeliveryLog:
     def note(self, mirror: str, **fields: Any) -> None:
         """Record ``fields`` for ``mirror``; they reach the disk at the next flush."""
         self._pending.setdefault(mirror, {}).update(fields)
+        self._known.setdefault(mirror, {}).update(fields)
         self._dirty.set()
 
     def flush(self) -> None:

@@ -25,6 +25,7 @@ from mirrorhook.errors import MarkerError, SignatureError, TimestampError
 from mirrorhook.freshness import Freshness
 from mirrorhook.message import REPORT_PATH, REPORT_TYPE
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
+from mirrorhook.record import DeliveryLog, Fields
 from mirrorhook.replay import ReplayCache
 from mirrorhook.throttle import WARNING_PERIOD, Throttle
 
@@ -44,6 +45,8 @@ class ReportDesk:
         self.publishers = publishers
         self.checkers: dict[str | None, Checker] = {}
         """Each running tree's checker, by repository (registered by ``announcers.py``)."""
+        self.records: dict[str | None, DeliveryLog] = {}
+        """Each running tree's delivery record, by repository (registered the same way)."""
         self.replays = ReplayCache(signing.TOLERANCE)
         self._refusals = Throttle(WARNING_PERIOD)
         self._hints: dict[tuple[str | None, str], float] = {}
@@ -56,6 +59,12 @@ class ReportDesk:
         """The tree's freshness as its running checker has it, else as recorded."""
         checker = self.checkers.get(tree.repo)
         return checker.freshness if checker is not None else Freshness(tree)
+
+    def deliveries(self, tree: PublisherConfig) -> Fields:
+        """What the tree's running publisher holds of its deliveries (nothing while none
+        runs): from memory, never the file."""
+        record = self.records.get(tree.repo)
+        return {} if record is None else record.known()
 
     def hinted(self, checker: Checker, mirror: MirrorConfig) -> web.Response:
         """An unsigned report: from a mirror without a shared secret (it verifies the
