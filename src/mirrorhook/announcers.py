@@ -129,6 +129,8 @@ class Announcers:
         def announce(value: str) -> None:
             publisher.publish(value)
             checker.published(value)
+            if self._desk is not None:
+                self._desk.published(tree)
 
         watcher = MarkerWatcher(
             tree.root,

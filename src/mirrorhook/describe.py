@@ -62,7 +62,11 @@ def _publisher_urls(host: PublisherHost) -> list[tuple[str, str]]:
         return []
     base = host.public_url or f"http://{host.listen[0]}"
     query = "" if host.single else "?repo=NAME"
-    rows = [("page", f"{base}/"), ("mirror list", f"{base}/mirrorlist{query}")]
+    rows = [
+        ("page", f"{base}/"),
+        ("mirror list", f"{base}/mirrorlist{query}"),
+        ("metalink", f"{base}/metalink{query or '?'}{'&' if query else ''}path=PATH"),
+    ]
     if host.public_url is None:
         rows.append(("public_url", "not set: mirrors get no report URL"))
     return rows

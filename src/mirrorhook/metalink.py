@@ -14,13 +14,61 @@ import email.utils
 import time
 import urllib.parse
 from collections.abc import Sequence
+from typing import Protocol
 from xml.sax.saxutils import escape, quoteattr
 
-from mirrorhook.repomd import REPOMD, Version
+from aiohttp import web
+
+from mirrorhook import mirrorlist
+from mirrorhook.publisher_config import PublisherConfig
+from mirrorhook.repomd import REPOMD, RepomdError, RepomdVersions, Version, repo_path
 
 CONTENT_TYPE = "application/metalink+xml"
 PROTOCOLS = ("https", "http", "ftp")
 """What dnf can fetch from; rsync URLs of a mirror are left out."""
+
+
+class Source(mirrorlist.Upstream, Protocol):
+    """What the Metalink reads: the mirror list's trees and their ``repomd.xml`` versions."""
+
+    def repomd(self, tree: PublisherConfig) -> RepomdVersions:
+        """The tree's ``repomd.xml`` versions."""
+        ...  # pragma: no cover - a protocol
+
+
+SOURCE: web.AppKey[Source] = web.AppKey("metalink_source")
+
+
+def add_routes(app: web.Application, source: Source) -> None:
+    """Serve ``GET /metalink`` on ``app`` (after ``mirrorlist.add_routes``: the same mirrors)."""
+    app[SOURCE] = source
+    app.router.add_get("/metalink", handle_metalink)
+
+
+async def handle_metalink(request: web.Request) -> web.Response:
+    """The Metalink of ``?path=``'s ``repomd.xml``, naming the mirrors the list hands out."""
+    tree = mirrorlist.tree_of(request)
+    try:
+        path = repo_path(request.query.get("path", ""))
+    except ValueError as err:
+        raise web.HTTPBadRequest(text=f"{err}\n") from None
+    source = request.app[SOURCE]
+    try:
+        current, alternates = await source.repomd(tree).versions(path)
+    except RepomdError as err:
+        raise web.HTTPNotFound(text=f"{err}\n") from None
+    protocol = request.query.get("protocol")
+    freshness = source.freshness(tree)
+    lists = await request.app[mirrorlist.LISTS].get(tree.repo, freshness.snapshot)
+    # Each protocol's list is chosen among the mirrors that have a URL of it: asked for
+    # none, dnf gets those of every protocol it can fetch, https first.
+    protocols = [protocol] if protocol in PROTOCOLS else [] if protocol else list(PROTOCOLS)
+    bases = [url for each in protocols for url in lists.urls.get(each, ())]
+    return web.Response(
+        text=render(current, alternates, bases, path),
+        content_type=CONTENT_TYPE,
+        headers={"Cache-Control": "no-cache"},
+    )
 
 
 def render(current: Version, alternates: Sequence[Version], bases: Sequence[str], path: str) -> str:

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from mirrorhook.freshness import Freshness, State
 from mirrorhook.publisher_config import PublisherConfig, PublisherHost
+from mirrorhook.repomd import repo_path
 from mirrorhook.response_cache import Body, ResponseCache
 
 
@@ -44,10 +45,26 @@ class Lists:
     by_protocol: dict[str, Body]
     none: Body
     """The heading alone: the list for a protocol no URL uses."""
+    urls: dict[str | None, tuple[str, ...]]
+    """The URLs of each list (``None``: every protocol), for lists of a path."""
+    heading: str
 
     def of(self, protocol: str | None) -> Body:
         """The list of ``protocol``'s URLs (of every URL when ``None``)."""
         return self.every if protocol is None else self.by_protocol.get(protocol, self.none)
+
+    def under(self, protocol: str | None, path: str) -> str:
+        """The list of ``protocol``'s URLs, each leading to ``path`` inside the tree (dnf
+        expands ``$releasever/$basearch`` there before asking): a join of at most as many
+        lines as there are mirrors, cheap enough to do per request."""
+        lines = [_join(url, path) for url in self.urls.get(protocol, ())]
+        return "\n".join([self.heading, *lines]) + "\n"
+
+
+def _join(base: str, path: str) -> str:
+    """``base`` (a mirror's URL of the tree) and ``path`` in it, as a folder URL."""
+    prefix = base if base.endswith("/") else base + "/"
+    return prefix + urllib.parse.quote(path) + "/"
 
 
 UPSTREAM: web.AppKey[Upstream] = web.AppKey("upstream")
@@ -66,7 +83,7 @@ def add_routes(app: web.Application, upstream: Upstream) -> None:
 
 async def handle_mirrors(request: web.Request) -> web.Response:
     """Every mirror of the tree with its state, what it serves and its URLs."""
-    tree = _tree(request)
+    tree = tree_of(request)
     freshness = request.app[UPSTREAM].freshness(tree)
     body = await request.app[MIRRORS].get(tree.repo, freshness.snapshot)
     return body.response(request, "application/json; charset=utf-8")
@@ -75,11 +92,17 @@ async def handle_mirrors(request: web.Request) -> web.Response:
 async def handle_mirrorlist(request: web.Request) -> web.Response:
     """One base URL per line: fresh mirrors, or failing those the ones serving the most
     recently announced value (``_listed``)."""
-    tree = _tree(request)
+    tree = tree_of(request)
     freshness = request.app[UPSTREAM].freshness(tree)
+    try:
+        path = repo_path(request.query.get("path", ""))
+    except ValueError as err:
+        raise web.HTTPBadRequest(text=f"{err}\n") from None
     lists = await request.app[LISTS].get(tree.repo, freshness.snapshot)
-    body = lists.of(request.query.get("protocol"))
-    return body.response(request, "text/plain; charset=utf-8")
+    protocol = request.query.get("protocol")
+    if path:
+        return web.Response(text=lists.under(protocol, path), content_type="text/plain")
+    return lists.of(protocol).response(request, "text/plain; charset=utf-8")
 
 
 def _mirrors(freshness: Freshness) -> Body:
@@ -96,33 +119,50 @@ def listings(freshness: Freshness) -> Lists:
     it can name (``_listed``), and for no protocol asked."""
     heading = f"# mirrorhook mirror list for {freshness.config.repo or 'this repository'}"
 
-    def listing(protocol: str | None) -> Body:
-        lines = [url for row in _listed(freshness, protocol) for url in _urls(row, protocol)]
-        return Body.of(("\n".join([heading, *lines]) + "\n").encode())
-
     schemes = {
         urllib.parse.urlsplit(url).scheme
         for mirror in freshness.config.mirrors
         for url in mirror.urls
     }
+    urls = {
+        protocol: tuple(url for row in _listed(freshness, protocol) for url in _urls(row, protocol))
+        for protocol in (None, *schemes)
+    }
+
+    def listing(protocol: str | None) -> Body:
+        return Body.of(("\n".join([heading, *urls[protocol]]) + "\n").encode())
+
     return Lists(
         every=listing(None),
         by_protocol={scheme: listing(scheme) for scheme in schemes},
         none=Body.of((heading + "\n").encode()),
+        urls=urls,
+        heading=heading,
     )
 
 
-def _tree(request: web.Request) -> PublisherConfig:
+def tree_of(request: web.Request) -> PublisherConfig:
+    """The tree ``?repo=`` names. The single form's one tree answers to the publisher's
+    ``name`` and to its root folder's name (``/srv/repo/ius``: ``ius``), so that one
+    ``.repo`` file serves whichever form the upstream runs; without ``repo``, the one tree."""
     publishers = request.app[UPSTREAM].running()
     name = request.query.get("repo")
-    if name is None:
-        if len(publishers.repos) == 1:
-            return publishers.repos[0]
-        raise web.HTTPBadRequest(text="name the repository: ?repo=NAME\n")
-    tree = publishers.named(name) if not publishers.single else None
-    if tree is None:
-        raise web.HTTPNotFound(text=f"no repository {name!r} here\n")
-    return tree
+    if publishers.single:
+        tree = publishers.repos[0]
+        names = sorted({tree.name, tree.root.name})
+        if name is None or name in names:
+            return tree
+    else:
+        names = [str(tree.repo) for tree in publishers.repos]
+        if name is None:
+            if len(publishers.repos) == 1:
+                return publishers.repos[0]
+            raise web.HTTPBadRequest(
+                text=f"name the repository: ?repo=NAME, one of {', '.join(names)}\n"
+            )
+        if (found := publishers.named(name)) is not None:
+            return found
+    raise web.HTTPNotFound(text=f"no repository {name!r} here; there are {', '.join(names)}\n")
 
 
 def _listed(freshness: Freshness, protocol: str | None) -> list[dict[str, Any]]:

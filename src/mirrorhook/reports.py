@@ -11,9 +11,11 @@ hints, which only make the publisher check what it serves (docs/design.md#freshn
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +29,7 @@ from mirrorhook.message import REPORT_PATH, REPORT_TYPE
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
 from mirrorhook.record import DeliveryLog, Fields
 from mirrorhook.replay import ReplayCache
+from mirrorhook.repomd import RepomdVersions
 from mirrorhook.throttle import WARNING_PERIOD, Throttle
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,8 @@ class ReportDesk:
         self.records: dict[str | None, DeliveryLog] = {}
         """Each running tree's delivery record, by repository (registered the same way)."""
         self.replays = ReplayCache(signing.TOLERANCE)
+        self._repomds: dict[tuple[str | None, Path, float], RepomdVersions] = {}
+        self._refreshing: set[asyncio.Task[None]] = set()
         self._refusals = Throttle(WARNING_PERIOD)
         self._hints: dict[tuple[str | None, str], float] = {}
 
@@ -65,6 +70,24 @@ class ReportDesk:
         runs): from memory, never the file."""
         record = self.records.get(tree.repo)
         return {} if record is None else record.known()
+
+    def repomd(self, tree: PublisherConfig) -> RepomdVersions:
+        """The tree's ``repomd.xml`` versions, which its Metalinks vouch for."""
+        key = (tree.repo, tree.root, tree.stale_after)
+        if (versions := self._repomds.get(key)) is None:
+            window = tree.stale_after  # a mirror that far behind is stale: refused
+            versions = self._repomds[key] = RepomdVersions(tree.root, tree.state_dir, window=window)
+        return versions
+
+    def published(self, tree: PublisherConfig) -> None:
+        """A marker was announced: the ``repomd.xml`` files asked for so far are read again
+        now, in the background, so that a replaced one's window counts from the publish."""
+        versions = self._repomds.get((tree.repo, tree.root, tree.stale_after))
+        if versions is None or not versions.known():
+            return
+        task = asyncio.create_task(versions.refresh())
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
 
     def hinted(self, checker: Checker, mirror: MirrorConfig) -> web.Response:
         """An unsigned report: from a mirror without a shared secret (it verifies the

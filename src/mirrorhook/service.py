@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mirrorhook import endpoints, mirrorlist, page, reports
+from mirrorhook import endpoints, metalink, mirrorlist, page, reports
 from mirrorhook.addresses import Listen, redact_upstream
 from mirrorhook.announcers import Announcers
 from mirrorhook.config import Config, load_config
@@ -119,6 +119,7 @@ def _app(
         desk = reports.ReportDesk(config.publishers)
         reports.add_routes(app, desk)
         mirrorlist.add_routes(app, desk)
+        metalink.add_routes(app, desk)
         page.add_routes(app, desk)
     return app, listen, desk
 
