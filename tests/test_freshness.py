@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from mirrorhook import mirrorlist, reports, signing
+from mirrorhook import mirrorlist, page, reports, signing
 from mirrorhook.checker import Checker, CheckError, serving
 from mirrorhook.config import load_config
 from mirrorhook.freshness import Announcement, Freshness, State, freshness_path
@@ -676,3 +676,42 @@ async def test_staleness_counts_from_the_first_publish_a_mirror_does_not_serve(
     assert freshness.state("pushed") is State.STALE
     assert freshness.state("cron") is State.STALE
     assert freshness.state("close") is State.BEHIND  # publish 4: 301 s ago
+
+
+async def test_checks_feed_the_history_its_json_and_the_pages_curve(
+    tmp_path: Path, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    """A publish and the checks after it land in the history: /v1/history gives each
+    mirror's delay and score, and the page draws the publish's curve (inline SVG, no
+    script); both survive a restart, since history.json keeps them."""
+    config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a", "b"])
+    now = 1_800_000_000.0
+    freshness = Freshness(config, clock=lambda: now)
+    serve_marker(trees["a"], "2")
+    serve_marker(trees["b"], "1")
+    async with aiohttp.ClientSession() as session, public_session() as public:
+        checker = Checker(freshness, session, public=public)
+        checker.published("2")
+        now += 4.0
+        for mirror in config.mirrors:
+            await checker.check(mirror)
+    freshness.close()
+    restarted = Freshness(config, clock=lambda: now)
+    app = web.Application()
+    upstream = LiveUpstream.of(restarted)
+    mirrorlist.add_routes(app, upstream)
+    page.add_routes(app, upstream)
+    client = await aiohttp_client(app)
+    document = await (await client.get("/v1/history")).json()
+    assert [(p["value"], p["fresh"]) for p in document["publishes"]] == [("2", {"a": 4.0})]
+    assert document["mirrors"]["a"]["share_fresh"] == 1.0
+    assert document["mirrors"]["b"] == {
+        "checks": 1,
+        "fresh_checks": 0,
+        "share_fresh": 0.0,
+        "mean_delay": None,
+    }
+    html = await (await client.get("/")).text()
+    assert html.count("<svg ") == 1
+    assert 'class="newest"' in html
+    assert "Share of the 2 checked mirrors" in html

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mirrorhook.history import History
 from mirrorhook.metrics import DeliveryMetrics, NoMetrics
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig
 from mirrorhook.record import RETRY_WRITE
@@ -87,6 +88,8 @@ class Freshness:
         self._metrics = metrics or NoMetrics()
         self._retry_write = retry_write
         self.path = freshness_path(config)
+        self.history = History(config.state_dir, clock)
+        """How the publishes spread, over the last days (``history.py``)."""
         recorded = read_json(self.path)
         self.announced = _announcements(recorded)
         """The last ``ANNOUNCED_KEPT`` values announced, newest last."""
@@ -128,6 +131,7 @@ class Freshness:
         # A value announced again (a rollback) moves to the end: it is the newest once more.
         earlier = [known for known in self.announced if known.value != value]
         self.announced = [*earlier, Announcement(value, self._clock())][-ANNOUNCED_KEPT:]
+        self.history.published(value, self._clock())
         self._save()
         return True
 
@@ -156,6 +160,9 @@ class Freshness:
         self._save()
         state = self.state(mirror)
         self._metrics.mirror_checked(mirror, fresh=state is State.FRESH, first_lag=first_lag)
+        if first_lag is not None and self.newest is not None:
+            self.history.fresh(mirror, self.newest, first_lag)
+        self.history.checked(mirror, fresh=state is State.FRESH)
         return state
 
     def reported(self, mirror: str, value: str | None) -> None:
@@ -257,6 +264,7 @@ class Freshness:
         started in its place (a reload) writes the file from then on."""
         self._closed = True
         self.flush()
+        self.history.flush()
 
     def _save(self) -> None:
         """Note a change: written at once outside an event loop, else ``SAVE_DELAY`` later

@@ -70,6 +70,7 @@ def _join(base: str, path: str) -> str:
 UPSTREAM: web.AppKey[Upstream] = web.AppKey("upstream")
 MIRRORS = web.AppKey("mirrors_json", ResponseCache[str | None, Freshness, Body])
 LISTS = web.AppKey("mirror_lists", ResponseCache[str | None, Freshness, Lists])
+HISTORY = web.AppKey("history_json", ResponseCache[str | None, dict[str, Any], Body])
 
 
 def add_routes(app: web.Application, upstream: Upstream) -> None:
@@ -79,6 +80,25 @@ def add_routes(app: web.Application, upstream: Upstream) -> None:
     app[LISTS] = ResponseCache(listings)
     app.router.add_get("/v1/mirrors", handle_mirrors)
     app.router.add_get("/mirrorlist", handle_mirrorlist)
+    app[HISTORY] = ResponseCache(_history)
+    app.router.add_get("/v1/history", handle_history)
+
+
+async def handle_history(request: web.Request) -> web.Response:
+    """How the tree's publishes spread over the last days, and each mirror's score."""
+    tree = tree_of(request)
+    freshness = request.app[UPSTREAM].freshness(tree)
+    names = [mirror.name for mirror in tree.mirrors]
+
+    def taken() -> dict[str, Any]:  # a copy, on the loop: the thread encodes it
+        return {"repo": tree.repo, **freshness.history.document(names)}
+
+    body = await request.app[HISTORY].get(tree.repo, taken)
+    return body.response(request, "application/json; charset=utf-8")
+
+
+def _history(document: dict[str, Any]) -> Body:
+    return Body.of(json.dumps(document).encode())
 
 
 async def handle_mirrors(request: web.Request) -> web.Response:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from mirrorhook import propagation
 from mirrorhook.freshness import Freshness, State
 from mirrorhook.mirrorlist import Upstream
 from mirrorhook.publisher_config import PublisherConfig, PublisherHost
@@ -54,6 +55,8 @@ class Tree:
     freshness: Freshness
     """A snapshot of the tree's freshness (see ``Freshness.snapshot``)."""
     deliveries: Fields
+    publishes: list[dict[str, Any]]
+    """The publishes of the last days, each mirror's delay (``History.publishes``, a copy)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,8 @@ code { font: 14px ui-monospace, monospace; overflow-wrap: anywhere; }
 tr.fresh .state { background: #d6f5d6; color: #0b5d0b; }
 tr.syncing .state { background: #fff1c2; color: #6b4d00; }
 tr.behind .state { background: #ffe3c2; color: #6b3a00; }
+figure { margin: .8rem 0 0; }
+figcaption { font-size: 12px; color: #555; }
 tr.stale .state { background: #ffd6d6; color: #8a0000; }
 tr.unreachable .state { background: #e3d7f5; color: #4b2a7b; }
 tr.unknown .state { background: #ececec; color: #555; }
@@ -164,11 +169,18 @@ def snapshot(upstream: Deliveries, now: float | None = None) -> View:
     """What the page shows of ``upstream`` now, taken on the event loop: the running
     config, a copy of each tree's freshness and deliveries (never read from disk)."""
     host = upstream.running()
-    trees = tuple(
-        Tree(tree, upstream.freshness(tree).snapshot(), upstream.deliveries(tree))
-        for tree in host.repos
-    )
-    return View(host, trees, time.time() if now is None else now)
+    trees = []
+    for tree in host.repos:
+        freshness = upstream.freshness(tree)
+        trees.append(
+            Tree(
+                tree,
+                freshness.snapshot(),
+                upstream.deliveries(tree),
+                freshness.history.publishes(),
+            )
+        )
+    return View(host, tuple(trees), time.time() if now is None else now)
 
 
 def render_body(view: View) -> Body:
@@ -225,7 +237,21 @@ def _section(shown: Tree, now: float) -> str:
         f'<p class="meta">{newest}; {_e(summary)}.</p>'
         "<table><thead><tr><th>mirror</th><th>state</th><th>serving</th><th>lag</th>"
         "<th>last publish: delivered → reported → fresh</th><th>last check</th>"
-        f"<th>problem</th></tr></thead><tbody>\n{body}</tbody></table></section>\n"
+        f"<th>problem</th></tr></thead><tbody>\n{body}</tbody></table>{_curve(shown, now)}"
+        "</section>\n"
+    )
+
+
+def _curve(shown: Tree, now: float) -> str:
+    """The propagation curve of the tree's recent publishes, when there is one to draw."""
+    tracked = sum(mirror.check_url is not None for mirror in shown.config.mirrors)
+    chart = propagation.svg(shown.publishes, tracked, now)
+    if not chart:
+        return ""
+    return (
+        f"<figure>{chart}<figcaption>Share of the {tracked} checked mirrors serving each "
+        f"of the last {min(len(shown.publishes), propagation.MAX_CURVES)} publishes, by "
+        "time since it (the newest bold).</figcaption></figure>"
     )
 
 
