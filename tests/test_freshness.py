@@ -715,3 +715,4 @@ async def test_checks_feed_the_history_its_json_and_the_pages_curve(
     assert html.count("<svg ") == 1
     assert 'class="newest"' in html
     assert "Share of the 2 checked mirrors" in html
+    assert "<h2>repo</h2>" in html  # the single form's tree, named by its root folder

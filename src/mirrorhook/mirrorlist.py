@@ -137,7 +137,7 @@ def _mirrors(freshness: Freshness) -> Body:
 def listings(freshness: Freshness) -> Lists:
     """The list for each protocol the mirrors have URLs of, each chosen among the mirrors
     it can name (``_listed``), and for no protocol asked."""
-    heading = f"# mirrorhook mirror list for {freshness.config.repo or 'this repository'}"
+    heading = f"# mirrorhook mirror list for {freshness.config.repo or freshness.config.root.name}"
 
     schemes = {
         urllib.parse.urlsplit(url).scheme

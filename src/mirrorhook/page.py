@@ -220,7 +220,7 @@ def _section(shown: Tree, now: float) -> str:
     rows = freshness.rows()
     counts = {state: sum(row["state"] == state for row in rows) for state in State}
     summary = ", ".join(f"{count} {state}" for state, count in counts.items() if count)
-    title = "this repository" if tree.repo is None else tree.repo
+    title = tree.root.name if tree.repo is None else tree.repo  # what ?repo= takes too
     if freshness.newest is None:
         newest = "no publish seen yet"
     else:
