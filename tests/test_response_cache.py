@@ -82,3 +82,13 @@ async def test_each_key_is_rendered_on_its_own_once_per_max_age() -> None:
     assert await cache.get("a", lambda: "changed") == "CHANGED"
     assert await cache.get("b", lambda: "changed") == "CHANGED"
     assert cache.renders == 4
+
+
+async def test_a_new_version_of_the_data_is_rendered_at_once() -> None:
+    """A caller with a version (the mirror lists: the freshness record's change count) sees
+    a change at once, not up to a second later; the same version reuses the rendering."""
+    cache: ResponseCache[str, int, int] = ResponseCache(lambda taken: taken, clock=lambda: 0.0)
+    assert await cache.get("k", lambda: 1, version=1) == 1
+    assert await cache.get("k", lambda: 2, version=1) == 1
+    assert await cache.get("k", lambda: 3, version=2) == 3
+    assert cache.renders == 2

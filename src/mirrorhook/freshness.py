@@ -88,6 +88,8 @@ class Freshness:
         self._metrics = metrics or NoMetrics()
         self._retry_write = retry_write
         self.path = freshness_path(config)
+        self.version = 0
+        """Counts the record's changes: the mirror lists show a change at once by it."""
         self.history = History(config.state_dir, clock)
         """How the publishes spread, over the last days (``history.py``)."""
         recorded = read_json(self.path)
@@ -269,6 +271,7 @@ class Freshness:
     def _save(self) -> None:
         """Note a change: written at once outside an event loop, else ``SAVE_DELAY`` later
         (or at the retry of a failed write, already due)."""
+        self.version += 1
         self._unsaved = True
         if self._save_soon is None and not self._flush_later(SAVE_DELAY):
             self.flush()

@@ -59,7 +59,9 @@ async def handle_metalink(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text=f"{err}\n") from None
     protocol = request.query.get("protocol")
     freshness = source.freshness(tree)
-    lists = await request.app[mirrorlist.LISTS].get(tree.repo, freshness.snapshot)
+    lists = await request.app[mirrorlist.LISTS].get(
+        tree.repo, freshness.snapshot, version=freshness.version
+    )
     # Each protocol's list is chosen among the mirrors that have a URL of it: asked for
     # none, dnf gets those of every protocol it can fetch, https first.
     protocols = [protocol] if protocol in PROTOCOLS else [] if protocol else list(PROTOCOLS)

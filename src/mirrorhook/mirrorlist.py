@@ -105,7 +105,7 @@ async def handle_mirrors(request: web.Request) -> web.Response:
     """Every mirror of the tree with its state, what it serves and its URLs."""
     tree = tree_of(request)
     freshness = request.app[UPSTREAM].freshness(tree)
-    body = await request.app[MIRRORS].get(tree.repo, freshness.snapshot)
+    body = await request.app[MIRRORS].get(tree.repo, freshness.snapshot, version=freshness.version)
     return body.response(request, "application/json; charset=utf-8")
 
 
@@ -118,7 +118,7 @@ async def handle_mirrorlist(request: web.Request) -> web.Response:
         path = repo_path(request.query.get("path", ""))
     except ValueError as err:
         raise web.HTTPBadRequest(text=f"{err}\n") from None
-    lists = await request.app[LISTS].get(tree.repo, freshness.snapshot)
+    lists = await request.app[LISTS].get(tree.repo, freshness.snapshot, version=freshness.version)
     protocol = request.query.get("protocol")
     if path:
         return web.Response(text=lists.under(protocol, path), content_type="text/plain")

@@ -84,26 +84,30 @@ class ResponseCache(Generic[Key, Snapshot, Result]):
         self._render = render
         self._max_age = max_age
         self._clock = clock
-        self._done: dict[Key, tuple[float, Result]] = {}
+        self._done: dict[Key, tuple[float, object, Result]] = {}
         self._rendering: dict[Key, asyncio.Task[Result]] = {}
         self.renders = 0
 
-    async def get(self, key: Key, snapshot: Callable[[], Snapshot]) -> Result:
-        """The answer for ``key``: the one rendered less than ``max_age`` ago, else the one
-        being rendered, else a new one rendered from ``snapshot()`` (called here, on the
-        loop). A request that goes away leaves the rendering to the others."""
+    async def get(
+        self, key: Key, snapshot: Callable[[], Snapshot], *, version: object = None
+    ) -> Result:
+        """The answer for ``key``: the one rendered less than ``max_age`` ago from data of
+        this ``version`` (when the caller has one: a change then shows at once, renderings
+        still one at a time), else the one being rendered, else a new one rendered from
+        ``snapshot()`` (called here, on the loop). A request that goes away leaves the
+        rendering to the others."""
         now = self._clock()
         done = self._done.get(key)
-        if done is not None and now - done[0] < self._max_age:
-            return done[1]
+        if done is not None and now - done[0] < self._max_age and done[1] == version:
+            return done[2]
         task = self._rendering.get(key)
         if task is None:
-            task = asyncio.create_task(self._refresh(key, snapshot(), now))
+            task = asyncio.create_task(self._refresh(key, snapshot(), now, version))
             task.add_done_callback(_retrieve)
             self._rendering[key] = task
         return await asyncio.shield(task)
 
-    async def _refresh(self, key: Key, taken: Snapshot, at: float) -> Result:
+    async def _refresh(self, key: Key, taken: Snapshot, at: float, version: object) -> Result:
         try:
             result = await asyncio.to_thread(self._render, taken)
         finally:
@@ -112,7 +116,7 @@ class ResponseCache(Generic[Key, Snapshot, Result]):
         # Only the keys asked for within the last max_age stay: a key costs nothing to
         # render again, and stale keys (a repository removed by a reload) go.
         self._done = {k: v for k, v in self._done.items() if at - v[0] < self._max_age}
-        self._done[key] = (at, result)
+        self._done[key] = (at, version, result)
         return result
 
 
