@@ -201,13 +201,18 @@ def test_a_tree_moved_away_mid_sync_and_given_to_another_repository_has_one_rsyn
     wait_until(lambda: host.writes("x") == 1, what="a's transfer into srv/x")
     host.write(Repo("a", "a", "y", host.fast), Repo("b", "b", "x", host.fast))
     reloaded(processes, daemon, 1)
+    # b's marker is installed after its transfer ends (the marker's own read and install):
+    # wait for it, not for the transfer's end alone (a race that failed once under CI).
     wait_until(
-        lambda: host.ended("x") == 2 and marker_of(host.tree("y")) == "1",
+        lambda: (
+            host.ended("x") == 2
+            and marker_of(host.tree("x")) == "7"
+            and marker_of(host.tree("y")) == "1"
+        ),
         timeout=60,
-        what="a's and b's transfers into srv/x, a's sync of srv/y",
+        what="a's and b's transfers into srv/x, b's marker there, a's sync of srv/y",
     )
     assert at_once(tree_writes(host.log, host.tree("x"))) == []
-    assert marker_of(host.tree("x")) == "7"
     assert trees_equal(host.upstream("b"), host.tree("x"))
     assert trees_equal(host.upstream("a"), host.tree("y"))
     assert "b: another sync of this tree is running: waiting for it to finish" in processes.log(
