@@ -8,9 +8,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: test test-fast test-loaded demo bench lint typecheck pytest rsync browser yum venv clean
+.PHONY: test test-fast test-loaded demo bench lint typecheck pytest rsync browser yum tools venv clean
 
-test: rsync browser yum lint typecheck pytest
+test: rsync browser yum tools lint typecheck pytest
 
 # The everyday loop: everything but the tests marked slow (real daemons, namespaces, floods).
 test-fast: venv rsync
@@ -60,6 +60,12 @@ yum:
 	@sh scripts/install-debs.sh dnf=dnf createrepo_c=createrepo-c \
 		|| echo "no dnf: the tests with dnf will be skipped" >&2
 
+# iproute2 (ip, ss) for the network-namespace and listen-queue tests, Debian's ftpsync for
+# the trace file's reference fields. In CI a test whose tool is missing fails, not skips.
+tools:
+	@sh scripts/install-debs.sh ip=iproute2 ss=iproute2 ftpsync=ftpsync \
+		|| echo "missing tools: the tests that need them will be skipped" >&2
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -67,7 +73,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv rsync browser yum
+pytest: venv rsync browser yum tools
 	rm -f .coverage .coverage.*
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/coverage run -m pytest
 	$(BIN)/coverage combine -q

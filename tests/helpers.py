@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mirrorhook import message, signing
 from mirrorhook.config import Config, load_config
 from mirrorhook.credentials import write_private_key
@@ -31,6 +33,17 @@ from mirrorhook.record import DeliveryLog, Fields
 MARKER = "CURRENT"
 MIRRORHOOK = [sys.executable, "-m", "mirrorhook"]
 """How tests start the command line: the interpreter running the tests."""
+
+
+def needs(*commands: str, package: str) -> pytest.MarkDecorator:
+    """Skip a test on a developer's machine that lacks ``commands``, saying which Debian
+    ``package`` brings them; never in CI (``CI`` set), where ``make test`` installs them:
+    there a missing one makes the test fail instead of passing unseen."""
+    absent = [command for command in commands if shutil.which(command) is None]
+    return pytest.mark.skipif(
+        bool(absent) and not os.environ.get("CI"),
+        reason=f"{', '.join(absent)} missing: make test installs Debian's {package} with apt",
+    )
 
 
 def mirrorhook(*args: str | Path) -> subprocess.CompletedProcess[str]:

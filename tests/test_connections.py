@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import resource
-import shutil
 import socket
 import subprocess
 import time
@@ -30,7 +29,7 @@ from mirrorhook.fleet import build_receiver
 from mirrorhook.message import HOOK_PATH
 from mirrorhook.receiver import Receiver, make_app
 from mirrorhook.service import start_web
-from tests.helpers import free_port, receiver_config, secret_of, signed_webhook
+from tests.helpers import free_port, needs, receiver_config, secret_of, signed_webhook
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -282,7 +281,7 @@ async def test_accept_failing_for_lack_of_descriptors_is_logged_once(
     assert served == 40, served
 
 
-@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+@needs("ss", package="iproute2")
 async def test_the_kernel_queues_more_connections_than_asyncio_accepts_at_once(
     receiver: Receiver,
 ) -> None:

@@ -8,7 +8,6 @@ failure. It needs root and iproute2; otherwise it is skipped with the reason.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 
 from tests.helpers import (
     make_upstream,
+    needs,
     publish,
     publisher_toml,
     receiver_toml,
@@ -30,10 +30,8 @@ from tests.helpers import (
 
 pytestmark = [
     pytest.mark.slow,  # real daemons and processes: see `make test-fast`
-    pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("ip") is None,
-        reason="network namespaces need root and iproute2 (ip)",
-    ),
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+    needs("ip", package="iproute2"),
 ]
 HOSTS = ["up", "hub", "l1", "l2"]
 

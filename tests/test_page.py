@@ -35,6 +35,7 @@ from tests.helpers import (
     Processes,
     RsyncDaemon,
     mirror_secret,
+    needs,
     publish,
     publisher_toml,
     until,
@@ -228,12 +229,6 @@ MIRRORS = (
 )
 
 
-def browser_missing() -> str | None:
-    if shutil.which("chromium") and shutil.which("chromedriver"):
-        return None
-    return "no browser: chromium and chromedriver are missing (make test installs them with apt)"
-
-
 @contextlib.contextmanager
 def chromium(*, javascript: bool = True) -> Iterator[object]:
     """Debian's chromium, headless, through its chromedriver (no download, no network)."""
@@ -262,7 +257,7 @@ def chromium(*, javascript: bool = True) -> Iterator[object]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(browser_missing() is not None, reason=str(browser_missing()))
+@needs("chromium", "chromedriver", package="chromium and chromium-driver")
 def test_in_a_real_browser_rows_turn_fresh_without_a_reload(
     tmp_path: Path, processes: Processes, daemon: RsyncDaemon
 ) -> None:

@@ -24,7 +24,7 @@ from mirrorhook.addresses import upstream_host
 from mirrorhook.log import TreeLog
 from mirrorhook.retry import Backoff
 from mirrorhook.syncer import Syncer, SyncResult
-from tests.helpers import RsyncDaemon, publish, receiver_config
+from tests.helpers import RsyncDaemon, needs, publish, receiver_config
 
 TRACE = "project/trace/mirror.example.org"
 LASTSYNC = "lastsync"
@@ -356,11 +356,10 @@ def test_dates_are_written_as_posix_date_writes_them(moment: float) -> None:
     assert traces.rfc2822(moment) == date("-R")
 
 
+@needs("ftpsync", package="ftpsync")
 def test_ftpsync_reference_fields_match_the_installed_ftpsync() -> None:
-    """FTPSYNC_FIELDS is what the installed ftpsync writes (skipped where it is not)."""
-    script = Path("/usr/bin/ftpsync")
-    if not script.exists():
-        pytest.skip("Debian's ftpsync package is not installed")
+    """FTPSYNC_FIELDS is what the installed ftpsync writes."""
+    script = Path(str(shutil.which("ftpsync")))
     body = script.read_text().split("function tracefile_content()", 1)[1].split("\n}\n", 1)[0]
     echoed = re.findall(r'echo "([A-Z][A-Za-z0-9 -]*): ', body)
     # Architectures-Configuration is echoed in three branches of an if.

@@ -5,22 +5,16 @@ configuration of its own (never the system's repositories, cache or plugins)."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.helpers import free_port, wait_for_port
+from tests.helpers import free_port, needs, wait_for_port
 
 ARCH = "x86_64"
 RELEASE = "9"
 
-needs_dnf = pytest.mark.skipif(
-    shutil.which("dnf") is None or shutil.which("createrepo_c") is None,
-    reason="Debian's dnf and createrepo-c are not installed (make test installs them as root)",
-)
+needs_dnf = needs("dnf", "createrepo_c", package="dnf and createrepo-c")
 
 
 def make_yum_repo(tree: Path, path: str, *, revision: str) -> Path:
