@@ -53,7 +53,7 @@ def test_a_score_is_the_share_of_checks_fresh_and_the_mean_delay(tmp_path: Path)
         20.0,
     )
     assert kept.score("never").share_fresh is None
-    document = kept.document(["a"])
+    document = history.document(kept.record(), ["a"])
     assert document["mirrors"]["a"] == {
         "checks": 4,
         "fresh_checks": 3,
@@ -124,3 +124,20 @@ def test_the_chart_is_svg_with_the_newest_publish_bold() -> None:
     assert len(lines) == 2
     assert lines[-1].get("class") == "newest"
     assert propagation.svg([], mirrors=2, now=0.0) == ""
+
+
+def test_the_delays_kept_are_bounded_in_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With many mirrors the record keeps fewer publishes: at most MAX_DELAYS delays in all,
+    the oldest publishes dropped first."""
+    monkeypatch.setattr(history, "MAX_DELAYS", 25)
+    clock = Clock()
+    kept = History(tmp_path, clock)
+    for number in range(6):
+        kept.published(str(number), clock.now)
+        for mirror in range(10):
+            kept.fresh(f"m{mirror}", str(number), 1.0)
+    publishes = kept.publishes()
+    assert sum(len(entry["fresh"]) for entry in publishes) <= 25
+    assert [entry["value"] for entry in publishes] == ["4", "5"]

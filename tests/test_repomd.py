@@ -10,6 +10,8 @@ import pytest
 
 from mirrorhook import repomd
 from mirrorhook.repomd import RepomdError, RepomdVersions, repo_path
+from mirrorhook.state import read_json
+from tests.helpers import until
 
 
 class Clock:
@@ -182,3 +184,22 @@ def test_a_repository_path_is_relative_plain_names(text: str, path: str) -> None
 def test_a_repository_path_that_could_leave_the_tree_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="path"):
         repo_path(text)
+
+
+async def test_a_publish_rereads_the_known_paths_in_the_background(tmp_path: Path) -> None:
+    """``published`` (the watcher's announce) re-reads what was asked for so far without
+    waiting for a request; ``close`` ends such a refresh."""
+    root = tmp_path / "tree"
+    clock = Clock()
+    _publish(root, "el9", "<repomd>one</repomd>\n")
+    versions = RepomdVersions(root, tmp_path / "state", window=900, clock=clock)
+    await versions.versions("el9")
+    _publish(root, "el9", "<repomd>two, longer</repomd>\n")
+    published_at = clock.now = clock.now + 10
+    versions.published()
+    record = tmp_path / "state" / repomd.STATE_NAME
+    await until(lambda: len(read_json(record).get("paths", {}).get("el9", [])) == 2)
+    clock.now += 500
+    _current, alternates = await versions.versions("el9")
+    assert [a.replaced_at for a in alternates] == [published_at]
+    await versions.close()

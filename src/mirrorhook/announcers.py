@@ -20,6 +20,7 @@ from mirrorhook.freshness import Freshness
 from mirrorhook.metrics import Metrics
 from mirrorhook.publisher import Publisher
 from mirrorhook.publisher_config import PublisherConfig, PublisherHost
+from mirrorhook.repomd import RepomdVersions
 from mirrorhook.reports import ReportDesk
 from mirrorhook.supervisor import Supervisor
 from mirrorhook.watcher import MarkerWatcher
@@ -110,6 +111,7 @@ class Announcers:
             # Reports no longer reach the tree; its checker ends the checks they asked for.
             self._desk.checkers.pop(name, None)
             self._desk.records.pop(name, None)
+            self._desk.repomds.pop(name, None)
         if task is not None:
             task.cancel("publisher shutting down")
             await asyncio.gather(task, return_exceptions=True)
@@ -122,15 +124,16 @@ class Announcers:
             self._courier.session,
             public=self._courier.public_session,
         )
+        repomds = RepomdVersions(tree.root, tree.state_dir, window=tree.stale_after)
         if self._desk is not None:
             self._desk.checkers[tree.repo] = checker  # reports reach this tree's checker
             self._desk.records[tree.repo] = publisher.record  # the page shows its deliveries
+            self._desk.repomds[tree.repo] = repomds  # and its Metalinks these
 
         def announce(value: str) -> None:
             publisher.publish(value)
             checker.published(value)
-            if self._desk is not None:
-                self._desk.published(tree)
+            repomds.published()
 
         watcher = MarkerWatcher(
             tree.root,
@@ -154,6 +157,7 @@ class Announcers:
                     group.create_task(self._supervisor.keep(f"{prefix}checks", checker.run))
         finally:
             checker.freshness.close()  # what the last second of checks found
+            await repomds.close()
 
 
 def _with_host_settings(tree: PublisherConfig, host: PublisherHost) -> PublisherConfig:

@@ -90,8 +90,9 @@ class Freshness:
         self.path = freshness_path(config)
         self.version = 0
         """Counts the record's changes: the mirror lists show a change at once by it."""
-        self.history = History(config.state_dir, clock)
-        """How the publishes spread, over the last days (``history.py``)."""
+        self._history: History | None = None
+        self._pushed = frozenset(mirror.name for mirror in config.mirrors if mirror.url)
+        """The mirrors that get webhooks: one of them not yet fresh is syncing, not behind."""
         recorded = read_json(self.path)
         self.announced = _announcements(recorded)
         """The last ``ANNOUNCED_KEPT`` values announced, newest last."""
@@ -106,6 +107,14 @@ class Freshness:
             else {}
             for mirror in config.mirrors
         }
+
+    @property
+    def history(self) -> History:
+        """How the publishes spread, over the last days (``history.py``): read when first
+        asked for, so that ``status`` and a stopped tree's lists never read it."""
+        if self._history is None:
+            self._history = History(self.config.state_dir, self._clock)
+        return self._history
 
     @property
     def newest(self) -> str | None:
@@ -186,8 +195,7 @@ class Freshness:
         _count, first = self.behind(entry.get("serving"))
         if first is not None and self._clock() - first > self.config.stale_after:
             return State.STALE
-        pushed = any(m.url is not None for m in self.config.mirrors if m.name == mirror)
-        return State.SYNCING if pushed else State.BEHIND
+        return State.SYNCING if mirror in self._pushed else State.BEHIND
 
     def behind(self, serving: object) -> tuple[int, float | None]:
         """How far behind a mirror serving ``serving`` is: the publishes announced since the
@@ -266,7 +274,8 @@ class Freshness:
         started in its place (a reload) writes the file from then on."""
         self._closed = True
         self.flush()
-        self.history.flush()
+        if self._history is not None:
+            self._history.flush()
 
     def _save(self) -> None:
         """Note a change: written at once outside an event loop, else ``SAVE_DELAY`` later
@@ -289,10 +298,10 @@ class Freshness:
 def _announcements(recorded: dict[str, Any]) -> list[Announcement]:
     """The values announced, from the record; one written before it kept them has the
     newest value alone."""
-    history = recorded.get("announced")
+    kept = recorded.get("announced")
     found = [
         Announcement(item["value"], _time(item.get("at")))
-        for item in (history if isinstance(history, list) else [])
+        for item in (kept if isinstance(kept, list) else [])
         if isinstance(item, dict) and isinstance(item.get("value"), str)
     ]
     newest = text_or_none(recorded.get("newest"))

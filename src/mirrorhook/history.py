@@ -3,9 +3,10 @@ mirror was first seen serving it; per mirror, a score like Arch's mirror status 
 of its checks that found it fresh, and its mean delay).
 
 Kept in ``history.json`` beside the freshness record, bounded in size: publishes older than
-``DAYS`` days are dropped, and at most ``MAX_PUBLISHES`` are kept; each mirror's checks are
-counted in one bucket a day. Served as ``/v1/history`` for aggregators and drawn on the
-page as a propagation curve (docs/design.md#history).
+``DAYS`` days are dropped, and at most ``MAX_PUBLISHES`` are kept, with ``MAX_DELAYS``
+mirror delays in all; each mirror's checks are counted in one bucket a day. Served as
+``/v1/history`` for aggregators and drawn on the page as a propagation curve
+(docs/design.md#history).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ DAYS = 30
 DAY = 86400.0
 MAX_PUBLISHES = 2000
 """Publishes kept at most (about one every 20 minutes for 30 days)."""
+MAX_DELAYS = 200_000
+"""Mirror delays kept at most, all publishes together (a few MB of JSON): with a thousand
+mirrors, the last 200 publishes rather than 2,000 (the file is rewritten every few
+seconds, off the loop, and must stay small)."""
 SAVE_DELAY = 5.0
 """Seconds changes are gathered before the record is written: a crash loses these only."""
 
@@ -93,36 +98,25 @@ class History:
         counts[1] += int(fresh)
         self._changed()
 
-    def publishes(self) -> list[dict[str, Any]]:
-        """The publishes kept, oldest first: value, time, and each mirror's delay."""
+    def publishes(self, last: int | None = None) -> list[dict[str, Any]]:
+        """The publishes kept (only the ``last`` ones, when given), oldest first: value,
+        time, and each mirror's delay; a copy."""
         self._trim()
-        return [
-            {"value": e["value"], "at": e["at"], "fresh": dict(e["fresh"])} for e in self._publishes
-        ]
+        kept = self._publishes if last is None else self._publishes[-last:]
+        return [{"value": e["value"], "at": e["at"], "fresh": dict(e["fresh"])} for e in kept]
+
+    def record(self) -> dict[str, Any]:
+        """A copy of the record (``publishes`` and ``checks``), made of C-level copies:
+        cheap on the event loop, for a thread to write or to ``document`` while checks go on."""
+        checks = {
+            name: {day: list(counts) for day, counts in days.items()}
+            for name, days in self._checks.items()
+        }
+        return {"publishes": self.publishes(), "checks": checks}
 
     def score(self, mirror: str) -> Score:
         """``mirror``'s checks and delays over the days kept."""
-        self._trim()
-        days = self._checks.get(mirror, {}).values()
-        delays = [e["fresh"][mirror] for e in self._publishes if mirror in e["fresh"]]
-        return Score(
-            checks=sum(counts[0] for counts in days),
-            fresh_checks=sum(counts[1] for counts in days),
-            mean_delay=round(sum(delays) / len(delays), 3) if delays else None,
-        )
-
-    def document(self, mirrors: Iterable[str]) -> dict[str, Any]:
-        """What ``/v1/history`` answers for this tree."""
-        scores = {}
-        for name in mirrors:
-            score = self.score(name)
-            scores[name] = {
-                "checks": score.checks,
-                "fresh_checks": score.fresh_checks,
-                "share_fresh": score.share_fresh,
-                "mean_delay": score.mean_delay,
-            }
-        return {"days": DAYS, "publishes": self.publishes(), "mirrors": scores}
+        return scores(self.record(), [mirror])[mirror]
 
     def flush(self) -> None:
         """Write the record now if it changed (at shutdown)."""
@@ -132,26 +126,21 @@ class History:
         if self._unsaved:
             self._unsaved = False
             try:
-                write_json(self.path, self._document(), durable=False, compact=True)
+                write_json(self.path, self.record(), durable=False, compact=True)
             except OSError as err:
                 self._unsaved = True
                 logger.warning("cannot write %s: %s", self.path, err.strerror)
 
-    def _document(self) -> dict[str, Any]:
-        """A copy of the record, which a writer thread may encode while the loop goes on."""
-        checks = {
-            name: {day: list(counts) for day, counts in days.items()}
-            for name, days in self._checks.items()
-        }
-        return {"publishes": self.publishes(), "checks": checks}
-
     def _trim(self) -> None:
         cutoff = self._clock() - DAYS * DAY
         first_day = int(cutoff // DAY)
+        delays = sum(len(entry["fresh"]) for entry in self._publishes)
         while self._publishes and (
-            self._publishes[0]["at"] < cutoff or len(self._publishes) > MAX_PUBLISHES
+            self._publishes[0]["at"] < cutoff
+            or len(self._publishes) > MAX_PUBLISHES
+            or delays > MAX_DELAYS
         ):
-            self._publishes.pop(0)
+            delays -= len(self._publishes.pop(0)["fresh"])
         for days in self._checks.values():
             for day in [day for day in days if not day.isdigit() or int(day) < first_day]:
                 del days[day]
@@ -173,7 +162,7 @@ class History:
         if self._writing is not None and not self._writing.done():
             self._changed()  # a write is running: the next one follows it
             return
-        document, self._unsaved = self._document(), False
+        document, self._unsaved = self.record(), False
         self._writing = asyncio.create_task(self._write(document))
 
     async def _write(self, document: dict[str, Any]) -> None:
@@ -190,3 +179,37 @@ def _counts(value: object) -> bool:
         and len(value) == 2
         and all(isinstance(n, int) and n >= 0 for n in value)
     )
+
+
+def scores(record: dict[str, Any], mirrors: Iterable[str]) -> dict[str, Score]:
+    """Each of ``mirrors``' score from a ``History.record``, in one pass over its delays."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for entry in record["publishes"]:
+        for name, lag in entry["fresh"].items():
+            sums[name] = sums.get(name, 0.0) + lag
+            counts[name] = counts.get(name, 0) + 1
+    found = {}
+    for name in mirrors:
+        days = record["checks"].get(name, {}).values()
+        count = counts.get(name, 0)
+        found[name] = Score(
+            checks=sum(day[0] for day in days),
+            fresh_checks=sum(day[1] for day in days),
+            mean_delay=round(sums[name] / count, 3) if count else None,
+        )
+    return found
+
+
+def document(record: dict[str, Any], mirrors: Iterable[str]) -> dict[str, Any]:
+    """What ``/v1/history`` answers for a tree, from a ``History.record`` (in a thread)."""
+    shown = {
+        name: {
+            "checks": score.checks,
+            "fresh_checks": score.fresh_checks,
+            "share_fresh": score.share_fresh,
+            "mean_delay": score.mean_delay,
+        }
+        for name, score in scores(record, mirrors).items()
+    }
+    return {"days": DAYS, "publishes": record["publishes"], "mirrors": shown}

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from mirrorhook import history
 from mirrorhook.freshness import Freshness, State
 from mirrorhook.publisher_config import PublisherConfig, PublisherHost
 from mirrorhook.repomd import repo_path
@@ -39,19 +40,17 @@ class Upstream(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Lists:
-    """One tree's mirror list for each protocol its URLs use, and for all of them."""
+    """One tree's mirror list for each protocol its URLs use, and for all of them (``None``),
+    rendered once for them all."""
 
-    every: Body
-    by_protocol: dict[str, Body]
-    none: Body
-    """The heading alone: the list for a protocol no URL uses."""
-    urls: dict[str | None, tuple[str, ...]]
-    """The URLs of each list (``None``: every protocol), for lists of a path."""
     heading: str
+    urls: dict[str | None, tuple[str, ...]]
+    """The URLs of each list; a protocol no URL uses has the heading alone."""
+    bodies: dict[str | None, Body]
 
     def of(self, protocol: str | None) -> Body:
         """The list of ``protocol``'s URLs (of every URL when ``None``)."""
-        return self.every if protocol is None else self.by_protocol.get(protocol, self.none)
+        return self.bodies.get(protocol) or self.bodies[_NONE]
 
     def under(self, protocol: str | None, path: str) -> str:
         """The list of ``protocol``'s URLs, each leading to ``path`` inside the tree (dnf
@@ -59,6 +58,10 @@ class Lists:
         lines as there are mirrors, cheap enough to do per request."""
         lines = [_join(url, path) for url in self.urls.get(protocol, ())]
         return "\n".join([self.heading, *lines]) + "\n"
+
+
+_NONE = "\0none"
+"""The key of the list of no URL, which no protocol's name can be."""
 
 
 def _join(base: str, path: str) -> str:
@@ -70,7 +73,7 @@ def _join(base: str, path: str) -> str:
 UPSTREAM: web.AppKey[Upstream] = web.AppKey("upstream")
 MIRRORS = web.AppKey("mirrors_json", ResponseCache[str | None, Freshness, Body])
 LISTS = web.AppKey("mirror_lists", ResponseCache[str | None, Freshness, Lists])
-HISTORY = web.AppKey("history_json", ResponseCache[str | None, dict[str, Any], Body])
+HISTORY = web.AppKey("history_json", ResponseCache[str | None, "History", Body])
 
 
 def add_routes(app: web.Application, upstream: Upstream) -> None:
@@ -88,17 +91,27 @@ async def handle_history(request: web.Request) -> web.Response:
     """How the tree's publishes spread over the last days, and each mirror's score."""
     tree = tree_of(request)
     freshness = request.app[UPSTREAM].freshness(tree)
-    names = [mirror.name for mirror in tree.mirrors]
+    names = tuple(mirror.name for mirror in tree.mirrors)
 
-    def taken() -> dict[str, Any]:  # a copy, on the loop: the thread encodes it
-        return {"repo": tree.repo, **freshness.history.document(names)}
+    def taken() -> History:  # a copy, on the loop: the thread scores and encodes it
+        return History(tree.repo, names, freshness.history.record())
 
     body = await request.app[HISTORY].get(tree.repo, taken)
     return body.response(request, "application/json; charset=utf-8")
 
 
-def _history(document: dict[str, Any]) -> Body:
-    return Body.of(json.dumps(document).encode())
+@dataclass(frozen=True, slots=True)
+class History:
+    """What ``/v1/history`` renders: the tree, its mirrors, a copy of its history record."""
+
+    repo: str | None
+    mirrors: tuple[str, ...]
+    record: dict[str, Any]
+
+
+def _history(taken: History) -> Body:
+    shown = {"repo": taken.repo, **history.document(taken.record, taken.mirrors)}
+    return Body.of(json.dumps(shown).encode())
 
 
 async def handle_mirrors(request: web.Request) -> web.Response:
@@ -137,39 +150,35 @@ def _mirrors(freshness: Freshness) -> Body:
 def listings(freshness: Freshness) -> Lists:
     """The list for each protocol the mirrors have URLs of, each chosen among the mirrors
     it can name (``_listed``), and for no protocol asked."""
-    heading = f"# mirrorhook mirror list for {freshness.config.repo or freshness.config.root.name}"
-
+    heading = f"# mirrorhook mirror list for {freshness.config.label}"
+    rows = freshness.rows()
     schemes = {
         urllib.parse.urlsplit(url).scheme
         for mirror in freshness.config.mirrors
         for url in mirror.urls
     }
     urls = {
-        protocol: tuple(url for row in _listed(freshness, protocol) for url in _urls(row, protocol))
+        protocol: tuple(
+            url for row in _listed(rows, freshness, protocol) for url in _urls(row, protocol)
+        )
         for protocol in (None, *schemes)
     }
-
-    def listing(protocol: str | None) -> Body:
-        return Body.of(("\n".join([heading, *urls[protocol]]) + "\n").encode())
-
-    return Lists(
-        every=listing(None),
-        by_protocol={scheme: listing(scheme) for scheme in schemes},
-        none=Body.of((heading + "\n").encode()),
-        urls=urls,
-        heading=heading,
-    )
+    bodies = {
+        key: Body.of(("\n".join([heading, *lines]) + "\n").encode())
+        for key, lines in {**urls, _NONE: ()}.items()
+    }
+    return Lists(heading, urls, bodies)
 
 
 def tree_of(request: web.Request) -> PublisherConfig:
     """The tree ``?repo=`` names. The single form's one tree answers to the publisher's
-    ``name`` and to its root folder's name (``/srv/repo/ius``: ``ius``), so that one
+    ``name`` and to its ``label``, its root folder's name (``/srv/repo/ius``: ``ius``), so that one
     ``.repo`` file serves whichever form the upstream runs; without ``repo``, the one tree."""
     publishers = request.app[UPSTREAM].running()
     name = request.query.get("repo")
     if publishers.single:
         tree = publishers.repos[0]
-        names = sorted({tree.name, tree.root.name})
+        names = sorted({tree.name, tree.label})
         if name is None or name in names:
             return tree
     else:
@@ -185,11 +194,13 @@ def tree_of(request: web.Request) -> PublisherConfig:
     raise web.HTTPNotFound(text=f"no repository {name!r} here; there are {', '.join(names)}\n")
 
 
-def _listed(freshness: Freshness, protocol: str | None) -> list[dict[str, Any]]:
-    """The reachable mirrors with a URL of ``protocol`` serving the most recently announced
-    value that any of them serves: the newest (they are fresh), else an earlier one."""
+def _listed(
+    rows: list[dict[str, Any]], freshness: Freshness, protocol: str | None
+) -> list[dict[str, Any]]:
+    """The reachable mirrors of ``rows`` with a URL of ``protocol`` serving the most recently
+    announced value that any of them serves: the newest (they are fresh), else an earlier one."""
     serving: dict[str, list[dict[str, Any]]] = {}
-    for row in freshness.rows():
+    for row in rows:
         if row["serving"] and row["state"] != State.UNREACHABLE and _urls(row, protocol):
             serving.setdefault(row["serving"], []).append(row)
     for announced in reversed(freshness.announced):

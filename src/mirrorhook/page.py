@@ -56,7 +56,7 @@ class Tree:
     """A snapshot of the tree's freshness (see ``Freshness.snapshot``)."""
     deliveries: Fields
     publishes: list[dict[str, Any]]
-    """The publishes of the last days, each mirror's delay (``History.publishes``, a copy)."""
+    """The last publishes, with each mirror's delay, that the curve draws (a copy)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +177,7 @@ def snapshot(upstream: Deliveries, now: float | None = None) -> View:
                 tree,
                 freshness.snapshot(),
                 upstream.deliveries(tree),
-                freshness.history.publishes(),
+                freshness.history.publishes(last=propagation.MAX_CURVES),  # those drawn
             )
         )
     return View(host, tuple(trees), time.time() if now is None else now)
@@ -220,7 +220,7 @@ def _section(shown: Tree, now: float) -> str:
     rows = freshness.rows()
     counts = {state: sum(row["state"] == state for row in rows) for state in State}
     summary = ", ".join(f"{count} {state}" for state, count in counts.items() if count)
-    title = tree.root.name if tree.repo is None else tree.repo  # what ?repo= takes too
+    title = tree.label
     if freshness.newest is None:
         newest = "no publish seen yet"
     else:

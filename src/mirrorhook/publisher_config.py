@@ -92,6 +92,12 @@ class PublisherConfig:
     repo: str | None = None
     """The repository's name in the host form; ``None`` in the single form."""
 
+    @property
+    def label(self) -> str:
+        """What the page, the mirror list and ``?repo=`` call the tree: its name, or in the
+        single form its root folder's (``/srv/repo/ius``: ``ius``)."""
+        return self.repo if self.repo is not None else self.root.name
+
 
 @dataclass(frozen=True, slots=True)
 class PublisherHost:

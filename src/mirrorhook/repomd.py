@@ -92,6 +92,7 @@ class RepomdVersions:
         self._clock = clock
         self._versions: dict[str, list[Version]] = _load(self.path)
         self._lock = asyncio.Lock()
+        self._refreshing: asyncio.Task[None] | None = None
 
     def known(self) -> list[str]:
         """The paths asked for so far (the ones re-read after a publish)."""
@@ -119,12 +120,24 @@ class RepomdVersions:
             ]
             return current, alternates
 
+    def published(self) -> None:
+        """A marker was announced: re-read every known path now, in the background (one
+        refresh at a time), so that a replaced version's window counts from the publish,
+        not from the next request."""
+        if self._versions and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.create_task(self.refresh())
+
     async def refresh(self) -> None:
-        """Re-read every known path (after a publish), so that a replaced version's time is
-        the publish's, not the next request's."""
+        """Re-read every known path."""
         for path in self.known():
             with contextlib.suppress(RepomdError):
                 await self.versions(path)
+
+    async def close(self) -> None:
+        """End a refresh still running (the tree stops)."""
+        if self._refreshing is not None:
+            self._refreshing.cancel("the tree stops")
+            await asyncio.gather(self._refreshing, return_exceptions=True)
 
     async def _replace(self, path: str, current: Version, history: list[Version]) -> None:
         now = self._clock()

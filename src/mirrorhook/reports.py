@@ -11,11 +11,9 @@ hints, which only make the publisher check what it serves (docs/design.md#freshn
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -51,8 +49,9 @@ class ReportDesk:
         self.records: dict[str | None, DeliveryLog] = {}
         """Each running tree's delivery record, by repository (registered the same way)."""
         self.replays = ReplayCache(signing.TOLERANCE)
-        self._repomds: dict[tuple[str | None, Path, float], RepomdVersions] = {}
-        self._refreshing: set[asyncio.Task[None]] = set()
+        self.repomds: dict[str | None, RepomdVersions] = {}
+        """Each running tree's ``repomd.xml`` versions, which its Metalinks vouch for
+        (registered the same way)."""
         self._refusals = Throttle(WARNING_PERIOD)
         self._hints: dict[tuple[str | None, str], float] = {}
 
@@ -72,22 +71,11 @@ class ReportDesk:
         return {} if record is None else record.known()
 
     def repomd(self, tree: PublisherConfig) -> RepomdVersions:
-        """The tree's ``repomd.xml`` versions, which its Metalinks vouch for."""
-        key = (tree.repo, tree.root, tree.stale_after)
-        if (versions := self._repomds.get(key)) is None:
-            window = tree.stale_after  # a mirror that far behind is stale: refused
-            versions = self._repomds[key] = RepomdVersions(tree.root, tree.state_dir, window=window)
+        """The tree's ``repomd.xml`` versions: the running tree's, else as recorded."""
+        versions = self.repomds.get(tree.repo)
+        if versions is None:
+            return RepomdVersions(tree.root, tree.state_dir, window=tree.stale_after)
         return versions
-
-    def published(self, tree: PublisherConfig) -> None:
-        """A marker was announced: the ``repomd.xml`` files asked for so far are read again
-        now, in the background, so that a replaced one's window counts from the publish."""
-        versions = self._repomds.get((tree.repo, tree.root, tree.stale_after))
-        if versions is None or not versions.known():
-            return
-        task = asyncio.create_task(versions.refresh())
-        self._refreshing.add(task)
-        task.add_done_callback(self._refreshing.discard)
 
     def hinted(self, checker: Checker, mirror: MirrorConfig) -> web.Response:
         """An unsigned report: from a mirror without a shared secret (it verifies the
