@@ -31,6 +31,7 @@ bench: venv rsync
 	$(BIN)/python -m bench.slow_clients
 	$(BIN)/python -m bench.many_repos
 	$(BIN)/python -m bench.freshness
+	$(BIN)/python -m bench.freshness_rows
 	$(BIN)/python -m bench.page_load
 
 $(STAMP): pyproject.toml
