@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from mirrorhook import history, propagation
+from mirrorhook import history, propagation, state
 from mirrorhook.history import DAY, History
 from tests.helpers import until
 
@@ -95,13 +97,28 @@ def test_a_record_that_does_not_read_back_is_left_out(tmp_path: Path) -> None:
 async def test_in_the_daemon_the_record_is_written_off_the_loop_after_a_delay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(history, "SAVE_DELAY", 0.05)
+    """Changes made on the loop are gathered for SAVE_DELAY, across turns of the loop, and
+    written in one go by a thread other than the loop's."""
+    monkeypatch.setattr(history, "SAVE_DELAY", 0.5)
+    writers: list[threading.Thread] = []
+    real_write = state.write_json  # what history.py calls
+
+    def noting_the_writer(*args: Any, **kwargs: Any) -> None:
+        writers.append(threading.current_thread())
+        real_write(*args, **kwargs)
+
+    monkeypatch.setattr(history, "write_json", noting_the_writer)
     kept = History(tmp_path)
     kept.published("1", time.time())
+    await asyncio.sleep(0)  # a turn of the loop between two changes
+    kept.fresh("a", "1", 2.5)
     assert not (tmp_path / history.STATE_NAME).exists()  # gathered, not written at once
     await until((tmp_path / history.STATE_NAME).exists)
     await asyncio.sleep(0)
     assert History(tmp_path).publishes()[0]["value"] == "1"
+    assert History(tmp_path).publishes()[0]["fresh"] == {"a": 2.5}
+    assert len(writers) == 1, writers  # one write for both changes
+    assert writers[0] is not threading.current_thread()  # the loop's thread
 
 
 def test_the_curve_steps_up_at_each_mirrors_delay() -> None:
