@@ -48,6 +48,16 @@ def free_port() -> int:
         return port
 
 
+class Clock:
+    """A clock the test moves: it reads ``now`` (seconds) until the test changes it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def wait_until(condition: Callable[[], object], what: str = "it", timeout: float = 30) -> None:
     """Poll ``condition`` until it holds; fail after ``timeout`` seconds naming ``what``."""
     deadline = time.monotonic() + timeout

@@ -29,7 +29,7 @@ from mirrorhook.public_addresses import public_session
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
 from mirrorhook.response_cache import ResponseCache
 from mirrorhook.state import iso_time
-from tests.helpers import LiveUpstream, publisher_toml, until, write_secret
+from tests.helpers import Clock, LiveUpstream, publisher_toml, until, write_secret
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
@@ -72,16 +72,20 @@ def serve_marker(tree: Path, value: str) -> None:
     (tree / "CURRENT").write_text(value + "\n")
 
 
+async def check_each(freshness: Freshness) -> list[State]:
+    """Check each mirror of ``freshness`` once, as the checker does; the states found."""
+    async with aiohttp.ClientSession() as session, public_session() as public:
+        checker = Checker(freshness, session, public=public)
+        return [await checker.check(mirror) for mirror in freshness.config.mirrors]
+
+
 async def checked_once(config: PublisherConfig, *announced: str) -> tuple[Freshness, list[State]]:
     """The record once ``announced`` values were published in turn and each mirror was
     checked once; and the states those checks found."""
     freshness = Freshness(config)
-    async with aiohttp.ClientSession() as session, public_session() as public:
-        checker = Checker(freshness, session, public=public)
-        for value in announced:
-            checker.published(value)
-        states = [await checker.check(mirror) for mirror in config.mirrors]
-    return freshness, states
+    for value in announced:
+        freshness.published(value)
+    return freshness, await check_each(freshness)
 
 
 @contextlib.asynccontextmanager
@@ -465,15 +469,12 @@ async def test_freshness_is_exported_as_metrics(
     config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a", "b"])
     serve_marker(trees["a"], "2")
     serve_marker(trees["b"], "1")
-    now = 1_800_000_000.0
+    clock = Clock(1_800_000_000.0)
     metrics = Metrics()
-    freshness = Freshness(config, clock=lambda: now, metrics=metrics.tree(None))
-    async with aiohttp.ClientSession() as session, public_session() as public:
-        checker = Checker(freshness, session, public=public)
-        checker.published("2")
-        now += 3
-        for mirror in config.mirrors:
-            await checker.check(mirror)
+    freshness = Freshness(config, clock=clock, metrics=metrics.tree(None))
+    freshness.published("2")
+    clock.now += 3
+    await check_each(freshness)
     lines = set(metrics.render().decode().splitlines())
     assert 'mirrorhook_mirror_fresh{mirror="a"} 1.0' in lines
     assert 'mirrorhook_mirror_fresh{mirror="b"} 0.0' in lines
@@ -689,18 +690,15 @@ async def test_checks_feed_the_history_its_json_and_the_pages_curve(
     mirror's delay and score, and the page draws the publish's curve (inline SVG, no
     script); both survive a restart, since history.json keeps them."""
     config, trees, _servers = await mirrors_config(tmp_path, aiohttp_server, ["a", "b"])
-    now = 1_800_000_000.0
-    freshness = Freshness(config, clock=lambda: now)
+    clock = Clock(1_800_000_000.0)
+    freshness = Freshness(config, clock=clock)
     serve_marker(trees["a"], "2")
     serve_marker(trees["b"], "1")
-    async with aiohttp.ClientSession() as session, public_session() as public:
-        checker = Checker(freshness, session, public=public)
-        checker.published("2")
-        now += 4.0
-        for mirror in config.mirrors:
-            await checker.check(mirror)
+    freshness.published("2")
+    clock.now += 4.0
+    await check_each(freshness)
     freshness.close()
-    restarted = Freshness(config, clock=lambda: now)
+    restarted = Freshness(config, clock=clock)
     app = web.Application()
     upstream = LiveUpstream.of(restarted)
     mirrorlist.add_routes(app, upstream)

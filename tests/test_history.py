@@ -14,21 +14,13 @@ import pytest
 
 from mirrorhook import history, propagation, state
 from mirrorhook.history import DAY, History
-from tests.helpers import until
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100 * DAY
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import Clock, until
 
 
 def test_each_publish_keeps_each_mirrors_first_delay_and_survives_a_restart(
     tmp_path: Path,
 ) -> None:
-    clock = Clock()
+    clock = Clock(100 * DAY)
     kept = History(tmp_path, clock)
     kept.published("1", clock.now)
     kept.fresh("a", "1", 2.5)
@@ -40,7 +32,7 @@ def test_each_publish_keeps_each_mirrors_first_delay_and_survives_a_restart(
 
 
 def test_a_score_is_the_share_of_checks_fresh_and_the_mean_delay(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(100 * DAY)
     kept = History(tmp_path, clock)
     for value, lag in (("1", 10.0), ("2", 30.0)):
         kept.published(value, clock.now)
@@ -69,7 +61,7 @@ def test_the_record_is_bounded_by_age_and_by_count(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(history, "MAX_PUBLISHES", 50)
-    clock = Clock()
+    clock = Clock(100 * DAY)
     kept = History(tmp_path, clock)
     kept.published("old", clock.now)
     kept.checked("a", fresh=True)
