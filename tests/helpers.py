@@ -13,10 +13,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from mirrorhook import message, signing
 from mirrorhook.config import Config, load_config
@@ -28,6 +31,10 @@ from mirrorhook.publisher_config import PublisherConfig, PublisherHost
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.record import DeliveryLog, Fields
 
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+"""What pytest-aiohttp's ``aiohttp_server`` is: a real server on a free port for an app."""
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+"""What ``aiohttp_client`` is: a real server for an app, and a client talking to it."""
 MARKER = "CURRENT"
 MIRRORHOOK = [sys.executable, "-m", "mirrorhook"]
 """How tests start the command line: the interpreter running the tests."""

@@ -12,7 +12,7 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,15 @@ from mirrorhook.public_addresses import public_session
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
 from mirrorhook.response_cache import ResponseCache
 from mirrorhook.state import iso_time
-from tests.helpers import Clock, LiveUpstream, publisher_toml, until, write_secret
-
-ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
-ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+from tests.helpers import (
+    ClientFactory,
+    Clock,
+    LiveUpstream,
+    ServerFactory,
+    publisher_toml,
+    until,
+    write_secret,
+)
 
 
 def static_mirror(folder: Path) -> web.Application:

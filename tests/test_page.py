@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
 from mirrorhook import page, reports
 from mirrorhook.announcers import Announcers
@@ -31,9 +30,11 @@ from mirrorhook.metrics import Metrics
 from mirrorhook.response_cache import MAX_AGE, Body, ResponseCache
 from mirrorhook.supervisor import Supervisor
 from tests.helpers import (
+    ClientFactory,
     LiveUpstream,
     Processes,
     RsyncDaemon,
+    ServerFactory,
     mirror_secret,
     publish,
     publisher_toml,
@@ -43,8 +44,6 @@ from tests.helpers import (
 from tests.mirrors import HookMirror
 from tests.scene import Mirror, scene
 
-ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
-ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 HOSTILE = '<script>document.title="owned"</script>'
 
 

@@ -10,11 +10,9 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
 from mirrorhook import message, receiver_state, signing
 from mirrorhook.fleet import build_receiver
@@ -30,10 +28,7 @@ from mirrorhook.receiver_state import (
     receiver_state_path,
 )
 from mirrorhook.status import receiver_status
-from tests.helpers import RsyncDaemon, receiver_config, until
-
-ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
-ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+from tests.helpers import ClientFactory, RsyncDaemon, ServerFactory, receiver_config, until
 
 # receiver.json as the version before this module wrote it (syncer.py, status.py, hooks.py
 # and reporter.py each wrote their own keys), with a key of some later version beside them.
