@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -496,25 +497,35 @@ def fifo_released_after(path: Path, seconds: float) -> Iterator[threading.Event]
 
 class StaticWeb:
     """A real HTTP server (``python -m http.server``) serving ``folder`` on 127.0.0.1: a
-    mirror's web server, as users and the upstream's checks reach it."""
+    mirror's web server, as users and the upstream's checks reach it. With a ``log``, its
+    request log is kept there: ``fetched`` tells which files a client (dnf) took."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, log: Path | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self._file = None if log is None else log.open("w")
         self._server = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(self.port), "-b", "127.0.0.1"],
+            [sys.executable, "-u", "-m", "http.server", str(self.port), "-b", "127.0.0.1"],
             cwd=folder,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL if self._file is None else self._file,
         )
         wait_for_port(self.port)
+
+    def fetched(self) -> list[str]:
+        """The paths GET asked for, in order (from the ``log``)."""
+        assert self.log is not None, "this server keeps no request log"
+        return re.findall(r'"GET (\S+) HTTP', self.log.read_text())
 
     def stop(self) -> None:
         if self._server.poll() is None:
             self._server.terminate()
             self._server.wait(10)
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> StaticWeb:
         return self
