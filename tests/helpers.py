@@ -174,6 +174,11 @@ def publish(root: Path, value: str, files: dict[str, str] | None = None) -> None
     temp.replace(root / MARKER)
 
 
+def listed_urls(mirrorlist: str) -> list[str]:
+    """The base URLs a ``/mirrorlist`` answer hands out, without its comment lines."""
+    return [line for line in mirrorlist.splitlines() if not line.startswith("#")]
+
+
 def marker_of(tree: Path) -> str | None:
     """The marker value of ``tree`` as the tests wrote it, ``None`` when there is none."""
     path = tree / MARKER

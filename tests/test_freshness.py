@@ -34,6 +34,7 @@ from tests.helpers import (
     Clock,
     LiveUpstream,
     ServerFactory,
+    listed_urls,
     publisher_toml,
     until,
     write_secret,
@@ -213,8 +214,7 @@ def with_mirror(config: PublisherConfig, name: str, **changes: Any) -> Publisher
 
 async def listed(client: TestClient[web.Request, web.Application], query: str = "") -> list[str]:
     """The base URLs ``/mirrorlist`` hands out, without its comment line."""
-    text = await (await client.get(f"/mirrorlist{query}")).text()
-    return [line for line in text.splitlines() if not line.startswith("#")]
+    return listed_urls(await (await client.get(f"/mirrorlist{query}")).text())
 
 
 async def test_with_no_fresh_mirror_the_list_names_those_serving_the_newest_announced_value(
