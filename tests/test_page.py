@@ -178,7 +178,8 @@ async def test_concurrent_requests_share_one_rendering(
         release.wait(30)
         return page.render_body(view)
 
-    cache: page.PageCache = ResponseCache(slow)
+    # Its clock stands still: the request after the rendering comes within its second.
+    cache: page.PageCache = ResponseCache(slow, clock=lambda: 0.0)
     arrived = 0
 
     @web.middleware
