@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -13,12 +14,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from mirrorhook import message, signing
 from mirrorhook.config import Config, load_config
@@ -30,6 +33,10 @@ from mirrorhook.publisher_config import PublisherConfig, PublisherHost
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.record import DeliveryLog, Fields
 
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+"""What pytest-aiohttp's ``aiohttp_server`` is: a real server on a free port for an app."""
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+"""What ``aiohttp_client`` is: a real server for an app, and a client talking to it."""
 MARKER = "CURRENT"
 MIRRORHOOK = [sys.executable, "-m", "mirrorhook"]
 """How tests start the command line: the interpreter running the tests."""
@@ -59,6 +66,16 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+class Clock:
+    """A clock the test moves: it reads ``now`` (seconds) until the test changes it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def wait_until(condition: Callable[[], object], what: str = "it", timeout: float = 30) -> None:
@@ -167,6 +184,11 @@ def publish(root: Path, value: str, files: dict[str, str] | None = None) -> None
     temp = root / f".{MARKER}.new"
     temp.write_text(value + "\n")
     temp.replace(root / MARKER)
+
+
+def listed_urls(mirrorlist: str) -> list[str]:
+    """The base URLs a ``/mirrorlist`` answer hands out, without its comment lines."""
+    return [line for line in mirrorlist.splitlines() if not line.startswith("#")]
 
 
 def marker_of(tree: Path) -> str | None:
@@ -492,25 +514,35 @@ def fifo_released_after(path: Path, seconds: float) -> Iterator[threading.Event]
 
 class StaticWeb:
     """A real HTTP server (``python -m http.server``) serving ``folder`` on 127.0.0.1: a
-    mirror's web server, as users and the upstream's checks reach it."""
+    mirror's web server, as users and the upstream's checks reach it. With a ``log``, its
+    request log is kept there: ``fetched`` tells which files a client (dnf) took."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, log: Path | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self._file = None if log is None else log.open("w")
         self._server = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(self.port), "-b", "127.0.0.1"],
+            [sys.executable, "-u", "-m", "http.server", str(self.port), "-b", "127.0.0.1"],
             cwd=folder,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL if self._file is None else self._file,
         )
         wait_for_port(self.port)
+
+    def fetched(self) -> list[str]:
+        """The paths GET asked for, in order (from the ``log``)."""
+        assert self.log is not None, "this server keeps no request log"
+        return re.findall(r'"GET (\S+) HTTP', self.log.read_text())
 
     def stop(self) -> None:
         if self._server.poll() is None:
             self._server.terminate()
             self._server.wait(10)
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> StaticWeb:
         return self

@@ -19,6 +19,7 @@ from tests.helpers import (
     RsyncDaemon,
     StaticWeb,
     free_port,
+    listed_urls,
     receiver_toml,
     wait_for_port,
     write_secret,
@@ -115,7 +116,7 @@ class Scene:
 
     def listed(self) -> list[str]:
         """The base URLs ``/mirrorlist`` hands out, without its comment lines."""
-        return [line for line in self.get("/mirrorlist").splitlines() if not line.startswith("#")]
+        return listed_urls(self.get("/mirrorlist"))
 
     def sync_cron(self, name: str) -> None:
         """What a cron mirror's job does: plain rsync from the upstream."""

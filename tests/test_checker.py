@@ -17,7 +17,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.test_utils import TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 from yarl import URL
@@ -32,9 +31,8 @@ from mirrorhook.public_addresses import (
     is_public_host,
     public_session,
 )
-from tests.helpers import free_port, until
+from tests.helpers import ServerFactory, free_port, until
 
-ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 VALUE = "Wed Nov 25 12:00:00 UTC 2026"
 
 

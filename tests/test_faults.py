@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -49,9 +50,12 @@ def syncer_for(tmp_path: Path, upstream: str, *, retries: int = 6, **overrides: 
     return Syncer(config, backoff=Backoff(first=0.4, cap=0.8))
 
 
-async def test_daemon_at_max_connections_is_retried_until_a_slot_frees(tmp_path: Path) -> None:
+async def test_daemon_at_max_connections_is_retried_until_a_slot_frees(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A daemon with `max connections = 1`, its slot held by a slow download: the sync is
     refused with "max connections" (exit 5), retries, and completes once the slot frees."""
+    caplog.set_level(logging.WARNING, logger="mirrorhook.retry")
     upstream = make_upstream(tmp_path / "upstream")
     (upstream / "big.bin").write_bytes(os.urandom(600_000))
     with rsync_daemon(tmp_path, upstream, max_connections=1) as daemon:
@@ -68,6 +72,8 @@ async def test_daemon_at_max_connections_is_retried_until_a_slot_frees(tmp_path:
         assert hog.wait(30) == 0
     assert report.result is SyncResult.SYNCED
     assert trees_equal(upstream, syncer.config.target)
+    retries = [r.getMessage() for r in caplog.records if "; retrying in " in r.getMessage()]
+    assert any("code 5" in m and "max connections" in m for m in retries), retries
 
 
 async def test_upstream_down_fails_cleanly_and_the_next_sync_recovers(tmp_path: Path) -> None:

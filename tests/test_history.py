@@ -4,29 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from mirrorhook import history, propagation
+from mirrorhook import history, propagation, state
 from mirrorhook.history import DAY, History
-from tests.helpers import until
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100 * DAY
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import Clock, until
 
 
 def test_each_publish_keeps_each_mirrors_first_delay_and_survives_a_restart(
     tmp_path: Path,
 ) -> None:
-    clock = Clock()
+    clock = Clock(100 * DAY)
     kept = History(tmp_path, clock)
     kept.published("1", clock.now)
     kept.fresh("a", "1", 2.5)
@@ -38,7 +32,7 @@ def test_each_publish_keeps_each_mirrors_first_delay_and_survives_a_restart(
 
 
 def test_a_score_is_the_share_of_checks_fresh_and_the_mean_delay(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(100 * DAY)
     kept = History(tmp_path, clock)
     for value, lag in (("1", 10.0), ("2", 30.0)):
         kept.published(value, clock.now)
@@ -67,7 +61,7 @@ def test_the_record_is_bounded_by_age_and_by_count(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(history, "MAX_PUBLISHES", 50)
-    clock = Clock()
+    clock = Clock(100 * DAY)
     kept = History(tmp_path, clock)
     kept.published("old", clock.now)
     kept.checked("a", fresh=True)
@@ -95,13 +89,28 @@ def test_a_record_that_does_not_read_back_is_left_out(tmp_path: Path) -> None:
 async def test_in_the_daemon_the_record_is_written_off_the_loop_after_a_delay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(history, "SAVE_DELAY", 0.05)
+    """Changes made on the loop are gathered for SAVE_DELAY, across turns of the loop, and
+    written in one go by a thread other than the loop's."""
+    monkeypatch.setattr(history, "SAVE_DELAY", 0.5)
+    writers: list[threading.Thread] = []
+    real_write = state.write_json  # what history.py calls
+
+    def noting_the_writer(*args: Any, **kwargs: Any) -> None:
+        writers.append(threading.current_thread())
+        real_write(*args, **kwargs)
+
+    monkeypatch.setattr(history, "write_json", noting_the_writer)
     kept = History(tmp_path)
     kept.published("1", time.time())
+    await asyncio.sleep(0)  # a turn of the loop between two changes
+    kept.fresh("a", "1", 2.5)
     assert not (tmp_path / history.STATE_NAME).exists()  # gathered, not written at once
     await until((tmp_path / history.STATE_NAME).exists)
     await asyncio.sleep(0)
     assert History(tmp_path).publishes()[0]["value"] == "1"
+    assert History(tmp_path).publishes()[0]["fresh"] == {"a": 2.5}
+    assert len(writers) == 1, writers  # one write for both changes
+    assert writers[0] is not threading.current_thread()  # the loop's thread
 
 
 def test_the_curve_steps_up_at_each_mirrors_delay() -> None:
@@ -132,7 +141,7 @@ def test_the_delays_kept_are_bounded_in_all(
     """With many mirrors the record keeps fewer publishes: at most MAX_DELAYS delays in all,
     the oldest publishes dropped first."""
     monkeypatch.setattr(history, "MAX_DELAYS", 25)
-    clock = Clock()
+    clock = Clock(100 * DAY)
     kept = History(tmp_path, clock)
     for number in range(6):
         kept.published(str(number), clock.now)

@@ -9,13 +9,12 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -32,11 +31,16 @@ from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
 from mirrorhook.retry import Backoff
 from mirrorhook.status import host_status
 from mirrorhook.watcher import MarkerWatcher
-from tests.helpers import mirror_secret, publish, publisher_toml, until
+from tests.helpers import (
+    ClientFactory,
+    ServerFactory,
+    mirror_secret,
+    publish,
+    publisher_toml,
+    until,
+)
 from tests.mirrors import HookMirror, always, hang
 
-ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
-ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 FAST = Backoff(first=0.01, cap=0.05)
 
 

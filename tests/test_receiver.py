@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from mirrorhook.receiver import Receiver, background, make_app
 from mirrorhook.receiver_state import receiver_state_path
 from mirrorhook.state import read_json
 from tests.helpers import (
+    ClientFactory,
     RsyncDaemon,
     counting_rsync,
     publish,
@@ -32,7 +33,6 @@ from tests.helpers import (
     until,
 )
 
-ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
 
 

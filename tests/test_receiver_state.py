@@ -10,11 +10,9 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
 from mirrorhook import message, receiver_state, signing
 from mirrorhook.fleet import build_receiver
@@ -30,10 +28,7 @@ from mirrorhook.receiver_state import (
     receiver_state_path,
 )
 from mirrorhook.status import receiver_status
-from tests.helpers import RsyncDaemon, receiver_config, until
-
-ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
-ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+from tests.helpers import ClientFactory, RsyncDaemon, ServerFactory, receiver_config, until
 
 # receiver.json as the version before this module wrote it (syncer.py, status.py, hooks.py
 # and reporter.py each wrote their own keys), with a key of some later version beside them.
@@ -80,10 +75,12 @@ fcntl.flock(fd, fcntl.LOCK_EX)
 print("held", flush=True)
 select.select([sys.stdin], [], [], float(sys.argv[2]))  # until told to go, or the deadline
 """
-HOLD = 1.5
-"""Seconds another process holds the state file's lock (as a cron sync does to write)."""
-SLOWEST_ANSWER = 0.5
-"""Seconds /healthz may take meanwhile; a loop blocked by a state write takes HOLD or more."""
+HOLD_AT_MOST = 30.0
+"""Seconds another process holds the state file's lock (as a cron sync does to write) unless
+told to let go first, which the test does once /healthz has answered: a loop that a state
+write blocked could answer only after the holder let go, at this deadline."""
+ANSWERS = 20
+"""How many times /healthz is asked while the lock is held."""
 
 
 def test_the_file_of_an_earlier_version_loads_into_typed_entries(tmp_path: Path) -> None:
@@ -200,9 +197,9 @@ async def test_healthz_answers_while_the_state_file_is_locked_by_another_process
 ) -> None:
     """Another process holds receiver.json's lock (a cron sync writing it, say) while the
     daemon's start-up sync, a webhook that brings a report address and the daemon's live
-    note all need to write the file: they wait in threads, and /healthz keeps answering at
-    once. Once the lock is free, every write lands: the sync's outcome, the hook's, the
-    report address, the live note."""
+    note all need to write the file: they wait in threads, and /healthz keeps answering while
+    the lock is held. Once the lock is free, every write lands: the sync's outcome, the
+    hook's, the report address, the live note."""
     config = receiver_config(
         tmp_path, upstream=daemon.url, exec_on_success=["/bin/true"], poll_interval=600
     ).receiver
@@ -218,7 +215,7 @@ async def test_healthz_answers_while_the_state_file_is_locked_by_another_process
     reports.router.add_post("/v1/report", take_report)
     report_url = str((await aiohttp_server(reports)).make_url("/v1/report"))
     with subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(lock_file), str(HOLD * 3)],
+        [sys.executable, "-c", HOLDER, str(lock_file), str(HOLD_AT_MOST)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -239,15 +236,18 @@ async def test_healthz_answers_while_the_state_file_is_locked_by_another_process
             headers["Content-Type"] = "application/json"
             webhook = asyncio.ensure_future(client.post(HOOK_PATH, data=body, headers=headers))
 
-            answers: list[float] = []
-            held_until = time.monotonic() + HOLD
-            while time.monotonic() < held_until:
-                asked = time.monotonic()
+            # The start-up sync has begun (its note and the daemon's live note wait for the
+            # lock) and the webhook is past its replay check (its report address waits).
+            await until(
+                lambda: receiver.scheduler.phase == "syncing" and len(receiver.replays) == 1,
+                2 * HOLD_AT_MOST,  # past the holder's deadline: a blocked loop fails below
+            )
+            for _ in range(ANSWERS):
                 async with client.get("/healthz") as response:
                     assert response.status == 200
-                answers.append(time.monotonic() - asked)
-                await asyncio.sleep(0.05)
-            assert max(answers) < SLOWEST_ANSWER, answers
+            # The holder lets go only when told (below) or at its deadline: still holding,
+            # it held the lock through every answer (the cause, not how fast they came).
+            assert holder.poll() is None, "the loop waited for the lock: the holder's deadline"
             # Nothing could be written meanwhile: every write was waiting for the lock.
             assert not receiver_state_path(config).exists()
             assert not webhook.done()

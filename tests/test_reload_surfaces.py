@@ -32,6 +32,7 @@ from tests.helpers import (
     RsyncDaemon,
     StaticWeb,
     free_port,
+    listed_urls,
     make_upstream,
     marker_of,
     mirrorhook,
@@ -179,10 +180,6 @@ def fresh(repo: str, mirror: str, value: float) -> str:
     return f'mirrorhook_mirror_fresh{{mirror="{mirror}",repo="{repo}"}} {value}'
 
 
-def listed(text: str) -> list[str]:
-    return [line for line in text.splitlines() if not line.startswith("#")]
-
-
 def every_status(check: Check) -> dict[str, Check]:
     """``check`` on both status documents: the daemon's and the command's."""
     return dict.fromkeys(STATUS, check)
@@ -241,8 +238,8 @@ def test_every_surface_shows_each_reloaded_key(hub: Hub) -> None:
                 and '<section data-repo="two">' in text
             ),
             MIRRORS: lambda text: states(text) == {"a": "fresh", "b": "fresh"},
-            LIST: lambda text: "https://b.example/pub/" in listed(text),
-            "/mirrorlist?repo=two": lambda text: listed(text) == ["https://c.example/two/"],
+            LIST: lambda text: "https://b.example/pub/" in listed_urls(text),
+            "/mirrorlist?repo=two": lambda text: listed_urls(text) == ["https://c.example/two/"],
             "/metrics": lambda text: (
                 fresh("pub", "b", 1.0) in text and fresh("two", "c", 1.0) in text
             ),
@@ -270,7 +267,7 @@ def test_every_surface_shows_each_reloaded_key(hub: Hub) -> None:
                 [(name, row["urls"]) for name, row in mirrors_of(text).items()]
                 == [("b", ["https://b2.example/pub/"])]
             ),
-            LIST: lambda text: listed(text) == ["https://b2.example/pub/"],
+            LIST: lambda text: listed_urls(text) == ["https://b2.example/pub/"],
             "/mirrorlist?repo=two": lambda text: text == "HTTP 404",
             "/metrics": lambda text: (
                 'mirror="a"' not in text and 'mirror="b"' in text and 'repo="two"' not in text
@@ -308,7 +305,7 @@ def test_every_surface_shows_each_reloaded_key(hub: Hub) -> None:
         {
             "/": lambda text: '<tr class="stale" data-mirror="b">' in text,
             MIRRORS: lambda text: states(text) == {"b": "stale"},
-            LIST: lambda text: listed(text) == ["https://b2.example/pub/"],
+            LIST: lambda text: listed_urls(text) == ["https://b2.example/pub/"],
             "/metrics": lambda text: fresh("pub", "b", 0.0) in text,
             **every_status(lambda text: states(text) == {"b": "stale"}),
         },

@@ -11,15 +11,7 @@ import pytest
 from mirrorhook import repomd
 from mirrorhook.repomd import RepomdError, RepomdVersions, repo_path
 from mirrorhook.state import read_json
-from tests.helpers import until
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import Clock, until
 
 
 def _publish(root: Path, path: str, text: str) -> Path:
@@ -66,7 +58,7 @@ async def test_a_replaced_version_is_an_alternate_for_the_window_and_survives_a_
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "tree"
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     _publish(root, "el9", "<repomd>one</repomd>\n")
     versions = RepomdVersions(root, tmp_path / "state", window=900, clock=clock)
     old, _ = await versions.versions("el9")
@@ -88,7 +80,7 @@ async def test_refresh_dates_a_replaced_version_at_the_publish(tmp_path: Path) -
     """After a publish the known paths are re-read at once: an alternate's window counts
     from the publish, not from the next request, which may come much later."""
     root = tmp_path / "tree"
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     _publish(root, "el9", "<repomd>one</repomd>\n")
     versions = RepomdVersions(root, tmp_path / "state", window=900, clock=clock)
     await versions.versions("el9")
@@ -102,7 +94,7 @@ async def test_refresh_dates_a_replaced_version_at_the_publish(tmp_path: Path) -
 
 async def test_the_alternates_are_bounded(tmp_path: Path) -> None:
     root = tmp_path / "tree"
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     versions = RepomdVersions(root, tmp_path / "state", window=10**6, clock=clock)
     for number in range(repomd.MAX_ALTERNATES + 5):
         _publish(root, "", f"<repomd>{number}{'.' * number}</repomd>\n")
@@ -190,7 +182,7 @@ async def test_a_publish_rereads_the_known_paths_in_the_background(tmp_path: Pat
     """``published`` (the watcher's announce) re-reads what was asked for so far without
     waiting for a request; ``close`` ends such a refresh."""
     root = tmp_path / "tree"
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     _publish(root, "el9", "<repomd>one</repomd>\n")
     versions = RepomdVersions(root, tmp_path / "state", window=900, clock=clock)
     await versions.versions("el9")

@@ -7,20 +7,17 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from mirrorhook import signing
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.reporter import Reporter
 from mirrorhook.retry import Backoff
-from tests.helpers import receiver_config, until
+from tests.helpers import ServerFactory, receiver_config, until
 
-ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 FAST = Backoff(first=0.01, cap=0.02)
 
 

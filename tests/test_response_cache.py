@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from mirrorhook.response_cache import Body, ResponseCache, accepts_gzip
+from tests.helpers import until
 
 
 @pytest.mark.parametrize(
@@ -38,16 +39,17 @@ def test_a_body_is_gzipped_once_and_the_same_bytes() -> None:
 
 
 async def test_a_request_that_goes_away_leaves_the_rendering_to_the_others() -> None:
-    release = threading.Event()
+    rendering, release = threading.Event(), threading.Event()
 
     def render(text: str) -> str:
+        rendering.set()
         assert release.wait(10)
         return text
 
     cache: ResponseCache[None, str, str] = ResponseCache(render)
     leaving = asyncio.create_task(cache.get(None, lambda: "page"))
     staying = asyncio.create_task(cache.get(None, lambda: "not taken: one is rendering"))
-    await asyncio.sleep(0.05)
+    await until(rendering.is_set)  # both tasks have asked: the second waits for the first's
     leaving.cancel()
     release.set()
     assert await staying == "page"

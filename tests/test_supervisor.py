@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from mirrorhook import endpoints
 from mirrorhook.metrics import Metrics
 from mirrorhook.scheduler import Phase, Scheduler
 from mirrorhook.supervisor import Supervisor
-from tests.helpers import until
-
-ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+from tests.helpers import ClientFactory, until
 
 
 class Gate:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Processes, free_port, publish, wait_for_port, wait_until
-from tests.yum import ARCH, RELEASE, LoggingWeb, dnf_makecache, make_yum_repo, needs_dnf, repomd_of
+from tests.helpers import Processes, StaticWeb, free_port, publish, wait_for_port, wait_until
+from tests.yum import ARCH, RELEASE, dnf_makecache, make_yum_repo, needs_dnf, repomd_of
 
 pytestmark = [needs_dnf, pytest.mark.slow]
 
@@ -28,7 +28,7 @@ REPOMD = f"/{PATH}/repodata/repomd.xml"
 class Upstream:
     root: Path
     base: str
-    webs: dict[str, LoggingWeb]
+    webs: dict[str, StaticWeb]
 
     def states(self) -> dict[str, str]:
         with urllib.request.urlopen(f"{self.base}/v1/mirrors", timeout=10) as answer:
@@ -62,8 +62,9 @@ def upstream(tmp_path: Path, processes: Processes) -> Iterator[Upstream]:
         webs = {}
         entries = []
         for name in ("tampered", "old", "good"):
-            web = webs[name] = LoggingWeb(tmp_path / name, tmp_path / f"{name}.http.log")
-            stack.callback(web.stop)
+            web = webs[name] = stack.enter_context(
+                StaticWeb(tmp_path / name, tmp_path / f"{name}.http.log")
+            )
             entries.append(
                 f'[[publisher.mirrors]]\nname = "{name}"\ncheck_url = "{web.url}/CURRENT"\n'
                 f'urls = ["{web.url}/"]\n'

@@ -1,15 +1,14 @@
 """Debian's dnf and createrepo_c, as a yum user meets a mirror network: real repositories in
-subfolders of a tree, real web servers that log what dnf fetched, and dnf itself, run with a
-configuration of its own (never the system's repositories, cache or plugins)."""
+subfolders of a tree and dnf itself, run with a configuration of its own (never the system's
+repositories, cache or plugins); the web servers that log what dnf fetched are
+``tests.helpers.StaticWeb`` with a log."""
 
 from __future__ import annotations
 
-import re
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.helpers import free_port, needs, wait_for_port
+from tests.helpers import needs
 
 ARCH = "x86_64"
 RELEASE = "9"
@@ -28,35 +27,6 @@ def make_yum_repo(tree: Path, path: str, *, revision: str) -> Path:
         timeout=60,
     )
     return folder
-
-
-class LoggingWeb:
-    """``python -m http.server`` serving ``folder`` on 127.0.0.1, its request log kept: which
-    files a client (dnf) fetched from this mirror."""
-
-    def __init__(self, folder: Path, log: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self._file = log.open("w")
-        self._server = subprocess.Popen(
-            [sys.executable, "-u", "-m", "http.server", str(self.port), "-b", "127.0.0.1"],
-            cwd=folder,
-            stdout=subprocess.DEVNULL,
-            stderr=self._file,
-        )
-        wait_for_port(self.port)
-
-    def fetched(self) -> list[str]:
-        """The paths GET asked for, in order."""
-        return re.findall(r'"GET (\S+) HTTP', self.log.read_text())
-
-    def stop(self) -> None:
-        if self._server.poll() is None:
-            self._server.terminate()
-            self._server.wait(10)
-        self._file.close()
 
 
 def dnf_makecache(home: Path, repo: str) -> subprocess.CompletedProcess[str]:
