@@ -25,6 +25,7 @@ from mirrorhook.receiver_state import receiver_state_path
 from mirrorhook.retry import Backoff
 from mirrorhook.status import format_receiver, receiver_status
 from mirrorhook.syncer import Syncer, SyncResult
+from mirrorhook.trigger import COMMAND
 from tests.helpers import (
     Processes,
     RsyncDaemon,
@@ -68,7 +69,7 @@ async def test_daemon_at_max_connections_is_retried_until_a_slot_frees(
         await until(lambda: any(tmp_path.glob(".hog.bin.*")), 10)
         assert hog.poll() is None, "the hog should hold the only slot"
         syncer = syncer_for(tmp_path, daemon.url)
-        report = await syncer.sync(if_changed=True, trigger="test")
+        report = await syncer.sync(if_changed=True, trigger=COMMAND)
         assert hog.wait(30) == 0
     assert report.result is SyncResult.SYNCED
     assert trees_equal(upstream, syncer.config.target)
@@ -82,18 +83,18 @@ async def test_upstream_down_fails_cleanly_and_the_next_sync_recovers(tmp_path: 
     upstream = make_upstream(tmp_path / "upstream")
     with rsync_daemon(tmp_path, upstream) as daemon:
         syncer = syncer_for(tmp_path, daemon.url, retries=3)
-        await syncer.sync(if_changed=True, trigger="first")
+        await syncer.sync(if_changed=True, trigger=COMMAND)
         port = daemon.port
     publish(upstream, "2", {"dir0/new.rpm": "new\n"})
     with pytest.raises(RsyncError) as caught:
-        await syncer.sync(if_changed=True, trigger="while down")
+        await syncer.sync(if_changed=True, trigger=COMMAND)
     assert caught.value.transient  # connection refused: exit 10
     recorded = json.loads(receiver_state_path(syncer.config).read_text())["last_sync"]
     assert recorded["result"] == "failed"
     assert recorded["returncode"] == caught.value.returncode
     assert syncer.local_marker() == "1"
     with rsync_daemon(tmp_path / "again", upstream, port=port):
-        report = await syncer.sync(if_changed=True, trigger="back")
+        report = await syncer.sync(if_changed=True, trigger=COMMAND)
     assert report.result is SyncResult.SYNCED
     assert trees_equal(upstream, syncer.config.target)
 
@@ -109,13 +110,13 @@ async def test_full_target_file_system_fails_clearly_and_keeps_the_old_tree(
         upstream = make_upstream(tmp_path / "upstream")
         with rsync_daemon(tmp_path, upstream) as daemon:
             syncer = syncer_for(tmp_path, daemon.url, retries=1, target=str(mount / "mirror"))
-            await syncer.sync(if_changed=True, trigger="first")
+            await syncer.sync(if_changed=True, trigger=COMMAND)
             target = syncer.config.target
             before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
             (upstream / "dir0" / "file0.rpm").write_bytes(os.urandom(3_000_000))
             publish(upstream, "2")
             with pytest.raises(RsyncError) as caught:
-                await syncer.sync(if_changed=True, trigger="disk full")
+                await syncer.sync(if_changed=True, trigger=COMMAND)
             after = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
             status = receiver_status(syncer.config)  # what `status --json` prints
             local = syncer.local_marker()

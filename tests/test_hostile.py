@@ -25,6 +25,7 @@ from mirrorhook.fleet import build_receiver
 from mirrorhook.message import HOOK_PATH
 from mirrorhook.receiver import Receiver, make_app
 from mirrorhook.scheduler import Queued, Scheduled
+from mirrorhook.trigger import Trigger
 from tests.helpers import publish, receiver_config, secret_of
 
 LOCAL = "local-marker"
@@ -62,9 +63,9 @@ def live(tmp_path: Path) -> Iterator[Live]:
     triggers: list[str] = []
     original = receiver.scheduler.trigger
 
-    def spy(reason: str, *, delay: float | None = None) -> Scheduled | Queued:
-        triggers.append(reason)
-        return original(reason, delay=delay)
+    def spy(trigger: Trigger, *, delay: float | None = None) -> Scheduled | Queued:
+        triggers.append(str(trigger))
+        return original(trigger, delay=delay)
 
     receiver.scheduler.trigger = spy  # type: ignore[method-assign]
     loop = asyncio.new_event_loop()

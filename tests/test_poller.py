@@ -9,6 +9,7 @@ import pytest
 
 from mirrorhook.poller import Poller
 from mirrorhook.scheduler import Scheduler
+from mirrorhook.trigger import Trigger
 
 
 class CountedSleeps:
@@ -29,8 +30,8 @@ class Triggers:
     def __init__(self) -> None:
         self.reasons: list[str] = []
 
-    async def __call__(self, reason: str) -> None:
-        self.reasons.append(reason)
+    async def __call__(self, trigger: Trigger) -> None:
+        self.reasons.append(str(trigger))
 
 
 async def test_startup_check_then_polls_with_jitter() -> None:
@@ -41,9 +42,9 @@ async def test_startup_check_then_polls_with_jitter() -> None:
     triggered: list[str] = []
     original = scheduler.trigger
 
-    def spy(reason: str, *, delay: float | None = None) -> object:
-        triggered.append(f"{reason}@{delay}")
-        return original(reason, delay=delay)
+    def spy(trigger: Trigger, *, delay: float | None = None) -> object:
+        triggered.append(f"{trigger}@{delay}")
+        return original(trigger, delay=delay)
 
     scheduler.trigger = spy  # type: ignore[method-assign,assignment]
     poller = Poller(

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from mirrorhook import message, signing
 from mirrorhook.fleet import build_receiver
+from mirrorhook.intake import Result
 from mirrorhook.keys import SigningKey
 from mirrorhook.message import HOOK_PATH
 from mirrorhook.receiver import Receiver, background, make_app
@@ -158,7 +159,7 @@ async def test_a_retry_can_not_be_replayed_once_the_first_attempts_window_ends(
     """A publisher's retry keeps the id and carries a later timestamp: replaying that retry
     after the first attempt's window (but within its own) is still a duplicate."""
     now = 1_800_000_000.0
-    receiver.clock = lambda: now
+    receiver.intake.clock = lambda: now
     first = signed_webhook(receiver.config.secret, "7", msg_id="msg_retried", timestamp=int(now))
     assert (await post(client, *first))[0] == 202
     now += 250
@@ -200,7 +201,7 @@ async def test_a_flood_of_refusals_logs_one_line_a_minute(
         headers["webhook-signature"] = "v1,AAAA"
         assert (await post(client, body, headers))[0] == 401
     assert len(caplog.records) == 1
-    throttle = receiver.refusals["bad_signature"]
+    throttle = receiver.intake.refusals[Result.BAD_SIGNATURE]
     throttle._clock = lambda: now
     body, headers = signed_webhook(receiver.config.secret, "7")
     headers["webhook-signature"] = "v1,AAAA"

@@ -239,7 +239,7 @@ async def test_healthz_answers_while_the_state_file_is_locked_by_another_process
             # The start-up sync has begun (its note and the daemon's live note wait for the
             # lock) and the webhook is past its replay check (its report address waits).
             await until(
-                lambda: receiver.scheduler.phase == "syncing" and len(receiver.replays) == 1,
+                lambda: receiver.scheduler.phase == "syncing" and len(receiver.intake.replays) == 1,
                 2 * HOLD_AT_MOST,  # past the holder's deadline: a blocked loop fails below
             )
             for _ in range(ANSWERS):

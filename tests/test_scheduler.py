@@ -10,6 +10,7 @@ import pytest
 
 from mirrorhook.errors import SyncError
 from mirrorhook.scheduler import Phase, Queued, Scheduled, Scheduler
+from mirrorhook.trigger import Trigger, Via
 
 
 class Recorder:
@@ -22,8 +23,8 @@ class Recorder:
         self.release = asyncio.Event()
         self.fail = fail
 
-    async def __call__(self, reason: str) -> None:
-        self.runs.append(reason)
+    async def __call__(self, trigger: Trigger) -> None:
+        self.runs.append(trigger.detail)
         self.started.set()
         await self.release.wait()
         if self.fail:
@@ -56,7 +57,7 @@ async def test_trigger_schedules_after_a_random_backoff() -> None:
     recorder, sleeps = Recorder(), Sleeps()
     recorder.release.set()
     scheduler = Scheduler(recorder, backoff=30, rng=random.Random(7), sleep=sleeps)
-    outcome = scheduler.trigger("webhook")
+    outcome = scheduler.trigger(Trigger(Via.COMMAND, "webhook"))
     assert isinstance(outcome, Scheduled)
     assert 0 <= outcome.delay <= 30
     async with asyncio.TaskGroup() as group:
@@ -70,7 +71,7 @@ async def test_trigger_schedules_after_a_random_backoff() -> None:
 async def test_explicit_delay_overrides_the_backoff() -> None:
     """Polls pass delay=0: they are already spread by their own jitter."""
     scheduler = Scheduler(Recorder(), backoff=30, sleep=Sleeps())
-    assert scheduler.trigger("poll", delay=0) == Scheduled(0)
+    assert scheduler.trigger(Trigger(Via.COMMAND, "poll"), delay=0) == Scheduled(0)
 
 
 async def test_triggers_while_waiting_are_covered_by_the_waiting_sync() -> None:
@@ -83,12 +84,14 @@ async def test_triggers_while_waiting_are_covered_by_the_waiting_sync() -> None:
         await gate.wait()
 
     scheduler = Scheduler(recorder, backoff=5, sleep=held_sleep)
-    assert isinstance(scheduler.trigger("first"), Scheduled)
+    assert isinstance(scheduler.trigger(Trigger(Via.COMMAND, "first")), Scheduled)
     async with asyncio.TaskGroup() as group:
         task = group.create_task(scheduler.run())
         await settle()
         assert phase_of(scheduler) is Phase.WAITING
-        assert all(isinstance(scheduler.trigger(f"t{i}"), Queued) for i in range(50))
+        assert all(
+            isinstance(scheduler.trigger(Trigger(Via.COMMAND, f"t{i}")), Queued) for i in range(50)
+        )
         gate.set()
         await settle()
         task.cancel()
@@ -99,12 +102,12 @@ async def test_many_triggers_during_a_sync_give_exactly_one_follow_up() -> None:
     """200 triggers while a sync runs produce one follow-up sync, never more."""
     recorder, sleeps = Recorder(), Sleeps()
     scheduler = Scheduler(recorder, backoff=10, rng=random.Random(1), sleep=sleeps)
-    scheduler.trigger("first")
+    scheduler.trigger(Trigger(Via.COMMAND, "first"))
     async with asyncio.TaskGroup() as group:
         task = group.create_task(scheduler.run())
         await recorder.started.wait()
         assert phase_of(scheduler) is Phase.SYNCING
-        outcomes = [scheduler.trigger(f"during {i}") for i in range(200)]
+        outcomes = [scheduler.trigger(Trigger(Via.COMMAND, f"during {i}")) for i in range(200)]
         assert all(isinstance(outcome, Queued) for outcome in outcomes)
         recorder.release.set()
         await settle()
@@ -119,12 +122,12 @@ async def test_a_failed_sync_does_not_stop_the_scheduler() -> None:
     recorder = Recorder(fail=True)
     recorder.release.set()
     scheduler = Scheduler(recorder, backoff=0, sleep=Sleeps())
-    scheduler.trigger("first")
+    scheduler.trigger(Trigger(Via.COMMAND, "first"))
     async with asyncio.TaskGroup() as group:
         task = group.create_task(scheduler.run())
         await settle()
         assert phase_of(scheduler) is Phase.IDLE
-        assert isinstance(scheduler.trigger("second"), Scheduled)
+        assert isinstance(scheduler.trigger(Trigger(Via.COMMAND, "second")), Scheduled)
         await settle()
         task.cancel()
     assert recorder.runs == ["first", "second"]
@@ -134,7 +137,7 @@ async def test_cancel_during_the_backoff_runs_no_sync() -> None:
     """Shutdown during the backoff (docs/design.md#shutdown) cancels the pending sync."""
     recorder = Recorder()
     scheduler = Scheduler(recorder, backoff=30, sleep=asyncio.sleep)
-    scheduler.trigger("webhook", delay=30)
+    scheduler.trigger(Trigger(Via.COMMAND, "webhook"), delay=30)
     task = asyncio.create_task(scheduler.run())
     await settle()
     assert phase_of(scheduler) is Phase.WAITING

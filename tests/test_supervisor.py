@@ -12,6 +12,7 @@ from mirrorhook import endpoints
 from mirrorhook.metrics import Metrics
 from mirrorhook.scheduler import Phase, Scheduler
 from mirrorhook.supervisor import Supervisor
+from mirrorhook.trigger import Trigger, Via
 from tests.helpers import ClientFactory, until
 
 
@@ -138,19 +139,19 @@ async def test_a_restarted_scheduler_runs_the_sync_that_was_queued(tmp_path: Pat
         if notes == 2:  # the note of the first wait fails
             raise OSError(28, "No space left on device")
 
-    async def run_sync(reason: str) -> None:
-        synced.append(reason)
+    async def run_sync(trigger: Trigger) -> None:
+        synced.append(trigger.detail)
 
     scheduler = Scheduler(run_sync, backoff=0, on_change=on_change)
     first = asyncio.create_task(scheduler.run())
-    scheduler.trigger("webhook 1")
+    scheduler.trigger(Trigger(Via.WEBHOOK, "webhook 1"))
     with pytest.raises(OSError, match="No space left"):
         await asyncio.wait_for(first, 5)
     assert scheduler.pending
     restarted = asyncio.create_task(scheduler.run())
     await until(lambda: synced == ["webhook 1"], 5)
     await until(lambda: scheduler.phase is Phase.IDLE, 5)
-    scheduler.trigger("webhook 2")
+    scheduler.trigger(Trigger(Via.WEBHOOK, "webhook 2"))
     await until(lambda: synced == ["webhook 1", "webhook 2"], 5)
     restarted.cancel()
     with pytest.raises(asyncio.CancelledError):

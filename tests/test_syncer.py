@@ -19,6 +19,7 @@ from mirrorhook.receiver_state import receiver_state_path
 from mirrorhook.retry import Backoff
 from mirrorhook.status import receiver_status
 from mirrorhook.syncer import RSYNC_TMP_DIR, Syncer, SyncResult
+from mirrorhook.trigger import COMMAND
 from tests.helpers import (
     RsyncDaemon,
     counting_rsync,
@@ -48,7 +49,7 @@ async def test_sync_copies_the_tree_and_installs_the_marker_last(
 ) -> None:
     """A sync from a real daemon leaves a tree equal to the upstream, marker included."""
     syncer = make_syncer(tmp_path, daemon.url)
-    report = await syncer.sync(if_changed=True, trigger="test")
+    report = await syncer.sync(if_changed=True, trigger=COMMAND)
     assert report.result is SyncResult.SYNCED
     assert report.marker == "1"
     assert trees_equal(daemon.root, syncer.config.target)
@@ -64,12 +65,12 @@ async def test_if_changed_transfers_nothing_when_markers_match(
     """With equal markers, only the marker is read: no tree transfer runs."""
     log = tmp_path / "rsync.log"
     syncer = make_syncer(tmp_path, daemon.url, rsync=str(counting_rsync(tmp_path, log)))
-    await syncer.sync(if_changed=True, trigger="first")
+    await syncer.sync(if_changed=True, trigger=COMMAND)
     assert len(tree_invocations(log)) == 1
-    report = await syncer.sync(if_changed=True, trigger="second")
+    report = await syncer.sync(if_changed=True, trigger=COMMAND)
     assert report.result is SyncResult.UP_TO_DATE
     assert len(tree_invocations(log)) == 1
-    forced = await syncer.sync(if_changed=False, trigger="forced")
+    forced = await syncer.sync(if_changed=False, trigger=COMMAND)
     assert forced.result is SyncResult.SYNCED
     assert len(tree_invocations(log)) == 2
 
@@ -77,10 +78,10 @@ async def test_if_changed_transfers_nothing_when_markers_match(
 async def test_deletions_and_changes_reach_the_mirror(tmp_path: Path, daemon: RsyncDaemon) -> None:
     """A publish that changes, adds and deletes files is mirrored exactly."""
     syncer = make_syncer(tmp_path, daemon.url)
-    await syncer.sync(if_changed=True, trigger="first")
+    await syncer.sync(if_changed=True, trigger=COMMAND)
     (daemon.root / "dir0" / "file0.rpm").unlink()
     publish(daemon.root, "2", {"dir1/file1.rpm": "changed\n", "new/dir/pkg.rpm": "new\n"})
-    await syncer.sync(if_changed=True, trigger="second")
+    await syncer.sync(if_changed=True, trigger=COMMAND)
     assert trees_equal(daemon.root, syncer.config.target)
     assert syncer.local_marker() == "2"
 
@@ -91,12 +92,12 @@ async def test_upstream_without_marker_is_refused_and_the_mirror_kept(
     """docs/design.md#the-no-marker-guard: an emptied upstream must not make --delete wipe the
     mirror."""
     syncer = make_syncer(tmp_path, daemon.url)
-    await syncer.sync(if_changed=True, trigger="first")
+    await syncer.sync(if_changed=True, trigger=COMMAND)
     before = sorted(p.relative_to(syncer.config.target) for p in syncer.config.target.rglob("*"))
     for child in daemon.root.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
     with pytest.raises(NoMarkerError, match="refusing to sync"):
-        await syncer.sync(if_changed=False, trigger="after the upstream was emptied")
+        await syncer.sync(if_changed=False, trigger=COMMAND)
     after = sorted(p.relative_to(syncer.config.target) for p in syncer.config.target.rglob("*"))
     assert after == before
     assert syncer.local_marker() == "1"
@@ -109,7 +110,7 @@ async def test_missing_local_upstream_folder_is_refused(tmp_path: Path) -> None:
     """An unmounted local upstream (the folder is gone) counts as 'no marker'."""
     syncer = make_syncer(tmp_path, str(tmp_path / "not-mounted"))
     with pytest.raises(NoMarkerError):
-        await syncer.sync(if_changed=False, trigger="test")
+        await syncer.sync(if_changed=False, trigger=COMMAND)
     assert not syncer.config.target.exists()
 
 
@@ -122,7 +123,7 @@ async def test_marker_moving_during_stage_one_repeats_it(
     log = tmp_path / "rsync.log"
     slow = counting_rsync(tmp_path, log, delay=0.5)
     syncer = make_syncer(tmp_path, daemon.url, rsync=str(slow))
-    task = asyncio.create_task(syncer.sync(if_changed=True, trigger="test"))
+    task = asyncio.create_task(syncer.sync(if_changed=True, trigger=COMMAND))
     await until(lambda: tree_invocations(log), 10)
     publish(daemon.root, "2", {"dir2/late.rpm": "published during stage 1\n"})
     report = await task
@@ -141,10 +142,10 @@ async def test_killed_transfer_keeps_the_old_marker_and_the_next_leaves_no_tmp(
     leaves no .~tmp~ even where rsync itself has nothing more to do (the next publish drops
     the half-copied files but keeps their folder, so rsync never revisits the leftover)."""
     first = make_syncer(tmp_path, daemon.url)
-    await first.sync(if_changed=True, trigger="first")
+    await first.sync(if_changed=True, trigger=COMMAND)
     publish(daemon.root, "2", {f"big/part{i}.bin": "x" * 400_000 for i in range(6)})
     slow = Syncer(dataclasses.replace(first.config, rsync_args=("--bwlimit=500",)))
-    task = asyncio.create_task(slow.sync(if_changed=True, trigger="slow"))
+    task = asyncio.create_task(slow.sync(if_changed=True, trigger=COMMAND))
     target = first.config.target
     await until(lambda: any(target.rglob(RSYNC_TMP_DIR)), 20)
     task.cancel()
@@ -155,7 +156,7 @@ async def test_killed_transfer_keeps_the_old_marker_and_the_next_leaves_no_tmp(
     for part in (daemon.root / "big").iterdir():
         part.unlink()
     publish(daemon.root, "3")
-    report = await first.sync(if_changed=True, trigger="after the kill")
+    report = await first.sync(if_changed=True, trigger=COMMAND)
     assert report.result is SyncResult.SYNCED
     assert not any(target.rglob(RSYNC_TMP_DIR))
     assert trees_equal(daemon.root, target)
@@ -175,7 +176,7 @@ async def test_transient_failure_of_the_tree_transfer_is_retried(
         tree_only=True,
     )
     syncer = make_syncer(tmp_path, daemon.url, rsync=str(stub))
-    report = await syncer.sync(if_changed=True, trigger="test")
+    report = await syncer.sync(if_changed=True, trigger=COMMAND)
     assert report.result is SyncResult.SYNCED
     assert len(calls.read_text().split()) == 2
     assert trees_equal(daemon.root, syncer.config.target)
@@ -218,7 +219,7 @@ async def test_exit_code_policy_bounds_attempts(
     stub, calls = _stub_exiting(tmp_path, code, message)
     syncer = make_syncer(tmp_path, "rsync://127.0.0.1:9/up/", rsync=str(stub))
     with pytest.raises(RsyncError) as caught:
-        await syncer.sync(if_changed=True, trigger="test")
+        await syncer.sync(if_changed=True, trigger=COMMAND)
     assert caught.value.returncode == code
     assert len(calls.read_text().split()) == attempts
     recorded = json.loads(receiver_state_path(syncer.config).read_text())["last_sync"]
@@ -235,7 +236,7 @@ async def test_transient_failure_then_success_completes(
         tmp_path, calls, code=5, message="@ERROR: max connections (1) reached -- try again later"
     )
     syncer = make_syncer(tmp_path, daemon.url, rsync=str(stub))
-    report = await syncer.sync(if_changed=True, trigger="test")
+    report = await syncer.sync(if_changed=True, trigger=COMMAND)
     assert report.result is SyncResult.SYNCED
     assert trees_equal(daemon.root, syncer.config.target)
 
@@ -291,14 +292,14 @@ async def test_sync_after_an_interrupted_one_sweeps_leftovers(
     walked), and are gone after the first sync that follows one that did not complete."""
     publish(daemon.root, "1", {"big/part0.bin": "a part\n", "pool/a/file.rpm": "a package\n"})
     syncer = make_syncer(tmp_path, daemon.url)
-    await syncer.sync(if_changed=True, trigger="first")
+    await syncer.sync(if_changed=True, trigger=COMMAND)
     leftovers = _plant_leftovers(daemon.root, syncer.config.target)
     publish(daemon.root, "2")
-    await syncer.sync(if_changed=True, trigger="after a completed sync")
+    await syncer.sync(if_changed=True, trigger=COMMAND)
     assert all(leftover.exists() for leftover in leftovers), "rsync should not remove these"
     predecessor(receiver_state_path(syncer.config))
     publish(daemon.root, "3")
-    report = await syncer.sync(if_changed=True, trigger="after an interrupted sync")
+    report = await syncer.sync(if_changed=True, trigger=COMMAND)
     assert report.result is SyncResult.SYNCED
     assert not any(leftover.exists() for leftover in leftovers)
     assert not any(syncer.config.target.rglob(RSYNC_TMP_DIR))
@@ -394,13 +395,13 @@ async def test_hostile_upstream_marker_is_refused_and_nothing_installed(
     syncer = make_syncer(
         tmp_path, daemon.url, rsync=str(counting_rsync(tmp_path, log)), rsync_args=rsync_args
     )
-    await syncer.sync(if_changed=True, trigger="first")
+    await syncer.sync(if_changed=True, trigger=COMMAND)
     before = _files(syncer.config.target)
     calls = len(log.read_text().splitlines())
     (daemon.root / "dir0" / "new.rpm").write_text("published with a hostile marker\n")
     plant(daemon.root)
     with pytest.raises(UpstreamMarkerError) as caught:
-        await syncer.sync(if_changed=True, trigger="hostile marker")
+        await syncer.sync(if_changed=True, trigger=COMMAND)
     source = f"{daemon.url}CURRENT"
     assert str(caught.value) == (
         f"refusing the upstream marker {source}: {reason}; the local marker was left as it was"
@@ -423,7 +424,7 @@ async def test_local_marker_symlink_is_not_followed_and_the_next_sync_replaces_i
     sync installs a real marker in its place, leaving the secret file alone."""
     caplog.set_level(logging.DEBUG)
     syncer = make_syncer(tmp_path, daemon.url)
-    await syncer.sync(if_changed=True, trigger="first")
+    await syncer.sync(if_changed=True, trigger=COMMAND)
     secret_file = tmp_path / "elsewhere.secret"
     secret = write_secret(secret_file)
     current = syncer.config.target / "CURRENT"
@@ -434,7 +435,7 @@ async def test_local_marker_symlink_is_not_followed_and_the_next_sync_replaces_i
     assert status["local_marker"] is None
     assert status["local_marker_error"] == "it is a symbolic link (not followed)"
     assert secret.removeprefix("whsec_") not in json.dumps(status)
-    report = await syncer.sync(if_changed=True, trigger="after the plant")
+    report = await syncer.sync(if_changed=True, trigger=COMMAND)
     assert report.result is SyncResult.SYNCED
     assert not current.is_symlink()
     assert current.read_text() == "1\n"

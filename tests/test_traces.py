@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from mirrorhook import lock, oneshot, rsync, traces
+from mirrorhook import lock, rsync, traces
 from mirrorhook.addresses import upstream_host
 from mirrorhook.log import TreeLog
 from mirrorhook.retry import Backoff
 from mirrorhook.syncer import Syncer, SyncResult
+from mirrorhook.trigger import COMMAND, POLL, STARTUP, Trigger, Via
 from tests.helpers import RsyncDaemon, needs, publish, receiver_config
 
 TRACE = "project/trace/mirror.example.org"
@@ -119,7 +120,7 @@ async def test_trace_after_a_real_sync_holds_the_syncs_facts(
     """Every field parses back to the sync that wrote it, in ftpsync's order."""
     syncer = make_syncer(tmp_path, daemon.url)
     before = time.time()
-    report = await syncer.sync(if_changed=True, trigger="poll")
+    report = await syncer.sync(if_changed=True, trigger=POLL)
     after = time.time()
     assert report.result is SyncResult.SYNCED
     first, fields, names = read_trace(syncer.config.target / TRACE)
@@ -151,7 +152,7 @@ async def test_lastsync_is_the_unix_time_of_the_syncs_end(
 ) -> None:
     """Arch's format: whole seconds and a newline, within a second of the sync's end."""
     syncer = make_syncer(tmp_path, daemon.url)
-    await syncer.sync(if_changed=True, trigger="test")
+    await syncer.sync(if_changed=True, trigger=COMMAND)
     ended = time.time()
     text = (syncer.config.target / LASTSYNC).read_text()
     assert re.fullmatch(r"\d+\n", text)
@@ -162,15 +163,17 @@ async def test_no_change_syncs_rewrite_both_files(tmp_path: Path, daemon: RsyncD
     """A sync that finds the upstream marker equal to ours confirms the mirror is current
     (as ftpsync rewrites its trace on every run), in the daemon and in the cron pre-check;
     no transfer ran, so bytes and time are 0."""
-    await make_syncer(tmp_path, daemon.url).sync(if_changed=True, trigger="first")
+    await make_syncer(tmp_path, daemon.url).sync(if_changed=True, trigger=COMMAND)
     for hours, check in ((1, "sync"), (2, "needs_sync")):
         later = make_syncer(tmp_path, daemon.url, clock=functools.partial(hours_later, hours))
         began = time.time() + hours * 3600
         if check == "sync":
-            report = await later.sync(if_changed=True, trigger="webhook from up, marker '1'")
+            report = await later.sync(
+                if_changed=True, trigger=Trigger.announcement(Via.WEBHOOK, "up", "1")
+            )
             assert report.result is SyncResult.UP_TO_DATE
         else:
-            assert not await later.needs_sync(trigger=oneshot.TRIGGER)
+            assert not await later.needs_sync(trigger=COMMAND)
         ended = time.time() + hours * 3600
         _, fields, _ = read_trace(later.config.target / TRACE)
         lastsync = int((later.config.target / LASTSYNC).read_text())
@@ -186,13 +189,13 @@ async def test_no_change_syncs_rewrite_both_files(tmp_path: Path, daemon: RsyncD
 async def test_failed_sync_leaves_both_files_alone(tmp_path: Path, daemon: RsyncDaemon) -> None:
     """Only a sync that leaves the tree complete may claim it in a trace."""
     syncer = make_syncer(tmp_path, daemon.url)
-    await syncer.sync(if_changed=True, trigger="first")
+    await syncer.sync(if_changed=True, trigger=COMMAND)
     files = [syncer.config.target / TRACE, syncer.config.target / LASTSYNC]
     before = [path.read_bytes() for path in files]
     (daemon.root / "CURRENT").unlink()
     later = make_syncer(tmp_path, daemon.url, clock=lambda: time.time() + 3600)
     with pytest.raises(Exception, match="no marker"):
-        await later.sync(if_changed=False, trigger="second")
+        await later.sync(if_changed=False, trigger=COMMAND)
     assert [path.read_bytes() for path in files] == before
 
 
@@ -204,22 +207,22 @@ async def test_rsync_neither_deletes_nor_replaces_them(tmp_path: Path, daemon: R
     files at the same paths are never copied over them."""
     syncer = make_syncer(tmp_path, daemon.url)
     target = syncer.config.target
-    await syncer.sync(if_changed=True, trigger="first")
+    await syncer.sync(if_changed=True, trigger=COMMAND)
 
     publish(daemon.root, "2", {"dir0/new.rpm": "new\n"})
-    await syncer.sync(if_changed=True, trigger="second")
+    await syncer.sync(if_changed=True, trigger=COMMAND)
     assert read_trace(target / TRACE)[1]["Archive serial"] == "2"
     assert (target / LASTSYNC).exists()
 
     publish(daemon.root, "3", {TRACE: "Archive serial: upstream's\n", LASTSYNC: "1\n"})
-    report = await syncer.sync(if_changed=True, trigger="third")
+    report = await syncer.sync(if_changed=True, trigger=COMMAND)
     assert report.result is SyncResult.SYNCED
     assert read_trace(target / TRACE)[1]["Archive serial"] == "3"
     assert int((target / LASTSYNC).read_text()) > 1
     # The rest of the upstream's project/ folder is mirrored as usual.
     (daemon.root / "project" / "trace" / "upstream.example.org").write_text("theirs\n")
     publish(daemon.root, "4")
-    await syncer.sync(if_changed=True, trigger="fourth")
+    await syncer.sync(if_changed=True, trigger=COMMAND)
     assert (target / "project" / "trace" / "upstream.example.org").read_text() == "theirs\n"
 
     # The operator's --delete-excluded in rsync_args: the tree transfer as it would run.
@@ -248,7 +251,7 @@ async def test_a_trace_that_cannot_be_written_is_logged_and_the_sync_stands(
         project.symlink_to("dir0")
     syncer = make_syncer(tmp_path, daemon.url)
     caplog.set_level(logging.INFO)
-    report = await syncer.sync(if_changed=True, trigger="test")
+    report = await syncer.sync(if_changed=True, trigger=COMMAND)
     assert report.result is SyncResult.SYNCED
     assert syncer.local_marker() == "1"
     assert (syncer.config.target / LASTSYNC).exists()
@@ -283,7 +286,7 @@ async def test_a_link_on_the_way_is_refused_and_nothing_is_written_outside_the_t
     else:
         (target / link).parent.mkdir(parents=True)
         (target / link).symlink_to(outside)
-    sync = traces.Sync(serial="1", trigger="poll", started=time.time(), finished=time.time())
+    sync = traces.Sync(serial="1", trigger=POLL, started=time.time(), finished=time.time())
     caplog.set_level(logging.INFO)
     await traces.write(syncer.config, sync, TreeLog(logging.getLogger("test"), None))
     assert written_outside_and_temporaries(tmp_path, outside) == ([], [])
@@ -320,7 +323,7 @@ async def test_a_folder_swapped_for_a_link_during_the_write_is_refused_and_the_s
     monkeypatch.setattr(os, "mkdir", mkdir_then_swap)
     syncer = make_syncer(tmp_path, daemon.url)
     caplog.set_level(logging.INFO)
-    report = await syncer.sync(if_changed=True, trigger="test")
+    report = await syncer.sync(if_changed=True, trigger=COMMAND)
     assert (syncer.config.target / "project" / "trace").is_symlink(), "the swap happened"
     assert report.result is SyncResult.SYNCED
     assert syncer.local_marker() == "1"
@@ -369,17 +372,20 @@ def test_ftpsync_reference_fields_match_the_installed_ftpsync() -> None:
 @pytest.mark.parametrize(
     ("trigger", "word"),
     [
-        ("webhook from upstream.example.org, marker '20261125'", "webhook"),
-        ("webhook from 10.0.0.1, marker 'x\\nArchive serial: forged'", "webhook"),
-        ("poll", "poll"),
-        ("startup check", "startup check"),
-        (oneshot.TRIGGER, "mirrorhook sync"),
-        ("anything else", "other"),
+        (Trigger.announcement(Via.WEBHOOK, "upstream.example.org", "20261125"), "webhook"),
+        (Trigger.announcement(Via.EVENTS, "10.0.0.1", "x\nArchive serial: forged"), "events"),
+        (Trigger.announcement(Via.MQTT, "broker", "x\nArchive serial: forged"), "mqtt"),
+        (POLL, "poll"),
+        (STARTUP, "startup check"),
+        (COMMAND, "mirrorhook sync"),
     ],
 )
-def test_trigger_is_a_fixed_word_per_kind(trigger: str, word: str) -> None:
-    """Never a webhook's own text: it holds fields of the request."""
-    assert traces.trigger_word(trigger) == word
+def test_trigger_is_a_fixed_word_per_kind(trigger: Trigger, word: str) -> None:
+    """Never an announcement's own text: it holds fields of the request."""
+    sync = traces.Sync(serial="1", trigger=trigger, started=0.0, finished=1.0)
+    text = traces.trace_text(sync, upstream="rsync://up/m/", host="mirror", version="1")
+    assert f"\nTrigger: {word}\n" in text
+    assert "forged" not in text
 
 
 @pytest.mark.parametrize(
@@ -406,11 +412,11 @@ async def test_the_cron_pre_check_leaves_the_files_alone_while_a_sync_holds_the_
 ) -> None:
     """The pre-check of `sync --if-changed --randomize` holds no lock: while another sync
     holds it (and may be transferring), the files are not rewritten — that sync will."""
-    await make_syncer(tmp_path, daemon.url).sync(if_changed=True, trigger="first")
+    await make_syncer(tmp_path, daemon.url).sync(if_changed=True, trigger=COMMAND)
     later = make_syncer(tmp_path, daemon.url, clock=functools.partial(hours_later, 1))
     written = (later.config.target / LASTSYNC).read_text()
     with lock.hold(later.config):
-        assert not await later.needs_sync(trigger=oneshot.TRIGGER)
+        assert not await later.needs_sync(trigger=COMMAND)
     assert (later.config.target / LASTSYNC).read_text() == written
-    assert not await later.needs_sync(trigger=oneshot.TRIGGER)  # free again: rewritten
+    assert not await later.needs_sync(trigger=COMMAND)  # free again: rewritten
     assert int((later.config.target / LASTSYNC).read_text()) > int(written) + 3000

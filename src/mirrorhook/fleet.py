@@ -26,6 +26,7 @@ from aiohttp import web
 from mirrorhook import hooks, lock, receiver_state
 from mirrorhook.config import Config
 from mirrorhook.errors import MarkerError, SyncError
+from mirrorhook.intake import Intake
 from mirrorhook.log import TreeLog
 from mirrorhook.metrics import Metrics, TreeMetrics
 from mirrorhook.poller import Poller
@@ -38,6 +39,7 @@ from mirrorhook.slots import SyncSlots
 from mirrorhook.status import host_status
 from mirrorhook.supervisor import Supervisor
 from mirrorhook.syncer import Syncer, sweep_left_tree
+from mirrorhook.trigger import Trigger
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ def build_receiver(
 
         return note
 
-    async def run_sync(reason: str) -> None:
+    async def run_sync(trigger: Trigger) -> None:
         try:
             # The tree's locks first: a cron sync of this tree running for hours must not keep
             # one of the host's slots idle meanwhile.
@@ -89,7 +91,7 @@ def build_receiver(
                 lock.hold_waiting(config) as lock_fds,
                 slots.hold(on_wait=waiting(now=True), on_slot=waiting(now=False)),
             ):
-                report = await syncer.sync(if_changed=True, trigger=reason, lock_fds=lock_fds)
+                report = await syncer.sync(if_changed=True, trigger=trigger, lock_fds=lock_fds)
         except SyncError as err:
             # Run outside the slot and the lock: a slow hook must not hold up other trees.
             reporter.sync_ended("failed", None, str(err))
@@ -131,6 +133,7 @@ def build_receiver(
         config=config,
         syncer=syncer,
         scheduler=scheduler,
+        intake=Intake(config, syncer, scheduler, reporter),
         poller=poller,
         status=lambda: host_status(host or _host_of(config)),
         metrics=metrics,

@@ -16,10 +16,9 @@ from mirrorhook import hooks, lock
 from mirrorhook.errors import SyncError
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.syncer import Syncer
+from mirrorhook.trigger import COMMAND
 
 logger = logging.getLogger(__name__)
-
-TRIGGER = "mirrorhook sync"
 
 
 async def sync_tree(
@@ -38,14 +37,14 @@ async def sync_tree(
     syncer = Syncer(receiver)
     if randomize:
         lock.check_free(receiver)
-        if if_changed and not await syncer.needs_sync(trigger=TRIGGER):
+        if if_changed and not await syncer.needs_sync(trigger=COMMAND):
             return
         delay = (rng or random.Random()).uniform(0, randomize)
         logger.info("sleeping %.0f s to spread the mirrors' load on the upstream", delay)
         await asyncio.sleep(delay)
     try:
         with lock.hold(receiver) as lock_fds:
-            report = await syncer.sync(if_changed=if_changed, trigger=TRIGGER, lock_fds=lock_fds)
+            report = await syncer.sync(if_changed=if_changed, trigger=COMMAND, lock_fds=lock_fds)
     except SyncError:
         await hooks.after_sync(receiver, "failed", None, time.time())
         raise

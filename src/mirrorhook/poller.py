@@ -18,6 +18,7 @@ from collections.abc import Callable
 from mirrorhook.log import TreeLog
 from mirrorhook.retry import Sleep
 from mirrorhook.scheduler import Scheduler
+from mirrorhook.trigger import POLL, STARTUP
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class Poller:
     async def run(self) -> None:
         """Check at start, then poll forever (or stop after the start check if disabled)."""
         await self._wait(self._start_after + self._rng.uniform(0, self._backoff))
-        self._scheduler.trigger("startup check", delay=0)
+        self._scheduler.trigger(STARTUP, delay=0)
         if self._interval <= 0:
             self._log.info("polling disabled (poll_interval = 0): relying on webhooks")
             self.next_at = None
@@ -63,7 +64,7 @@ class Poller:
             return
         while True:
             await self._wait(self._interval + self._rng.uniform(0, self._jitter))
-            self._scheduler.trigger("poll", delay=0)
+            self._scheduler.trigger(POLL, delay=0)
 
     async def _wait(self, delay: float) -> None:
         self.next_at = self._clock() + delay

@@ -1,41 +1,36 @@
 """The webhook service of a downstream mirror: ``POST /v1/hook`` (and the common endpoints).
 
-The hook handler only verifies and schedules (docs/design.md#receiver-answers): it reads at
-most ``max_body`` bytes within a deadline, checks the signature before looking at the body,
-drops replays, and hands the trigger to the scheduler. rsync never runs inside a request.
+The hook handler only reads and hands over (docs/design.md#receiver-answers): it reads at
+most ``max_body`` bytes within a deadline and gives them to the tree's intake, which checks
+the signature before looking at the body, drops replays and schedules (``intake.py``); the
+handler turns the outcome into the HTTP answer. rsync never runs inside a request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from mirrorhook import connections, message, signing
+from mirrorhook import connections
 from mirrorhook.bodies import TooLargeError, content_type, read_body
 from mirrorhook.endpoints import Endpoints, add_routes
-from mirrorhook.errors import (
-    MarkerUnreadableError,
-    PayloadError,
-    SignatureError,
-    TimestampError,
-)
+from mirrorhook.intake import Announcement, Intake, Result
 from mirrorhook.message import HOOK_PATH
 from mirrorhook.metrics import Metrics, TreeMetrics
 from mirrorhook.poller import Poller
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.receiver_state import DaemonNotes, forget_daemon
-from mirrorhook.replay import ReplayCache
 from mirrorhook.reporter import Reporter
-from mirrorhook.scheduler import Scheduled, Scheduler
+from mirrorhook.scheduler import Scheduler
 from mirrorhook.supervisor import Supervisor
 from mirrorhook.syncer import Syncer
 from mirrorhook.throttle import WARNING_PERIOD, Throttle
+from mirrorhook.trigger import Via
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +52,13 @@ class Receiver:
     reporter: Reporter
     notes: DaemonNotes
     """The live note for ``status`` that the scheduler and the poller keep up to date."""
-    clock: Callable[[], float] = time.time
+    intake: Intake
+    """Verifies what the webhooks (and the tree's subscriptions) bring, and schedules."""
     read_deadline: float = READ_DEADLINE
-    replays: ReplayCache = field(default_factory=lambda: ReplayCache(signing.TOLERANCE))
     supervisor: Supervisor = field(default_factory=Supervisor)
     refusals: dict[str, Throttle] = field(default_factory=dict)
-    """One warning a minute per kind of refusal: a flood must not flood the log."""
+    """One warning a minute per kind of refusal of a request (its type, size or pace): a
+    flood must not flood the log. The intake has its own for signatures and bodies."""
 
 
 RECEIVERS = web.AppKey("receivers", dict[str | None, Receiver])
@@ -174,64 +170,22 @@ async def _hook(request: web.Request, receiver: Receiver) -> tuple[str, web.Resp
             close=True,
         )
 
-    now = receiver.clock()
-    try:
-        verified = signing.verify(receiver.config.keys, request.headers, body, now=now)
-    except TimestampError as err:
-        return _refuse(receiver, "stale", 401, str(err), peer)
-    except SignatureError as err:
-        return _refuse(receiver, "bad_signature", 401, f"bad signature: {err}", peer)
-    try:
-        update = message.decode(body)
-    except PayloadError as err:
-        return _refuse(receiver, "bad_body", 400, str(err), peer)
-    if update.marker != receiver.config.marker:
-        return _refuse(
-            receiver,
-            "bad_body",
-            400,
-            f"webhook is about marker {update.marker!r}, "
-            f"this mirror follows {receiver.config.marker!r}",
-            peer,
-        )
-    try:
-        local = receiver.syncer.local_marker()
-    except MarkerUnreadableError as err:
-        # Not the sender's fault, and maybe passing (a remount, say): let it retry. Before
-        # the replay check, so that the retry (same id) is not taken for a duplicate.
-        problem = f"cannot read the local marker: {err.reason}"
-        logger.error("webhook %s from %s not accepted: %s", verified.msg_id, peer, problem)
-        return "unavailable", web.json_response({"error": problem}, status=503)
-    if receiver.replays.seen(verified.msg_id, verified.timestamp, now):
-        logger.info("webhook %s from %s: duplicate, ignored", verified.msg_id, peer)
-        return "duplicate", web.json_response({"status": "duplicate"})
-    await _remember_reports(receiver, update, verified)
-    if update.current == local:
-        logger.info(
-            "webhook %s (%s, marker %r): already up to date",
-            verified.msg_id,
-            update.source,
-            update.current,
-        )
-        return "up_to_date", web.json_response({"status": "up-to-date"})
-    outcome = receiver.scheduler.trigger(
-        f"webhook from {update.source or peer}, marker {update.current!r}"
-    )
-    if isinstance(outcome, Scheduled):
-        answer = {"status": "scheduled", "delay": round(outcome.delay, 3)}
-        return "scheduled", web.json_response(answer, status=202)
-    return "queued", web.json_response({"status": "queued"}, status=202)
+    outcome = await receiver.intake.take(Announcement(request.headers, body, Via.WEBHOOK, peer))
+    result = outcome.result
+    if result.refused:
+        status = 400 if result is Result.BAD_BODY else 401
+        return result, web.json_response({"error": outcome.reason}, status=status)
+    if result is Result.UNAVAILABLE:
+        return result, web.json_response({"error": outcome.reason}, status=503)
+    if result is Result.SCHEDULED:
+        answer = {"status": "scheduled", "delay": round(outcome.delay or 0.0, 3)}
+        return result, web.json_response(answer, status=202)
+    if result is Result.QUEUED:
+        return result, web.json_response({"status": "queued"}, status=202)
+    return result, web.json_response({"status": _ANSWERS[result]})
 
 
-async def _remember_reports(
-    receiver: Receiver, update: message.Update, verified: signing.Verified
-) -> None:
-    """Remember where to report and who this mirror is at the upstream (its reports say
-    it), from a webhook meant for this mirror only: the upstream's v1a signature is the same
-    for all its mirrors, so one mirror's webhook, replayed to another that holds a secret
-    (and was sent its own v1 signature), must not rename it."""
-    if receiver.config.secret is None or verified.scheme == "v1":
-        await receiver.reporter.remember(update.report_url, update.mirror, update.repo)
+_ANSWERS = {Result.DUPLICATE: "duplicate", Result.UP_TO_DATE: "up-to-date"}
 
 
 def _refuse(

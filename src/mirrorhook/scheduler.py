@@ -1,6 +1,7 @@
 """Turning triggers into syncs: one at a time, after a random backoff, at most one follow-up.
 
-Webhooks, polls and the startup check all call ``Scheduler.trigger``; a single worker task
+Announcements (through ``intake.py``), polls and the startup check all call
+``Scheduler.trigger``; a single worker task
 runs the syncs. Triggers that arrive while a sync waits are covered by it (it has not read
 the upstream marker yet); triggers that arrive while a sync runs produce exactly one
 follow-up sync, whatever their number (docs/design.md#coalescing).
@@ -19,10 +20,11 @@ from dataclasses import dataclass
 from mirrorhook.errors import SyncError
 from mirrorhook.log import TreeLog
 from mirrorhook.retry import Sleep
+from mirrorhook.trigger import Trigger
 
 logger = logging.getLogger(__name__)
 
-RunSync = Callable[[str], Awaitable[object]]
+RunSync = Callable[[Trigger], Awaitable[object]]
 
 
 class Phase(enum.StrEnum):
@@ -47,7 +49,7 @@ class Queued:
 
 @dataclass(frozen=True, slots=True)
 class _Request:
-    reason: str
+    trigger: Trigger
     delay: float
 
 
@@ -90,19 +92,19 @@ class Scheduler:
         """Drop a queued sync (a reload hands the tree to a new scheduler, which checks it)."""
         self._pending = None
 
-    def trigger(self, reason: str, *, delay: float | None = None) -> Scheduled | Queued:
+    def trigger(self, trigger: Trigger, *, delay: float | None = None) -> Scheduled | Queued:
         """Ask for a sync after ``delay`` seconds (default: random within the backoff)."""
         if self._pending is not None:
-            self._log.debug("trigger (%s) covered by the sync already queued", reason)
+            self._log.debug("trigger (%s) covered by the sync already queued", trigger)
             return Queued()
         if delay is None:
             delay = self._rng.uniform(0, self._backoff)
-        self._pending = _Request(reason, delay)
+        self._pending = _Request(trigger, delay)
         self._wake.set()
         if self.phase is Phase.SYNCING:
-            self._log.info("trigger (%s) during a sync: one follow-up sync queued", reason)
+            self._log.info("trigger (%s) during a sync: one follow-up sync queued", trigger)
             return Queued()
-        self._log.info("trigger (%s): sync scheduled in %.1f s", reason, delay)
+        self._log.info("trigger (%s): sync scheduled in %.1f s", trigger, delay)
         return Scheduled(delay)
 
     async def run(self) -> None:
@@ -124,14 +126,14 @@ class Scheduler:
                 await self._sleep(request.delay)
                 self._pending = None
                 self._enter(Phase.SYNCING)
-                await self._run_sync(request.reason)
+                await self._run_sync(request.trigger)
             except SyncError:
                 pass  # the sync engine logged and recorded it; wait for the next trigger
             except Exception as err:  # noqa: BLE001 - logged below, with the traceback at -v
                 # A bug must not end the daemon's syncing for good: log it and carry on.
                 self._log.error(
                     "unexpected error during a sync (%s): %r",
-                    request.reason,
+                    request.trigger,
                     err,
                     exc_info=logger.isEnabledFor(logging.DEBUG),
                 )

@@ -43,6 +43,7 @@ from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.receiver_state import InProgress, LastSync, ReceiverState, receiver_state_path
 from mirrorhook.retry import Backoff, Sleep, retrying
 from mirrorhook.state import iso_time, write_atomic
+from mirrorhook.trigger import Trigger
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class Syncer:
             return None
 
     async def sync(
-        self, *, if_changed: bool, trigger: str, lock_fds: tuple[int, ...] = ()
+        self, *, if_changed: bool, trigger: Trigger, lock_fds: tuple[int, ...] = ()
     ) -> Report:
         """Bring the local tree up to the upstream; record the outcome; re-raise failures.
 
@@ -120,7 +121,7 @@ class Syncer:
         Every failure is raised as a ``SyncError`` (an unexpected ``OSError`` included).
         """
         started = self._clock()
-        in_progress = InProgress(trigger, iso_time(started), os.getpid())
+        in_progress = InProgress(str(trigger), iso_time(started), os.getpid())
         # Durable: after a crash, this note is how the next sync knows to sweep the tree
         # for rsync's leftovers (and how `status` shows "interrupted"). No sync without it.
         try:
@@ -153,7 +154,7 @@ class Syncer:
             )
         return report
 
-    async def needs_sync(self, *, trigger: str) -> bool:
+    async def needs_sync(self, *, trigger: Trigger) -> bool:
         """Return whether the upstream marker differs from ours (the cron pre-check).
 
         A failure to read it is recorded and raised like a failed sync, so ``status``
@@ -174,7 +175,7 @@ class Syncer:
             await self._write_traces(trigger, started, report)
         return False
 
-    async def _write_traces(self, trigger: str, started: float, report: Report) -> None:
+    async def _write_traces(self, trigger: Trigger, started: float, report: Report) -> None:
         """Rewrite the trace and lastsync files after a sync that left the tree complete
         (docs/design.md#trace-files); a failure to write them is only logged."""
         sync = traces.Sync(
@@ -187,7 +188,7 @@ class Syncer:
         )
         await traces.write(self.config, sync, self._log)
 
-    async def _recorded(self, trigger: str, started: float, work: Awaitable[_T]) -> _T:
+    async def _recorded(self, trigger: Trigger, started: float, work: Awaitable[_T]) -> _T:
         """Await ``work``; record and log a failure or a cancellation before re-raising."""
         try:
             return await work
@@ -312,7 +313,7 @@ class Syncer:
 
     async def _finish(
         self,
-        trigger: str,
+        trigger: Trigger,
         started: float,
         result: SyncResult,
         *,
@@ -322,7 +323,7 @@ class Syncer:
         finished = self._clock()
         rsync_error = error if isinstance(error, RsyncError) else None
         last = LastSync(
-            trigger=trigger,
+            trigger=str(trigger),
             started=iso_time(started),
             finished=iso_time(finished),
             duration=round(finished - started, 3),

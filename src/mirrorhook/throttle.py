@@ -45,12 +45,14 @@ class Throttle:
         self._next = now + self._period
         return held
 
-    def refused(self, what: str, peer: str, status: int, reason: str) -> None:
-        """Log one refused request (``what``: "webhook", "report") at most once per period,
-        saying how many more were refused since the last such line."""
+    def refused(self, what: str, peer: str, status: int | None, reason: str) -> None:
+        """Log one refused request (``what``: "webhook", "report", "events") at most once
+        per period, saying how many more were refused since the last such line; ``status``
+        is the HTTP answer, when there is one."""
         if (held := self.due()) is not None:
             more = f" ({held} more refused so since the last such line)" if held else ""
-            logger.warning("%s from %s refused (%d): %s%s", what, peer, status, reason, more)
+            answer = "" if status is None else f" ({status})"
+            logger.warning("%s from %s refused%s: %s%s", what, peer, answer, reason, more)
 
 
 class AcceptErrorLog:

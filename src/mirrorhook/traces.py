@@ -34,11 +34,10 @@ from mirrorhook import rsync
 from mirrorhook.addresses import upstream_host
 from mirrorhook.log import TreeLog
 from mirrorhook.receiver_config import ReceiverConfig
+from mirrorhook.trigger import Trigger
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_TRIGGERS = ("poll", "startup check", "mirrorhook sync")
-"""Triggers whose text is a fixed word already (poller.py, oneshot.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +46,7 @@ class Sync:
 
     serial: str
     """The marker value now in the tree."""
-    trigger: str
+    trigger: Trigger
     started: float
     finished: float
     received_bytes: int = 0
@@ -68,14 +67,6 @@ def rfc2822(moment: float) -> str:
     return email.utils.format_datetime(datetime.fromtimestamp(moment, UTC))
 
 
-def trigger_word(trigger: str) -> str:
-    """The ``Trigger:`` value: the kind of trigger, never a webhook's text (it holds fields
-    of the request)."""
-    if trigger.startswith("webhook"):
-        return "webhook"
-    return trigger if trigger in _TRIGGERS else "other"
-
-
 def transport(upstream: str) -> str:
     """The ``Rsync-Transport:`` value: ``rsync`` (a daemon), ``ssh`` or ``local``."""
     if rsync.is_daemon(upstream):
@@ -94,7 +85,7 @@ def trace_text(sync: Sync, *, upstream: str, host: str, version: str) -> str:
         f"Archive serial: {sync.serial}",
         f"Creator: mirrorhook {version}",
         f"Running on host: {host}",
-        f"Trigger: {trigger_word(sync.trigger)}",
+        f"Trigger: {sync.trigger.via}",
         f"Upstream-mirror: {upstream_host(upstream) or 'unknown'}",
         f"Rsync-Transport: {transport(upstream)}",
         f"Total bytes received in rsync: {sync.received_bytes}",
