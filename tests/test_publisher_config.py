@@ -80,6 +80,7 @@ def test_problems_are_named_by_repository(tmp_path: Path) -> None:
     found = [problem.removeprefix(f"{path}: ") for problem in caught.value.problems]
     assert found == [
         "publisher.root: set it in each [publisher.repos.NAME] table, not beside repos",
-        "publisher.repos.ius.mirrors: must list at least one mirror",
+        "publisher.repos.ius.mirrors: must list at least one mirror"
+        " (or set signing_key_file: mirrors may subscribe)",
         "publisher.repos.epel.root: required key is missing",
     ]

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import logging
 
+from mirrorhook.broadcast import Broadcast
 from mirrorhook.checker import Checker
 from mirrorhook.config import Config
 from mirrorhook.delivery import Courier
@@ -41,9 +42,12 @@ class Announcers:
         metrics: Metrics,
         supervisor: Supervisor,
         desk: ReportDesk | None = None,
+        *,
+        broadcast: Broadcast | None = None,
     ) -> None:
         self.host = host
         self._desk = desk
+        self._broadcast = broadcast or Broadcast(None, ())
         self._courier = courier
         self._metrics = metrics
         self._supervisor = supervisor
@@ -131,7 +135,9 @@ class Announcers:
             self._desk.repomds[tree.repo] = repomds  # and its Metalinks these
 
         def announce(value: str) -> None:
-            publisher.publish(value)
+            message = publisher.publish(value)
+            if message is not None:
+                self._broadcast.announce(tree.repo, message)
             checker.published(value)
             repomds.published()
 

@@ -64,14 +64,16 @@ ACCEPT_QUEUE = 1024
 ``net.core.somaxconn``)."""
 
 
-def connection_bound() -> int:
-    """``MAX_CONNECTIONS``, or a quarter of the open-files limit when that is lower: the other
-    three quarters stay free for rsync's pipes, the publisher's deliveries, state files —
-    and for ``accept()`` itself, which needs a descriptor before a connection can be shed."""
+def connection_bound(streams: int = 0) -> int:
+    """``MAX_CONNECTIONS`` (plus ``streams``, the event streams a publisher may hold open),
+    or a quarter of the open-files limit when that is lower: the other three quarters stay
+    free for rsync's pipes, the publisher's deliveries, state files — and for ``accept()``
+    itself, which needs a descriptor before a connection can be shed. With streams, half."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_CONNECTIONS + streams
     if soft == resource.RLIM_INFINITY:
-        return MAX_CONNECTIONS
-    return max(1, min(MAX_CONNECTIONS, soft // 4))
+        return wanted
+    return max(1, min(wanted, soft // (2 if streams else 4)))
 
 
 @dataclass(frozen=True, slots=True)

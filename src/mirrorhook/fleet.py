@@ -37,8 +37,10 @@ from mirrorhook.reporter import Reporter
 from mirrorhook.scheduler import Phase, Scheduler
 from mirrorhook.slots import SyncSlots
 from mirrorhook.status import host_status
+from mirrorhook.subscription import Follower
 from mirrorhook.supervisor import Supervisor
 from mirrorhook.syncer import Syncer, sweep_left_tree
+from mirrorhook.transports import Transports
 from mirrorhook.trigger import Trigger
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ def build_receiver(
     supervisor: Supervisor | None = None,
     slots: SyncSlots | None = None,
     start_after: float = 0.0,
+    transports: Transports | None = None,
 ) -> Receiver:
     """Wire the receiver's parts together for one tree.
 
@@ -129,11 +132,18 @@ def build_receiver(
         on_change=note_change,
         repo=config.name,
     )
+    intake = Intake(config, syncer, scheduler, reporter)
+    transports = transports or Transports()
+    followers = tuple(
+        Follower(entry, intake, transports.of(entry, config), on_change=note_change)
+        for entry in config.subscribe
+    )
     return Receiver(
         config=config,
         syncer=syncer,
         scheduler=scheduler,
-        intake=Intake(config, syncer, scheduler, reporter),
+        intake=intake,
+        followers=followers,
         poller=poller,
         status=lambda: host_status(host or _host_of(config)),
         metrics=metrics,
@@ -172,6 +182,7 @@ class Fleet:
         self._metrics = metrics
         self._supervisor = supervisor
         self._slots = SyncSlots(host.max_syncs)
+        self._transports = Transports()
         self.receivers: dict[str | None, Receiver] = {}
         """The app's ``RECEIVERS``: the hook handler finds each tree here by name."""
         self._tasks: dict[str | None, list[asyncio.Task[None]]] = {}
@@ -194,6 +205,7 @@ class Fleet:
             *(self._stop(name) for name in list(self._tasks)),
             return_exceptions=True,
         )
+        await self._transports.close()
 
     async def reload(self, config: Config) -> None:
         """Apply ``config``'s ``[receiver]`` section to the running trees (see the module).
@@ -284,6 +296,7 @@ class Fleet:
             supervisor=self._supervisor,
             slots=self._slots,
             start_after=start_after,
+            transports=self._transports,
         )
 
     async def _stop(self, name: str | None) -> None:

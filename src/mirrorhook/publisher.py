@@ -324,20 +324,23 @@ class Publisher:
             lambda: sum(not worker.settled(self.current or "") for worker in self.workers)
         )
 
-    def publish(self, value: str) -> None:
-        """Announce marker ``value``; mirrors that already have it send nothing.
+    def publish(self, value: str) -> Message | None:
+        """Announce marker ``value``; mirrors that already have it send nothing. Return the
+        announcement (``None`` when ``value`` is already the current one), for the
+        broadcast to subscribers.
 
         Every worker hears of it, also those whose mirror acknowledged ``value`` earlier:
         when the upstream goes back to an older marker, a retry of the newer one must stop.
         """
         if not value or value == self.current:
-            return
+            return None
         self.current = value
         message = Message.announcing(self.config, value, self._clock())
         behind = sum(not worker.settled(value) for worker in self.workers)
         logger.info("marker %r: announcing to %d of %d mirrors", value, behind, len(self.workers))
         for worker in self.workers:
             worker.announce(message)
+        return message
 
     async def run(self) -> None:
         """Run the delivery workers and the record's writer until cancelled (each restarted

@@ -116,6 +116,8 @@ class PublisherHost:
     signing_key: SigningKey | None = None
     """The upstream's private key, from ``signing_key_file`` (each mirror has it too)."""
     signing_key_file: Path | None = None
+    max_subscribers: int = 10_000
+    """Event streams (``GET /v1/events``) open at once, at most."""
 
     @property
     def single(self) -> bool:
@@ -141,6 +143,8 @@ _HOST_KEYS: dict[str, Check] = {
 }
 _KEY_FILE = ("signing_key_file",)
 """A host-level key, loaded apart: its key signs for every repository."""
+_HOST_ONLY = ("max_subscribers",)
+"""Host-level keys that no repository needs a copy of."""
 _PER_REPO: dict[str, Check] = {
     "marker": marker_name,
     "watch": choice("inotify", "poll"),
@@ -158,6 +162,9 @@ def parse_publisher(t: Table, hubs: Mapping[str, tuple[Path, str]]) -> Publisher
     host: dict[str, Any] = {
         key: t.get(key, check, default_of(PublisherHost, key)) for key, check in _HOST_KEYS.items()
     }
+    max_subscribers: Any = t.get(
+        "max_subscribers", positive_int, default_of(PublisherHost, "max_subscribers")
+    )
     key_file: Any = t.get("signing_key_file", absolute_path, None)
     key = load_signing_key(t, "signing_key_file", key_file) if valid(key_file) else None
     if key_file is INVALID or (key_file is not None and key is None):
@@ -167,15 +174,21 @@ def parse_publisher(t: Table, hubs: Mapping[str, tuple[Path, str]]) -> Publisher
     else:
         defaults = {key: default_of(PublisherConfig, key) for key in _PER_REPO}
         repo = _repository(t, None, defaults, state_dir, root_default=None, signing_key=key)
-        t.finish(known=("state_dir", "root", "mirrors", *_HOST_KEYS, *_KEY_FILE, *_PER_REPO))
+        known = ("state_dir", "root", "mirrors", *_HOST_KEYS, *_KEY_FILE, *_HOST_ONLY, *_PER_REPO)
+        t.finish(known=known)
         repos = None if repo is None else [repo]
     if repos is None or not valid(state_dir) or key is INVALID:
         return None
-    if any(value is INVALID for value in host.values()):
+    if any(value is INVALID for value in (*host.values(), max_subscribers)):
         return None
     trees = tuple(PublisherConfig(**repo, **host) for repo in repos)
     return PublisherHost(
-        state_dir=state_dir, repos=trees, signing_key=key, signing_key_file=key_file, **host
+        state_dir=state_dir,
+        repos=trees,
+        signing_key=key,
+        signing_key_file=key_file,
+        max_subscribers=max_subscribers,
+        **host,
     )
 
 
@@ -188,7 +201,18 @@ def _host_form(
     defaults = {
         key: t.get(key, check, default_of(PublisherConfig, key)) for key, check in _PER_REPO.items()
     }
-    t.finish(known=("state_dir", "repos", "root", "mirrors", *_HOST_KEYS, *_KEY_FILE, *_PER_REPO))
+    t.finish(
+        known=(
+            "state_dir",
+            "repos",
+            "root",
+            "mirrors",
+            *_HOST_KEYS,
+            *_KEY_FILE,
+            *_HOST_ONLY,
+            *_PER_REPO,
+        )
+    )
     found = repository_tables(t, state_dir)
     if found is None:
         return None
@@ -221,7 +245,10 @@ def _repository(
         root: Any = t.get("root", absolute_path)
     else:
         root = root_default
-    mirrors: Any = t.get("mirrors", lambda value: _mirrors(t, value, signing_key))
+    # With the signing key, mirrors may all subscribe (docs/design.md#subscriptions): no
+    # list of them is needed at the upstream.
+    listless = () if valid(signing_key) else MISSING
+    mirrors: Any = t.get("mirrors", lambda value: _mirrors(t, value, signing_key), listless)
     optional = {key: t.get(key, check, defaults[key]) for key, check in _PER_REPO.items()}
     if valid(root) and valid(state_dir) and state_dir.is_relative_to(root):
         t.problem("state_dir", f"must be outside root ({root}): mirrors would copy it")
@@ -237,8 +264,10 @@ def _mirrors(t: Table, value: Any, signing_key: Any) -> tuple[MirrorConfig, ...]
     """Check the mirrors array; problems inside an entry are reported with its index."""
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
         raise ValueError(f"must be an array of tables ([[{t.prefix}mirrors]])")
-    if not value:
-        raise ValueError("must list at least one mirror")
+    if not value and signing_key is None:
+        raise ValueError(
+            "must list at least one mirror (or set signing_key_file: mirrors may subscribe)"
+        )
     mirrors: list[MirrorConfig] = []
     ok = True
     names: set[str] = set()

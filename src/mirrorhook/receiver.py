@@ -27,6 +27,7 @@ from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.receiver_state import DaemonNotes, forget_daemon
 from mirrorhook.reporter import Reporter
 from mirrorhook.scheduler import Scheduler
+from mirrorhook.subscription import Follower
 from mirrorhook.supervisor import Supervisor
 from mirrorhook.syncer import Syncer
 from mirrorhook.throttle import WARNING_PERIOD, Throttle
@@ -54,6 +55,8 @@ class Receiver:
     """The live note for ``status`` that the scheduler and the poller keep up to date."""
     intake: Intake
     """Verifies what the webhooks (and the tree's subscriptions) bring, and schedules."""
+    followers: tuple[Follower, ...] = ()
+    """The tree's subscriptions, each kept open by its follower."""
     read_deadline: float = READ_DEADLINE
     supervisor: Supervisor = field(default_factory=Supervisor)
     refusals: dict[str, Throttle] = field(default_factory=dict)
@@ -97,8 +100,8 @@ async def background(app: web.Application) -> AsyncIterator[None]:
 
 
 def start_tasks(receiver: Receiver) -> list[asyncio.Task[None]]:
-    """Start a tree's scheduler and poller under the supervisor, in that order (none when
-    the tree is disabled)."""
+    """Start a tree's scheduler, poller and subscriptions under the supervisor, in that
+    order (none when the tree is disabled)."""
     if not receiver.config.enabled:
         return []
     keep = receiver.supervisor.keep
@@ -106,6 +109,10 @@ def start_tasks(receiver: Receiver) -> list[asyncio.Task[None]]:
     return [
         asyncio.create_task(keep(f"{prefix}scheduler", receiver.scheduler.run)),
         asyncio.create_task(keep(f"{prefix}poller", receiver.poller.run, may_finish=True)),
+        *(
+            asyncio.create_task(keep(f"{prefix}subscription {follower.seen.url}", follower.run))
+            for follower in receiver.followers
+        ),
     ]
 
 

@@ -33,6 +33,7 @@ from mirrorhook.checks import (
     marker_name,
     positive_duration,
     positive_int,
+    string,
     string_list,
     tree_file,
     upstream,
@@ -40,6 +41,12 @@ from mirrorhook.checks import (
 )
 from mirrorhook.keys import PublicKey
 from mirrorhook.signing import Secret, Verifier
+from mirrorhook.subscription_config import (
+    Password,
+    Subscription,
+    check_subscriptions,
+    subscription_list,
+)
 
 REPO_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 """A repository's name: it is part of a URL path and of a folder name."""
@@ -86,6 +93,12 @@ class ReceiverConfig:
     public_keys: tuple[PublicKey, ...] = ()
     """The upstream's public keys (``v1a`` signatures): one, or two while it rotates."""
     public_key_file: Path | None = None
+    subscribe: tuple[Subscription, ...] = ()
+    """Where the repository hears of publishes without a webhook (docs/design.md#subscriptions)."""
+    mqtt_username: str | None = None
+    mqtt_password_file: Path | None = None
+    mqtt_password: Password | None = None
+    mqtt_ca_file: Path | None = None
 
     @property
     def keys(self) -> tuple[Verifier, ...]:
@@ -145,13 +158,17 @@ _PER_REPO: dict[str, Check] = {
     "trace": tree_file,
     "lastsync": tree_file,
     "public_key_file": absolute_path,
+    "subscribe": subscription_list,
+    "mqtt_username": string,
+    "mqtt_password_file": absolute_path,
+    "mqtt_ca_file": absolute_path,
 }
 """The keys of one repository that the host level may set for all; defaults: the fields'."""
 
 
 def parse_receiver(t: Table) -> ReceiverHost | None:
     """Check the ``[receiver]`` table in either form; ``None`` when it has problems."""
-    listen: Any = t.get("listen", listen_list)
+    listen: Any = t.get("listen", listen_list, ())
     state_dir: Any = t.get("state_dir", absolute_path)
     host: dict[str, Any] = {
         key: t.get(key, check, default_of(ReceiverHost, key)) for key, check in _HOST_KEYS.items()
@@ -164,6 +181,13 @@ def parse_receiver(t: Table) -> ReceiverHost | None:
             known=("listen", "state_dir", *_HOST_KEYS, *_REQUIRED_PER_REPO, *_OWN_KEYS, *_PER_REPO)
         )
         repos = None if repo is None else [repo]
+    if repos is not None and listen == () and not all(repo["subscribe"] for repo in repos):
+        t.problem(
+            "listen",
+            "required key is missing (only a mirror whose every repository subscribes "
+            "needs no listen)",
+        )
+        return None
     if repos is None or not (valid(listen) and valid(state_dir)):
         return None
     if any(value is INVALID for value in host.values()):
@@ -265,9 +289,19 @@ def _repository(
     keys = _keys(t, optional["public_key_file"], defaults.get("public_keys", ()))
     if keys is None or not all(map(valid, required.values())):
         return None
+    password = check_subscriptions(t, optional, keys["public_keys"])
+    if password is INVALID:
+        return None
     if any(value is INVALID for value in optional.values()):
         return None
-    return {**keys, **required, **optional, "name": name, "state_dir": state_dir}
+    return {
+        **keys,
+        **required,
+        **optional,
+        "mqtt_password": password,
+        "name": name,
+        "state_dir": state_dir,
+    }
 
 
 def _keys(t: Table, public_key_file: Any, inherited: Any) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from tenacity import (
     stop_after_attempt,
     stop_any,
     stop_before_delay,
+    stop_never,
 )
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,32 @@ def retrying(
     return AsyncRetrying(
         stop=stop_any(*stops),
         wait=wait or backoff,
+        retry=retry_if_exception(should_retry),
+        before_sleep=log_retry,
+        sleep=sleep,
+        reraise=True,
+    )
+
+
+def forever(
+    *,
+    should_retry: Callable[[BaseException], bool],
+    wait: Callable[[RetryCallState], float],
+    what: str,
+    sleep: Sleep = asyncio.sleep,
+) -> AsyncRetrying:
+    """Return a tenacity loop that never stops retrying ``what`` while ``should_retry``
+    holds (a subscription: its connection ends only to be made again). ``wait`` decides
+    each delay (it may reset after a long healthy connection); each retry is logged."""
+
+    def log_retry(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        logger.warning("%s: %s; reconnecting in %.1f s", what, error, delay)
+
+    return AsyncRetrying(
+        stop=stop_never,
+        wait=wait,
         retry=retry_if_exception(should_retry),
         before_sleep=log_retry,
         sleep=sleep,

@@ -20,13 +20,21 @@ from typing import Any
 
 from aiohttp import web
 
-from mirrorhook import endpoints, metalink, mirrorlist, page, reports
+from mirrorhook import endpoints, events, metalink, mirrorlist, page, reports
 from mirrorhook.addresses import Listen, redact_upstream
 from mirrorhook.announcers import Announcers
+from mirrorhook.broadcast import Broadcast
 from mirrorhook.config import Config, load_config
-from mirrorhook.connections import ConnectionGuard, GuardedSite, Limits
+from mirrorhook.connections import (
+    MAX_CONNECTIONS,
+    ConnectionGuard,
+    GuardedSite,
+    Limits,
+    connection_bound,
+)
 from mirrorhook.delivery import Courier
 from mirrorhook.errors import ConfigError, ListenError
+from mirrorhook.events import EventStreams
 from mirrorhook.fleet import Fleet
 from mirrorhook.metrics import Metrics
 from mirrorhook.receiver import RECEIVERS, make_app
@@ -69,16 +77,23 @@ async def serve(config: Config) -> None:
     reload_wanted = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
     async with contextlib.AsyncExitStack() as stack:
-        app, listen, desk = _app(config, fleet, common)
+        app, listen, desk, streams = _app(config, fleet, common)
         if listen:
-            stack.push_async_callback((await start_web(app, listen)).cleanup)
+            limits = Limits(max_connections=_connection_bound(config))
+            stack.push_async_callback((await start_web(app, listen, limits)).cleanup)
+        elif fleet is not None:
+            # No port (every repository subscribes): the trees run without the web app.
+            await stack.enter_async_context(contextlib.asynccontextmanager(fleet.lifetime)(app))
         _log_receivers(config)
         if (publishers := config.publishers) is not None:
             # One courier for every tree: `concurrency` bounds the host's deliveries.
             courier = await stack.enter_async_context(
                 Courier(timeout=publishers.timeout, concurrency=publishers.concurrency)
             )
-            announcers = Announcers(publishers, courier, metrics, supervisor, desk)
+            broadcast = Broadcast(publishers.signing_key, [streams] if streams is not None else [])
+            announcers = Announcers(
+                publishers, courier, metrics, supervisor, desk, broadcast=broadcast
+            )
             announcers.start()
             stack.push_async_callback(announcers.stop)
         systemd = Notifier()
@@ -103,7 +118,7 @@ async def serve(config: Config) -> None:
 
 def _app(
     config: Config, fleet: Fleet | None, common: endpoints.Endpoints
-) -> tuple[web.Application, tuple[Listen, ...], reports.ReportDesk | None]:
+) -> tuple[web.Application, tuple[Listen, ...], reports.ReportDesk | None, EventStreams | None]:
     """The daemon's web application and where it listens: the receiver's hooks, the
     publisher's page, mirror list and reports, the common endpoints."""
     listen = config.publishers.listen if config.publishers is not None else ()
@@ -114,14 +129,16 @@ def _app(
         listen = (*config.receivers.listen, *listen)
     else:
         app = endpoints.make_app(common)
-    desk = None
+    desk = streams = None
     if config.publishers is not None:
         desk = reports.ReportDesk(config.publishers)
+        streams = EventStreams(config.publishers.max_subscribers)
+        events.add_routes(app, streams, desk)
         reports.add_routes(app, desk)
         mirrorlist.add_routes(app, desk)
         metalink.add_routes(app, desk)
         page.add_routes(app, desk)
-    return app, listen, desk
+    return app, listen, desk, streams
 
 
 def _log_receivers(config: Config) -> None:
@@ -214,6 +231,20 @@ def _summary(config: Config) -> str:
     elif config.publishers is not None:
         parts.append(f"announcing {len(config.publishers.repos)} repositories")
     return ", ".join(parts)
+
+
+def _connection_bound(config: Config) -> int:
+    """The listeners' connection bound: room for every event stream besides."""
+    streams = 0 if config.publishers is None else config.publishers.max_subscribers
+    bound = connection_bound(streams)
+    if bound < MAX_CONNECTIONS + streams:
+        logger.warning(
+            "max_subscribers = %d, but the open-files limit allows %d connections in all: "
+            "raise LimitNOFILE",
+            streams,
+            bound,
+        )
+    return bound
 
 
 def _raise_open_files_limit() -> None:

@@ -110,7 +110,7 @@ class MarkerWatcher:
         self,
         root: Path,
         marker_name: str,
-        on_value: Callable[[str], None],
+        on_value: Callable[[str], object],
         *,
         polling: bool = False,
         rescan: float = 60.0,
