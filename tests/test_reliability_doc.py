@@ -7,6 +7,8 @@ import ast
 import re
 from pathlib import Path
 
+from tests import markdown
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -24,17 +26,11 @@ def test_every_test_named_in_reliability_md_exists() -> None:
         assert name in functions, f"RELIABILITY.md names {path}::{name}, which does not exist"
 
 
-def _anchor(heading: str) -> str:
-    """The anchor GitHub gives a Markdown heading."""
-    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
-    return text.replace(" ", "-")
-
-
 def test_every_cited_design_anchor_exists_and_nothing_cites_an_outside_document() -> None:
     """Code, tests and docs cite sections of docs/design.md by anchor, each one a heading;
     and no file cites a contract the repository does not contain."""
     design = (REPO / "docs" / "design.md").read_text()
-    anchors = {_anchor(line.lstrip("#")) for line in design.splitlines() if line.startswith("#")}
+    anchors = set(markdown.anchors(design))
     files = [
         path
         for pattern in ("src/**/*.py", "tests/*.py", "bench/*.py", "*.md", "docs/*.md", "*.toml")
