@@ -360,7 +360,7 @@ def _routes(tmp_path: Path) -> list[tuple[str, re.Pattern[str]]]:
     fleet = Fleet(config, metrics, supervisor)
     common = endpoints.Endpoints(lambda: {}, metrics, supervisor)
     # The application serve itself builds, not a copy of its list of routes.
-    app, _listen, _desk = service._app(config, fleet, common)
+    app, _listen, _desk, _streams = service._app(config, fleet, common)
     routes = []
     for route in app.router.routes():
         canonical = route.resource.canonical if route.resource is not None else ""
