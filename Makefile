@@ -8,9 +8,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: test test-fast test-loaded demo bench lint typecheck pytest rsync browser yum tools venv clean
+.PHONY: test test-fast test-loaded demo bench lint typecheck pytest rsync browser yum tools brokers venv clean
 
-test: rsync browser yum tools lint typecheck pytest
+test: rsync browser yum tools brokers lint typecheck pytest
 
 # The everyday loop: everything but the tests marked slow (real daemons, namespaces, floods).
 test-fast: venv rsync
@@ -66,6 +66,12 @@ yum:
 tools:
 	@sh scripts/install-debs.sh ip=iproute2 ss=iproute2 ftpsync=ftpsync \
 		|| echo "missing tools: the tests that need them will be skipped" >&2
+
+# Debian's mosquitto (and its clients) for the subscription tests through a real broker;
+# the tests start their own on loopback, never the system service.
+brokers:
+	@sh scripts/install-debs.sh mosquitto=mosquitto mosquitto_sub=mosquitto-clients \
+		|| echo "no mosquitto: the MQTT tests will be skipped" >&2
 
 lint: venv
 	$(BIN)/ruff check .

@@ -586,3 +586,20 @@ def key_pair(folder: Path, name: str) -> tuple[Path, Path]:
     write_private_key(private, key)
     public.write_text(f"{key.public()}\n")
     return private, public
+
+
+def subscribing_receiver(
+    folder: Path, upstream: str, public_key: Path, subscribe: list[str], **overrides: Any
+) -> Path:
+    """A single-form receiver in ``folder`` (its tree in ``folder/mirror``) that opens no
+    port: its triggers are its subscriptions and its start-up check (polling is off, so
+    nothing else can sync it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    values: dict[str, Any] = {"poll_interval": 0, "backoff": 0.2, "secret_file": None}
+    values.update(overrides)
+    path = receiver_toml(
+        folder, upstream=upstream, public_key_file=str(public_key), subscribe=subscribe, **values
+    )
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(line for line in lines if not line.startswith("listen")) + "\n")
+    return path

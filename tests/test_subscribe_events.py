@@ -17,7 +17,7 @@ from tests.helpers import (
     key_pair,
     marker_of,
     publish,
-    receiver_toml,
+    subscribing_receiver,
     trees_equal,
     wait_for_port,
     wait_until,
@@ -46,26 +46,6 @@ def upstream(folder: Path, daemon: RsyncDaemon, private: Path) -> tuple[Path, in
     return config, port
 
 
-def subscriber(folder: Path, daemon: RsyncDaemon, public: Path, events: str) -> Path:
-    """A receiver with no listen: its only trigger is the event stream (and its startup
-    check); polling is off so that nothing else can sync it."""
-    folder.mkdir(parents=True)
-    path = receiver_toml(
-        folder,
-        upstream=daemon.url,
-        secret_file=None,
-        public_key_file=str(public),
-        subscribe=[events],
-        poll_interval=0,
-        backoff=0.2,
-    )
-    text = "\n".join(
-        line for line in path.read_text().splitlines() if not line.startswith("listen")
-    )
-    path.write_text(text + "\n")
-    return path
-
-
 def test_mirrors_without_a_port_sync_seconds_after_a_publish_and_a_late_one_from_the_last_value(
     tmp_path: Path, processes: Processes, daemon: RsyncDaemon
 ) -> None:
@@ -76,7 +56,9 @@ def test_mirrors_without_a_port_sync_seconds_after_a_publish_and_a_late_one_from
     processes.serve(config, "publisher")
     wait_for_port(port)
     events = f"http://127.0.0.1:{port}/v1/events"
-    early = [subscriber(tmp_path / name, daemon, public, events) for name in ("a", "b")]
+    early = [
+        subscribing_receiver(tmp_path / name, daemon.url, public, [events]) for name in ("a", "b")
+    ]
     for path in early:
         processes.serve(path, path.parent.name)
     trees = [path.parent / "mirror" for path in early]
@@ -88,7 +70,7 @@ def test_mirrors_without_a_port_sync_seconds_after_a_publish_and_a_late_one_from
     for path in early:
         assert trees_equal(daemon.root, path.parent / "mirror")
         assert "trigger (events from upstream, marker '2')" in processes.log(path.parent.name)
-    late = subscriber(tmp_path / "late", daemon, public, events)
+    late = subscribing_receiver(tmp_path / "late", daemon.url, public, [events])
     publish(daemon.root, "3", {"dir0/newer.rpm": "newer\n"})
     processes.serve(late, "late")
     wait_until(lambda: marker_of(tmp_path / "late" / "mirror") == "3", what="the late one")

@@ -39,6 +39,7 @@ from mirrorhook.checks import (
     webhook_url,
 )
 from mirrorhook.keys import SigningKey
+from mirrorhook.mqtt_config import BrokerSettings, parse_broker
 from mirrorhook.receiver_config import repository_tables
 from mirrorhook.signing import Secret, Signer
 
@@ -118,6 +119,8 @@ class PublisherHost:
     signing_key_file: Path | None = None
     max_subscribers: int = 10_000
     """Event streams (``GET /v1/events``) open at once, at most."""
+    mqtt: BrokerSettings | None = None
+    """The broker announcements are also published to (``[publisher.mqtt]``)."""
 
     @property
     def single(self) -> bool:
@@ -143,7 +146,7 @@ _HOST_KEYS: dict[str, Check] = {
 }
 _KEY_FILE = ("signing_key_file",)
 """A host-level key, loaded apart: its key signs for every repository."""
-_HOST_ONLY = ("max_subscribers",)
+_HOST_ONLY = ("max_subscribers", "mqtt")
 """Host-level keys that no repository needs a copy of."""
 _PER_REPO: dict[str, Check] = {
     "marker": marker_name,
@@ -165,6 +168,10 @@ def parse_publisher(t: Table, hubs: Mapping[str, tuple[Path, str]]) -> Publisher
     max_subscribers: Any = t.get(
         "max_subscribers", positive_int, default_of(PublisherHost, "max_subscribers")
     )
+    broker = parse_broker(t)
+    if valid(broker) and "signing_key_file" not in t.data:
+        t.problem("mqtt", "needs signing_key_file: announcements are broadcast signed v1a")
+        broker = INVALID
     key_file: Any = t.get("signing_key_file", absolute_path, None)
     key = load_signing_key(t, "signing_key_file", key_file) if valid(key_file) else None
     if key_file is INVALID or (key_file is not None and key is None):
@@ -179,7 +186,7 @@ def parse_publisher(t: Table, hubs: Mapping[str, tuple[Path, str]]) -> Publisher
         repos = None if repo is None else [repo]
     if repos is None or not valid(state_dir) or key is INVALID:
         return None
-    if any(value is INVALID for value in (*host.values(), max_subscribers)):
+    if any(value is INVALID for value in (*host.values(), max_subscribers, broker)):
         return None
     trees = tuple(PublisherConfig(**repo, **host) for repo in repos)
     return PublisherHost(
@@ -188,6 +195,7 @@ def parse_publisher(t: Table, hubs: Mapping[str, tuple[Path, str]]) -> Publisher
         signing_key=key,
         signing_key_file=key_file,
         max_subscribers=max_subscribers,
+        mqtt=broker,
         **host,
     )
 

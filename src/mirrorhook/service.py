@@ -23,7 +23,8 @@ from aiohttp import web
 from mirrorhook import endpoints, events, metalink, mirrorlist, page, reports
 from mirrorhook.addresses import Listen, redact_upstream
 from mirrorhook.announcers import Announcers
-from mirrorhook.broadcast import Broadcast
+from mirrorhook.broadcast import Broadcast, Transport
+from mirrorhook.broker import Broker
 from mirrorhook.config import Config, load_config
 from mirrorhook.connections import (
     MAX_CONNECTIONS,
@@ -37,6 +38,7 @@ from mirrorhook.errors import ConfigError, ListenError
 from mirrorhook.events import EventStreams
 from mirrorhook.fleet import Fleet
 from mirrorhook.metrics import Metrics
+from mirrorhook.publisher_config import PublisherHost
 from mirrorhook.receiver import RECEIVERS, make_app
 from mirrorhook.receiver_config import repositories
 from mirrorhook.sdnotify import Notifier
@@ -90,7 +92,7 @@ async def serve(config: Config) -> None:
             courier = await stack.enter_async_context(
                 Courier(timeout=publishers.timeout, concurrency=publishers.concurrency)
             )
-            broadcast = Broadcast(publishers.signing_key, [streams] if streams is not None else [])
+            broadcast = _broadcast(publishers, streams, supervisor, stack)
             announcers = Announcers(
                 publishers, courier, metrics, supervisor, desk, broadcast=broadcast
             )
@@ -231,6 +233,28 @@ def _summary(config: Config) -> str:
     elif config.publishers is not None:
         parts.append(f"announcing {len(config.publishers.repos)} repositories")
     return ", ".join(parts)
+
+
+def _broadcast(
+    publishers: PublisherHost,
+    streams: EventStreams | None,
+    supervisor: Supervisor,
+    stack: contextlib.AsyncExitStack,
+) -> Broadcast:
+    """The publisher's broadcast: to the event streams, and to the broker when configured
+    (its task runs until the stack closes)."""
+    transports: list[Transport] = [] if streams is None else [streams]
+    if publishers.mqtt is not None:
+        broker = Broker(publishers.mqtt, publishers.name)
+        transports.append(broker)
+        task = asyncio.create_task(supervisor.keep("MQTT broker", broker.run))
+        stack.push_async_callback(_cancelled, task)
+    return Broadcast(publishers.signing_key, transports)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel("shutting down")
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def _connection_bound(config: Config) -> int:

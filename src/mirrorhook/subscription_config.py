@@ -110,6 +110,11 @@ def _password(text: str) -> Password:
     return Password(value)
 
 
+def read_password(path: Path) -> Password:
+    """Read a broker password file (one line), refusing one that others can read."""
+    return read_key_file(path, "MQTT password file", _password, private=True)
+
+
 def check_subscriptions(t: Table, values: dict[str, Any], public_keys: Any) -> Any:
     """Check one repository's subscription keys together; return its MQTT password (or
     ``None``), ``INVALID`` when something is wrong (the problem is recorded on ``t``)."""
@@ -129,7 +134,7 @@ def check_subscriptions(t: Table, values: dict[str, Any], public_keys: Any) -> A
     if path is None or not mqtt:
         return None
     try:
-        return read_key_file(path, "MQTT password file", _password, private=True)
+        return read_password(path)
     except ValueError as err:
         t.problem("mqtt_password_file", str(err))
         return INVALID

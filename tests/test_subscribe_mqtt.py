@@ -1,0 +1,148 @@
+"""Push through a real MQTT broker (Debian's mosquitto, started by the test on loopback):
+`mirrorhook serve` publishers announce retained with QoS 1, port-less receivers follow the
+topic (docs/design.md#the-broker). The broker is down for a publish and restarted with its
+retained messages; the mirrors converge anyway."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.brokers import Mosquitto, mosquitto
+from tests.helpers import (
+    Processes,
+    RsyncDaemon,
+    free_port,
+    key_pair,
+    marker_of,
+    needs,
+    publish,
+    subscribing_receiver,
+    trees_equal,
+    wait_for_port,
+    wait_until,
+)
+from tests.scene import json_toml
+
+pytestmark = [pytest.mark.slow, needs("mosquitto", "mosquitto_sub", package="mosquitto")]
+
+
+def publisher(folder: Path, root: Path, private: Path, broker: Mosquitto, **extra: Any) -> Path:
+    """A single-form publisher with no mirrors that announces through ``broker`` (and on
+    its own event stream, at the returned config's ``listen``)."""
+    config = folder / "publisher.toml"
+    settings = {
+        "root": str(root),
+        "state_dir": str(folder / "pstate"),
+        "listen": [f"127.0.0.1:{free_port()}"],
+        "signing_key_file": str(private),
+        "name": "upstream",
+    }
+    text = json_toml(settings, [])
+    mqtt = {"url": broker.url, **extra}
+    text += "[publisher.mqtt]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in mqtt.items())
+    config.write_text(text)
+    return config
+
+
+def retained(broker: Mosquitto, topic: str) -> dict[str, Any]:
+    """The retained message of ``topic``, as a fresh subscriber gets it."""
+    out = subprocess.run(
+        ["mosquitto_sub", "-p", str(broker.port), "-h", "127.0.0.1", "-t", topic, "-C", "1"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout
+    envelope: dict[str, Any] = json.loads(out)
+    return envelope
+
+
+def current_of(envelope: dict[str, Any]) -> str:
+    value: str = json.loads(envelope["body"])["data"]["current"]
+    return value
+
+
+def test_mirrors_follow_a_broker_through_its_outage_and_a_late_one_gets_the_retained_one(
+    tmp_path: Path, processes: Processes, daemon: RsyncDaemon
+) -> None:
+    private, public = key_pair(tmp_path / "keys", "upstream")
+    with mosquitto(tmp_path / "broker") as broker:
+        config = publisher(tmp_path, daemon.root, private, broker)
+        listen = int(config.read_text().split("127.0.0.1:")[1].split('"')[0])
+        processes.serve(config, "publisher")
+        wait_for_port(listen)
+        topic = f"{broker.url}/mirrorhook/upstream/upstream"
+        follower = subscribing_receiver(tmp_path / "mqtt", daemon.url, public, [topic])
+        events = f"http://127.0.0.1:{listen}/v1/events"
+        streamer = subscribing_receiver(tmp_path / "sse", daemon.url, public, [events])
+        processes.serve(follower, "mqtt")
+        processes.serve(streamer, "sse")
+        mqtt_tree, sse_tree = tmp_path / "mqtt" / "mirror", tmp_path / "sse" / "mirror"
+        wait_until(lambda: marker_of(mqtt_tree) == marker_of(sse_tree) == "1", what="started")
+        wait_until(lambda: "subscribed to" in processes.log("mqtt"), what="subscribed")
+        wait_until(lambda: current_of(retained(broker, "mirrorhook/upstream/upstream")) == "1")
+
+        publish(daemon.root, "2", {"dir0/new.rpm": "new\n"})
+        wait_until(lambda: marker_of(mqtt_tree) == "2", what="the MQTT mirror synced")
+        assert "trigger (mqtt from upstream, marker '2')" in processes.log("mqtt")
+        assert trees_equal(daemon.root, mqtt_tree)
+
+        broker.stop()  # a publish while the broker is down: the event stream is not delayed
+        publish(daemon.root, "3", {"dir0/newer.rpm": "newer\n"})
+        wait_until(lambda: marker_of(sse_tree) == "3", what="the event-stream mirror synced")
+        assert marker_of(mqtt_tree) == "2"
+        broker.start()  # the publisher reconnects and publishes the newest announcement
+        wait_until(lambda: marker_of(mqtt_tree) == "3", what="caught up after the outage")
+        wait_until(lambda: current_of(retained(broker, "mirrorhook/upstream/upstream")) == "3")
+
+        broker.stop()  # a broker that lost its retained messages gets them again
+        (broker.folder / "mosquitto.db").unlink()
+        broker.start()
+        wait_until(lambda: current_of(retained(broker, "mirrorhook/upstream/upstream")) == "3")
+
+        processes.running[0].terminate()  # the publisher goes; the broker keeps its copy
+        processes.running[0].wait(15)
+        broker.stop()
+        broker.start()
+        late = subscribing_receiver(tmp_path / "late", daemon.url, public, [topic])
+        processes.serve(late, "late")
+        wait_until(lambda: marker_of(tmp_path / "late" / "mirror") == "3", what="synced")
+        # Its start-up check may have synced it first: then the retained one finds it done.
+        heard = re.compile(r"trigger \(mqtt from upstream, marker '3'\)|mqtt \S+ .*'3'\): already")
+        wait_until(lambda: heard.search(processes.log("late")), what="the retained message")
+
+
+def test_a_poke_for_mqtt_exec_follows_each_announcement(
+    tmp_path: Path, processes: Processes, daemon: RsyncDaemon
+) -> None:
+    """poke_topic: a bare, unretained message naming the repository, as mqtt-exec users
+    subscribe to on Alpine's and the FCIX mirrors' brokers."""
+    private, _public = key_pair(tmp_path / "keys", "upstream")
+    with mosquitto(tmp_path / "broker") as broker:
+        config = publisher(
+            tmp_path, daemon.root, private, broker, poke_topic="rsync/upstream.example.org/{repo}"
+        )
+        poked = subprocess.Popen(
+            [
+                *("mosquitto_sub", "-p", str(broker.port), "-h", "127.0.0.1"),
+                *("-t", "rsync/upstream.example.org/#", "-C", "1", "-v"),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            processes.serve(config, "publisher")
+            # Its start-up announcement may come before the subscription is up: publish.
+            wait_until(lambda: "connected to the MQTT broker" in processes.log("publisher"))
+            publish(daemon.root, "2")
+            out, _ = poked.communicate(timeout=15)
+        finally:
+            poked.kill()
+            poked.wait()
+    assert out == "rsync/upstream.example.org/upstream upstream\n"
