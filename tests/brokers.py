@@ -20,6 +20,9 @@ class Mosquitto:
     folder: Path
     port: int
     extra: str = ""
+    """Lines after the listener and persistence ones (default: anonymous clients allowed)."""
+    config: str | None = None
+    """A whole config of its own instead (its listener on ``port``)."""
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -29,13 +32,15 @@ class Mosquitto:
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         config = self.folder / "mosquitto.conf"
+        # As root it would switch to the mosquitto user, which cannot write here.
+        user = f"user {getpass.getuser()}\nlog_dest file {self.folder}/mosquitto.log\n"
         config.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            # As root it would switch to the mosquitto user, which cannot write here.
-            f"user {getpass.getuser()}\n"
-            "persistence true\n"
-            f"persistence_location {self.folder}/\n"
-            f"log_dest file {self.folder}/mosquitto.log\n"
+            user + self.config
+            if self.config is not None
+            else f"listener {self.port} 127.0.0.1\n"
+            + user
+            + "persistence true\n"
+            + f"persistence_location {self.folder}/\n"
             + (self.extra or "allow_anonymous true\n")
         )
         self.process = subprocess.Popen(

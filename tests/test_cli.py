@@ -18,11 +18,13 @@ import pytest
 
 from mirrorhook import signing
 from mirrorhook.config import load_config
+from mirrorhook.trigger import Via
 from tests.helpers import (
     MIRRORHOOK,
     RsyncDaemon,
     counting_rsync,
     free_port,
+    key_pair,
     marker_of,
     mirror_secret,
     publish,
@@ -247,13 +249,16 @@ def test_contrib_host_example_loads(tmp_path: Path) -> None:
     assert "    rsync command  rsync -aH " in result.stdout  # label and value apart
 
 
-@pytest.mark.parametrize("example", ["receiver.toml", "publisher.toml", "hub.toml"])
+@pytest.mark.parametrize(
+    "example", ["receiver.toml", "publisher.toml", "hub.toml", "subscriber.toml"]
+)
 def test_contrib_examples_load(tmp_path: Path, example: str) -> None:
     """Each contrib/ example is valid once the files it names exist (paths moved into tmp)."""
     text = (REPO / "contrib" / example).read_text().replace("/etc/mirrorhook/", f"{tmp_path}/etc/")
     (tmp_path / "etc").mkdir()
     for name in ("receiver", "mirror-a", "mirror-b", "leaf-a", "leaf-b"):
         write_secret(tmp_path / "etc" / f"{name}.secret")
+    key_pair(tmp_path / "etc", "upstream")
     (tmp_path / "etc" / "exclude.txt").write_text((REPO / "contrib" / "exclude.txt").read_text())
     config = tmp_path / example
     config.write_text(text)
@@ -261,7 +266,11 @@ def test_contrib_examples_load(tmp_path: Path, example: str) -> None:
     if example != "publisher.toml":
         assert loaded.receiver is not None
         assert loaded.receiver.upstream.startswith("rsync://")
-    if example != "receiver.toml":
+    if example == "subscriber.toml":
+        assert loaded.receiver is not None
+        assert loaded.receiver.listen == ()
+        assert [entry.via for entry in loaded.receiver.subscribe] == [Via.EVENTS]
+    elif example != "receiver.toml":
         assert loaded.publisher is not None
         assert len(loaded.publisher.mirrors) == 2
     if example == "hub.toml":
@@ -270,6 +279,11 @@ def test_contrib_examples_load(tmp_path: Path, example: str) -> None:
         assert loaded.publisher.root == loaded.receiver.target
     result = run("check-config", "-c", config)
     assert result.returncode == 0, result.stderr
+    if example == "subscriber.toml":
+        assert (
+            "  subscribe      https://upstream.example.org/mirrorhook/v1/events?repo=ius (events)"
+            in result.stdout
+        )
     if example == "publisher.toml":
         assert loaded.publishers is not None
         assert loaded.publishers.public_url == "https://upstream.example.org/mirrorhook"

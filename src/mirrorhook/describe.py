@@ -67,6 +67,8 @@ def _publisher_urls(host: PublisherHost) -> list[tuple[str, str]]:
         ("mirror list", f"{base}/mirrorlist{query}"),
         ("metalink", f"{base}/metalink{query or '?'}{'&' if query else ''}path=PATH"),
     ]
+    if host.signing_key is not None:
+        rows.append(("event stream", f"{base}/v1/events{query}"))
     if host.public_url is None:
         rows.append(("public_url", "not set: mirrors get no report URL"))
     return rows
@@ -83,6 +85,7 @@ def _tree(r: ReceiverConfig, indent: str) -> list[str]:
         ("verify with", _verifiers(r)),
         ("rsync command", " ".join(rsync.tree_args(r))),
     ]
+    rows += [("subscribe", f"{entry.shown} ({entry.via})") for entry in r.subscribe]
     if r.trace is not None:
         rows.append(("trace file", f"{r.target / r.trace} (Debian ftpsync format)"))
     if r.lastsync is not None:
@@ -107,6 +110,9 @@ def _publisher(p: PublisherConfig, host: PublisherHost) -> list[str]:
     if host.listen and p.repo is not None:
         base = host.public_url or f"http://{host.listen[0]}"
         rows.append(("mirror list", f"{base}/mirrorlist?repo={p.repo}"))
+    if host.mqtt is not None:
+        topic = host.mqtt.topic_of(host.mqtt.topic, p.name, p.repo)
+        rows.append(("MQTT topic", f"{topic} on {host.mqtt.url} (retained, QoS 1)"))
     rows += [("mirror", _mirror(mirror)) for mirror in p.mirrors]
     heading = "publisher:" if p.repo is None else f"publisher, repository {p.repo}:"
     return [heading, *_rows("  ", rows)]
