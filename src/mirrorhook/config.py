@@ -13,7 +13,7 @@ from typing import Any
 
 from mirrorhook.checks import Table
 from mirrorhook.errors import ConfigError
-from mirrorhook.publisher_config import PublisherConfig, PublisherHost, parse_publisher
+from mirrorhook.publisher_config import Hub, PublisherConfig, PublisherHost, parse_publisher
 from mirrorhook.receiver_config import (
     ReceiverConfig,
     ReceiverHost,
@@ -87,6 +87,19 @@ def in_file_order(path: Path, document: dict[str, Any], problems: list[str]) -> 
     return sorted(problems, key=position)  # stable: a key's own problems keep their order
 
 
+def _hubs(document: dict[str, Any], receivers: ReceiverHost | None) -> dict[str, Hub | None]:
+    """The receiver's repositories by name, for a hub's publisher: each one's target and
+    marker, or ``None`` for one whose ``[receiver]`` section has problems. Those problems are
+    reported there; the publisher must not blame its own ``root`` for them."""
+    hubs: dict[str, Hub | None] = {}
+    tables = document.get("receiver")
+    named = tables.get("repos") if isinstance(tables, dict) else None
+    if isinstance(named, dict):
+        hubs = dict.fromkeys(named)
+    hubs |= {repo.name: (repo.target, repo.marker) for repo in repositories(receivers) if repo.name}
+    return hubs
+
+
 def load_config(path: Path) -> Config:
     """Read and validate ``path``; raise ``ConfigError`` listing every problem found."""
     try:
@@ -104,10 +117,7 @@ def load_config(path: Path) -> Config:
     if "receiver" in document and (table := root.table("receiver")) is not None:
         receivers = parse_receiver(table)
     if "publisher" in document and (table := root.table("publisher")) is not None:
-        hubs = {
-            repo.name: (repo.target, repo.marker) for repo in repositories(receivers) if repo.name
-        }
-        publishers = parse_publisher(table, hubs)
+        publishers = parse_publisher(table, _hubs(document, receivers))
     root.finish(known=("receiver", "publisher"))
     if not problems and receivers is None and publishers is None:
         problems.append(f"{path}: neither a [receiver] nor a [publisher] section: nothing to run")
