@@ -28,6 +28,7 @@ from mirrorhook.connections import ConnectionGuard, GuardedSite, Limits
 from mirrorhook.delivery import Courier
 from mirrorhook.errors import ConfigError, ListenError
 from mirrorhook.fleet import Fleet
+from mirrorhook.log import counted
 from mirrorhook.metrics import Metrics
 from mirrorhook.receiver import RECEIVERS, make_app
 from mirrorhook.receiver_config import repositories
@@ -208,11 +209,15 @@ def _summary(config: Config) -> str:
     if config.receiver is not None:
         parts.append(f"mirroring {redact_upstream(config.receiver.upstream)}")
     elif config.receivers is not None:
-        parts.append(f"mirroring {len(config.receivers.repos)} repositories")
+        parts.append(
+            f"mirroring {counted(len(config.receivers.repos), 'repository', 'repositories')}"
+        )
     if config.publisher is not None:
-        parts.append(f"announcing to {len(config.publisher.mirrors)} mirrors")
+        parts.append(f"announcing to {counted(len(config.publisher.mirrors), 'mirror')}")
     elif config.publishers is not None:
-        parts.append(f"announcing {len(config.publishers.repos)} repositories")
+        parts.append(
+            f"announcing {counted(len(config.publishers.repos), 'repository', 'repositories')}"
+        )
     return ", ".join(parts)
 
 
