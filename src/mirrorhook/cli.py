@@ -21,7 +21,8 @@ from mirrorhook.describe import describe
 from mirrorhook.errors import ConfigError, LockedError, MirrorhookError, SyncError
 from mirrorhook.oneshot import sync_tree
 from mirrorhook.receiver_config import ReceiverConfig
-from mirrorhook.status import format_status, host_status, is_failing
+from mirrorhook.running_config import status_now
+from mirrorhook.status import format_status, is_failing
 
 logger = logging.getLogger("mirrorhook")
 
@@ -183,9 +184,11 @@ def _add_status_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentPa
         parents=[common],
         help="show the last sync (receiver) and the deliveries (publisher)",
         description=(
-            "Show this host's state: for a receiver, the local marker, the last sync and the "
-            "current state; for a publisher, one row per mirror. Exit status: 0, or 1 when "
-            "the last sync or a delivery is failing."
+            "Show this host's state as a running daemon runs it: for a receiver, the local "
+            "marker, the last sync and the current state; for a publisher, one row per mirror. "
+            "A first line says when the config file is not what runs (refused at a reload, "
+            "broken, or not reloaded yet). Exit status: 0, or 1 when the last sync or a "
+            "delivery is failing; 2 when the file does not load and no daemon runs it."
         ),
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -354,7 +357,7 @@ def _notify(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    status = host_status(_load(args))
+    status = status_now(config_path(args.config))  # what a running daemon runs, if one does
     if args.json:
         sys.stdout.write(json.dumps(status, indent=2) + "\n")
     else:

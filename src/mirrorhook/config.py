@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ class Config:
     path: Path
     receivers: ReceiverHost | None = None
     publishers: PublisherHost | None = None
+    text: str = field(default="", repr=False, compare=False)
+    """The file's text as it was loaded: what a daemon notes it runs (``daemon_note.py``)."""
 
     @property
     def receiver(self) -> ReceiverConfig | None:
@@ -102,12 +104,24 @@ def _hubs(document: dict[str, Any], receivers: ReceiverHost | None) -> dict[str,
 
 def load_config(path: Path) -> Config:
     """Read and validate ``path``; raise ``ConfigError`` listing every problem found."""
+    return parse_config(path, read_config_text(path))
+
+
+def read_config_text(path: Path) -> str:
+    """The text of the config file ``path``; ``ConfigError`` when it cannot be read."""
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError([f"{path}: cannot read: {err.strerror}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
+
+
+def parse_config(path: Path, text: str) -> Config:
+    """Validate ``text``, the config file ``path`` holds (or held); raise ``ConfigError``
+    listing every problem found, each naming ``path``."""
+    try:
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError([f"{path}: not valid TOML: {err}"]) from None
 
@@ -123,4 +137,4 @@ def load_config(path: Path) -> Config:
         problems.append(f"{path}: neither a [receiver] nor a [publisher] section: nothing to run")
     if problems:
         raise ConfigError(in_file_order(path, document, problems))
-    return Config(path=path, receivers=receivers, publishers=publishers)
+    return Config(path=path, receivers=receivers, publishers=publishers, text=text)
