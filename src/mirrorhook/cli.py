@@ -19,6 +19,7 @@ from mirrorhook import log as logsetup
 from mirrorhook.config import CONFIG_ENV, DEFAULT_CONFIG, Config, config_path, load_config
 from mirrorhook.describe import describe
 from mirrorhook.errors import ConfigError, LockedError, MirrorhookError, SyncError
+from mirrorhook.form_switch import move_state
 from mirrorhook.oneshot import sync_tree
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.running_config import status_now
@@ -249,21 +250,24 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(config_path(args.config))
+def _load(args: argparse.Namespace, *, to_run: bool = False) -> Config:
+    config = load_config(config_path(args.config))
+    if to_run:  # a command that uses the state: what the single form left moves along
+        move_state(config)
+    return config
 
 
 def _serve(args: argparse.Namespace) -> int:
     # aiohttp takes a quarter of a second to import: only the daemon pays for it.
     from mirrorhook.service import serve  # noqa: PLC0415 - deferred on purpose
 
-    config = _load(args)
+    config = _load(args, to_run=True)
     asyncio.run(serve(config))
     return EXIT_OK
 
 
 def _sync(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = _load(args, to_run=True)
     host = config.receivers
     if host is None:
         raise ConfigError([f"{config.path}: receiver: this command needs a [receiver] section"])
@@ -334,7 +338,7 @@ def _notify(args: argparse.Namespace) -> int:
     from mirrorhook.notify import format_outcomes, notify  # noqa: PLC0415 - aiohttp
     from mirrorhook.record import DeliveryResult  # noqa: PLC0415
 
-    config = _load(args)
+    config = _load(args, to_run=True)
     publishers = config.publishers
     if publishers is None:
         raise ConfigError([f"{config.path}: publisher: this command needs a [publisher] section"])
