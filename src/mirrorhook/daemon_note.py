@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -138,9 +139,7 @@ class ConfigNotes:
         refusal = Refusal(
             iso_time(time.time()), tuple(problems), None if text is None else digest(text)
         )
-        self.note = ConfigNote(
-            self.note.pid, self.note.config, self.note.text, self.note.loaded_at, refusal
-        )
+        self.note = dataclasses.replace(self.note, refused=refusal)
         await self._write()
 
     async def remove(self) -> None:
