@@ -232,10 +232,10 @@ def test_contrib_host_example_loads(tmp_path: Path) -> None:
     config.write_text(text)
     host = load_config(config).receivers
     assert host is not None
-    assert [(repo.name, repo.backoff, repo.enabled) for repo in host.repos] == [
-        ("ius", 30, True),
-        ("epel", 120, True),
-        ("archlinux", 30, False),
+    assert [(repo.name, repo.backoff, repo.enabled, repo.max_delete) for repo in host.repos] == [
+        ("ius", 30, True, 10_000),
+        ("epel", 120, True, 20_000),
+        ("archlinux", 30, False, 10_000),
     ]
     assert host.repos[2].lastsync == "lastsync"
     publishers = load_config(config).publishers

@@ -96,7 +96,7 @@ def test_minimal_receiver_config_loads_with_spec_defaults(tmp_path: Path) -> Non
     assert receiver.exclude_from is None
     assert receiver.rsync == "rsync"
     assert receiver.rsync_args == ()
-    assert receiver.max_delete is None
+    assert receiver.max_delete == 10_000
     assert receiver.backoff == 30
     assert receiver.poll_interval == 3600
     assert receiver.poll_jitter == 300

@@ -65,7 +65,7 @@ def test_publisher_killed_while_a_mirror_is_down_delivers_the_newest_on_restart(
         second.terminate()
         assert second.wait(15) == 0
         processes.serve(config, "publisher")
-        wait_until(lambda: "announcing to 0 of 1 mirrors" in processes.log("publisher"))
+        wait_until(lambda: "announcing to 0 of 1 mirror" in processes.log("publisher"))
         # The next publish is the witness: a mirror gets one delivery at a time, in order,
         # so anything the restart sent arrives before it.
         publish(root, "3")

@@ -19,9 +19,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mirrorhook import endpoints, signing
+from mirrorhook.checker import Checker
 from mirrorhook.config import Config, load_config
 from mirrorhook.delivery import MAX_RETRY_AFTER, Courier, Message, classify, retry_after
 from mirrorhook.errors import DeliveryKind, MarkerError
+from mirrorhook.freshness import Freshness
 from mirrorhook.message import new_update
 from mirrorhook.metrics import Metrics
 from mirrorhook.notify import notify
@@ -38,6 +40,7 @@ from tests.helpers import (
     publish,
     publisher_toml,
     until,
+    write_secret,
 )
 from tests.mirrors import HookMirror, always, hang
 
@@ -735,3 +738,63 @@ def test_a_forgotten_tree_leaves_no_series_behind() -> None:
     text = metrics.render().decode()
     assert 'repo="ius"' not in text
     assert 'mirrorhook_marker_info{marker="7",repo="epel",side="local"} 1.0' in text
+
+
+async def test_a_hosts_publisher_log_names_the_repository_in_every_line(
+    tmp_path: Path, aiohttp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two repositories announced to mirrors of the same names: every line of the delivery
+    workers, their retries and the checks names its repository (``ius: ...``), and a count
+    of one says "1 mirror" (docs/design.md#many-repositories)."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name in ("a", "g"):
+        write_secret(secrets / f"{name}.secret")
+    answers = {"ius": sequence(503, then=202), "epel": always(401)}
+    urls = {}
+    for repo, answer in answers.items():
+        mirror = HookMirror(mirror_secret(tmp_path, "a"), answer)
+        urls[repo] = await start(aiohttp_server, mirror)
+    gone = await start(aiohttp_server, HookMirror(mirror_secret(tmp_path, "g"), always(410)))
+    text = f'[publisher]\nstate_dir = "{tmp_path / "state"}"\nname = "up"\n'
+    for repo, extra in (("ius", ("g", gone)), ("epel", None)):
+        (tmp_path / repo).mkdir()
+        text += f'[publisher.repos.{repo}]\nroot = "{tmp_path / repo}"\n'
+        for name, url in [("a", urls[repo]), *([extra] if extra else [])]:
+            text += (
+                f'[[publisher.repos.{repo}.mirrors]]\nname = "{name}"\nurl = "{url}"\n'
+                f'secret_file = "{secrets / f"{name}.secret"}"\n'
+            )
+        text += (
+            f'[[publisher.repos.{repo}.mirrors]]\nname = "c"\ncheck_url = "http://127.0.0.1:1/"\n'
+        )
+    (tmp_path / "host.toml").write_text(text)
+    host = load_config(tmp_path / "host.toml").publishers
+    assert host is not None
+    caplog.set_level(logging.INFO, logger="mirrorhook")
+    async with Courier(timeout=2, concurrency=4) as courier:
+        for tree in host.repos:
+            publisher = Publisher(tree, courier, backoff=FAST)
+            task = asyncio.create_task(publisher.run())
+            publisher.publish("7")
+            checker = Checker(Freshness(tree), courier.session, public=courier.public_session)
+            await checker.check(tree.mirrors[-1])
+            expected = "delivered marker" if tree.repo == "ius" else "refused the webhook"
+            await until(lambda: expected in caplog.text)  # noqa: B023 - awaited in the loop
+            await stop(task)
+    lines = [record.getMessage() for record in caplog.records]
+    assert not [line for line in lines if not line.startswith(("ius: ", "epel: "))], lines
+    for line in (
+        "ius: marker '7': announcing to 2 of 2 mirrors",
+        "epel: marker '7': announcing to 1 of 1 mirror",
+        "ius: mirror g answered 410 Gone: not retrying marker '7'",
+        "epel: mirror a refused the webhook: ",
+        "ius: webhook to a failed (attempt 1): ",
+        "ius: delivered marker '7' to a (HTTP 202) in ",
+        "ius: check of c failed: ",
+        "epel: check of c failed: ",
+    ):
+        # Whole lines, or the beginning of those that go on (ending in a space).
+        assert any(
+            shown == line or (line.endswith(" ") and shown.startswith(line)) for shown in lines
+        ), (line, lines)

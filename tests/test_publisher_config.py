@@ -82,5 +82,45 @@ def test_problems_are_named_by_repository(tmp_path: Path) -> None:
         "publisher.root: set it in each [publisher.repos.NAME] table, not beside repos",
         "publisher.repos.ius.mirrors: must list at least one mirror"
         " (or set signing_key_file: mirrors may subscribe)",
-        "publisher.repos.epel.root: required key is missing",
+        "publisher.repos.epel.root: required key is missing (a hub leaves it out when "
+        "[receiver.repos.epel] is there too: its target is the root)",
     ]
+
+
+HUB = (
+    '[receiver]\nlisten = ["127.0.0.1:8873"]\nstate_dir = "TMP/rstate"\n'
+    '[receiver.repos.ius]\nsecret_file = "TMP/r.secret"\n'
+    'upstream = "rsync://up.example/ius/"\ntarget = "TMP/srv/ius"\n'
+    '[publisher]\nstate_dir = "TMP/pstate"\n[publisher.repos.ius]\n'
+    + MIRROR.format(repo="ius", name="m1")
+)
+
+
+@pytest.mark.parametrize(
+    ("broken", "problem"),
+    [
+        pytest.param(
+            ('target = "TMP/srv/ius"\n', ""),
+            "receiver.repos.ius.target: required key is missing",
+            id="repository-key",
+        ),
+        pytest.param(
+            ('listen = ["127.0.0.1:8873"]', 'listen = ["nowhere"]'),
+            "receiver.listen: item 0: ",
+            id="host-key",
+        ),
+    ],
+)
+def test_a_broken_receiver_is_named_not_the_hub_publishers_root(
+    tmp_path: Path, broken: tuple[str, str], problem: str
+) -> None:
+    """A hub repository's root is its receiver's target: when the receiver's section is
+    broken, its own key is the problem listed, not ``publisher.repos.ius.root`` (which the
+    file rightly leaves out); the publisher's own problems are still listed."""
+    text = HUB.replace(*broken).replace('name = "m1"', 'name = "m 1"')
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    found = [line.split(": ", 1)[1] for line in caught.value.problems]
+    assert len(found) == 2, found
+    assert found[0].startswith(problem), found
+    assert found[1].startswith("publisher.repos.ius.mirrors[0].name: "), found

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from mirrorhook import rsync
 from mirrorhook.config import load_config
 from mirrorhook.errors import ConfigError
+from mirrorhook.receiver_config import repositories
 from tests.helpers import write_secret
 
 
@@ -39,6 +41,21 @@ def host_toml(tmp: Path, repos: dict[str, dict[str, object]], host: str = "") ->
             lines.append(f"{key} = {text}")
     path = tmp / "host.toml"
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def single_toml(tmp: Path, extra: str = "") -> Path:
+    tmp.mkdir(exist_ok=True)
+    write_secret(tmp / "r.secret")
+    path = tmp / "single.toml"
+    path.write_text(
+        "[receiver]\n"
+        'listen = ["127.0.0.1:8873"]\n'
+        f'secret_file = "{tmp / "r.secret"}"\n'
+        'upstream = "rsync://mirror.example.org/ius/"\n'
+        f'target = "{tmp / "mirror"}"\n'
+        f'state_dir = "{tmp / "state"}"\n' + extra
+    )
     return path
 
 
@@ -73,22 +90,39 @@ def test_repositories_inherit_the_host_levels_keys_and_keep_their_own_state(
 
 
 def test_the_single_form_is_one_unnamed_repository(tmp_path: Path) -> None:
-    write_secret(tmp_path / "r.secret")
-    path = tmp_path / "single.toml"
-    path.write_text(
-        "[receiver]\n"
-        'listen = ["127.0.0.1:8873"]\n'
-        f'secret_file = "{tmp_path / "r.secret"}"\n'
-        'upstream = "rsync://mirror.example.org/ius/"\n'
-        f'target = "{tmp_path / "mirror"}"\n'
-        f'state_dir = "{tmp_path / "state"}"\n'
-    )
-    config = load_config(path)
+    config = load_config(single_toml(tmp_path))
     assert config.receivers is not None
     assert config.receivers.single
     assert config.receiver is not None
     assert config.receiver.name is None
     assert config.receiver.state_dir == tmp_path / "state"
+
+
+def test_every_form_limits_deletions_by_default_and_takes_another_limit(tmp_path: Path) -> None:
+    """docs/design.md#configuration-defaults: a sync deletes at most ``max_delete`` files,
+    10,000 unless set — in the single form, in each repository of the host form, from the
+    host level, or the repository's own value — and its rsync says so."""
+    single = load_config(single_toml(tmp_path / "single")).receivers
+    own = load_config(single_toml(tmp_path / "own", "max_delete = 50\n")).receivers
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "host").mkdir()
+    plain = load_config(host_toml(tmp_path / "plain", {"ius": {}})).receivers
+    host = load_config(
+        host_toml(tmp_path / "host", {"ius": {}, "epel": {"max_delete": 7}}, "max_delete = 300")
+    ).receivers
+    sections = {"single": single, "own": own, "plain": plain, "host": host}
+    limits = {
+        f"{form} {repo.name}": [arg for arg in rsync.tree_args(repo) if "max-delete" in arg]
+        for form, section in sections.items()
+        for repo in repositories(section)
+    }
+    assert limits == {
+        "single None": ["--max-delete=10000"],
+        "own None": ["--max-delete=50"],
+        "plain ius": ["--max-delete=10000"],
+        "host ius": ["--max-delete=300"],
+        "host epel": ["--max-delete=7"],
+    }
 
 
 def test_every_problem_is_named_by_its_repository(tmp_path: Path) -> None:

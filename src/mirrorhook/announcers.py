@@ -18,6 +18,7 @@ from mirrorhook.checker import Checker
 from mirrorhook.config import Config
 from mirrorhook.delivery import Courier
 from mirrorhook.freshness import Freshness
+from mirrorhook.log import counted
 from mirrorhook.metrics import Metrics
 from mirrorhook.publisher import Publisher
 from mirrorhook.publisher_config import PublisherConfig, PublisherHost
@@ -149,9 +150,9 @@ class Announcers:
             rescan=tree.rescan,
         )
         logger.info(
-            "publisher ready: announcing %s to %d mirrors%s",
+            "publisher ready: announcing %s to %s%s",
             tree.root / tree.marker,
-            len(tree.mirrors),
+            counted(len(tree.mirrors), "mirror"),
             "" if tree.repo is None else f" (repository {tree.repo})",
         )
         prefix = "" if tree.repo is None else f"{tree.repo} "

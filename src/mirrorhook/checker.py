@@ -21,6 +21,7 @@ from yarl import URL
 from mirrorhook import bodies, marker
 from mirrorhook.errors import MarkerError, MirrorhookError
 from mirrorhook.freshness import AFTER_PUBLISH, Freshness, State
+from mirrorhook.log import TreeLog
 from mirrorhook.public_addresses import REFUSED, NotPublicError, is_public_host
 from mirrorhook.publisher_config import MirrorConfig
 
@@ -145,6 +146,7 @@ class Checker:
         """``session`` fetches each ``check_url`` and redirects within its origin; ``public``
         (a ``public_session``) fetches redirects elsewhere."""
         self.freshness = freshness
+        self._log = TreeLog(logger, freshness.config.repo)
         self.mirrors = tuple(mirror for mirror in freshness.config.mirrors if mirror.check_url)
         """The mirrors there is something to check of: those with a ``check_url``."""
         self._session = session
@@ -224,7 +226,7 @@ class Checker:
                 del self._running[mirror.name]
         state = self.freshness.observed(mirror.name, value, error)
         if error is not None:
-            logger.info("check of %s failed: %s", mirror.name, error)
+            self._log.info("check of %s failed: %s", mirror.name, error)
         return state
 
     async def _watch(self, mirror: MirrorConfig) -> None:

@@ -19,9 +19,11 @@ from mirrorhook import log as logsetup
 from mirrorhook.config import CONFIG_ENV, DEFAULT_CONFIG, Config, config_path, load_config
 from mirrorhook.describe import describe
 from mirrorhook.errors import ConfigError, LockedError, MirrorhookError, SyncError
+from mirrorhook.form_switch import move_state
 from mirrorhook.oneshot import sync_tree
 from mirrorhook.receiver_config import ReceiverConfig
-from mirrorhook.status import format_status, host_status, is_failing
+from mirrorhook.running_config import status_now
+from mirrorhook.status import format_status, is_failing
 
 logger = logging.getLogger("mirrorhook")
 
@@ -183,9 +185,11 @@ def _add_status_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentPa
         parents=[common],
         help="show the last sync (receiver) and the deliveries (publisher)",
         description=(
-            "Show this host's state: for a receiver, the local marker, the last sync and the "
-            "current state; for a publisher, one row per mirror. Exit status: 0, or 1 when "
-            "the last sync or a delivery is failing."
+            "Show this host's state as a running daemon runs it: for a receiver, the local "
+            "marker, the last sync and the current state; for a publisher, one row per mirror. "
+            "A first line says when the config file is not what runs (refused at a reload, "
+            "broken, or not reloaded yet). Exit status: 0, or 1 when the last sync or a "
+            "delivery is failing; 2 when the file does not load and no daemon runs it."
         ),
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -246,21 +250,24 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(config_path(args.config))
+def _load(args: argparse.Namespace, *, to_run: bool = False) -> Config:
+    config = load_config(config_path(args.config))
+    if to_run:  # a command that uses the state: what the single form left moves along
+        move_state(config)
+    return config
 
 
 def _serve(args: argparse.Namespace) -> int:
     # aiohttp takes a quarter of a second to import: only the daemon pays for it.
     from mirrorhook.service import serve  # noqa: PLC0415 - deferred on purpose
 
-    config = _load(args)
+    config = _load(args, to_run=True)
     asyncio.run(serve(config))
     return EXIT_OK
 
 
 def _sync(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = _load(args, to_run=True)
     host = config.receivers
     if host is None:
         raise ConfigError([f"{config.path}: receiver: this command needs a [receiver] section"])
@@ -331,7 +338,7 @@ def _notify(args: argparse.Namespace) -> int:
     from mirrorhook.notify import format_outcomes, notify  # noqa: PLC0415 - aiohttp
     from mirrorhook.record import DeliveryResult  # noqa: PLC0415
 
-    config = _load(args)
+    config = _load(args, to_run=True)
     publishers = config.publishers
     if publishers is None:
         raise ConfigError([f"{config.path}: publisher: this command needs a [publisher] section"])
@@ -354,7 +361,7 @@ def _notify(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    status = host_status(_load(args))
+    status = status_now(config_path(args.config))  # what a running daemon runs, if one does
     if args.json:
         sys.stdout.write(json.dumps(status, indent=2) + "\n")
     else:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mirrorhook.checks import Table
 from mirrorhook.errors import ConfigError
-from mirrorhook.publisher_config import PublisherConfig, PublisherHost, parse_publisher
+from mirrorhook.publisher_config import Hub, PublisherConfig, PublisherHost, parse_publisher
 from mirrorhook.receiver_config import (
     ReceiverConfig,
     ReceiverHost,
@@ -32,6 +32,8 @@ class Config:
     path: Path
     receivers: ReceiverHost | None = None
     publishers: PublisherHost | None = None
+    text: str = field(default="", repr=False, compare=False)
+    """The file's text as it was loaded: what a daemon notes it runs (``daemon_note.py``)."""
 
     @property
     def receiver(self) -> ReceiverConfig | None:
@@ -87,14 +89,39 @@ def in_file_order(path: Path, document: dict[str, Any], problems: list[str]) -> 
     return sorted(problems, key=position)  # stable: a key's own problems keep their order
 
 
+def _hubs(document: dict[str, Any], receivers: ReceiverHost | None) -> dict[str, Hub | None]:
+    """The receiver's repositories by name, for a hub's publisher: each one's target and
+    marker, or ``None`` for one whose ``[receiver]`` section has problems. Those problems are
+    reported there; the publisher must not blame its own ``root`` for them."""
+    hubs: dict[str, Hub | None] = {}
+    tables = document.get("receiver")
+    named = tables.get("repos") if isinstance(tables, dict) else None
+    if isinstance(named, dict):
+        hubs = dict.fromkeys(named)
+    hubs |= {repo.name: (repo.target, repo.marker) for repo in repositories(receivers) if repo.name}
+    return hubs
+
+
 def load_config(path: Path) -> Config:
     """Read and validate ``path``; raise ``ConfigError`` listing every problem found."""
+    return parse_config(path, read_config_text(path))
+
+
+def read_config_text(path: Path) -> str:
+    """The text of the config file ``path``; ``ConfigError`` when it cannot be read."""
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError([f"{path}: cannot read: {err.strerror}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
+
+
+def parse_config(path: Path, text: str) -> Config:
+    """Validate ``text``, the config file ``path`` holds (or held); raise ``ConfigError``
+    listing every problem found, each naming ``path``."""
+    try:
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError([f"{path}: not valid TOML: {err}"]) from None
 
@@ -104,13 +131,10 @@ def load_config(path: Path) -> Config:
     if "receiver" in document and (table := root.table("receiver")) is not None:
         receivers = parse_receiver(table)
     if "publisher" in document and (table := root.table("publisher")) is not None:
-        hubs = {
-            repo.name: (repo.target, repo.marker) for repo in repositories(receivers) if repo.name
-        }
-        publishers = parse_publisher(table, hubs)
+        publishers = parse_publisher(table, _hubs(document, receivers))
     root.finish(known=("receiver", "publisher"))
     if not problems and receivers is None and publishers is None:
         problems.append(f"{path}: neither a [receiver] nor a [publisher] section: nothing to run")
     if problems:
         raise ConfigError(in_file_order(path, document, problems))
-    return Config(path=path, receivers=receivers, publishers=publishers)
+    return Config(path=path, receivers=receivers, publishers=publishers, text=text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mirrorhook import rsync
 from mirrorhook.config import Config
+from mirrorhook.form_switch import planned
 from mirrorhook.message import HOOK_PATH
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
 from mirrorhook.receiver_config import ReceiverConfig, ReceiverHost
@@ -15,14 +16,15 @@ LABEL_WIDTH = 15
 def describe(config: Config) -> str:
     """Every role of ``config``: what it listens on, follows, announces, and which rsync runs."""
     lines = [f"{config.path}: valid"]
+    moves = {move.role: [("state move", move.describe(now=False))] for move in planned(config)}
     if config.receivers is not None:
-        lines += _receivers(config.receivers)
+        lines += _receivers(config.receivers, moves.get("receiver", []))
     if config.publishers is not None:
         if (key := config.publishers.signing_key) is not None:
             lines.append(
                 f"signing key: {config.publishers.signing_key_file}, public key {key.public()}"
             )
-        lines += _rows("  ", _publisher_urls(config.publishers))
+        lines += _rows("  ", _publisher_urls(config.publishers) + moves.get("publisher", []))
         for tree in config.publishers.repos:
             lines += _publisher(tree, config.publishers)
     return "\n".join(lines)
@@ -32,8 +34,8 @@ def _rows(indent: str, rows: list[tuple[str, str]]) -> list[str]:
     return [f"{indent}{key:<{LABEL_WIDTH}}{value}" for key, value in rows]
 
 
-def _receivers(host: ReceiverHost) -> list[str]:
-    rows = [("listen on", ", ".join(map(str, host.listen)))]
+def _receivers(host: ReceiverHost, moves: list[tuple[str, str]]) -> list[str]:
+    rows = [("listen on", ", ".join(map(str, host.listen))), *moves]
     if host.single:
         rows += [("hook", HOOK_PATH), ("send upstream", _hook_url(HOOK_PATH))]
         return ["receiver:", *_rows("  ", rows), *_tree(host.repos[0], indent="  ")]

@@ -207,8 +207,9 @@ class Fleet:
         )
         await self._transports.close()
 
-    async def reload(self, config: Config) -> None:
-        """Apply ``config``'s ``[receiver]`` section to the running trees (see the module).
+    async def reload(self, config: Config) -> str | None:
+        """Apply ``config``'s ``[receiver]`` section to the running trees (see the module);
+        return why it was refused, when it was (``None``: applied).
 
         In two phases: the new and changed trees are built first (nothing changes when that
         fails), then removed trees are stopped and the others swapped. A changed tree's
@@ -219,12 +220,12 @@ class Fleet:
             old, new = self.config.receivers, config.receivers
             assert old is not None  # noqa: S101 - a Fleet always has one
             if new is None or new.single != old.single:
-                logger.error(
-                    "reload: %s: adding or removing [receiver], or switching between one tree "
-                    "and [receiver.repos], needs a restart; the running config stays",
-                    config.path,
+                problem = (
+                    f"{config.path}: receiver: adding or removing [receiver], or switching "
+                    "between one tree and [receiver.repos], needs a restart"
                 )
-                return
+                logger.error("reload refused, the running config stays: %s", problem)
+                return problem
             self._note_host_changes(old, new)
             new = _on_running_host(new, old)
             running = {repo.name: repo for repo in old.repos}
@@ -236,7 +237,7 @@ class Fleet:
                 }
             except OSError as err:
                 logger.error("reload refused, the running config stays: %s", err)
-                return
+                return f"{config.path}: receiver: {err}"
             for name in running.keys() - {repo.name for repo in new.repos}:
                 await self._stop(name)
                 removed = self.receivers.pop(name)
@@ -255,6 +256,7 @@ class Fleet:
                 self._tasks[name] = start_tasks(receiver)
             self.config = dataclasses.replace(self.config, receivers=new)
             logger.info("reload: %s applied", config.path)
+            return None
 
     def _retire(self, receiver: Receiver, tasks: list[asyncio.Task[None]], *, sweep: bool) -> None:
         """Stop a replaced tree's tasks once its running sync (if any) has ended; with

@@ -108,6 +108,17 @@ async def hold_waiting(
         _close(fds)
 
 
+@contextlib.contextmanager
+def hold_repository(state_dir: Path) -> Iterator[None]:
+    """Hold the repository lock in ``state_dir`` alone (``state_dir/sync.lock``), as every
+    sync of its repository does; raise ``LockedError`` at once if one holds it."""
+    fds = _try_all([_Lock(lock_path(state_dir), shared=False, of="the repository")])
+    try:
+        yield
+    finally:
+        _close(fds)
+
+
 def check_free(config: ReceiverConfig) -> None:
     """Raise ``LockedError`` if another sync holds one of the locks of ``config``'s tree now."""
     _close(_try_all(_locks(config, tree_only=False)))

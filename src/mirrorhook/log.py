@@ -60,3 +60,9 @@ class TreeLog(logging.LoggerAdapter[logging.Logger]):
 
     def process(self, msg: object, kwargs: Any) -> tuple[object, Any]:
         return f"{self.prefix}{msg}", kwargs
+
+
+def counted(number: int, noun: str, plural: str | None = None) -> str:
+    """A number and its noun, singular for one: ``1 mirror``, ``3 mirrors``,
+    ``2 repositories`` (with ``plural`` where adding an s will not do)."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"

@@ -22,6 +22,7 @@ from tenacity import RetryCallState
 
 from mirrorhook.delivery import Courier, Message, Receipt
 from mirrorhook.errors import DeliveryError, DeliveryKind
+from mirrorhook.log import TreeLog, counted
 from mirrorhook.metrics import DeliveryMetrics, NoMetrics
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig
 from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
@@ -77,6 +78,7 @@ async def deliver(
     ``is_current()`` turns false because a newer marker was announced.
     """
     value = message.update.current
+    log = TreeLog(logger, message.update.repo)  # a host's log names each line's repository
     started = clock()
     tries = 0
     status: int | None = None
@@ -89,7 +91,7 @@ async def deliver(
         tries += 1
         attempt_started = clock()
         try:
-            receipt = await _send(courier, mirror, message)
+            receipt = await _send(courier, mirror, message, log)
         except DeliveryError as err:
             metrics.delivery_attempted(mirror.name, str(err.kind), clock() - attempt_started)
             status = err.status
@@ -103,7 +105,7 @@ async def deliver(
                 last_error=str(err),
             )
             if err.kind is DeliveryKind.MISCONFIGURED:
-                logger.error("mirror %s refused the webhook: %s", mirror.name, err)
+                log.error("mirror %s refused the webhook: %s", mirror.name, err)
             raise
         metrics.delivery_attempted(mirror.name, "delivered", clock() - attempt_started)
         status = receipt.status
@@ -125,7 +127,7 @@ async def deliver(
                 isinstance(err, DeliveryError) and err.kind is not DeliveryKind.GONE
             ),
             backoff=backoff,
-            what=f"webhook to {mirror.name}",
+            what=f"{log.prefix}webhook to {mirror.name}",
             attempts=attempts,
             within=within,
             wait=wait,
@@ -142,11 +144,9 @@ async def deliver(
         else:
             record.note(mirror.name, pending=None, result=str(result))
         if result is DeliveryResult.GONE:
-            logger.warning(
-                "mirror %s answered 410 Gone: not retrying marker %r", mirror.name, value
-            )
+            log.warning("mirror %s answered 410 Gone: not retrying marker %r", mirror.name, value)
         else:
-            logger.error(
+            log.error(
                 "gave up delivering marker %r to %s after %d attempts: %s",
                 value,
                 mirror.name,
@@ -166,7 +166,7 @@ async def deliver(
         last_status=status,
         last_error=None,
     )
-    logger.info(
+    log.info(
         "delivered marker %r to %s (HTTP %s) in %.0f ms",
         value,
         mirror.name,
@@ -176,7 +176,7 @@ async def deliver(
     return Outcome(mirror.name, DeliveryResult.DELIVERED, status, finished - started, tries)
 
 
-async def _send(courier: Courier, mirror: MirrorConfig, message: Message) -> Receipt:
+async def _send(courier: Courier, mirror: MirrorConfig, message: Message, log: TreeLog) -> Receipt:
     """One attempt; any failure at all is a ``DeliveryError``.
 
     Whatever a mirror answers is at worst a failed delivery to that mirror: an error
@@ -187,7 +187,7 @@ async def _send(courier: Courier, mirror: MirrorConfig, message: Message) -> Rec
     except DeliveryError:
         raise
     except Exception as err:
-        logger.error(
+        log.error(
             "unexpected error delivering to %s: %r",
             mirror.name,
             err,
@@ -261,7 +261,8 @@ class MirrorWorker:
                     is_current=functools.partial(self._is_latest, message),
                 )
             except Exception as err:  # one mirror's trouble never ends its worker
-                logger.error(
+                log = TreeLog(logger, message.update.repo)
+                log.error(
                     "delivery of marker %r to %s failed unexpectedly: %r",
                     message.update.current,
                     self.mirror.name,
@@ -289,6 +290,7 @@ class Publisher:
         supervisor: Supervisor | None = None,
     ) -> None:
         self.config = config
+        self._log = TreeLog(logger, config.repo)
         self._supervisor = supervisor or Supervisor()
         metrics = metrics or NoMetrics()
         self.record = DeliveryLog(publisher_state_path(config))
@@ -337,7 +339,9 @@ class Publisher:
         self.current = value
         message = Message.announcing(self.config, value, self._clock())
         behind = sum(not worker.settled(value) for worker in self.workers)
-        logger.info("marker %r: announcing to %d of %d mirrors", value, behind, len(self.workers))
+        self._log.info(
+            "marker %r: announcing to %d of %s", value, behind, counted(len(self.workers), "mirror")
+        )
         for worker in self.workers:
             worker.announce(message)
         return message

@@ -133,6 +133,8 @@ class PublisherHost:
 
 
 Check = Callable[[Any], Any]
+Hub = tuple[Path, str]
+"""A receiver repository's target and marker: a hub's published root and its marker."""
 
 _HOST_KEYS: dict[str, Check] = {
     "listen": listen_list,
@@ -155,11 +157,12 @@ _PER_REPO: dict[str, Check] = {
 }
 
 
-def parse_publisher(t: Table, hubs: Mapping[str, tuple[Path, str]]) -> PublisherHost | None:
+def parse_publisher(t: Table, hubs: Mapping[str, Hub | None]) -> PublisherHost | None:
     """Check the ``[publisher]`` table in either form; ``None`` when it has problems.
 
     ``hubs`` are the receiver's targets and markers by repository name: the root of a
-    publisher repository that leaves ``root`` out, and its marker unless it names one.
+    publisher repository that leaves ``root`` out, and its marker unless it names one;
+    ``None`` for a receiver repository with problems (reported there, not again here).
     """
     state_dir: Any = t.get("state_dir", absolute_path)
     host: dict[str, Any] = {
@@ -201,7 +204,7 @@ def parse_publisher(t: Table, hubs: Mapping[str, tuple[Path, str]]) -> Publisher
 
 
 def _host_form(
-    t: Table, state_dir: Any, hubs: Mapping[str, tuple[Path, str]], signing_key: Any
+    t: Table, state_dir: Any, hubs: Mapping[str, Hub | None], signing_key: Any
 ) -> list[dict[str, Any]] | None:
     for key in ("root", "mirrors"):
         if key in t.data:
@@ -229,7 +232,9 @@ def _host_form(
     for name, entry, folder in tables:
         hub = hubs.get(name)
         own = defaults if hub is None else {**defaults, "marker": hub[1]}
-        root = None if hub is None else hub[0]
+        # A hub repository whose receiver has problems has no root to take: it is INVALID,
+        # not missing, so that only the receiver's problem is reported.
+        root: Any = (INVALID if name in hubs else None) if hub is None else hub[0]
         repo = _repository(entry, name, own, folder, root_default=root, signing_key=signing_key)
         entry.finish(known=("root", "mirrors", *_PER_REPO))
         if repo is None:
@@ -245,12 +250,15 @@ def _repository(
     defaults: dict[str, Any],
     state_dir: Any,
     *,
-    root_default: Path | None,
+    root_default: Any,
     signing_key: Any,
 ) -> dict[str, Any] | None:
     """One published tree's keys, checked; ``None`` when any of them has a problem."""
-    if "root" in t.data or root_default is None:
-        root: Any = t.get("root", absolute_path)
+    if "root" not in t.data and name is not None and root_default is None:
+        t.problem("root", _NO_ROOT.format(name=name))
+        root: Any = INVALID
+    elif "root" in t.data or root_default is None:
+        root = t.get("root", absolute_path)
     else:
         root = root_default
     # With the signing key, mirrors may all subscribe (docs/design.md#subscriptions): no
@@ -266,6 +274,12 @@ def _repository(
     if any(value is INVALID for value in optional.values()):
         return None
     return {"root": root, "mirrors": mirrors, "state_dir": state_dir, "repo": name, **optional}
+
+
+_NO_ROOT = (
+    "required key is missing (a hub leaves it out when [receiver.repos.{name}] is there too: "
+    "its target is the root)"
+)
 
 
 def _mirrors(t: Table, value: Any, signing_key: Any) -> tuple[MirrorConfig, ...] | None:

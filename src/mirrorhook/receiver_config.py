@@ -74,7 +74,10 @@ class ReceiverConfig:
     exclude_from: Path | None = None
     rsync: str = "rsync"
     rsync_args: tuple[str, ...] = ()
-    max_delete: int | None = None
+    max_delete: int = 10_000
+    """rsync's ``--max-delete``: a sync that would delete more stops deleting there and
+    fails (exit 25, not retried), so that an upstream that lost part of its tree does not
+    take the mirror's copy with it; raise it for a publish that removes more."""
     backoff: float = 30.0
     poll_interval: float = 3600.0
     poll_jitter: float = 300.0

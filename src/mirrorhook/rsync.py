@@ -106,8 +106,7 @@ def tree_args(config: ReceiverConfig) -> list[str]:
         args += [f"--filter=P /{name}", f"--exclude=/{name}"]
     if config.exclude_from is not None:
         args.append(f"--exclude-from={config.exclude_from}")
-    if config.max_delete is not None:
-        args.append(f"--max-delete={config.max_delete}")
+    args.append(f"--max-delete={config.max_delete}")
     args += config.rsync_args
     args += ["--", source_of(config.upstream), f"{config.target}/"]
     return args

@@ -25,7 +25,7 @@ from mirrorhook.addresses import Listen, redact_upstream
 from mirrorhook.announcers import Announcers
 from mirrorhook.broadcast import Broadcast, Transport
 from mirrorhook.broker import Broker
-from mirrorhook.config import Config, load_config
+from mirrorhook.config import Config, parse_config, read_config_text
 from mirrorhook.connections import (
     MAX_CONNECTIONS,
     ConnectionGuard,
@@ -33,16 +33,18 @@ from mirrorhook.connections import (
     Limits,
     connection_bound,
 )
+from mirrorhook.daemon_note import ConfigNotes
 from mirrorhook.delivery import Courier
 from mirrorhook.errors import ConfigError, ListenError
 from mirrorhook.events import EventStreams
 from mirrorhook.fleet import Fleet
+from mirrorhook.log import counted
 from mirrorhook.metrics import Metrics
 from mirrorhook.publisher_config import PublisherHost
 from mirrorhook.receiver import RECEIVERS, make_app
 from mirrorhook.receiver_config import repositories
+from mirrorhook.running_config import daemon_status
 from mirrorhook.sdnotify import Notifier
-from mirrorhook.status import host_status
 from mirrorhook.supervisor import Supervisor
 from mirrorhook.throttle import AcceptErrorLog
 
@@ -51,6 +53,8 @@ logger = logging.getLogger(__name__)
 SOCKET_MODE = 0o660
 SHUTDOWN_GRACE = 5.0
 """Seconds in-flight requests get to finish at shutdown."""
+REFUSED = "reload refused, the running config stays (see the log)"
+"""systemd's STATUS= after a reload that was refused."""
 
 
 async def serve(config: Config) -> None:
@@ -67,13 +71,14 @@ async def serve(config: Config) -> None:
     supervisor = Supervisor()
     fleet = Fleet(config, metrics, supervisor) if host is not None else None
     announcers: Announcers | None = None
+    notes = ConfigNotes(config)
 
     def status() -> dict[str, Any]:
         """The host as it runs now: a reload changes its receivers and its publishers."""
         running = config if fleet is None else fleet.config
         if announcers is not None:
             running = dataclasses.replace(running, publishers=announcers.host)
-        return host_status(running)
+        return daemon_status(running, notes.note)
 
     common = endpoints.Endpoints(status, metrics, supervisor)
     reload_wanted = asyncio.Event()
@@ -98,13 +103,15 @@ async def serve(config: Config) -> None:
             )
             announcers.start()
             stack.push_async_callback(announcers.stop)
+        await notes.loaded(config)
+        stack.push_async_callback(notes.remove)
         systemd = Notifier()
         systemd.ready(_summary(config))
         watchdog = asyncio.create_task(systemd.keep_alive())
         reloads = asyncio.create_task(
             supervisor.keep(
                 "reload",
-                lambda: _reloads(config.path, reload_wanted, fleet, announcers, systemd),
+                lambda: _reloads(config, reload_wanted, (fleet, announcers), notes, systemd),
             )
         )
         try:
@@ -157,44 +164,69 @@ def _log_receivers(config: Config) -> None:
 
 
 async def _reloads(
-    path: Path,
+    started: Config,
     wanted: asyncio.Event,
-    fleet: Fleet | None,
-    announcers: Announcers | None,
+    roles: tuple[Fleet | None, Announcers | None],
+    notes: ConfigNotes,
     systemd: Notifier,
 ) -> None:
-    """Reload ``path`` at each SIGHUP (``systemctl reload mirrorhook``); a file that does not
-    load is refused with its problems in the log, and the running config stays. systemd
-    hears RELOADING=1 at the start and READY=1 at the end, so that ``systemctl reload``
-    returns once the reload is done."""
+    """Reload the config file at each SIGHUP (``systemctl reload mirrorhook``); a file that
+    does not load, or that only a restart can apply, is refused with its problems in the log,
+    and the running config stays. Either way ``notes`` says what runs, for ``status``.
+    systemd hears RELOADING=1 at the start and READY=1 at the end, so that ``systemctl
+    reload`` returns once the reload is done."""
+    path = started.path
     while True:
         await wanted.wait()
         wanted.clear()
         logger.info("received SIGHUP: reloading %s", path)
         systemd.reloading()
+        text = None
         try:
-            config = await asyncio.to_thread(load_config, path)
+            text = await asyncio.to_thread(read_config_text, path)
+            config = await asyncio.to_thread(parse_config, path, text)
+            _check_restartless(started, config)
         except ConfigError as err:
             for problem in err.problems:
                 logger.error("reload refused, the running config stays: %s", problem)
-            systemd.ready("reload refused, the running config stays (see the log)")
+            await notes.refused(err.problems, text)
+            systemd.ready(REFUSED)
             continue
+        fleet, announcers = roles
+        refusal = None
         try:
-            await _apply(config, fleet, announcers)
+            # The receivers' trees are built first: when one cannot be, nothing is applied.
+            refusal = None if fleet is None else await fleet.reload(config)
+            if refusal is not None:
+                await notes.refused([refusal], text)
+            else:
+                if announcers is not None:
+                    await announcers.reload(config)
+                await notes.loaded(config)
         finally:
-            systemd.ready(_summary(config))
+            systemd.ready(REFUSED if refusal is not None else _summary(config))
 
 
-async def _apply(config: Config, fleet: Fleet | None, announcers: Announcers | None) -> None:
-    """Apply a reloaded config to the running receivers and publishers."""
-    if fleet is not None:
-        await fleet.reload(config)
-    elif config.receivers is not None:
-        logger.warning("reload: a new [receiver] section takes effect at the next restart")
-    if announcers is not None:
-        await announcers.reload(config)
-    elif config.publishers is not None:
-        logger.warning("reload: a new [publisher] section takes effect at the next restart")
+def _check_restartless(started: Config, config: Config) -> None:
+    """Raise ``ConfigError`` when ``config`` adds or removes a role's section, or switches
+    one between its two forms: only a restart applies that, so the reload applies nothing
+    of the file (docs/design.md#many-repositories)."""
+    sections = (
+        ("receiver", started.receivers, config.receivers),
+        ("publisher", started.publishers, config.publishers),
+    )
+    for name, running, new in sections:
+        if (running is None) != (new is None):
+            change = "adding" if running is None else "removing"
+            problem = f"{change} [{name}] needs a restart (systemctl restart mirrorhook)"
+        elif running is not None and new is not None and running.single != new.single:
+            problem = (
+                f"switching between one tree and [{name}.repos] needs a restart "
+                "(systemctl restart mirrorhook)"
+            )
+        else:
+            continue
+        raise ConfigError([f"{config.path}: {name}: {problem}"])
 
 
 async def start_web(
@@ -227,11 +259,15 @@ def _summary(config: Config) -> str:
     if config.receiver is not None:
         parts.append(f"mirroring {redact_upstream(config.receiver.upstream)}")
     elif config.receivers is not None:
-        parts.append(f"mirroring {len(config.receivers.repos)} repositories")
+        parts.append(
+            f"mirroring {counted(len(config.receivers.repos), 'repository', 'repositories')}"
+        )
     if config.publisher is not None:
-        parts.append(f"announcing to {len(config.publisher.mirrors)} mirrors")
+        parts.append(f"announcing to {counted(len(config.publisher.mirrors), 'mirror')}")
     elif config.publishers is not None:
-        parts.append(f"announcing {len(config.publishers.repos)} repositories")
+        parts.append(
+            f"announcing {counted(len(config.publishers.repos), 'repository', 'repositories')}"
+        )
     return ", ".join(parts)
 
 

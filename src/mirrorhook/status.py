@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from mirrorhook.freshness import Freshness
 from mirrorhook.publisher_config import PublisherConfig
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
+from mirrorhook.state import pid_alive
 from mirrorhook.syncer import SyncResult
 from mirrorhook.table import colour_of, format_table, paint
 
@@ -26,9 +26,9 @@ def receiver_status(config: ReceiverConfig) -> dict[str, Any]:
     was interrupted, and the next one repairs it.
     """
     recorded = receiver_state.read(config)
-    daemon = recorded.daemon if recorded.daemon and _alive(recorded.daemon.pid) else None
+    daemon = recorded.daemon if recorded.daemon and pid_alive(recorded.daemon.pid) else None
     if recorded.in_progress is not None:
-        state = "syncing" if _alive(recorded.in_progress.pid) else "interrupted"
+        state = "syncing" if pid_alive(recorded.in_progress.pid) else "interrupted"
     else:
         state = daemon.phase if daemon and daemon.phase else "idle"
     return {
@@ -130,7 +130,7 @@ def is_failing(status: dict[str, Any]) -> bool:
 
 def format_status(status: dict[str, Any], *, colour: bool = False) -> str:
     """Return every role's status for a terminal (status words coloured if ``colour``)."""
-    parts = []
+    parts = [line] if (line := config_line(status.get("config"))) else []
     if "receiver" in status:
         parts.append("receiver\n" + _indent(format_receiver(status["receiver"], colour=colour)))
     if "repos" in status:
@@ -141,6 +141,25 @@ def format_status(status: dict[str, Any], *, colour: bool = False) -> str:
         heading = f"publisher, repository {tree['repo']}\n"
         parts.append(heading + _indent(format_publisher(tree, colour=colour)))
     return "\n\n".join(parts)
+
+
+def config_line(entry: dict[str, Any] | None) -> str | None:
+    """One line when the running daemon's config is not the file on disk (``running_config``):
+    the file was refused at a reload, does not load, or was not reloaded yet."""
+    if entry is None or entry["state"] == "applied":
+        return None
+    file, loaded = entry["file"], entry["loaded_at"]
+    problems = [problem.removeprefix(f"{file}: ") for problem in entry["problems"]]
+    more = f" (and {len(problems) - 1} more: mirrorhook check-config lists them)"
+    why = (problems[0] + (more if len(problems) > 1 else "")) if problems else ""
+    if entry["state"] == "refused":
+        said = f"was refused at the reload of {entry['refused_at']}: {why}"
+    elif entry["state"] == "broken":
+        said = f"does not load (a reload would be refused): {why}"
+    else:
+        said = "has changed since and was not reloaded (systemctl reload mirrorhook applies it)"
+    runs = f"the daemon (pid {entry['daemon_pid']}) runs the config it loaded at {loaded}"
+    return printable(f"config {file}: {runs}; the file on disk {said}")
 
 
 def format_repos(repos: list[dict[str, Any]], *, colour: bool = False) -> str:
@@ -223,15 +242,3 @@ def _describe(last: dict[str, Any]) -> str:
         f"{last.get('result')} ({last.get('trigger')}), started {last.get('started')}, "
         f"took {last.get('duration')} s"
     )
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
