@@ -67,11 +67,13 @@ tools:
 	@sh scripts/install-debs.sh ip=iproute2 ss=iproute2 ftpsync=ftpsync \
 		|| echo "missing tools: the tests that need them will be skipped" >&2
 
-# Debian's mosquitto (and its clients) for the subscription tests through a real broker;
-# the tests start their own on loopback, never the system service.
+# Debian's mosquitto (and its clients) and nats-server for the subscription tests through
+# real brokers (one Mosquitto; a three-node NATS cluster with its MQTT listener); the tests
+# start their own on loopback, never the system services.
 brokers:
 	@sh scripts/install-debs.sh mosquitto=mosquitto mosquitto_sub=mosquitto-clients \
-		|| echo "no mosquitto: the MQTT tests will be skipped" >&2
+		nats-server=nats-server \
+		|| echo "no brokers: the MQTT tests will be skipped" >&2
 
 lint: venv
 	$(BIN)/ruff check .

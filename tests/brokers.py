@@ -67,3 +67,63 @@ def mosquitto(folder: Path, extra: str = "") -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@dataclass
+class NatsNode:
+    """One node of a NATS cluster with JetStream and its MQTT listener on."""
+
+    name: str
+    folder: Path
+    client_port: int
+    cluster_port: int
+    mqtt_port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+
+@contextlib.contextmanager
+def nats_cluster(folder: Path, size: int = 3) -> Iterator[list[NatsNode]]:
+    """``size`` nats-server processes routed to each other on loopback, each with its MQTT
+    listener, started by the test and stopped after it."""
+    nodes = [
+        NatsNode(f"n{index}", folder / f"n{index}", free_port(), free_port(), free_port())
+        for index in range(size)
+    ]
+    try:
+        for node in nodes:
+            node.folder.mkdir(parents=True)
+            routes = ", ".join(
+                f'"nats-route://127.0.0.1:{other.cluster_port}"'
+                for other in nodes
+                if other is not node
+            )
+            config = node.folder / "nats.conf"
+            config.write_text(
+                f"server_name: {node.name}\n"
+                f"listen: 127.0.0.1:{node.client_port}\n"
+                f'jetstream {{ store_dir: "{node.folder}/js" }}\n'
+                f"cluster {{ name: mirrorhook, listen: 127.0.0.1:{node.cluster_port}, "
+                f"routes: [{routes}] }}\n"
+                f"mqtt {{ listen: 127.0.0.1:{node.mqtt_port} }}\n"
+            )
+            with (node.folder / "nats.log").open("wb") as log:
+                node.process = subprocess.Popen(
+                    ["nats-server", "-c", str(config)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        for node in nodes:
+            wait_for_port(node.mqtt_port, timeout=30)
+        yield nodes
+    finally:
+        for node in nodes:
+            if node.process is not None and node.process.poll() is None:
+                node.process.terminate()
+        for node in nodes:
+            if node.process is not None:
+                node.process.wait(15)
