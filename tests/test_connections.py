@@ -1,7 +1,7 @@
 """Guarded connections: idle, slow-header, oversized-header and surplus connections are
 closed, while valid requests — also ones with slow or large bodies — are answered.
 
-Every test runs the real receiver app through ``service.start_web`` on a free port and
+Every test runs the real receiver app through ``listeners.start_web`` on a free port and
 talks to it over real sockets, with the limits shortened through ``Limits``.
 """
 
@@ -26,9 +26,9 @@ from mirrorhook import message, signing
 from mirrorhook.addresses import Listen
 from mirrorhook.connections import ACCEPT_BATCH, ACCEPT_QUEUE, Limits, _HeaderCounter
 from mirrorhook.fleet import build_receiver
+from mirrorhook.listeners import start_web
 from mirrorhook.message import HOOK_PATH
 from mirrorhook.receiver import Receiver, make_app
-from mirrorhook.service import start_web
 from tests.helpers import free_port, needs, receiver_config, secret_of, signed_webhook
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]

@@ -5,8 +5,10 @@ rsync daemon (docs/design.md#subscriptions)."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,7 @@ from tests.helpers import (
     free_port,
     key_pair,
     marker_of,
+    mirrorhook,
     publish,
     subscribing_receiver,
     trees_equal,
@@ -74,6 +77,9 @@ def test_mirrors_without_a_port_sync_seconds_after_a_publish_and_a_late_one_from
     publish(daemon.root, "3", {"dir0/newer.rpm": "newer\n"})
     processes.serve(late, "late")
     wait_until(lambda: marker_of(tmp_path / "late" / "mirror") == "3", what="the late one")
+    # Its start-up check may have synced it first: the last value then finds it done.
+    heard = re.compile(r"trigger \(events from upstream, marker '3'\)|events \S+ .*'3'\): already")
+    wait_until(lambda: heard.search(processes.log("late")), what="the last value")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/events?repo=upstream") as stream:
         assert stream.headers["Content-Type"] == "text/event-stream"
         assert stream.readline() == b"event: announcement\n"
@@ -81,3 +87,56 @@ def test_mirrors_without_a_port_sync_seconds_after_a_publish_and_a_late_one_from
         data = json.loads(stream.readline().removeprefix(b"data: "))
     assert json.loads(data["body"])["data"]["current"] == "3"
     assert data["signature"].startswith("v1a,")
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url) as answer:
+        text: str = answer.read().decode()
+    return text
+
+
+def test_status_and_metrics_show_each_subscription_and_it_outlives_a_publisher_restart(
+    tmp_path: Path, processes: Processes, daemon: RsyncDaemon
+) -> None:
+    """A mirror that subscribes and also listens (for its metrics): status and /metrics say
+    it is connected, the publisher counts it; the publisher restarts and the mirror
+    reconnects on its own, then converges on the next publish."""
+    private, public = key_pair(tmp_path / "keys", "upstream")
+    config, port = upstream(tmp_path, daemon, private)
+    publisher = processes.serve(config, "publisher")
+    wait_for_port(port)
+    events = f"http://127.0.0.1:{port}/v1/events"
+    mirror_port = free_port()
+    mirror = subscribing_receiver(tmp_path / "m", daemon.url, public, [events])
+    mirror.write_text(f'{mirror.read_text()}listen = ["127.0.0.1:{mirror_port}"]\n')
+    processes.serve(mirror, "m")
+    wait_until(lambda: "subscribed to" in processes.log("m"), what="subscribed")
+
+    def subscription() -> dict[str, Any]:
+        entry: dict[str, Any] = status(mirror)["receiver"]["subscriptions"][0]
+        return entry
+
+    wait_until(lambda: subscription()["connected"], what="status says connected")
+    assert subscription()["url"] == events
+    assert subscription()["via"] == "events"
+    text = mirrorhook("status", "-c", mirror).stdout
+    assert f"  subscription: {events}: connected since " in text
+    metrics = get(f"http://127.0.0.1:{mirror_port}/metrics")
+    assert f'mirrorhook_subscription_connected{{url="{events}"}} 1.0' in metrics
+    assert json.loads(get(f"http://127.0.0.1:{port}/v1/status"))["subscribers"] == {"upstream": 1}
+    assert "mirrorhook_subscribers 1.0" in get(f"http://127.0.0.1:{port}/metrics")
+
+    publisher.terminate()
+    publisher.wait(15)
+    wait_until(lambda: not subscription()["connected"], what="status says down")
+    assert subscription()["last_error"]
+    processes.serve(config, "publisher-again")
+    wait_until(lambda: subscription()["connected"], what="reconnected on its own")
+    assert subscription()["reconnects"] >= 1
+    publish(daemon.root, "2", {"dir0/new.rpm": "new\n"})
+    wait_until(lambda: marker_of(tmp_path / "m" / "mirror") == "2", what="synced after it")
+
+
+def status(config: Path) -> dict[str, Any]:
+    shown: dict[str, Any] = json.loads(mirrorhook("status", "-c", config, "--json").stdout)
+    return shown

@@ -8,13 +8,19 @@ Handing an envelope over never waits: each transport queues the newest one per r
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Protocol
 
 from mirrorhook import signing
+from mirrorhook.broker import Broker
 from mirrorhook.delivery import Message
 from mirrorhook.envelope import Envelope
+from mirrorhook.events import EventStreams
 from mirrorhook.keys import SigningKey
+from mirrorhook.publisher_config import PublisherHost
+from mirrorhook.supervisor import Supervisor
 
 
 class Transport(Protocol):
@@ -46,3 +52,25 @@ class Broadcast:
         envelope = envelope_of(message, self._key)
         for transport in self._transports:
             transport.announce(repo, envelope)
+
+
+def start_broadcast(
+    publishers: PublisherHost,
+    streams: EventStreams | None,
+    supervisor: Supervisor,
+    stack: contextlib.AsyncExitStack,
+) -> Broadcast:
+    """The publisher's broadcast: to the event streams, and to the broker when configured
+    (its task runs until the stack closes)."""
+    transports: list[Transport] = [] if streams is None else [streams]
+    if publishers.mqtt is not None:
+        broker = Broker(publishers.mqtt, publishers.name)
+        transports.append(broker)
+        task = asyncio.create_task(supervisor.keep("MQTT broker", broker.run))
+        stack.push_async_callback(_cancelled, task)
+    return Broadcast(publishers.signing_key, transports)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel("shutting down")
+    await asyncio.gather(task, return_exceptions=True)

@@ -103,12 +103,15 @@ def build_receiver(
         reporter.sync_ended(str(report.result), report.marker, None)
         await hooks.after_sync(config, str(report.result), report.marker, time.time())
 
+    followers: tuple[Follower, ...] = ()  # made below, with the intake
+
     def note_change() -> None:
         notes.note(
             DaemonNote.now(
                 phase=Phase.WAITING if waiting_for_slot else scheduler.phase,
                 starts_at=scheduler.starts_at,
                 next_poll=poller.next_at,
+                subscriptions=tuple(follower.seen.note() for follower in followers),
             )
         )
 

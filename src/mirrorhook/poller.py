@@ -58,7 +58,7 @@ class Poller:
         await self._wait(self._start_after + self._rng.uniform(0, self._backoff))
         self._scheduler.trigger(STARTUP, delay=0)
         if self._interval <= 0:
-            self._log.info("polling disabled (poll_interval = 0): relying on webhooks")
+            self._log.info("polling disabled (poll_interval = 0): relying on announcements")
             self.next_at = None
             self._on_change()
             return

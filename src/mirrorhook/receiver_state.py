@@ -126,6 +126,29 @@ class LastSync:
 
 
 @dataclass(frozen=True, slots=True)
+class SubscriptionNote:
+    """What one subscription of the tree has seen (docs/design.md#subscriptions)."""
+
+    url: str
+    connected_since: str | None
+    last_announcement: str | None
+    announcements: int
+    reconnects: int
+    last_error: str | None
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Self:
+        return cls(
+            url=_field(raw, "url", str),
+            connected_since=_field(raw, "connected_since", str, optional=True),
+            last_announcement=_field(raw, "last_announcement", str, optional=True),
+            announcements=_field(raw, "announcements", int),
+            reconnects=_field(raw, "reconnects", int),
+            last_error=_field(raw, "last_error", str, optional=True),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class DaemonNote:
     """What a running ``serve`` does with the tree, rewritten at every change."""
 
@@ -134,24 +157,38 @@ class DaemonNote:
     """A ``scheduler.Phase`` value."""
     sync_starts_at: str | None
     next_poll: str | None
+    subscriptions: tuple[SubscriptionNote, ...] = ()
 
     @classmethod
-    def now(cls, *, phase: str, starts_at: float | None, next_poll: float | None) -> Self:
-        """This process's note: ``phase``, and when the waiting sync and the next poll start."""
+    def now(
+        cls,
+        *,
+        phase: str,
+        starts_at: float | None,
+        next_poll: float | None,
+        subscriptions: tuple[SubscriptionNote, ...] = (),
+    ) -> Self:
+        """This process's note: ``phase``, when the waiting sync and the next poll start,
+        and what its subscriptions have seen."""
         return cls(
             pid=os.getpid(),
             phase=phase,
             sync_starts_at=None if starts_at is None else iso_time(starts_at),
             next_poll=None if next_poll is None else iso_time(next_poll),
+            subscriptions=subscriptions,
         )
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Self:
+        listed = raw.get("subscriptions") or []
+        if not isinstance(listed, list) or not all(isinstance(item, dict) for item in listed):
+            raise _WrongShapeError("subscriptions")
         return cls(
             pid=_field(raw, "pid", int),
             phase=_field(raw, "phase", str),
             sync_starts_at=_field(raw, "sync_starts_at", str, optional=True),
             next_poll=_field(raw, "next_poll", str, optional=True),
+            subscriptions=tuple(SubscriptionNote.from_json(item) for item in listed),
         )
 
 

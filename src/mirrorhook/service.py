@@ -11,11 +11,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import resource
 import signal
-import socket
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -23,36 +20,29 @@ from aiohttp import web
 from mirrorhook import endpoints, events, metalink, mirrorlist, page, reports
 from mirrorhook.addresses import Listen, redact_upstream
 from mirrorhook.announcers import Announcers
-from mirrorhook.broadcast import Broadcast, Transport
-from mirrorhook.broker import Broker
+from mirrorhook.broadcast import start_broadcast
 from mirrorhook.config import Config, parse_config, read_config_text
 from mirrorhook.connections import (
-    MAX_CONNECTIONS,
-    ConnectionGuard,
-    GuardedSite,
     Limits,
-    connection_bound,
 )
 from mirrorhook.daemon_note import ConfigNotes
 from mirrorhook.delivery import Courier
-from mirrorhook.errors import ConfigError, ListenError
+from mirrorhook.errors import ConfigError
 from mirrorhook.events import EventStreams
 from mirrorhook.fleet import Fleet
+from mirrorhook.listeners import listener_bound, raise_open_files_limit, start_web
 from mirrorhook.log import counted
 from mirrorhook.metrics import Metrics
-from mirrorhook.publisher_config import PublisherHost
 from mirrorhook.receiver import RECEIVERS, make_app
 from mirrorhook.receiver_config import repositories
 from mirrorhook.running_config import daemon_status
 from mirrorhook.sdnotify import Notifier
+from mirrorhook.subscription import Seen
+from mirrorhook.subscription_metrics import SubscriptionCollector
 from mirrorhook.supervisor import Supervisor
-from mirrorhook.throttle import AcceptErrorLog
 
 logger = logging.getLogger(__name__)
 
-SOCKET_MODE = 0o660
-SHUTDOWN_GRACE = 5.0
-"""Seconds in-flight requests get to finish at shutdown."""
 REFUSED = "reload refused, the running config stays (see the log)"
 """systemd's STATUS= after a reload that was refused."""
 
@@ -60,7 +50,7 @@ REFUSED = "reload refused, the running config stays (see the log)"
 async def serve(config: Config) -> None:
     """Run every role of ``config`` until SIGTERM or SIGINT (every task is supervised:
     one that fails is restarted, see ``supervisor.py``)."""
-    _raise_open_files_limit()
+    raise_open_files_limit()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -78,15 +68,16 @@ async def serve(config: Config) -> None:
         running = config if fleet is None else fleet.config
         if announcers is not None:
             running = dataclasses.replace(running, publishers=announcers.host)
-        return daemon_status(running, notes.note)
+        return _with_subscribers(daemon_status(running, notes.note), running, streams)
 
     common = endpoints.Endpoints(status, metrics, supervisor)
     reload_wanted = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
     async with contextlib.AsyncExitStack() as stack:
         app, listen, desk, streams = _app(config, fleet, common)
+        _count_subscriptions(metrics, fleet, streams, lambda: announcers)
         if listen:
-            limits = Limits(max_connections=_connection_bound(config))
+            limits = Limits(max_connections=listener_bound(config))
             stack.push_async_callback((await start_web(app, listen, limits)).cleanup)
         elif fleet is not None:
             # No port (every repository subscribes): the trees run without the web app.
@@ -97,7 +88,7 @@ async def serve(config: Config) -> None:
             courier = await stack.enter_async_context(
                 Courier(timeout=publishers.timeout, concurrency=publishers.concurrency)
             )
-            broadcast = _broadcast(publishers, streams, supervisor, stack)
+            broadcast = start_broadcast(publishers, streams, supervisor, stack)
             announcers = Announcers(
                 publishers, courier, metrics, supervisor, desk, broadcast=broadcast
             )
@@ -229,30 +220,6 @@ def _check_restartless(started: Config, config: Config) -> None:
         raise ConfigError([f"{config.path}: {name}: {problem}"])
 
 
-async def start_web(
-    app: web.Application, listen: tuple[Listen, ...], limits: Limits | None = None
-) -> web.AppRunner:
-    """Serve ``app`` on every address of ``listen``, each connection under the deadlines and
-    bounds of ``limits`` (see ``connections.py``); ``runner.cleanup()`` stops it all.
-
-    For the rest of the event loop's life, asyncio's reports of ``accept()`` failing for
-    lack of file descriptors are logged at most once per ``limits.warning_period``."""
-    guard = ConnectionGuard(limits)
-    AcceptErrorLog(guard.limits.warning_period).install(asyncio.get_running_loop())
-    guard.guard(app)
-    runner = web.AppRunner(
-        app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE, **guard.handler_args
-    )
-    await runner.setup()
-    try:
-        for address in listen:
-            await _start_site(runner, guard, address)
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner
-
-
 def _summary(config: Config) -> str:
     """One line for systemd's STATUS=: what this daemon does."""
     parts = []
@@ -271,49 +238,37 @@ def _summary(config: Config) -> str:
     return ", ".join(parts)
 
 
-def _broadcast(
-    publishers: PublisherHost,
+def _with_subscribers(
+    shown: dict[str, Any], running: Config, streams: EventStreams | None
+) -> dict[str, Any]:
+    """``/v1/status`` with the event streams open for each published repository."""
+    if streams is not None and running.publishers is not None:
+        shown["subscribers"] = {
+            tree.label: streams.count(tree.repo) for tree in running.publishers.repos
+        }
+    return shown
+
+
+def _count_subscriptions(
+    metrics: Metrics,
+    fleet: Fleet | None,
     streams: EventStreams | None,
-    supervisor: Supervisor,
-    stack: contextlib.AsyncExitStack,
-) -> Broadcast:
-    """The publisher's broadcast: to the event streams, and to the broker when configured
-    (its task runs until the stack closes)."""
-    transports: list[Transport] = [] if streams is None else [streams]
-    if publishers.mqtt is not None:
-        broker = Broker(publishers.mqtt, publishers.name)
-        transports.append(broker)
-        task = asyncio.create_task(supervisor.keep("MQTT broker", broker.run))
-        stack.push_async_callback(_cancelled, task)
-    return Broadcast(publishers.signing_key, transports)
+    announcers: Callable[[], Announcers | None],
+) -> None:
+    """Put the subscriptions of the running trees (a reload changes them) and each
+    published repository's subscribers in ``/metrics``."""
 
+    def followed() -> list[tuple[str | None, Seen]]:
+        receivers = {} if fleet is None else fleet.receivers
+        return [(name, f.seen) for name, tree in receivers.items() for f in tree.followers]
 
-async def _cancelled(task: asyncio.Task[None]) -> None:
-    task.cancel("shutting down")
-    await asyncio.gather(task, return_exceptions=True)
+    def counted() -> list[tuple[str | None, int]]:
+        running = announcers()
+        if streams is None or running is None:
+            return []
+        return [(tree.repo, streams.count(tree.repo)) for tree in running.host.repos]
 
-
-def _connection_bound(config: Config) -> int:
-    """The listeners' connection bound: room for every event stream besides."""
-    streams = 0 if config.publishers is None else config.publishers.max_subscribers
-    bound = connection_bound(streams)
-    if bound < MAX_CONNECTIONS + streams:
-        logger.warning(
-            "max_subscribers = %d, but the open-files limit allows %d connections in all: "
-            "raise LimitNOFILE",
-            streams,
-            bound,
-        )
-    return bound
-
-
-def _raise_open_files_limit() -> None:
-    """Lift the soft limit on open files to the hard one: a publisher with a thousand
-    mirrors, several of them slow, can have that many deliveries in flight."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        logger.debug("open files limit raised from %d to %d", soft, hard)
+    metrics.registry.register(SubscriptionCollector(followed, counted, repos=metrics.repos))
 
 
 def _stopper(stop: asyncio.Event, sig: signal.Signals) -> Callable[[], None]:
@@ -322,32 +277,3 @@ def _stopper(stop: asyncio.Event, sig: signal.Signals) -> Callable[[], None]:
         stop.set()
 
     return handler
-
-
-async def _start_site(runner: web.AppRunner, guard: ConnectionGuard, listen: Listen) -> None:
-    if listen.path is not None:
-        _remove_stale_socket(listen.path)
-    site = GuardedSite(runner, guard, listen)
-    try:
-        await site.start()
-        if listen.path is not None:
-            # Connecting needs write permission on the socket: let the group in (nginx's
-            # user joins mirrorhook's group), keep everyone else out.
-            listen.path.chmod(SOCKET_MODE)
-    except OSError as err:
-        raise ListenError(listen, err.strerror or str(err)) from None
-    logger.info("listening on %s", listen)
-
-
-def _remove_stale_socket(path: Path) -> None:
-    """Remove a unix socket left by a process that died, but never one that is in use."""
-    if not path.is_socket():
-        return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except ConnectionRefusedError:
-            logger.info("removing stale socket %s", path)
-            path.unlink(missing_ok=True)
-        except OSError:
-            pass  # in use or unreachable: binding will report the real problem

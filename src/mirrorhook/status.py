@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from mirrorhook.escape import printable
 from mirrorhook.freshness import Freshness
 from mirrorhook.publisher_config import PublisherConfig
 from mirrorhook.receiver_config import ReceiverConfig
+from mirrorhook.receiver_state import DaemonNote, SubscriptionNote
 from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
 from mirrorhook.state import pid_alive
 from mirrorhook.syncer import SyncResult
@@ -41,9 +43,27 @@ def receiver_status(config: ReceiverConfig) -> dict[str, Any]:
         "daemon_pid": None if daemon is None else daemon.pid,
         "sync_starts_at": daemon.sync_starts_at if daemon and state == "waiting" else None,
         "next_poll": None if daemon is None else daemon.next_poll,
+        "subscriptions": _subscriptions(config, daemon),
         "last_sync": None if recorded.last_sync is None else recorded.last_sync.as_json(),
         "last_success": recorded.last_success,
     }
+
+
+def _subscriptions(config: ReceiverConfig, daemon: DaemonNote | None) -> list[dict[str, Any]]:
+    """Each subscription as the running daemon last noted it (``connected`` false and the
+    rest empty when no daemon runs the tree)."""
+    noted = {} if daemon is None else {note.url: note for note in daemon.subscriptions}
+    found = []
+    for entry in config.subscribe:
+        note = noted.get(entry.shown) or SubscriptionNote(entry.shown, None, None, 0, 0, None)
+        found.append(
+            {
+                **dataclasses.asdict(note),
+                "via": str(entry.via),
+                "connected": note.connected_since is not None,
+            }
+        )
+    return found
 
 
 def publisher_status(config: PublisherConfig) -> dict[str, Any]:
@@ -225,6 +245,9 @@ def format_receiver(status: dict[str, Any], *, colour: bool = False) -> str:
     ]
     if status.get("next_poll"):
         rows.append(("next poll", status["next_poll"]))
+    rows.extend(
+        ("subscription", _subscription_line(entry)) for entry in status.get("subscriptions", [])
+    )
     if last.get("error"):
         rows.append(("error", last["error"]))
     rows.extend(("rsync said", line) for line in last.get("stderr_tail", [])[-5:])
@@ -242,3 +265,16 @@ def _describe(last: dict[str, Any]) -> str:
         f"{last.get('result')} ({last.get('trigger')}), started {last.get('started')}, "
         f"took {last.get('duration')} s"
     )
+
+
+def _subscription_line(entry: dict[str, Any]) -> str:
+    """``URL: connected since T, last announcement T, N reconnects`` (or why it is down)."""
+    if entry.get("connected"):
+        state = f"connected since {entry['connected_since']}"
+    elif entry.get("last_error"):
+        state = f"down: {printable(entry['last_error'])}"
+    else:
+        state = "not connected"
+    parts = [state, f"last announcement {entry.get('last_announcement') or '(none)'}"]
+    parts.append(f"{entry.get('reconnects', 0)} reconnects")
+    return f"{entry['url']}: " + ", ".join(parts)

@@ -22,7 +22,9 @@ from mirrorhook.envelope import decode as decode_envelope
 from mirrorhook.errors import PayloadError
 from mirrorhook.intake import Announcement, Intake, Result
 from mirrorhook.log import TreeLog
+from mirrorhook.receiver_state import SubscriptionNote
 from mirrorhook.retry import Backoff, Sleep, forever
+from mirrorhook.state import iso_time
 from mirrorhook.subscription_config import Subscription
 from mirrorhook.throttle import WARNING_PERIOD, Throttle
 
@@ -55,16 +57,20 @@ class Seen:
     reconnects: int = 0
     last_error: str | None = None
 
-    def fields(self) -> dict[str, object]:
-        return {
-            "url": self.url,
-            "connected": self.connected_since is not None,
-            "connected_since": self.connected_since,
-            "last_announcement": self.last_announcement,
-            "announcements": self.announcements,
-            "reconnects": self.reconnects,
-            "last_error": self.last_error,
-        }
+    def note(self) -> SubscriptionNote:
+        """What ``status`` shows of it, from the tree's state file."""
+        return SubscriptionNote(
+            url=self.url,
+            connected_since=_iso(self.connected_since),
+            last_announcement=_iso(self.last_announcement),
+            announcements=self.announcements,
+            reconnects=self.reconnects,
+            last_error=self.last_error,
+        )
+
+
+def _iso(moment: float | None) -> str | None:
+    return None if moment is None else iso_time(moment)
 
 
 Take = Callable[[bytes | str], Awaitable[None]]
