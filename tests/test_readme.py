@@ -143,7 +143,13 @@ def _key_files(document: object) -> Iterator[tuple[str, str]]:
     """Every secret or key file a loaded document names: its key and path."""
     if isinstance(document, dict):
         for key, value in document.items():
-            if key in ("secret_file", "signing_key_file", "public_key_file"):
+            if key in (
+                "secret_file",
+                "signing_key_file",
+                "public_key_file",
+                "password_file",
+                "mqtt_password_file",
+            ):
                 yield key, value
             else:
                 yield from _key_files(value)
@@ -164,6 +170,8 @@ def _write_key_files(text: str) -> None:
             write_secret(path)
         elif kind == "signing_key_file":
             write_private_key(path, key)
+        elif kind.endswith("password_file"):
+            write_secret(path, "a broker password")
         else:
             path.write_text(f"{key.public()}\n")
 
