@@ -631,8 +631,9 @@ def test_demo_converges_prints_its_timeline_and_cleans_up() -> None:
     assert any("milliseconds after the publish" in line for line in lines)
     assert lines[-1] == "every mirror converged"
     timeline = [line for line in lines if "tree identical" in line]
-    assert len(timeline) == 9  # 3 publishes x (mirror-a: ius, epel; mirror-b: ius)
-    assert all("webhook" in line and "sync finished" in line for line in timeline)
+    assert len(timeline) == 12  # 3 publishes x (mirror-a: ius, epel; mirror-b, mirror-c: ius)
+    assert all("announced" in line and "sync finished" in line for line in timeline)
+    assert sum(line.lstrip().startswith("mirror-c ") for line in timeline) == 3  # no port
     assert not any(" ? " in line for line in timeline), "an event missing from the timeline"
     assert _demo_folders() == before
 

@@ -3,10 +3,12 @@
 In a temporary folder: an upstream with two repositories (``ius`` and ``epel``) served
 by a real ``rsync --daemon`` on 127.0.0.1, a publisher announcing both, and two mirrors,
 each a real ``mirrorhook serve`` process with a real config written next to it:
-``mirror-a`` carries both repositories in one daemon, ``mirror-b`` only ``ius``. Each
+``mirror-a`` carries both repositories in one daemon, ``mirror-b`` only ``ius``, and
+``mirror-c`` (``ius``) opens no port: it subscribes to the publisher's event stream. Each
 publish changes both trees and rewrites their markers atomically; the demo prints, per
-mirror and repository, when the webhook arrived and the sync started and finished
-(milliseconds since the rename), then compares every mirror's tree with the upstream's.
+mirror and repository, when the announcement arrived (webhook or event) and the sync
+started and finished (milliseconds since the rename), then compares every mirror's tree
+with the upstream's.
 """
 
 from __future__ import annotations
@@ -28,19 +30,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from mirrorhook.credentials import write_private_key
 from mirrorhook.errors import DemoError
+from mirrorhook.keys import SigningKey
 from mirrorhook.message import HOOK_PATH
 from mirrorhook.signing import new_secret
 
 REPOS = ("ius", "epel")
-MIRRORS = (("mirror-a", 0, REPOS), ("mirror-b", 3, ("ius",)))
+MIRRORS = (("mirror-a", 0, REPOS), ("mirror-b", 3, ("ius",)), ("mirror-c", 0, ("ius",)))
 """The receivers: name, backoff (the second shows how mirrors spread their syncs), and the
 repositories each carries (the first in one daemon, as a mirror host does)."""
+SUBSCRIBER = "mirror-c"
+"""The mirror with no port: it follows the event stream instead of taking webhooks."""
 WAIT = 60.0
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 _EVENTS = {
-    "webhook": re.compile(r"trigger \(webhook from .*marker '(?P<v>[^']*)'\)"),
-    "sync started": re.compile(r"sync started \(webhook from .*marker '(?P<v>[^']*)'\)"),
+    "announced": re.compile(r"trigger \((?:webhook|events) from .*marker '(?P<v>[^']*)'\)"),
+    "sync started": re.compile(r"sync started \((?:webhook|events) from .*marker '(?P<v>[^']*)'\)"),
     "sync finished": re.compile(r"sync finished .*marker '(?P<v>[^']*)' installed"),
 }
 
@@ -129,10 +135,17 @@ def _start(network: Network, out: Callable[[str], None]) -> None:
     )
     _wait_port(rsync_port)
     announcements: dict[str, list[str]] = {repo: [] for repo in REPOS}
+    page_port = _free_port()
+    key = SigningKey.generate()
+    write_private_key(folder / "upstream.key", key)
+    _write(folder / "upstream.pub", f"{key.public()}\n")
     for name, backoff, repos in MIRRORS:
         port = _free_port()
-        _write(folder / f"{name}.toml", _receiver_toml(folder, name, port, rsync_port, backoff))
-        for repo in repos:
+        text = _receiver_toml(folder, name, port, rsync_port, backoff)
+        if name == SUBSCRIBER:
+            text = _subscriber_toml(folder, name, rsync_port, page_port)
+        _write(folder / f"{name}.toml", text)
+        for repo in repos if name != SUBSCRIBER else ():
             secret = new_secret()
             _secret(folder / f"{name}-{repo}.secret", secret)
             _secret(folder / f"publisher-{name}-{repo}.secret", secret)
@@ -148,11 +161,11 @@ def _start(network: Network, out: Callable[[str], None]) -> None:
             name,
             [sys.executable, "-m", "mirrorhook", "serve", "-c", str(folder / f"{name}.toml")],
         )
-        _wait_port(port)
-    page_port = _free_port()
+        if name != SUBSCRIBER:
+            _wait_port(port)
     publisher = [
         f'[publisher]\nstate_dir = "{folder}/publisher-state"\nname = "demo-upstream"\n'
-        f'listen = ["127.0.0.1:{page_port}"]'
+        f'listen = ["127.0.0.1:{page_port}"]\nsigning_key_file = "{folder}/upstream.key"'
     ]
     for repo in REPOS:
         publisher += [f'[publisher.repos.{repo}]\nroot = "{upstream / repo}"', *announcements[repo]]
@@ -168,17 +181,21 @@ def _start(network: Network, out: Callable[[str], None]) -> None:
     )
     _until(lambda: network.log("publisher").read_text().count("watching") >= 2, "the publisher")
     _wait_port(page_port)
+    _until(lambda: "subscribed to" in network.log(SUBSCRIBER).read_text(), f"{SUBSCRIBER}")
     out(
         f"upstream: repositories {' and '.join(REPOS)} served by rsync --daemon on "
         f"127.0.0.1:{rsync_port}; one publisher watching both; mirrors: "
         + ", ".join(
-            f"{name} ({' + '.join(repos)}, backoff {backoff} s)" for name, backoff, repos in MIRRORS
+            f"{name} ({' + '.join(repos)}, backoff {backoff} s"
+            + (", no port: subscribes to the event stream)" if name == SUBSCRIBER else ")")
+            for name, backoff, repos in MIRRORS
         )
     )
     out(f"the upstream's page, while the demo runs: http://127.0.0.1:{page_port}/")
     out(
         "times below are milliseconds after the publish (the marker's rename): when the "
-        "webhook reached the mirror, its sync started (after its random backoff) and "
+        "announcement (a webhook, or an event on the subscriber's stream) reached the "
+        "mirror, its sync started (after its random backoff) and "
         "finished; the hourly cron job this replaces syncs about 55 minutes after a publish "
         "on average (minute 1 of the hour, then a random sleep of up to 3,000 s)"
     )
@@ -204,6 +221,16 @@ def _receiver_toml(folder: Path, name: str, port: int, rsync_port: int, backoff:
         f'upstream = "rsync://127.0.0.1:{rsync_port}/demo/{repo}/"\n'
         f'target = "{folder}/{name}/{repo}"\n'
         for repo in repos
+    )
+
+
+def _subscriber_toml(folder: Path, name: str, rsync_port: int, page_port: int) -> str:
+    """A mirror that opens no port: it follows the publisher's event stream."""
+    return (
+        f'[receiver]\nstate_dir = "{folder}/{name}-state"\nbackoff = 0\npoll_interval = 0\n'
+        f'public_key_file = "{folder}/upstream.pub"\n'
+        f'subscribe = ["http://127.0.0.1:{page_port}/v1/events?repo=ius"]\n'
+        f'upstream = "rsync://127.0.0.1:{rsync_port}/demo/ius/"\ntarget = "{folder}/{name}"\n'
     )
 
 
