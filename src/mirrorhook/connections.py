@@ -68,12 +68,13 @@ def connection_bound(streams: int = 0) -> int:
     """``MAX_CONNECTIONS`` (plus ``streams``, the event streams a publisher may hold open),
     or a quarter of the open-files limit when that is lower: the other three quarters stay
     free for rsync's pipes, the publisher's deliveries, state files — and for ``accept()``
-    itself, which needs a descriptor before a connection can be shed. With streams, half."""
+    itself, which needs a descriptor before a connection can be shed. With streams, three
+    quarters: a stream costs one descriptor and nothing else."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = MAX_CONNECTIONS + streams
     if soft == resource.RLIM_INFINITY:
         return wanted
-    return max(1, min(wanted, soft // (2 if streams else 4)))
+    return max(1, min(wanted, soft * 3 // 4 if streams else soft // 4))
 
 
 @dataclass(frozen=True, slots=True)
