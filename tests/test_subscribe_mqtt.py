@@ -22,6 +22,7 @@ from tests.helpers import (
     marker_of,
     needs,
     publish,
+    receiver_toml,
     subscribing_receiver,
     trees_equal,
     wait_for_port,
@@ -32,9 +33,16 @@ from tests.scene import json_toml
 pytestmark = [pytest.mark.slow, needs("mosquitto", "mosquitto_sub", package="mosquitto")]
 
 
-def publisher(folder: Path, root: Path, private: Path, broker: Mosquitto, **extra: Any) -> Path:
-    """A single-form publisher with no mirrors that announces through ``broker`` (and on
-    its own event stream, at the returned config's ``listen``)."""
+def publisher(
+    folder: Path,
+    root: Path,
+    private: Path,
+    broker: Mosquitto,
+    mirrors: list[dict[str, Any]] | None = None,
+    **extra: Any,
+) -> Path:
+    """A single-form publisher that announces through ``broker``, on its own event stream
+    (at the returned config's ``listen``) and by webhook to ``mirrors`` (none by default)."""
     config = folder / "publisher.toml"
     settings = {
         "root": str(root),
@@ -43,7 +51,7 @@ def publisher(folder: Path, root: Path, private: Path, broker: Mosquitto, **extr
         "signing_key_file": str(private),
         "name": "upstream",
     }
-    text = json_toml(settings, [])
+    text = json_toml(settings, mirrors or [])
     mqtt = {"url": broker.url, **extra}
     text += "[publisher.mqtt]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in mqtt.items())
     config.write_text(text)
@@ -72,10 +80,22 @@ def test_mirrors_follow_a_broker_through_its_outage_and_a_late_one_gets_the_reta
     tmp_path: Path, processes: Processes, daemon: RsyncDaemon
 ) -> None:
     private, public = key_pair(tmp_path / "keys", "upstream")
+    hook_port = free_port()
+    (tmp_path / "hook").mkdir()
+    hooked = receiver_toml(
+        tmp_path / "hook",
+        upstream=daemon.url,
+        port=hook_port,
+        secret_file=None,
+        public_key_file=str(public),
+    )
+    processes.serve(hooked, "hook")
+    wait_for_port(hook_port)
+    webhook = {"name": "hook", "url": f"http://127.0.0.1:{hook_port}/v1/hook"}
     with mosquitto(tmp_path / "broker") as broker:
-        config = publisher(tmp_path, daemon.root, private, broker)
+        config = publisher(tmp_path, daemon.root, private, broker, [webhook])
         listen = int(config.read_text().split("127.0.0.1:")[1].split('"')[0])
-        processes.serve(config, "publisher")
+        publisher_process = processes.serve(config, "publisher")
         wait_for_port(listen)
         topic = f"{broker.url}/mirrorhook/upstream/upstream"
         follower = subscribing_receiver(tmp_path / "mqtt", daemon.url, public, [topic])
@@ -93,9 +113,10 @@ def test_mirrors_follow_a_broker_through_its_outage_and_a_late_one_gets_the_reta
         assert "trigger (mqtt from upstream, marker '2')" in processes.log("mqtt")
         assert trees_equal(daemon.root, mqtt_tree)
 
-        broker.stop()  # a publish while the broker is down: the event stream is not delayed
+        broker.stop()  # a publish while the broker is down: webhooks and the stream go on
         publish(daemon.root, "3", {"dir0/newer.rpm": "newer\n"})
         wait_until(lambda: marker_of(sse_tree) == "3", what="the event-stream mirror synced")
+        wait_until(lambda: marker_of(tmp_path / "hook" / "mirror") == "3", what="the webhook")
         assert marker_of(mqtt_tree) == "2"
         broker.start()  # the publisher reconnects and publishes the newest announcement
         wait_until(lambda: marker_of(mqtt_tree) == "3", what="caught up after the outage")
@@ -106,8 +127,8 @@ def test_mirrors_follow_a_broker_through_its_outage_and_a_late_one_gets_the_reta
         broker.start()
         wait_until(lambda: current_of(retained(broker, "mirrorhook/upstream/upstream")) == "3")
 
-        processes.running[0].terminate()  # the publisher goes; the broker keeps its copy
-        processes.running[0].wait(15)
+        publisher_process.terminate()  # the publisher goes; the broker keeps its copy
+        publisher_process.wait(15)
         broker.stop()
         broker.start()
         late = subscribing_receiver(tmp_path / "late", daemon.url, public, [topic])
