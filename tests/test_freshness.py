@@ -408,6 +408,32 @@ async def test_checks_follow_the_schedule_after_a_publish(
             await until(lambda: freshness.state("a") is State.FRESH)
 
 
+async def test_the_checker_says_when_each_mirror_is_checked_next(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """What the page shows as the next check: a mirror serving the publish is due at
+    ``check_interval``, one not serving it at the schedule's next step counted from the
+    publish; one whose check is queued or running is being checked now (``None``)."""
+    config, trees, _servers = await mirrors_config(
+        tmp_path, aiohttp_server, ["a", "b"], check_interval=600
+    )
+    serve_marker(trees["a"], "2")
+    serve_marker(trees["b"], "1")
+    freshness = Freshness(config)
+    freshness.published("2")
+    published = freshness.published_at
+    assert published is not None
+    async with aiohttp.ClientSession() as session, public_session() as public:
+        checker = Checker(freshness, session, public=public, after_publish=(30.0, 60.0))
+        async with running(checker):
+            await until(lambda: len([t for t in checker.next_checks().values() if t]) == 2)
+            due = checker.next_checks()
+            assert time.time() + 590 < (due["a"] or 0) <= time.time() + 600
+            assert due["b"] == pytest.approx(published + 30.0, abs=0.5)
+            checker.check_soon(config.mirrors[1])  # a report asks
+            assert checker.next_checks()["b"] is None
+
+
 async def test_the_same_marker_announced_again_does_not_restart_the_checks(
     tmp_path: Path, aiohttp_server: ServerFactory
 ) -> None:
