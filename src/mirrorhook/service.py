@@ -70,6 +70,8 @@ async def serve(config: Config) -> None:
     loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
     async with contextlib.AsyncExitStack() as stack:
         app, listen, desk = _app(config, fleet, common)
+        if desk is not None:
+            stack.callback(desk.refusals.flush)  # after the listeners close: the last count
         if listen:
             stack.push_async_callback((await start_web(app, listen)).cleanup)
         _log_receivers(config)
