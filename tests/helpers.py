@@ -33,6 +33,7 @@ from mirrorhook.keys import SigningKey
 from mirrorhook.publisher_config import PublisherConfig, PublisherHost
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.record import DeliveryLog, Fields
+from mirrorhook.report_refusals import Refused
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 """What pytest-aiohttp's ``aiohttp_server`` is: a real server on a free port for an app."""
@@ -593,6 +594,8 @@ class LiveUpstream:
     host: PublisherHost
     trees: dict[str | None, Freshness]
     records: dict[str | None, DeliveryLog] = field(default_factory=dict)
+    schedules: dict[str | None, dict[str, float | None]] = field(default_factory=dict)
+    refused: dict[str | None, Refused] = field(default_factory=dict)
 
     @classmethod
     def of(cls, *trees: Freshness) -> LiveUpstream:
@@ -609,6 +612,12 @@ class LiveUpstream:
     def deliveries(self, tree: PublisherConfig) -> Fields:
         record = self.records.get(tree.repo)
         return {} if record is None else record.known()
+
+    def next_checks(self, tree: PublisherConfig) -> dict[str, float | None]:
+        return dict(self.schedules.get(tree.repo, {}))
+
+    def refused_reports(self) -> dict[str | None, Refused]:
+        return dict(self.refused)
 
 
 def key_pair(folder: Path, name: str) -> tuple[Path, Path]:

@@ -1,17 +1,18 @@
 """Reports the publisher refused: counted per repository where the report named one it has,
-else for the whole publisher, and shown — never with a secret — in ``/v1/status``
-and in ``mirrorhook status``."""
+else for the whole publisher, and shown — never with a secret — on the page, in
+``/v1/status`` and in ``mirrorhook status``."""
 
 from __future__ import annotations
 
 import base64
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import aiohttp
 
-from mirrorhook import reports
+from mirrorhook import page, reports
 from mirrorhook.checker import Checker
 from mirrorhook.config import Config, load_config
 from mirrorhook.freshness import Freshness
@@ -39,7 +40,7 @@ async def test_refused_reports_are_counted_by_repository_and_shown_without_secre
     """Two repositories: a report of ius's mirror ``a`` signed with ``b``'s secret and one
     naming a mirror ius lacks count for ius (the last naming ``a``); one naming no
     repository the publisher has, a body that is no report and one too large count for
-    the publisher. The record, ``status --json`` and ``status`` show each count
+    the publisher. The record, ``status --json``, ``status`` and the page show each count
     with the last one's time, answer, reason and sender, and no secret anywhere."""
     (tmp_path / "repo").mkdir()
     path = publisher_toml(
@@ -69,6 +70,7 @@ async def test_refused_reports_are_counted_by_repository_and_shown_without_secre
         assert await post(b"x" * 20_000, {"Content-Type": "application/json"}) == 413
 
         held = desk.refusals.snapshot()
+        body = page.render(page.snapshot(desk))
         assert set(held) == {"ius", None}  # epel refused nothing
         assert (held["ius"].count, held["ius"].status, held["ius"].mirror) == (2, 401, None)
         assert held["ius"].reason == "no such mirror here"
@@ -93,8 +95,17 @@ async def test_refused_reports_are_counted_by_repository_and_shown_without_secre
     assert "from 127.0.0.1: 401 no such mirror here" in text
     assert "reports naming no repository it has\n  refused reports: 3" in text
 
+    # On the page: per repository in its section, the rest at the top.
+    sections = dict(re.findall(r'<section [^>]*data-repo="(\w+)">(.*?)</section>', body, re.DOTALL))
+    shown = r"Refused reports: 2; the last [\d.]+ s ago from 127\.0\.0\.1: 401 no such mirror here"
+    assert re.search(shown, sections["ius"])
+    assert "Refused reports" not in sections["epel"]
+    top = body.split("<section", 1)[0]
+    assert "Refused reports naming no repository here: 3" in top
+    assert "413 body larger than 16384 bytes" in top
+
     # Never a secret: not in the answers, nor in the record.
-    every = json.dumps(status) + text + (host.state_dir / STATE_NAME).read_text()
+    every = body + json.dumps(status) + text + (host.state_dir / STATE_NAME).read_text()
     for name, secret in secrets.items():
         assert (tmp_path / "secrets" / f"{name}.secret").read_text().strip() not in every
         assert base64.b64encode(secret.key).decode() not in every
