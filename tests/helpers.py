@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from mirrorhook import message, signing
+from mirrorhook import message, reports, signing
 from mirrorhook.config import Config, load_config
 from mirrorhook.credentials import write_private_key
 from mirrorhook.demo import same_tree
@@ -32,6 +33,7 @@ from mirrorhook.keys import SigningKey
 from mirrorhook.publisher_config import PublisherConfig, PublisherHost
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.record import DeliveryLog, Fields
+from mirrorhook.report_refusals import Refused
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 """What pytest-aiohttp's ``aiohttp_server`` is: a real server on a free port for an app."""
@@ -271,6 +273,39 @@ def signed_webhook(
     headers = signing.signed_headers(secret, msg_id or str(uuid.uuid4()), now, body)
     headers["Content-Type"] = "application/json"
     return body, headers
+
+
+def report_body(
+    mirror: str, current: str, result: str = "synced", repo: str | None = None
+) -> bytes:
+    """A mirror's ``mirror.synced`` report, as a receiver posts it."""
+    data = {"mirror": mirror, "repo": repo, "marker": "CURRENT", "current": current}
+    document = {"type": "mirror.synced", "timestamp": "2026-11-25T12:00:00Z"}
+    return json.dumps({**document, "data": {**data, "result": result, "error": None}}).encode()
+
+
+def signed_report(secret: signing.Secret, body: bytes) -> dict[str, str]:
+    """Headers that sign a report's ``body`` with ``secret`` now (with the content type)."""
+    headers = signing.signed_headers(secret, f"msg_{time.time_ns()}", int(time.time()), body)
+    return {**headers, "Content-Type": "application/json"}
+
+
+@dataclass(frozen=True)
+class ReportPoster:
+    """Posts reports to a report desk's ``POST /v1/report`` on a real test server."""
+
+    client: TestClient[web.Request, web.Application]
+
+    @classmethod
+    async def to(cls, desk: reports.ReportDesk, aiohttp_client: ClientFactory) -> ReportPoster:
+        app = web.Application()
+        reports.add_routes(app, desk)
+        return cls(await aiohttp_client(app))
+
+    async def post(self, body: bytes, headers: dict[str, str]) -> int:
+        """Post one report; the status of the answer."""
+        async with self.client.post(message.REPORT_PATH, data=body, headers=headers) as answer:
+            return answer.status
 
 
 def secret_of(config: ReceiverConfig) -> signing.Secret:
@@ -559,6 +594,8 @@ class LiveUpstream:
     host: PublisherHost
     trees: dict[str | None, Freshness]
     records: dict[str | None, DeliveryLog] = field(default_factory=dict)
+    schedules: dict[str | None, dict[str, float | None]] = field(default_factory=dict)
+    refused: dict[str | None, Refused] = field(default_factory=dict)
 
     @classmethod
     def of(cls, *trees: Freshness) -> LiveUpstream:
@@ -575,6 +612,12 @@ class LiveUpstream:
     def deliveries(self, tree: PublisherConfig) -> Fields:
         record = self.records.get(tree.repo)
         return {} if record is None else record.known()
+
+    def next_checks(self, tree: PublisherConfig) -> dict[str, float | None]:
+        return dict(self.schedules.get(tree.repo, {}))
+
+    def refused_reports(self) -> dict[str | None, Refused]:
+        return dict(self.refused)
 
 
 def key_pair(folder: Path, name: str) -> tuple[Path, Path]:

@@ -33,9 +33,12 @@ from tests.helpers import (
     ClientFactory,
     Clock,
     LiveUpstream,
+    ReportPoster,
     ServerFactory,
     listed_urls,
     publisher_toml,
+    report_body,
+    signed_report,
     until,
     write_secret,
 )
@@ -408,6 +411,32 @@ async def test_checks_follow_the_schedule_after_a_publish(
             await until(lambda: freshness.state("a") is State.FRESH)
 
 
+async def test_the_checker_says_when_each_mirror_is_checked_next(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """What the page shows as the next check: a mirror serving the publish is due at
+    ``check_interval``, one not serving it at the schedule's next step counted from the
+    publish; one whose check is queued or running is being checked now (``None``)."""
+    config, trees, _servers = await mirrors_config(
+        tmp_path, aiohttp_server, ["a", "b"], check_interval=600
+    )
+    serve_marker(trees["a"], "2")
+    serve_marker(trees["b"], "1")
+    freshness = Freshness(config)
+    freshness.published("2")
+    published = freshness.published_at
+    assert published is not None
+    async with aiohttp.ClientSession() as session, public_session() as public:
+        checker = Checker(freshness, session, public=public, after_publish=(30.0, 60.0))
+        async with running(checker):
+            await until(lambda: len([t for t in checker.next_checks().values() if t]) == 2)
+            due = checker.next_checks()
+            assert time.time() + 590 < (due["a"] or 0) <= time.time() + 600
+            assert due["b"] == pytest.approx(published + 30.0, abs=0.5)
+            checker.check_soon(config.mirrors[1])  # a report asks
+            assert checker.next_checks()["b"] is None
+
+
 async def test_the_same_marker_announced_again_does_not_restart_the_checks(
     tmp_path: Path, aiohttp_server: ServerFactory
 ) -> None:
@@ -487,17 +516,6 @@ async def test_freshness_is_exported_as_metrics(
     assert "mirrorhook_publish_to_fresh_seconds_count 1.0" in lines
 
 
-def report_body(mirror: str, current: str, result: str = "synced") -> bytes:
-    data = {"mirror": mirror, "repo": None, "marker": "CURRENT", "current": current}
-    document = {"type": "mirror.synced", "timestamp": "2026-11-25T12:00:00Z"}
-    return json.dumps({**document, "data": {**data, "result": result, "error": None}}).encode()
-
-
-def signed(secret: signing.Secret, body: bytes) -> dict[str, str]:
-    headers = signing.signed_headers(secret, f"msg_{time.time_ns()}", int(time.time()), body)
-    return {**headers, "Content-Type": "application/json"}
-
-
 async def test_a_report_is_verified_and_what_the_mirror_serves_is_recorded(
     tmp_path: Path, aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
 ) -> None:
@@ -514,24 +532,20 @@ async def test_a_report_is_verified_and_what_the_mirror_serves_is_recorded(
         checker.published("2")
         desk = reports.ReportDesk(PublisherHost(config.state_dir, (config,)))
         desk.checkers[None] = checker
-        app = web.Application()
-        reports.add_routes(app, desk)
-        client = await aiohttp_client(app)
+        post = (await ReportPoster.to(desk, aiohttp_client)).post
 
-        async def post(body: bytes, headers: dict[str, str]) -> int:
-            async with client.post("/v1/report", data=body, headers=headers) as answer:
-                return answer.status
-
-        assert await post(report_body("a", "2"), signed(secrets["a"], report_body("a", "2"))) == 202
+        honest = report_body("a", "2")
+        assert await post(honest, signed_report(secrets["a"], honest)) == 202
         liar = report_body("b", "2")
-        assert await post(liar, signed(secrets["b"], liar)) == 202
+        assert await post(liar, signed_report(secrets["b"], liar)) == 202
         await until(
             lambda: "last_check" in freshness.mirrors["b"] and freshness.state("a") == "fresh"
         )
         assert freshness.state("a") is State.FRESH
         assert freshness.state("b") is State.BEHIND  # what it serves, not what it says
         forged = report_body("a", "2")
-        assert await post(forged, signed(secrets["b"], forged)) == 401  # b's secret, a's name
+        # b's secret, a's name:
+        assert await post(forged, signed_report(secrets["b"], forged)) == 401
         # Unsigned: a hint (a mirror that just dropped its secret): checked, never recorded.
         before = dict(freshness.mirrors["a"])
         unsigned = report_body("a", "lie")
@@ -539,14 +553,12 @@ async def test_a_report_is_verified_and_what_the_mirror_serves_is_recorded(
         await until(lambda: freshness.mirrors["a"]["last_check"] != before["last_check"])  # hint
         assert freshness.mirrors["a"]["reported"] == before["reported"] == "2"
         assert freshness.mirrors["a"]["serving"] == "2"
-        assert (
-            await post(forged, {**signed(secrets["a"], forged), "Content-Type": "text/plain"})
-            == 415
-        )
+        as_text = {**signed_report(secrets["a"], forged), "Content-Type": "text/plain"}
+        assert await post(forged, as_text) == 415
         nobody = report_body("zz", "2")
-        assert await post(nobody, signed(secrets["a"], nobody)) == 401
-        assert await post(b"not json", signed(secrets["a"], b"not json")) == 400
-        assert await post(b"x" * 20_000, signed(secrets["a"], b"x")) == 413
+        assert await post(nobody, signed_report(secrets["a"], nobody)) == 401
+        assert await post(b"not json", signed_report(secrets["a"], b"not json")) == 400
+        assert await post(b"x" * 20_000, signed_report(secrets["a"], b"x")) == 413
 
 
 async def test_with_several_repositories_the_list_must_name_one(

@@ -150,3 +150,26 @@ def test_the_delays_kept_are_bounded_in_all(
     publishes = kept.publishes()
     assert sum(len(entry["fresh"]) for entry in publishes) <= 25
     assert [entry["value"] for entry in publishes] == ["4", "5"]
+
+
+def test_the_scores_the_page_reads_are_the_records_after_trims_and_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The running totals that score every mirror for the page in one step each give what
+    scoring the whole record gives, once publishes and days of checks have aged out or
+    been dropped for the bound on delays, and after a restart."""
+    monkeypatch.setattr(history, "MAX_DELAYS", 60)
+    clock = Clock(100 * DAY)
+    kept = History(tmp_path, clock)
+    names = [f"m{number}" for number in range(6)]
+    for number in range(history.DAYS + 10):
+        kept.published(str(number), clock.now)
+        for index, name in enumerate(names):
+            if (number + index) % 3:
+                kept.fresh(name, str(number), (number * index) % 17 + 0.125)
+            kept.checked(name, fresh=bool((number + index) % 3))
+        clock.now += DAY
+    expected = history.scores(kept.record(), [*names, "never"])
+    assert expected["m1"].checks < history.DAYS + 10  # days did age out
+    assert kept.scores([*names, "never"]) == expected
+    assert History(tmp_path, clock).scores([*names, "never"]) == expected

@@ -9,11 +9,13 @@ import base64
 import contextlib
 import dataclasses
 import hashlib
+import html
 import json
 import os
 import re
 import shutil
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from mirrorhook.announcers import Announcers
 from mirrorhook.config import load_config
 from mirrorhook.delivery import Courier
 from mirrorhook.errors import ConfigError
-from mirrorhook.freshness import Freshness
+from mirrorhook.freshness import Freshness, State
 from mirrorhook.metrics import Metrics
 from mirrorhook.response_cache import MAX_AGE, Body, ResponseCache
 from mirrorhook.supervisor import Supervisor
@@ -89,7 +91,11 @@ async def test_the_page_escapes_every_value_and_allows_only_its_own_script(
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     assert f"script-src 'sha256-{digest}'" in policy
     assert "default-src 'none'" in policy
-    assert not re.search(r'(src|href)="(https?:)?//', body)
+    # Nothing is loaded from elsewhere; the mirrors' http(s) URLs are links, escaped.
+    assert not re.search(r'src="(https?:)?//', body)
+    assert set(re.findall(r'<(\w+)[^>]*\shref="(?:https?:)?//', body)) == {"a"}
+    assert f'<a href="https://evil.example/{html.escape(HOSTILE)}/">' in body
+    assert answer.headers["Referrer-Policy"] == "no-referrer"
     assert '<a href="v1/mirrors">' in body
     # Behind a proxy at a path, the links keep its prefix.
     live = LiveUpstream.of(freshness)
@@ -147,7 +153,7 @@ async def test_the_page_shows_deliveries_and_checks_from_memory_at_most_a_second
             record.unlink()
             record.mkdir()  # neither readable as a record nor writable
             first = await row()
-            assert re.search(r'<td class="timeline">\+[\d.]+ s →', first), first
+            assert re.search(r'<td class="timeline"[^>]*>\+[\d.]+ s →', first), first
             assert "<code>1</code>" in first
             publish(root, "2")
             (served / "CURRENT").write_text("2\n")
@@ -159,7 +165,7 @@ async def test_the_page_shows_deliveries_and_checks_from_memory_at_most_a_second
             second = await row()
             assert cache.renders == 2
             assert "<code>2</code>" in second
-            assert re.search(r'<td class="timeline">\+[\d.]+ s →', second), second
+            assert re.search(r'<td class="timeline"[^>]*>\+[\d.]+ s →', second), second
         finally:
             await announcers.stop()
 
@@ -328,3 +334,102 @@ def test_in_a_real_browser_rows_turn_fresh_without_a_reload(
             assert row_state(plain, "alpha") == "fresh"
             assert serving(plain, "alpha") == "2"
             assert row_state(plain, "gone") == "unreachable"
+
+
+@pytest.mark.slow
+@needs("chromium", "chromedriver", package="chromium and chromium-driver")
+async def test_in_a_real_browser_a_header_click_sorts_the_table_and_urls_are_links(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """Four mirrors 0, 3 and 1 publishes behind and one never checked: a click on the
+    "behind" header sorts them by it (the unknown one last), a second click the other way
+    (still last), and the order holds when the view is next replaced; the page's script
+    runs under its policy (nothing refused). The legend names every state; a mirror's
+    https URL is a link that opens its server, its rsync URL text."""
+    from selenium.webdriver.chromium.webdriver import ChromiumDriver  # noqa: PLC0415
+    from selenium.webdriver.common.by import By  # noqa: PLC0415
+    from selenium.webdriver.remote.webdriver import WebDriver  # noqa: PLC0415
+    from selenium.webdriver.remote.webelement import WebElement  # noqa: PLC0415
+    from selenium.webdriver.support.wait import WebDriverWait  # noqa: PLC0415
+
+    async def repo(_request: web.Request) -> web.Response:
+        return web.Response(text="the repo of a")
+
+    site = web.Application()
+    site.router.add_get("/repo/", repo)
+    mirror_site = await aiohttp_server(site)
+    now = time.time()
+    (tmp_path / "repo").mkdir()
+    names = ["c", "d", "a", "b"]
+    path = publisher_toml(
+        tmp_path, root=tmp_path / "repo", mirrors=[(n, "http://x/") for n in names]
+    )
+    text = path.read_text()
+    for name in names:
+        urls = [f"https://{name}.example/", f"rsync://{name}.example/repo/"]
+        if name == "a":
+            urls[0] = str(mirror_site.make_url("/repo/"))
+        entry = f'check_url = "https://{name}.example/CURRENT"\nurls = {json.dumps(urls)}'
+        text = text.replace(f'name = "{name}"\n', f'name = "{name}"\n{entry}\n')
+    path.write_text(text)
+    config = load_config(path).publisher
+    assert config is not None
+    clock = [now - 400]
+    freshness = Freshness(config, clock=lambda: clock[0])
+    for value in ("1", "2", "3", "4"):
+        freshness.published(value)
+        clock[0] += 100
+    for name, value in (("a", "4"), ("b", "1"), ("c", "3")):
+        freshness.observed(name, value, None)
+    app = web.Application()
+    page.add_routes(app, LiveUpstream.of(freshness))
+    server = await aiohttp_server(app)
+
+    def browse() -> None:
+        with chromium() as browser:
+            assert isinstance(browser, ChromiumDriver)
+            browser.get(str(server.make_url("/")))
+
+            def order(driver: WebDriver) -> list[str]:
+                found = driver.execute_script(
+                    "return Array.from(document.querySelectorAll('tr[data-mirror]'))"
+                    ".map(row => row.dataset.mirror);"
+                )
+                return [str(name) for name in found]
+
+            def header(name: str) -> WebElement:
+                return browser.find_element(By.XPATH, f"//th[text()='{name}']")
+
+            # The policy refused nothing (selenium's get_log is untyped).
+            logged = browser.get_log("browser")  # type: ignore[no-untyped-call]
+            assert [e for e in logged if "Content Security Policy" in str(e["message"])] == []
+            assert order(browser) == names  # as configured
+            shown = browser.execute_script(
+                "return Array.from(document.querySelectorAll("
+                "`tr[data-mirror='b'] td`)).map(cell => cell.textContent);"
+            )
+            assert shown[3] == "3 · 5 min"  # 3 publishes behind, the first 300 s ago
+            assert shown[8] == "0%"  # its one check found it behind
+            behind = header("behind")
+            behind.click()
+            assert order(browser) == ["a", "c", "b", "d"]
+            assert behind.get_attribute("aria-sort") == "ascending"
+            behind.click()
+            assert order(browser) == ["b", "c", "a", "d"]
+            browser.execute_script("window.shown = document.getElementById('view');")
+            WebDriverWait(browser, 10, poll_frequency=0.2).until(
+                lambda driver: driver.execute_script(
+                    "return document.getElementById('view') !== window.shown;"
+                )
+            )
+            assert order(browser) == ["b", "c", "a", "d"]  # kept across the refresh
+            header("mirror").click()
+            assert order(browser) == ["a", "b", "c", "d"]
+            legend = browser.find_elements(By.CSS_SELECTOR, "dl.legend dt")
+            assert [item.text for item in legend] == [str(state) for state in State]
+            rsync = browser.find_element(By.XPATH, "//div[text()='rsync://a.example/repo/']")
+            assert rsync.tag_name == "div"
+            browser.find_element(By.LINK_TEXT, str(mirror_site.make_url("/repo/"))).click()
+            WebDriverWait(browser, 10).until(lambda driver: "the repo of a" in driver.page_source)
+
+    await asyncio.to_thread(browse)

@@ -31,6 +31,7 @@ from mirrorhook.publisher import Outcome, Publisher, deliver
 from mirrorhook.publisher_config import PublisherConfig, PublisherHost
 from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
 from mirrorhook.retry import Backoff
+from mirrorhook.state import iso_time
 from mirrorhook.status import host_status
 from mirrorhook.watcher import MarkerWatcher
 from tests.helpers import (
@@ -458,6 +459,25 @@ async def test_notify_reports_each_mirror_and_records_it(
     recorded = DeliveryLog(publisher_state_path(config)).mirrors()
     assert recorded["ok"]["delivered"] == "42"
     assert recorded["broken"]["result"] == "failed"
+
+
+async def test_a_redelivery_keeps_the_time_of_the_first_delivery(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    """The page's "delivered" is when the mirror first accepted the current publish: sending
+    the same marker again (``notify`` twice, or after the daemon) leaves ``delivered_at``
+    as it was; a new marker moves it."""
+    config, mirrors = await fan_out(tmp_path, aiohttp_server, {"m": always(202)})
+    path = publisher_state_path(config)
+    start = time.time()
+    publish(config.root, "42")
+    await notify(config, clock=lambda: start)
+    await notify(config, clock=lambda: start + 100)
+    assert mirrors["m"].values() == ["42", "42"]  # delivered twice
+    assert DeliveryLog(path).mirrors()["m"]["delivered_at"] == iso_time(start)
+    publish(config.root, "43")
+    await notify(config, clock=lambda: start + 200)
+    assert DeliveryLog(path).mirrors()["m"]["delivered_at"] == iso_time(start + 200)
 
 
 async def run_publisher(publisher: Publisher) -> asyncio.Task[None]:

@@ -235,7 +235,7 @@ def test_every_surface_shows_each_reloaded_key(hub: Hub) -> None:
             "/": lambda text: (
                 'data-mirror="b"' in text
                 and "https://b.example/pub/" in text
-                and '<section data-repo="two">' in text
+                and '<section id="repo-two" data-repo="two">' in text
             ),
             MIRRORS: lambda text: states(text) == {"a": "fresh", "b": "fresh"},
             LIST: lambda text: "https://b.example/pub/" in listed_urls(text),

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import urllib.parse
+from collections.abc import Callable
 
 import aiohttp
 from yarl import URL
@@ -142,9 +144,11 @@ class Checker:
         *,
         public: aiohttp.ClientSession,
         after_publish: tuple[float, ...] = AFTER_PUBLISH,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """``session`` fetches each ``check_url`` and redirects within its origin; ``public``
-        (a ``public_session``) fetches redirects elsewhere."""
+        (a ``public_session``) fetches redirects elsewhere; ``clock`` says when the next
+        scheduled checks are due (``next_checks``)."""
         self.freshness = freshness
         self._log = TreeLog(logger, freshness.config.repo)
         self.mirrors = tuple(mirror for mirror in freshness.config.mirrors if mirror.check_url)
@@ -158,6 +162,9 @@ class Checker:
         self._queued: dict[str, asyncio.Task[State]] = {}
         self._checks: set[asyncio.Task[State]] = set()
         """Every check running or queued: at most two per mirror."""
+        self._clock = clock
+        self._due: dict[str, float] = {}
+        """When each mirror's next scheduled check is due (Unix time)."""
 
     def published(self, value: str) -> None:
         """A new marker starts each mirror's schedule of checks after a publish; the same
@@ -192,6 +199,13 @@ class Checker:
     def in_line(self, mirror: str) -> int:
         """The checks of ``mirror`` running or queued now: 0, 1 or 2, whatever was asked."""
         return (mirror in self._running) + (mirror in self._queued)
+
+    def next_checks(self) -> dict[str, float | None]:
+        """When each mirror's next check is due on its schedule (Unix time; a report may
+        ask for one sooner), ``None`` for one being checked now (a copy, for the page)."""
+        due: dict[str, float | None] = dict(self._due)
+        due.update((name, None) for name in (*self._running, *self._queued))
+        return due
 
     def _queue(self, mirror: MirrorConfig) -> asyncio.Task[State]:
         name = mirror.name
@@ -240,6 +254,7 @@ class Checker:
                 delay = max(0.0, self._after_publish[step] - since)
             else:
                 delay = self.freshness.config.check_interval
+            self._due[mirror.name] = self._clock() + delay
             try:
                 async with asyncio.timeout(delay):
                     await woken.wait()

@@ -5,7 +5,8 @@ of its checks that found it fresh, and its mean delay).
 Kept in ``history.json`` beside the freshness record, bounded in size: publishes older than
 ``DAYS`` days are dropped, and at most ``MAX_PUBLISHES`` are kept, with ``MAX_DELAYS``
 mirror delays in all; each mirror's checks are counted in one bucket a day. Served as
-``/v1/history`` for aggregators and drawn on the page as a propagation curve
+``/v1/history`` for aggregators and drawn on the page as a propagation curve with each
+mirror's score beside it, which running totals keep at a cost of one step per mirror
 (docs/design.md#history).
 """
 
@@ -75,6 +76,15 @@ class History:
         self._save_soon: asyncio.TimerHandle | None = None
         self._writing: asyncio.Task[None] | None = None
         self._unsaved = False
+        # Running totals of what is kept, per mirror, so that scoring every mirror for the
+        # page costs one step each: [sum of delays, their count] and [checks, fresh ones].
+        self._delays: dict[str, list[float]] = {}
+        for entry in self._publishes:
+            self._add_delays(entry, 1)
+        self._counted: dict[str, list[int]] = {
+            name: [sum(day[0] for day in days.values()), sum(day[1] for day in days.values())]
+            for name, days in self._checks.items()
+        }
 
     def published(self, value: str, at: float) -> None:
         """A new marker was announced at ``at``."""
@@ -86,16 +96,20 @@ class History:
         """``mirror`` was first seen serving ``value``, ``lag`` seconds after its publish."""
         for entry in reversed(self._publishes):
             if entry["value"] == value:
-                entry["fresh"].setdefault(mirror, round(lag, 3))
-                self._changed()
+                if mirror not in entry["fresh"]:
+                    entry["fresh"][mirror] = round(lag, 3)
+                    self._add_delays({"fresh": {mirror: entry["fresh"][mirror]}}, 1)
+                    self._changed()
                 return
 
     def checked(self, mirror: str, *, fresh: bool) -> None:
         """A check of ``mirror`` found it fresh or not (counted in today's bucket)."""
         day = str(int(self._clock() // DAY))
         counts = self._checks.setdefault(mirror, {}).setdefault(day, [0, 0])
-        counts[0] += 1
-        counts[1] += int(fresh)
+        total = self._counted.setdefault(mirror, [0, 0])
+        for kept in (counts, total):
+            kept[0] += 1
+            kept[1] += int(fresh)
         self._changed()
 
     def publishes(self, last: int | None = None) -> list[dict[str, Any]]:
@@ -108,15 +122,28 @@ class History:
     def record(self) -> dict[str, Any]:
         """A copy of the record (``publishes`` and ``checks``), made of C-level copies:
         cheap on the event loop, for a thread to write or to ``document`` while checks go on."""
+        publishes = self.publishes()  # trimmed first: the checks copied are those kept
         checks = {
             name: {day: list(counts) for day, counts in days.items()}
             for name, days in self._checks.items()
         }
-        return {"publishes": self.publishes(), "checks": checks}
+        return {"publishes": publishes, "checks": checks}
 
     def score(self, mirror: str) -> Score:
         """``mirror``'s checks and delays over the days kept."""
-        return scores(self.record(), [mirror])[mirror]
+        return self.scores([mirror])[mirror]
+
+    def scores(self, mirrors: Iterable[str]) -> dict[str, Score]:
+        """Each of ``mirrors``' score over the days kept, from the running totals: one step
+        per mirror (the page asks every second), equal to ``scores(self.record(), ...)``."""
+        self._trim()
+        found = {}
+        for name in mirrors:
+            checks, fresh = self._counted.get(name, (0, 0))
+            total, count = self._delays.get(name, (0.0, 0))
+            mean = round(total / count, 3) if count else None
+            found[name] = Score(checks=checks, fresh_checks=fresh, mean_delay=mean)
+        return found
 
     def flush(self) -> None:
         """Write the record now if it changed (at shutdown)."""
@@ -140,10 +167,24 @@ class History:
             or len(self._publishes) > MAX_PUBLISHES
             or delays > MAX_DELAYS
         ):
-            delays -= len(self._publishes.pop(0)["fresh"])
-        for days in self._checks.values():
+            dropped = self._publishes.pop(0)
+            delays -= len(dropped["fresh"])
+            self._add_delays(dropped, -1)
+        for name, days in self._checks.items():
             for day in [day for day in days if not day.isdigit() or int(day) < first_day]:
+                total = self._counted[name]
+                total[0] -= days[day][0]
+                total[1] -= days[day][1]
                 del days[day]
+
+    def _add_delays(self, entry: dict[str, Any], sign: int) -> None:
+        """Add (``sign`` 1) or take away (-1) a publish's delays from the running totals."""
+        for name, lag in entry["fresh"].items():
+            total = self._delays.setdefault(name, [0.0, 0])
+            total[0] += sign * lag
+            total[1] += sign
+            if not total[1]:
+                del self._delays[name]  # nothing kept: no rounding residue left behind
 
     def _changed(self) -> None:
         """Note a change: written at once outside an event loop, else ``SAVE_DELAY`` later,

@@ -43,6 +43,7 @@ async def notify(
     hooked = [mirror for mirror in config.mirrors if mirror.url]  # cron mirrors get none
     message = Message.announcing(config, value, clock())
     record = DeliveryLog(publisher_state_path(config))
+    record.load()  # what the mirrors accepted before: a redelivery keeps its first time
     async with Courier(timeout=config.timeout, concurrency=config.concurrency) as courier:
         results = await asyncio.gather(
             *(

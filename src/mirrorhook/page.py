@@ -1,13 +1,15 @@
 """The upstream's page, ``GET /`` on the publisher's listen: which mirrors serve the newest
-publish, one table per repository.
+publish, one table per repository, with the totals across them and a legend of the states.
 
-Each mirror's row is coloured by its state and shows what it serves, its lag, its last
-check and the last publish's timeline (webhook delivered → reported → seen fresh, in
-seconds after the publish). The page is rendered here, every value escaped; it reads
-without JavaScript (a ``<noscript>`` refresh reloads it), and a short inline script
-replaces the view every few seconds with a fresh copy of the same page, without a reload.
-It loads nothing from elsewhere, and its Content-Security-Policy lets nothing else run:
-only the script and style below, by hash (docs/design.md#freshness).
+Each mirror's row (``page_rows.py``, drawn by ``page_table.py``) is coloured by its state
+and says how far behind it is, the last publish's timeline, its last sync, last and next
+check, URLs and score; under each table the propagation curve of the last publishes, and
+the reports refused. The page is rendered here, every value escaped; it reads without
+JavaScript (a ``<noscript>`` refresh reloads it), and a short inline script sorts the
+tables by the header clicked and replaces the view every few seconds with a fresh copy of
+the same page, without a reload. It loads nothing from elsewhere, and its
+Content-Security-Policy lets nothing else run: only the script and style of
+``page_assets.py``, by hash (docs/design.md#freshness).
 
 It is rendered from memory — the running checkers' freshness and the running publishers'
 deliveries, never the records on disk — at most once a second, in a worker thread, from a
@@ -16,47 +18,41 @@ snapshot taken on the event loop (``response_cache.py``): its ages may be a seco
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import html
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
 
-from mirrorhook import propagation
-from mirrorhook.freshness import Freshness, State
+from mirrorhook import page_rows, page_table, propagation
+from mirrorhook.freshness import State
 from mirrorhook.mirrorlist import Upstream
+from mirrorhook.page_assets import HEADERS, NOSCRIPT_REFRESH, REFRESH_SECONDS, SCRIPT, STYLE
+from mirrorhook.page_rows import Row, Tree
+from mirrorhook.page_table import ago, duration, escape
 from mirrorhook.publisher_config import PublisherConfig, PublisherHost
 from mirrorhook.record import Fields
+from mirrorhook.report_refusals import Refused
 from mirrorhook.response_cache import Body, ResponseCache
-
-REFRESH_SECONDS = 3
-"""How often the script replaces the view; without JavaScript the page reloads every
-``NOSCRIPT_REFRESH`` seconds."""
-NOSCRIPT_REFRESH = 15
 
 
 class Deliveries(Upstream, Protocol):
-    """What the page shows: the mirror list's trees and freshness, and the deliveries."""
+    """What the page shows: the mirror list's trees and freshness, the deliveries, the
+    checks' schedule and the reports refused."""
 
     def deliveries(self, tree: PublisherConfig) -> Fields:
         """What the tree's running publisher holds of each mirror's deliveries (a copy)."""
         ...  # pragma: no cover - a protocol
 
+    def next_checks(self, tree: PublisherConfig) -> dict[str, float | None]:
+        """When the tree's running checker checks each mirror next (``Checker.next_checks``)."""
+        ...  # pragma: no cover - a protocol
 
-@dataclass(frozen=True, slots=True)
-class Tree:
-    """One tree as the page shows it: taken on the event loop, read in a worker thread."""
-
-    config: PublisherConfig
-    freshness: Freshness
-    """A snapshot of the tree's freshness (see ``Freshness.snapshot``)."""
-    deliveries: Fields
-    publishes: list[dict[str, Any]]
-    """The last publishes, with each mirror's delay, that the curve draws (a copy)."""
+    def refused_reports(self) -> dict[str | None, Refused]:
+        """The reports refused, by repository (``None``: none known), as the desk holds them."""
+        ...  # pragma: no cover - a protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,88 +62,13 @@ class View:
     host: PublisherHost
     trees: tuple[Tree, ...]
     now: float
+    refused: Refused | None = None
+    """The reports refused that named no repository the host form has."""
 
 
 PageCache = ResponseCache[None, View, Body]
 PAGE = web.AppKey("page", PageCache)
 UPSTREAM: web.AppKey[Deliveries] = web.AppKey("page_upstream")
-SCRIPT = f"""
-"use strict";
-(() => {{
-  const view = () => document.getElementById("view");
-  async function refresh() {{
-    try {{
-      const answer = await fetch(location.href, {{ cache: "no-store" }});
-      if (!answer.ok) throw new Error(`HTTP ${{answer.status}}`);
-      const copy = new DOMParser().parseFromString(await answer.text(), "text/html");
-      const next = copy.getElementById("view");
-      if (next) view().replaceWith(next);
-      document.body.classList.remove("offline");
-    }} catch (error) {{
-      document.body.classList.add("offline");
-    }}
-    setTimeout(refresh, {REFRESH_SECONDS * 1000});
-  }}
-  setTimeout(refresh, {REFRESH_SECONDS * 1000});
-}})();
-"""
-
-STYLE = """
-body { font: 15px/1.4 system-ui, sans-serif; margin: 1.5rem; color: #1d1d1f; }
-h1 { font-size: 1.4rem; margin: 0 0 .2rem; }
-h2 { font-size: 1.15rem; margin: 1.6rem 0 .3rem; }
-p.meta { margin: .2rem 0 .6rem; color: #555; }
-#stale-view { display: none; color: #a40000; font-weight: 600; }
-body.offline #stale-view { display: block; }
-table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: .3rem .6rem; border-bottom: 1px solid #ddd;
-  vertical-align: top; white-space: nowrap; }
-td:first-child, td:last-child { white-space: normal; }
-td:first-child { min-width: 12em; }
-td:last-child { min-width: 10em; }
-th { font-weight: 600; background: #f4f4f6; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-code { font: 14px ui-monospace, monospace; overflow-wrap: anywhere; }
-.state { display: inline-block; min-width: 6.5em; padding: 0 .4em; border-radius: .3em;
-  font-weight: 600; text-align: center; }
-tr.fresh .state { background: #d6f5d6; color: #0b5d0b; }
-tr.syncing .state { background: #fff1c2; color: #6b4d00; }
-tr.behind .state { background: #ffe3c2; color: #6b3a00; }
-figure { margin: .8rem 0 0; }
-figcaption { font-size: 12px; color: #555; }
-tr.stale .state { background: #ffd6d6; color: #8a0000; }
-tr.unreachable .state { background: #e3d7f5; color: #4b2a7b; }
-tr.unknown .state { background: #ececec; color: #555; }
-.error { color: #8a0000; overflow-wrap: anywhere; }
-.none { color: #999; }
-.urls { font-size: 12px; color: #555; overflow-wrap: anywhere; }
-"""
-
-
-def _digest(text: str) -> str:
-    return "sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
-
-
-POLICY = "; ".join(
-    (
-        "default-src 'none'",
-        f"script-src '{_digest(SCRIPT)}'",
-        f"style-src '{_digest(STYLE)}'",
-        "connect-src 'self'",
-        "img-src 'self' data:",
-        "base-uri 'none'",
-        "form-action 'none'",
-        "frame-ancestors 'none'",
-    )
-)
-
-
-HEADERS = {
-    "Content-Security-Policy": POLICY,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
 
 
 def add_routes(app: web.Application, upstream: Deliveries, cache: PageCache | None = None) -> None:
@@ -167,20 +88,27 @@ async def handle_page(request: web.Request) -> web.Response:
 
 def snapshot(upstream: Deliveries, now: float | None = None) -> View:
     """What the page shows of ``upstream`` now, taken on the event loop: the running
-    config, a copy of each tree's freshness and deliveries (never read from disk)."""
+    config, a copy of each tree's freshness, deliveries and schedule, its mirrors' scores
+    (one step each, from the history's running totals) and the refusals — never from disk."""
     host = upstream.running()
+    refused = upstream.refused_reports()
     trees = []
     for tree in host.repos:
         freshness = upstream.freshness(tree)
+        history = freshness.history
         trees.append(
             Tree(
                 tree,
                 freshness.snapshot(),
                 upstream.deliveries(tree),
-                freshness.history.publishes(last=propagation.MAX_CURVES),  # those drawn
+                history.publishes(last=propagation.MAX_CURVES),  # those drawn
+                history.scores(mirror.name for mirror in tree.mirrors),
+                upstream.next_checks(tree),
+                refused.get(tree.repo),
             )
         )
-    return View(host, tuple(trees), time.time() if now is None else now)
+    overall = None if host.single else refused.get(None)
+    return View(host, tuple(trees), time.time() if now is None else now, overall)
 
 
 def render_body(view: View) -> Body:
@@ -192,10 +120,11 @@ def render(view: View) -> str:
     """The whole page of ``view``."""
     publishers = view.host
     now = view.now
-    name = _e(publishers.name)
+    name = escape(publishers.name)
     # Behind a proxy at a path (public_url), links relative to "/" would miss the prefix.
-    base = _e(publishers.public_url.rstrip("/") + "/") if publishers.public_url else ""
-    sections = "".join(_section(tree, now) for tree in view.trees)
+    base = escape(publishers.public_url.rstrip("/") + "/") if publishers.public_url else ""
+    shown = [(tree, page_rows.rows(tree)) for tree in view.trees]
+    sections = "".join(_section(tree, rows, now) for tree, rows in shown)
     return (
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -209,37 +138,83 @@ def render(view: View) -> str:
         f'<main id="view"><p class="meta">As of <time datetime="{_iso(now)}">'
         f"{_clock(now)}</time> UTC; updated every {REFRESH_SECONDS} s. "
         f'Also as JSON (<a href="{base}v1/mirrors">/v1/mirrors</a>) and for yum/dnf '
-        f'(<a href="{base}mirrorlist">/mirrorlist</a>).</p>\n'
+        f'(<a href="{base}mirrorlist">/mirrorlist</a>). Click a column\'s header to sort by it.'
+        f"</p>\n{_totals(shown, view.refused, now)}"
+        f"{page_table.legend(_stale_after(view.trees))}\n"
         f"{sections}</main>\n"
         f"<script>{SCRIPT}</script></body></html>\n"
     )
 
 
-def _section(shown: Tree, now: float) -> str:
-    tree, freshness, deliveries = shown.config, shown.freshness, shown.deliveries
-    rows = freshness.rows()
-    counts = {state: sum(row["state"] == state for row in rows) for state in State}
-    summary = ", ".join(f"{count} {state}" for state, count in counts.items() if count)
-    title = tree.label
-    if freshness.newest is None:
-        newest = "no publish seen yet"
-    else:
-        published = freshness.published_at
-        when = "" if published is None else f", published {_ago(now - published)}"
-        newest = f"newest <code>{_e(freshness.newest)}</code>{when}"
-    body = "".join(
-        _row(row, deliveries.get(row["name"], {}), freshness.newest, freshness.published_at, now)
-        for row in rows
+def _totals(shown: Sequence[tuple[Tree, list[Row]]], refused: Refused | None, now: float) -> str:
+    """The mirrors of every repository together: how many fresh, and how many in each state;
+    with several repositories, one line each (a link to its table)."""
+    every = [row for _tree, rows in shown for row in rows]
+    counts = _counts(every)
+    where = "" if len(shown) == 1 else f" across {len(shown)} repositories"
+    text = (
+        f'<p class="totals"><strong>{counts.get(State.FRESH, 0)} of {len(every)}</strong> '
+        f"mirrors fresh{where}: {escape(_summary(counts))}.</p>"
     )
-    repo = "" if tree.repo is None else f' data-repo="{_e(tree.repo)}"'
+    if len(shown) > 1:
+        items = "".join(
+            f'<li><a href="#repo-{escape(tree.config.label)}">{escape(tree.config.label)}</a>: '
+            f"{_counts(rows).get(State.FRESH, 0)} of {len(rows)} fresh"
+            f"{_newest(tree, now)}</li>"
+            for tree, rows in shown
+        )
+        text += f'<ul class="meta">{items}</ul>'
+    if refused is not None:
+        text += _refused(refused, now, "Refused reports naming no repository here")
+    return text
+
+
+def _section(shown: Tree, rows: list[Row], now: float) -> str:
+    tree = shown.config
+    repo = "" if tree.repo is None else f' data-repo="{escape(tree.repo)}"'
+    newest = _newest(shown, now).removeprefix(", ") or "no publish seen yet"
+    refused = "" if shown.refused is None else _refused(shown.refused, now, "Refused reports")
     return (
-        f"<section{repo}><h2>{_e(title)}</h2>"
-        f'<p class="meta">{newest}; {_e(summary)}.</p>'
-        "<table><thead><tr><th>mirror</th><th>state</th><th>serving</th><th>lag</th>"
-        "<th>last publish: delivered → reported → fresh</th><th>last check</th>"
-        f"<th>problem</th></tr></thead><tbody>\n{body}</tbody></table>{_curve(shown, now)}"
+        f'<section id="repo-{escape(tree.label)}"{repo}><h2>{escape(tree.label)}</h2>'
+        f'<p class="meta">{newest}; {escape(_summary(_counts(rows)))}.</p>{refused}'
+        f"{page_table.table(tree.label, rows, now)}{_curve(shown, now)}"
         "</section>\n"
     )
+
+
+def _newest(shown: Tree, now: float) -> str:
+    """ ", newest VALUE, published … ago" (nothing before the first publish)."""
+    freshness = shown.freshness
+    if freshness.newest is None:
+        return ""
+    published = freshness.published_at
+    when = "" if published is None else f", published {ago(now - published)}"
+    return f", newest <code>{escape(freshness.newest)}</code>{when}"
+
+
+def _refused(refused: Refused, now: float, what: str) -> str:
+    """One line on the reports refused: how many, and the last one's time, sender, answer
+    and reason (never a secret: the reasons are the report desk's own words)."""
+    mirror = "" if refused.mirror is None else f", naming mirror {refused.mirror}"
+    return (
+        f'<p class="refused">{escape(what)}: {refused.count}; the last '
+        f"{escape(ago(now - refused.at))} from {escape(refused.peer)}{escape(mirror)}: "
+        f"{refused.status} {escape(refused.reason)}</p>"
+    )
+
+
+def _counts(rows: Sequence[Row]) -> dict[State, int]:
+    return {state: sum(row.state == state for row in rows) for state in State}
+
+
+def _summary(counts: dict[State, int]) -> str:
+    return ", ".join(f"{count} {state}" for state, count in counts.items() if count) or "none"
+
+
+def _stale_after(trees: Sequence[Tree]) -> str:
+    """The repositories' ``stale_after`` in words: one value, or "per repository"."""
+    values = {tree.config.stale_after for tree in trees}
+    return duration(values.pop()) if len(values) == 1 else "per repository"
 
 
 def _curve(shown: Tree, now: float) -> str:
@@ -253,99 +228,6 @@ def _curve(shown: Tree, now: float) -> str:
         f"of the last {min(len(shown.publishes), propagation.MAX_CURVES)} publishes, by "
         "time since it (the newest bold).</figcaption></figure>"
     )
-
-
-def _row(
-    row: dict[str, Any],
-    delivery: dict[str, Any],
-    newest: str | None,
-    published: float | None,
-    now: float,
-) -> str:
-    state = row["state"]
-    serving = _none("—") if row["serving"] is None else f"<code>{_e(row['serving'])}</code>"
-    if row["check_url"] is not None and row["serving"] is not None:
-        serving = f'<a href="{_e(row["check_url"])}" rel="noreferrer">{serving}</a>'
-    lag = _none("—") if row["lag"] is None else _e(_duration(row["lag"]))
-    checked = _seconds(row["last_check"])
-    last_check = _none("never") if checked is None else _e(_ago(now - checked))
-    problem = row["error"] or (delivery.get("last_error") if _retrying(delivery) else None)
-    shown = "".join(f"<div>{_e(url)}</div>" for url in row["urls"])
-    urls = f'<div class="urls">{shown}</div>' if shown else ""
-    problem_cell = "" if problem is None else f'<span class="error">{_e(problem)}</span>'
-    return (
-        f'<tr class="{_e(state)}" data-mirror="{_e(row["name"])}">'
-        f"<td>{_e(row['name'])}{urls}</td>"
-        f'<td><span class="state">{_e(state)}</span></td>'
-        f"<td>{serving}</td>"
-        f'<td class="num">{lag}</td>'
-        f'<td class="timeline">{_timeline(row, delivery, newest, published)}</td>'
-        f"<td>{last_check}</td>"
-        f"<td>{problem_cell}</td></tr>\n"
-    )
-
-
-def _timeline(
-    row: dict[str, Any], delivery: dict[str, Any], newest: str | None, published: float | None
-) -> str:
-    """Seconds after the publish at which the webhook was delivered, the mirror reported,
-    and the upstream first saw it serve the publish."""
-    if published is None or newest is None:
-        return _none("—")
-    delivered_at = _seconds(delivery.get("delivered_at"))
-    if delivery.get("delivered") == newest and delivered_at is not None:
-        delivered = _e(f"+{_duration(max(0.0, delivered_at - published))}")
-    elif delivery.get("result") and delivery.get("result") != "delivered":
-        delivered = _e(str(delivery["result"]))
-    else:
-        delivered = _none("no webhook" if not delivery else "—")
-    reported_at = _seconds(row["reported_at"])
-    if reported_at is not None and reported_at >= published:
-        claim = _e(f"reported {row['reported'] or 'a failure'}")
-        reported = f'<span title="{claim}">+{_e(_duration(reported_at - published))}</span>'
-    else:
-        reported = _none("—")
-    fresh = _none("—") if row["lag"] is None else _e(f"+{_duration(row['lag'])}")
-    return f"{delivered} → {reported} → {fresh}"
-
-
-def _retrying(delivery: dict[str, Any]) -> bool:
-    return delivery.get("result") in ("retrying", "failed")
-
-
-def _e(value: object) -> str:
-    """Escape any value for HTML text and attributes."""
-    return html.escape(str(value), quote=True)
-
-
-def _none(text: str) -> str:
-    return f'<span class="none">{text}</span>'
-
-
-def _seconds(value: object) -> float | None:
-    """A recorded RFC 3339 time as Unix seconds; ``None`` when absent or not a time."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 10:
-        return f"{seconds:.2f} s"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.0f} h"
-    return f"{seconds / 86400:.0f} d"
-
-
-def _ago(seconds: float) -> str:
-    return f"{_duration(max(0.0, seconds))} ago"
 
 
 def _iso(now: float) -> str:

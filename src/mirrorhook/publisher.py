@@ -156,10 +156,10 @@ async def deliver(
         return Outcome(mirror.name, result, err.status, clock() - started, tries, str(err))
     finished = clock()
     metrics.delivered(max(0.0, finished - message.created))
-    record.note(
+    record.delivered(
         mirror.name,
-        delivered=value,
-        delivered_at=iso_time(finished),
+        value,
+        iso_time(finished),
         pending=None,
         result=str(DeliveryResult.DELIVERED),
         attempts=tries,

@@ -78,6 +78,14 @@ class DeliveryLog:
         self._known.setdefault(mirror, {}).update(fields)
         self._dirty.set()
 
+    def delivered(self, mirror: str, value: str, at: str, **fields: Any) -> None:
+        """Note that ``mirror`` accepted ``value`` at ``at`` (with ``fields``): while ``value``
+        is the one it last accepted, ``delivered_at`` stays the first time it did, so that a
+        redelivery (``notify`` after the daemon, say) does not move the page's timeline."""
+        known = self._known.get(mirror, {})
+        first = known.get("delivered_at") if known.get("delivered") == value else None
+        self.note(mirror, delivered=value, delivered_at=first or at, **fields)
+
     def flush(self) -> None:
         """Write the pending changes now (from the event loop's thread)."""
         self._write(self._take())

@@ -2,11 +2,13 @@
 
 The report is verified with that mirror's secret (the same Standard Webhooks signature as
 webhooks, the same ±300 s window, replays answered "duplicate"); anything else is 401, a
-body that is not a report 400, too large 413. A verified report makes the publisher check
-the mirror's ``check_url`` at once — what is recorded is what the mirror *serves*, never
-what it claims; a mirror without ``check_url`` is recorded as its report says. A mirror
-without a shared secret (it verifies the upstream's public key) cannot sign: its reports are
-hints, which only make the publisher check what it serves (docs/design.md#freshness).
+body that is not a report 400, too large 413 (each refusal is counted per repository in
+``report_refusals.py``, which the page and ``status`` show). A verified report makes the
+publisher check the mirror's ``check_url`` at once — what is recorded is what the mirror
+*serves*, never what it claims; a mirror without ``check_url`` is recorded as its report
+says. A mirror without a shared secret (it verifies the upstream's public key) cannot sign:
+its reports are hints, which only make the publisher check what it serves
+(docs/design.md#freshness).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, Publisher
 from mirrorhook.record import DeliveryLog, Fields
 from mirrorhook.replay import ReplayCache
 from mirrorhook.repomd import RepomdVersions
+from mirrorhook.report_refusals import Refused, RefusedReports
 from mirrorhook.throttle import WARNING_PERIOD, Throttle
 
 logger = logging.getLogger(__name__)
@@ -53,6 +56,8 @@ class ReportDesk:
         """Each running tree's ``repomd.xml`` versions, which its Metalinks vouch for
         (registered the same way)."""
         self._refusals = Throttle(WARNING_PERIOD)
+        self.refusals = RefusedReports(publishers.state_dir)
+        """The reports refused, for the page and ``status`` (flushed at shutdown)."""
         self._hints: dict[tuple[str | None, str], float] = {}
 
     def running(self) -> PublisherHost:
@@ -69,6 +74,15 @@ class ReportDesk:
         runs): from memory, never the file."""
         record = self.records.get(tree.repo)
         return {} if record is None else record.known()
+
+    def next_checks(self, tree: PublisherConfig) -> dict[str, float | None]:
+        """When the tree's running checker checks each mirror next (nothing while none runs)."""
+        checker = self.checkers.get(tree.repo)
+        return {} if checker is None else checker.next_checks()
+
+    def refused_reports(self) -> dict[str | None, Refused]:
+        """The reports refused so far, by repository (``None``: none known)."""
+        return self.refusals.snapshot()
 
     def repomd(self, tree: PublisherConfig) -> RepomdVersions:
         """The tree's ``repomd.xml`` versions: the running tree's, else as recorded."""
@@ -92,8 +106,19 @@ class ReportDesk:
             checker.check_soon(mirror)
         return web.json_response({"status": "checking"}, status=202)
 
-    def refused(self, peer: str, status: int, reason: str) -> web.Response:
+    def refused(
+        self,
+        peer: str,
+        status: int,
+        reason: str,
+        tree: PublisherConfig | None = None,
+        mirror: MirrorConfig | None = None,
+    ) -> web.Response:
+        """Refuse a report: logged (at most once a minute) and counted for ``tree``, the
+        repository it named when the publisher has it."""
         self._refusals.refused("report", peer, status, reason)
+        named = None if mirror is None else mirror.name
+        self.refusals.refused(None if tree is None else tree.repo, peer, status, reason, named)
         return web.json_response({"error": reason}, status=status)
 
 
@@ -121,10 +146,10 @@ async def handle_report(request: web.Request) -> web.Response:  # noqa: PLR0911 
     data = _report_data(body)
     if data is None:
         return desk.refused(peer, 400, "not a mirror.synced report")
-    found = _mirror(desk.publishers, data)
-    if found is None:
-        return desk.refused(peer, 401, "no such mirror here")
-    tree, mirror = found
+    tree = _tree(desk.publishers, data)
+    mirror = None if tree is None else _mirror(tree, data)
+    if tree is None or mirror is None:
+        return desk.refused(peer, 401, "no such mirror here", tree)
     checker = desk.checkers.get(tree.repo)
     if checker is None:
         return web.json_response({"error": "this repository is not running"}, status=503)
@@ -134,7 +159,7 @@ async def handle_report(request: web.Request) -> web.Response:  # noqa: PLR0911 
     try:
         verified = signing.verify(mirror.secret, request.headers, body, now=now)
     except (SignatureError, TimestampError) as err:
-        return desk.refused(peer, 401, f"bad signature: {err}")
+        return desk.refused(peer, 401, f"bad signature: {err}", tree, mirror)
     if desk.replays.seen(verified.msg_id, verified.timestamp, now):
         return web.json_response({"status": "duplicate"})
     current, problem = _claimed(data)
@@ -176,12 +201,10 @@ def _report_data(body: bytes) -> dict[str, Any] | None:
     return data if repo is None or isinstance(repo, str) else None
 
 
-def _mirror(
-    publishers: PublisherHost, data: dict[str, Any]
-) -> tuple[PublisherConfig, MirrorConfig] | None:
-    repo = data.get("repo")
-    tree = publishers.repos[0] if publishers.single else publishers.named(str(repo))
-    if tree is None:
-        return None
-    mirror = next((m for m in tree.mirrors if m.name == data["mirror"]), None)
-    return None if mirror is None else (tree, mirror)
+def _tree(publishers: PublisherHost, data: dict[str, Any]) -> PublisherConfig | None:
+    """The tree a report is about: the only one, or the one ``data.repo`` names."""
+    return publishers.repos[0] if publishers.single else publishers.named(str(data.get("repo")))
+
+
+def _mirror(tree: PublisherConfig, data: dict[str, Any]) -> MirrorConfig | None:
+    return next((m for m in tree.mirrors if m.name == data["mirror"]), None)

@@ -76,12 +76,9 @@ async def serve(config: Config) -> None:
     async with contextlib.AsyncExitStack() as stack:
         app, listen, desk, streams = _app(config, fleet, common)
         _count_subscriptions(metrics, fleet, streams, lambda: announcers)
-        if listen:
-            limits = Limits(max_connections=listener_bound(config))
-            stack.push_async_callback((await start_web(app, listen, limits)).cleanup)
-        elif fleet is not None:
-            # No port (every repository subscribes): the trees run without the web app.
-            await stack.enter_async_context(contextlib.asynccontextmanager(fleet.lifetime)(app))
+        if desk is not None:
+            stack.callback(desk.refusals.flush)  # after the listeners close: the last count
+        await _open(stack, app, listen, fleet, config)
         _log_receivers(config)
         if (publishers := config.publishers) is not None:
             # One courier for every tree: `concurrency` bounds the host's deliveries.
@@ -236,6 +233,22 @@ def _summary(config: Config) -> str:
             f"announcing {counted(len(config.publishers.repos), 'repository', 'repositories')}"
         )
     return ", ".join(parts)
+
+
+async def _open(
+    stack: contextlib.AsyncExitStack,
+    app: web.Application,
+    listen: tuple[Listen, ...],
+    fleet: Fleet | None,
+    config: Config,
+) -> None:
+    """Serve ``app`` on ``listen`` until the stack closes; with no port (every repository
+    subscribes) run the trees without the web app."""
+    if listen:
+        limits = Limits(max_connections=listener_bound(config))
+        stack.push_async_callback((await start_web(app, listen, limits)).cleanup)
+    elif fleet is not None:
+        await stack.enter_async_context(contextlib.asynccontextmanager(fleet.lifetime)(app))
 
 
 def _with_subscribers(

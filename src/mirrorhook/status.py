@@ -16,6 +16,7 @@ from mirrorhook.publisher_config import PublisherConfig
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.receiver_state import DaemonNote, SubscriptionNote
 from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
+from mirrorhook.report_refusals import as_json, read_refused
 from mirrorhook.state import pid_alive
 from mirrorhook.syncer import SyncResult
 from mirrorhook.table import colour_of, format_table, paint
@@ -115,12 +116,25 @@ def host_status(config: Config) -> dict[str, Any]:
         status["receiver"] = receiver_status(config.receiver)
     elif config.receivers is not None:
         status["repos"] = [repo_status(repo) for repo in config.receivers.repos]
+    if config.publishers is None:
+        return status
+    # Reports refused: per repository where the report named one, else for the publisher.
+    refused = read_refused(config.publishers.state_dir)
     if config.publisher is not None:
-        status["publisher"] = publisher_status(config.publisher)
-    elif config.publishers is not None:
+        status["publisher"] = {
+            **publisher_status(config.publisher),
+            "refused_reports": as_json(refused.get(None)),
+        }
+    else:
         status["publishers"] = [
-            {"repo": tree.repo, **publisher_status(tree)} for tree in config.publishers.repos
+            {
+                "repo": tree.repo,
+                **publisher_status(tree),
+                "refused_reports": as_json(refused.get(tree.repo)),
+            }
+            for tree in config.publishers.repos
         ]
+        status["refused_reports"] = as_json(refused.get(None))
     return status
 
 
@@ -160,6 +174,9 @@ def format_status(status: dict[str, Any], *, colour: bool = False) -> str:
     for tree in status.get("publishers", []):
         heading = f"publisher, repository {tree['repo']}\n"
         parts.append(heading + _indent(format_publisher(tree, colour=colour)))
+    if status.get("refused_reports"):
+        refused = format_refused(status["refused_reports"], colour=colour)
+        parts.append("publisher, reports naming no repository it has\n" + _indent(refused))
     return "\n\n".join(parts)
 
 
@@ -219,7 +236,21 @@ def format_publisher(status: dict[str, Any], *, colour: bool = False) -> str:
     ]
     current = _marker_text(status, "current_marker", "(none)")
     heading = printable(f"marker {status['root']}/{status['marker_file']}: {current}")
-    return heading + "\n" + format_table(rows, right=(4,), colour=colour)
+    text = heading + "\n" + format_table(rows, right=(4,), colour=colour)
+    if status.get("refused_reports"):
+        text += "\n" + format_refused(status["refused_reports"], colour=colour)
+    return text
+
+
+def format_refused(refused: dict[str, Any], *, colour: bool = False) -> str:
+    """One line on the reports refused: how many, and the last one's time, sender, answer
+    and reason (and the mirror it named, when the publisher has it)."""
+    mirror = f" naming mirror {refused['last_mirror']}" if refused.get("last_mirror") else ""
+    text = printable(
+        f"refused reports: {refused['count']}, the last at {refused['last_at']} from "
+        f"{refused['last_peer']}{mirror}: {refused['last_status']} {refused['last_reason']}"
+    )
+    return paint(text, colour_of("failed"), enabled=colour)
 
 
 def _marker_text(status: dict[str, Any], key: str, missing: str) -> str:
