@@ -596,6 +596,7 @@ class LiveUpstream:
     records: dict[str | None, DeliveryLog] = field(default_factory=dict)
     schedules: dict[str | None, dict[str, float | None]] = field(default_factory=dict)
     refused: dict[str | None, Refused] = field(default_factory=dict)
+    subscribed: dict[str | None, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, *trees: Freshness) -> LiveUpstream:
@@ -618,6 +619,9 @@ class LiveUpstream:
 
     def refused_reports(self) -> dict[str | None, Refused]:
         return dict(self.refused)
+
+    def subscribers(self, tree: PublisherConfig) -> int | None:
+        return self.subscribed.get(tree.repo)
 
 
 def key_pair(folder: Path, name: str) -> tuple[Path, Path]:

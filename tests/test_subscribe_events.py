@@ -125,6 +125,7 @@ def test_status_and_metrics_show_each_subscription_and_it_outlives_a_publisher_r
     assert f'mirrorhook_subscription_connected{{url="{events}"}} 1.0' in metrics
     assert json.loads(get(f"http://127.0.0.1:{port}/v1/status"))["subscribers"] == {"upstream": 1}
     assert "mirrorhook_subscribers 1.0" in get(f"http://127.0.0.1:{port}/metrics")
+    assert "; 1 mirror subscribed to its event stream." in get(f"http://127.0.0.1:{port}/")
 
     publisher.terminate()
     publisher.wait(15)

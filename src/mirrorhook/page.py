@@ -54,6 +54,10 @@ class Deliveries(Upstream, Protocol):
         """The reports refused, by repository (``None``: none known), as the desk holds them."""
         ...  # pragma: no cover - a protocol
 
+    def subscribers(self, tree: PublisherConfig) -> int | None:
+        """The event streams open for the tree; ``None`` when none are served."""
+        ...  # pragma: no cover - a protocol
+
 
 @dataclass(frozen=True, slots=True)
 class View:
@@ -105,6 +109,7 @@ def snapshot(upstream: Deliveries, now: float | None = None) -> View:
                 history.scores(mirror.name for mirror in tree.mirrors),
                 upstream.next_checks(tree),
                 refused.get(tree.repo),
+                upstream.subscribers(tree),
             )
         )
     overall = None if host.single else refused.get(None)
@@ -176,10 +181,18 @@ def _section(shown: Tree, rows: list[Row], now: float) -> str:
     refused = "" if shown.refused is None else _refused(shown.refused, now, "Refused reports")
     return (
         f'<section id="repo-{escape(tree.label)}"{repo}><h2>{escape(tree.label)}</h2>'
-        f'<p class="meta">{newest}; {escape(_summary(_counts(rows)))}.</p>{refused}'
+        f'<p class="meta">{newest}; {escape(_summary(_counts(rows)))}'
+        f"{_subscribed(shown.subscribers)}.</p>{refused}"
         f"{page_table.table(tree.label, rows, now)}{_curve(shown, now)}"
         "</section>\n"
     )
+
+
+def _subscribed(count: int | None) -> str:
+    """ "; N mirrors subscribed to its event stream" (nothing when none is served)."""
+    if count is None:
+        return ""
+    return f"; {count} {'mirror' if count == 1 else 'mirrors'} subscribed to its event stream"
 
 
 def _newest(shown: Tree, now: float) -> str:

@@ -42,6 +42,8 @@ class Tree:
     """When each checked mirror's next check is due (``None``: being checked now)."""
     refused: Refused | None = None
     """The reports refused for this repository."""
+    subscribers: int | None = None
+    """The event streams open for it (``None``: the publisher serves none)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from mirrorhook import marker, signing
 from mirrorhook.bodies import TooLargeError, content_type, read_body
 from mirrorhook.checker import Checker
 from mirrorhook.errors import MarkerError, SignatureError, TimestampError
+from mirrorhook.events import EventStreams
 from mirrorhook.freshness import Freshness
 from mirrorhook.message import REPORT_PATH, REPORT_TYPE
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
@@ -59,6 +60,8 @@ class ReportDesk:
         self.refusals = RefusedReports(publishers.state_dir)
         """The reports refused, for the page and ``status`` (flushed at shutdown)."""
         self._hints: dict[tuple[str | None, str], float] = {}
+        self.streams: EventStreams | None = None
+        """The event streams, when the publisher serves them (set by ``service.py``)."""
 
     def running(self) -> PublisherHost:
         """The running ``[publisher]`` section (``announcers.py`` swaps it on a reload)."""
@@ -83,6 +86,10 @@ class ReportDesk:
     def refused_reports(self) -> dict[str | None, Refused]:
         """The reports refused so far, by repository (``None``: none known)."""
         return self.refusals.snapshot()
+
+    def subscribers(self, tree: PublisherConfig) -> int | None:
+        """The event streams open for the tree (``None``: the publisher serves none)."""
+        return None if self.streams is None else self.streams.count(tree.repo)
 
     def repomd(self, tree: PublisherConfig) -> RepomdVersions:
         """The tree's ``repomd.xml`` versions: the running tree's, else as recorded."""

@@ -77,6 +77,7 @@ async def serve(config: Config) -> None:
         app, listen, desk, streams = _app(config, fleet, common)
         _count_subscriptions(metrics, fleet, streams, lambda: announcers)
         if desk is not None:
+            desk.streams = streams  # the page counts each repository's subscribers
             stack.callback(desk.refusals.flush)  # after the listeners close: the last count
         await _open(stack, app, listen, fleet, config)
         _log_receivers(config)
