@@ -731,3 +731,31 @@ def test_daemon_killed_mid_sync_its_orphaned_rsync_keeps_the_tree_locked(
     assert local_marker(tmp_path) == "2"
     assert not any((tmp_path / "mirror").rglob(".~tmp~"))
     assert trees_equal(daemon.root, tmp_path / "mirror")
+
+
+def test_check_config_shows_where_mirrors_subscribe_and_refuses_a_broker_without_the_key(
+    tmp_path: Path,
+) -> None:
+    """With signing_key_file the event stream's URL; with [publisher.mqtt] each
+    repository's topic; without the key, [publisher.mqtt] is a problem named in one line."""
+    private, _public = key_pair(tmp_path / "keys", "upstream")
+    (tmp_path / "ius").mkdir()
+    head = (
+        f'[publisher]\nstate_dir = "{tmp_path}/state"\nname = "up.example.org"\n'
+        'listen = ["127.0.0.1:8874"]\npublic_url = "https://up.example.org/mirrorhook"\n'
+    )
+    tail = f'[publisher.repos.ius]\nroot = "{tmp_path}/ius"\n'
+    mqtt = '[publisher.mqtt]\nurl = "mqtts://broker.example.org"\npoke_topic = "rsync/up/{repo}"\n'
+    config = tmp_path / "publisher.toml"
+    config.write_text(head + f'signing_key_file = "{private}"\n' + mqtt + tail)
+    result = run("check-config", "-c", config)
+    assert result.returncode == 0, result.stderr
+    assert "https://up.example.org/mirrorhook/v1/events?repo=NAME" in result.stdout
+    assert (
+        "mirrorhook/up.example.org/ius on mqtts://broker.example.org (retained, QoS 1)"
+        in result.stdout
+    )
+    config.write_text(head + mqtt + tail)
+    refused = run("check-config", "-c", config)
+    assert refused.returncode == 2
+    assert f"{config}: publisher.mqtt: needs signing_key_file" in refused.stderr
