@@ -7,32 +7,23 @@ import asyncio
 import json
 import logging
 import os
-import random
-import signal
 import sys
-from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import mirrorhook
 from mirrorhook import credentials
 from mirrorhook import log as logsetup
 from mirrorhook.config import CONFIG_ENV, DEFAULT_CONFIG, Config, config_path, load_config
 from mirrorhook.describe import describe
-from mirrorhook.errors import ConfigError, LockedError, MirrorhookError, SyncError
+from mirrorhook.errors import ConfigError, MirrorhookError
+from mirrorhook.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from mirrorhook.form_switch import move_state
-from mirrorhook.oneshot import sync_tree
-from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.running_config import status_now
 from mirrorhook.status import format_status, is_failing
+from mirrorhook.tree_commands import notify_trees, sync_trees
 
 logger = logging.getLogger("mirrorhook")
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
-EXIT_LOCKED = 75  # EX_TEMPFAIL: cron may simply try again later
-
-_T = TypeVar("_T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -268,96 +259,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _sync(args: argparse.Namespace) -> int:
     config = _load(args, to_run=True)
-    host = config.receivers
-    if host is None:
-        raise ConfigError([f"{config.path}: receiver: this command needs a [receiver] section"])
-    repos = _trees(config, "receiver", host.repos, [r.name for r in host.repos], args.repos)
-    if host.single:
-        # The same one line as each repository of the host form gets; the tree has no name,
-        # so its target names it.
-        code = _sync_one(repos[0], args.if_changed, args.randomize)
-        sys.stdout.write(f"{repos[0].target}  {_OUTCOMES[code]}\n")
-        return code
-    if args.randomize:
-        # One wait for the whole run, as the hourly script had: forty repositories must not
-        # each sleep up to --randomize seconds in turn.
-        delay = random.uniform(0, args.randomize)
-        logger.info("sleeping %.0f s to spread the mirrors' load on the upstreams", delay)
-        _run_interruptible(asyncio.sleep(delay))
-    codes = {}
-    for repo in repos:
-        codes[repo.name] = _sync_one(repo, args.if_changed, 0.0) if repo.enabled else EXIT_OK
-        outcome = _OUTCOMES[codes[repo.name]] if repo.enabled else "disabled"
-        sys.stdout.write(f"{repo.name}  {outcome}\n")
-    if any(code == EXIT_FAILURE for code in codes.values()):
-        return EXIT_FAILURE
-    if codes and all(code == EXIT_LOCKED for code in codes.values()):
-        return EXIT_LOCKED
-    return EXIT_OK
-
-
-_OUTCOMES = {EXIT_OK: "ok", EXIT_LOCKED: "locked", EXIT_FAILURE: "failed"}
-"""What ``sync`` prints of each tree, by its exit status."""
-
-
-def _trees(
-    config: Config,
-    section: str,
-    trees: Sequence[_T],
-    tree_names: Sequence[str | None],
-    names: Sequence[str],
-) -> list[_T]:
-    """The trees named on the command line, in that order; every one without names (the
-    single form's one tree has no name to give)."""
-    if not names:
-        return list(trees)
-    if tree_names == [None]:
-        raise ConfigError([f"{config.path}: {section}: has no repositories to name"])
-    by_name = dict(zip(tree_names, trees, strict=True))
-    unknown = [name for name in names if name not in by_name]
-    if unknown:
-        known = ", ".join(str(name) for name in tree_names)
-        raise ConfigError(
-            [f"{config.path}: {section}.repos: no {unknown[0]!r} (there are {known})"]
-        )
-    return [by_name[name] for name in names]
-
-
-def _sync_one(receiver: ReceiverConfig, if_changed: bool, randomize: float) -> int:
-    try:
-        _run_interruptible(sync_tree(receiver, if_changed=if_changed, randomize=randomize))
-    except LockedError as err:
-        logger.warning("%s: nothing done", err)
-        return EXIT_LOCKED
-    except SyncError:
-        return EXIT_FAILURE  # the sync engine logged why
-    return EXIT_OK
+    return sync_trees(config, args.repos, if_changed=args.if_changed, randomize=args.randomize)
 
 
 def _notify(args: argparse.Namespace) -> int:
-    from mirrorhook.notify import format_outcomes, notify  # noqa: PLC0415 - aiohttp
-    from mirrorhook.record import DeliveryResult  # noqa: PLC0415
-
-    config = _load(args, to_run=True)
-    publishers = config.publishers
-    if publishers is None:
-        raise ConfigError([f"{config.path}: publisher: this command needs a [publisher] section"])
-    names = [tree.repo for tree in publishers.repos]
-    trees = _trees(config, "publisher", publishers.repos, names, args.repos)
-    failed = False
-    for tree in trees:
-        heading = "" if tree.repo is None else f"repository {tree.repo}: "
-        try:
-            value, outcomes = _run_interruptible(notify(tree))
-        except MirrorhookError as err:
-            if publishers.single:
-                raise
-            sys.stdout.write(f"{heading}{err}\n")
-            failed = True
-            continue
-        sys.stdout.write(f"{heading}marker {value!r}\n{format_outcomes(outcomes)}\n")
-        failed |= any(outcome.result is not DeliveryResult.DELIVERED for outcome in outcomes)
-    return EXIT_FAILURE if failed else EXIT_OK
+    return notify_trees(_load(args, to_run=True), args.repos)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -383,18 +289,3 @@ def _demo(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     return demo.run(keep=args.keep, out=out)  # a DemoError is reported like any other
-
-
-def _run_interruptible(coroutine: Coroutine[Any, Any, _T]) -> _T:
-    """Run a one-shot command; SIGTERM cancels it like Ctrl-C does (rsync is stopped too)."""
-
-    async def guarded() -> _T:
-        task = asyncio.current_task()
-        assert task is not None  # noqa: S101 - we are inside a task
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await coroutine
-
-    try:
-        return asyncio.run(guarded())
-    except asyncio.CancelledError:
-        raise MirrorhookError("interrupted by a signal") from None

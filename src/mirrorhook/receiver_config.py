@@ -11,7 +11,6 @@ repository keeps its state in ``state_dir/repos/NAME`` (docs/design.md#many-repo
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,12 @@ from mirrorhook.checks import (
     valid,
 )
 from mirrorhook.keys import PublicKey
+from mirrorhook.receiver_checks import (
+    INSIDE_STATE_DIR,
+    apart_in_tree,
+    check_programs,
+    trees_apart,
+)
 from mirrorhook.signing import Secret, Verifier
 from mirrorhook.subscription_config import (
     Password,
@@ -212,7 +217,7 @@ def _host_form(t: Table, state_dir: Any) -> list[dict[str, Any]] | None:
     defaults = {
         key: t.get(key, check, default_of(ReceiverConfig, key)) for key, check in _PER_REPO.items()
     }
-    _programs(t, defaults)
+    check_programs(t, defaults)
     defaults["public_keys"] = _public_keys(t, defaults["public_key_file"])
     t.finish(
         known=(
@@ -237,7 +242,7 @@ def _host_form(t: Table, state_dir: Any) -> list[dict[str, Any]] | None:
             ok = False
             continue
         repos.append(repo)
-    if not ok or not _apart(t, repos, state_dir):
+    if not ok or not trees_apart(t, repos, state_dir):
         return None
     return repos
 
@@ -285,10 +290,10 @@ def _repository(
             )
             return None
         if target.is_relative_to(state_dir):
-            t.problem("target", _INSIDE_STATE_DIR.format(state_dir=state_dir))
+            t.problem("target", INSIDE_STATE_DIR.format(state_dir=state_dir))
             return None
-    _programs(t, optional)
-    _apart_in_tree(t, optional)
+    check_programs(t, optional)
+    apart_in_tree(t, optional)
     keys = _keys(t, optional["public_key_file"], defaults.get("public_keys", ()))
     if keys is None or not all(map(valid, required.values())):
         return None
@@ -335,87 +340,6 @@ def _public_keys(t: Table, path: Any) -> Any:
         return ()
     keys = load_public_keys(t, "public_key_file", path)
     return INVALID if keys is None else keys
-
-
-def _programs(t: Table, values: dict[str, Any]) -> None:
-    """Check the programs that ``t`` itself names (inherited ones were checked where they
-    were set, so that a missing one is reported once): rsync, and the exec hooks."""
-    program = values["rsync"]
-    if "rsync" in t.data and valid(program) and shutil.which(program) is None:
-        t.problem("rsync", f"{program!r} is not an executable (nor on PATH): install rsync")
-        values["rsync"] = INVALID
-    for key in ("exec_on_success", "exec_on_failure"):
-        if key in t.data:
-            values[key] = _command(t, key, values[key])
-
-
-def _apart_in_tree(t: Table, values: dict[str, Any]) -> None:
-    """The trace and lastsync files may be neither the marker nor each other, nor lie inside
-    one another (one would have to be a file and a folder at once)."""
-    taken = [("marker", values["marker"])]
-    for key in ("trace", "lastsync"):
-        path = values[key]
-        if not valid(path):
-            continue
-        for other_key, other in taken:
-            if valid(other) and _overlap(path, other):
-                how = "is the same file as" if path == other else "nests with"
-                t.problem(key, f"{path!r} {how} {other_key} ({other!r})")
-                values[key] = INVALID
-                break
-        else:
-            taken.append((key, path))
-
-
-def _overlap(path: str, other: str) -> bool:
-    return path == other or path.startswith(other + "/") or other.startswith(path + "/")
-
-
-def _command(t: Table, key: str, argv: Any) -> Any:
-    """An ``exec_on_*`` argument list: empty, or a program that exists and its arguments."""
-    if not valid(argv) or not argv:
-        return argv
-    try:
-        program = executable(argv[0])
-    except ValueError as err:
-        t.problem(key, f"item 0: {err}")
-        return INVALID
-    if shutil.which(program) is None:
-        t.problem(key, f"{program!r} is not an executable (nor on PATH)")
-        return INVALID
-    return argv
-
-
-_INSIDE_STATE_DIR = (
-    "must be outside state_dir ({state_dir}): rsync --delete would remove the state there "
-    "(the sync locks with it)"
-)
-
-
-def _apart(t: Table, repos: list[dict[str, Any]], state_dir: Any) -> bool:
-    """Targets may not be shared, nested, hold the state folder or lie in it: rsync --delete
-    in one tree would remove another's files, or the state."""
-    ok = True
-    for index, repo in enumerate(repos):
-        target: Path = repo["target"]
-        if valid(state_dir) and (state_dir.is_relative_to(target)):
-            t.problem(
-                f"repos.{repo['name']}.target",
-                f"must not hold state_dir ({state_dir}): rsync --delete would remove it",
-            )
-            ok = False
-        elif valid(state_dir) and target.is_relative_to(state_dir):
-            t.problem(f"repos.{repo['name']}.target", _INSIDE_STATE_DIR.format(state_dir=state_dir))
-            ok = False
-        for other in repos[:index]:
-            if target.is_relative_to(other["target"]) or other["target"].is_relative_to(target):
-                how = "is the same as" if target == other["target"] else "nests with"
-                t.problem(
-                    f"repos.{repo['name']}.target",
-                    f"{how} the target of repository {other['name']!r} ({other['target']})",
-                )
-                ok = False
-    return ok
 
 
 def _finish(

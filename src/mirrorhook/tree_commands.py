@@ -1,0 +1,134 @@
+"""The commands that act on trees one at a time, as cron and push scripts run them:
+``sync`` on a mirror, ``notify`` on the upstream. Each returns its exit status (``exits.py``);
+only ``cli.py`` exits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from mirrorhook.config import Config
+from mirrorhook.errors import ConfigError, LockedError, MirrorhookError, SyncError
+from mirrorhook.exits import EXIT_FAILURE, EXIT_LOCKED, EXIT_OK
+from mirrorhook.oneshot import sync_tree
+from mirrorhook.receiver_config import ReceiverConfig
+
+logger = logging.getLogger("mirrorhook")
+
+_T = TypeVar("_T")
+
+
+def sync_trees(config: Config, names: Sequence[str], *, if_changed: bool, randomize: float) -> int:
+    """``mirrorhook sync [NAME ...]``: each named tree (every one without names) once, a
+    line each; the exit status of the whole run."""
+    host = config.receivers
+    if host is None:
+        raise ConfigError([f"{config.path}: receiver: this command needs a [receiver] section"])
+    repos = named_trees(config, "receiver", host.repos, [r.name for r in host.repos], names)
+    if host.single:
+        # The same one line as each repository of the host form gets; the tree has no name,
+        # so its target names it.
+        code = _sync_one(repos[0], if_changed, randomize)
+        sys.stdout.write(f"{repos[0].target}  {_OUTCOMES[code]}\n")
+        return code
+    if randomize:
+        # One wait for the whole run, as the hourly script had: forty repositories must not
+        # each sleep up to --randomize seconds in turn.
+        delay = random.uniform(0, randomize)
+        logger.info("sleeping %.0f s to spread the mirrors' load on the upstreams", delay)
+        run_interruptible(asyncio.sleep(delay))
+    codes = {}
+    for repo in repos:
+        codes[repo.name] = _sync_one(repo, if_changed, 0.0) if repo.enabled else EXIT_OK
+        outcome = _OUTCOMES[codes[repo.name]] if repo.enabled else "disabled"
+        sys.stdout.write(f"{repo.name}  {outcome}\n")
+    if any(code == EXIT_FAILURE for code in codes.values()):
+        return EXIT_FAILURE
+    if codes and all(code == EXIT_LOCKED for code in codes.values()):
+        return EXIT_LOCKED
+    return EXIT_OK
+
+
+_OUTCOMES = {EXIT_OK: "ok", EXIT_LOCKED: "locked", EXIT_FAILURE: "failed"}
+"""What ``sync`` prints of each tree, by its exit status."""
+
+
+def named_trees(
+    config: Config,
+    section: str,
+    trees: Sequence[_T],
+    tree_names: Sequence[str | None],
+    names: Sequence[str],
+) -> list[_T]:
+    """The trees named on the command line, in that order; every one without names (the
+    single form's one tree has no name to give)."""
+    if not names:
+        return list(trees)
+    if tree_names == [None]:
+        raise ConfigError([f"{config.path}: {section}: has no repositories to name"])
+    by_name = dict(zip(tree_names, trees, strict=True))
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        known = ", ".join(str(name) for name in tree_names)
+        raise ConfigError(
+            [f"{config.path}: {section}.repos: no {unknown[0]!r} (there are {known})"]
+        )
+    return [by_name[name] for name in names]
+
+
+def _sync_one(receiver: ReceiverConfig, if_changed: bool, randomize: float) -> int:
+    try:
+        run_interruptible(sync_tree(receiver, if_changed=if_changed, randomize=randomize))
+    except LockedError as err:
+        logger.warning("%s: nothing done", err)
+        return EXIT_LOCKED
+    except SyncError:
+        return EXIT_FAILURE  # the sync engine logged why
+    return EXIT_OK
+
+
+def notify_trees(config: Config, names: Sequence[str]) -> int:
+    """``mirrorhook notify [NAME ...]``: announce each named tree's marker now, a table
+    each; exit 1 when a mirror did not take it."""
+    from mirrorhook.notify import format_outcomes, notify  # noqa: PLC0415 - aiohttp
+    from mirrorhook.record import DeliveryResult  # noqa: PLC0415
+
+    publishers = config.publishers
+    if publishers is None:
+        raise ConfigError([f"{config.path}: publisher: this command needs a [publisher] section"])
+    repos = [tree.repo for tree in publishers.repos]
+    trees = named_trees(config, "publisher", publishers.repos, repos, names)
+    failed = False
+    for tree in trees:
+        heading = "" if tree.repo is None else f"repository {tree.repo}: "
+        try:
+            value, outcomes = run_interruptible(notify(tree))
+        except MirrorhookError as err:
+            if publishers.single:
+                raise
+            sys.stdout.write(f"{heading}{err}\n")
+            failed = True
+            continue
+        sys.stdout.write(f"{heading}marker {value!r}\n{format_outcomes(outcomes)}\n")
+        failed |= any(outcome.result is not DeliveryResult.DELIVERED for outcome in outcomes)
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def run_interruptible(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """Run a one-shot command; SIGTERM cancels it like Ctrl-C does (rsync is stopped too)."""
+
+    async def guarded() -> _T:
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - we are inside a task
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await coroutine
+
+    try:
+        return asyncio.run(guarded())
+    except asyncio.CancelledError:
+        raise MirrorhookError("interrupted by a signal") from None
