@@ -33,6 +33,7 @@ bench: venv rsync
 	$(BIN)/python -m bench.freshness
 	$(BIN)/python -m bench.freshness_rows
 	$(BIN)/python -m bench.page_load
+	$(BIN)/python -m bench.subscriptions
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
