@@ -231,6 +231,8 @@ class EventStream(Connection):
         for line in event.split(b"\n"):
             if line.startswith(b"id: "):
                 self.client.last_id = line[4:].decode("ascii", "replace")
+            elif line.startswith(b"retry: ") and line[7:].isdigit():
+                self.client.retry_hint = int(line[7:]) / 1000  # as the follower honours it
             elif line.startswith(b"data: "):
                 data = line[6:]
         if data is not None:
@@ -344,6 +346,8 @@ class Client:
         self.number = 0
         """How many connections it has had (the current one's number)."""
         self.last_id: str | None = None
+        self.retry_hint: float | None = None
+        """The stream's retry: when it ended (a publisher's shutdown spreads its return)."""
 
     def connected(self, now: float) -> None:
         self.lines.add(f"connected {self.index} {self.number} {now:.6f}\n")
@@ -376,7 +380,10 @@ class Client:
             self.lines.add(f"failed {self.index} {self.number} {time.time():.6f} {reason}\n")
             healthy = since is not None and time.monotonic() - since >= HEALTHY
             failures = 1 if healthy else failures + 1
-            if spread and since is not None:  # what a spread-out reconnection would do
+            hint, self.retry_hint = self.retry_hint, None
+            if hint is not None:  # what the receiver's follower does (subscription.py)
+                await asyncio.sleep(hint)
+            elif spread and since is not None:  # what a spread-out reconnection would do
                 await asyncio.sleep(random.uniform(0, spread))
             else:
                 await asyncio.sleep(backoff.delay(max(1, failures)))

@@ -140,7 +140,7 @@ async def test_at_most_max_subscribers_streams_and_a_slot_freed_by_one_that_leav
         assert again.status == 200
 
 
-def test_a_subscriber_that_does_not_read_keeps_one_announcement_per_repository(
+async def test_a_subscriber_that_does_not_read_keeps_one_announcement_per_repository(
     tmp_path: Path,
 ) -> None:
     """Announcing never waits on a subscriber, and a slow one costs the newest envelope
@@ -154,7 +154,8 @@ def test_a_subscriber_that_does_not_read_keeps_one_announcement_per_repository(
         streams.announce("epel", announcement(key, "epel", str(value)))
     assert len(slow.queued) == 2
     taken = slow.take()
-    assert [b'"current":"1000"' in envelope.body for envelope in taken] == [True, True]
+    assert taken.count(b"event: announcement") == 2
+    assert taken.count(b'\\"current\\":\\"1000\\"') == 2
     assert slow.queued == {}
 
 
@@ -181,3 +182,39 @@ async def test_an_upstream_without_a_signing_key_has_no_stream(
     async with client.get("/v1/events") as response:
         assert response.status == 404
         assert "signing_key_file" in await response.text()
+
+
+async def test_an_announcement_reaches_a_crowd_a_batch_per_loop_pass_and_always_the_newest(
+    tmp_path: Path,
+) -> None:
+    """600 subscribers: 256 get it at once, the rest in the next passes (a /healthz between
+    them need not wait); a newer announcement meanwhile is what the late ones get."""
+    key = SigningKey.generate()
+    streams = EventStreams()
+    crowd = [streams.subscribe(["ius"]) for _ in range(600)]
+    assert all(subscriber is not None for subscriber in crowd)
+    streams.announce("ius", announcement(key, "ius", "1"))
+    assert sum(bool(s.queued) for s in crowd if s is not None) == 256
+    streams.announce("ius", announcement(key, "ius", "2"))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    taken = [s.take() for s in crowd if s is not None]
+    assert all(b'\\"current\\":\\"2\\"' in chunk for chunk in taken)
+
+
+async def test_at_shutdown_each_stream_says_when_to_come_back(
+    tmp_path: Path, aiohttp_client: ClientFactory
+) -> None:
+    """The reconnections of many subscribers are spread: each stream ends with a random
+    retry: within a spread that grows with their number (at least a second)."""
+    host = host_form(tmp_path)
+    streams = EventStreams(heartbeat=60)
+    client = await serve(aiohttp_client, host, streams)
+    async with client.get("/v1/events") as response:
+        await asyncio.sleep(0.1)  # the stream is up
+        streams.close()
+        rest = await asyncio.wait_for(response.content.read(), 5)
+    reader = EventReader()
+    assert reader.feed(rest) == []
+    assert reader.retry is not None
+    assert 0 <= reader.retry <= 1000

@@ -45,6 +45,10 @@ async def garbage(request: web.Request) -> web.StreamResponse:
     return await stream_of(request, events, big, big, hold=0.2)
 
 
+async def restarting(request: web.Request) -> web.StreamResponse:
+    return await stream_of(request, b"retry: 7250\n\n", hold=0)
+
+
 async def not_a_stream(_request: web.Request) -> web.Response:
     return web.Response(text="<html>a login page</html>", content_type="text/html")
 
@@ -62,6 +66,7 @@ async def server() -> AsyncIterator[TestServer]:
         "/garbage": garbage,
         "/html": not_a_stream,
         "/gone": gone,
+        "/restarting": restarting,
     }.items():
         app.router.add_get(path, handler)
     running = TestServer(app, host="127.0.0.1")
@@ -127,3 +132,29 @@ async def test_a_broken_stream_is_dropped_and_reconnected_with_backoff_and_no_sy
     # Backoff with jitter, growing while the connections fail: U(c/2, c), c = 1, 2, 4 s.
     ceilings = [1.0, 2.0, 4.0]
     assert all(c / 2 <= delay <= c for c, delay in zip(ceilings, waits.delays, strict=True))
+
+
+async def test_a_stream_that_says_when_to_come_back_is_followed_then(
+    tmp_path: Path, server: TestServer
+) -> None:
+    """A publisher shutting down ends each stream with a retry: (spreading its subscribers'
+    return); the follower waits that long once, then backs off as usual."""
+    _private, public = key_pair(tmp_path / "keys", "upstream")
+    config = receiver_config(
+        tmp_path,
+        upstream="rsync://127.0.0.1:9/up/",
+        public_key_file=str(public),
+        subscribe=[f"http://127.0.0.1:{server.port}/restarting"],
+        poll_interval=0,
+    ).receiver
+    assert config is not None
+    receiver = build_receiver(config)
+    waits = Waits(stop_after=2)
+    transport = EventsTransport()
+    follower = Follower(config.subscribe[0], receiver.intake, transport, sleep=waits)
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(follower.run(), 30)
+    finally:
+        await transport.close()
+    assert waits.delays == [7.25, 7.25]  # each end said so again

@@ -86,6 +86,9 @@ class Limits:
     max_header_bytes: int = MAX_HEADER_BYTES
     max_connections: int = field(default_factory=connection_bound)
     warning_period: float = WARNING_PERIOD
+    accept_queue: int = ACCEPT_QUEUE
+    """The kernel's queue of each listener (``ACCEPT_QUEUE``, longer for a publisher that
+    takes event streams: they all reconnect at once after its restart)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.idle_timeout <= self.header_deadline:
@@ -361,7 +364,7 @@ class GuardedSite(web.BaseSite):
         # takes a second listen() on a listening socket as a new queue length.
         for listening in self._listener.sockets:
             with listening.dup() as sock:
-                sock.listen(ACCEPT_QUEUE)
+                sock.listen(self._guard.limits.accept_queue)
 
     async def stop(self) -> None:
         if self._listener is not None:

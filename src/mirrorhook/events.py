@@ -19,8 +19,9 @@ heartbeat only after silence, a write deadline per event and newest-wins queues.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import random
+import time
 from collections.abc import Collection, Mapping
 from typing import Protocol
 
@@ -36,6 +37,15 @@ HEARTBEAT = 15.0
 """Seconds of silence after which a comment line is sent."""
 WRITE_DEADLINE = 30.0
 """Seconds a subscriber has to take one event (or heartbeat) before it is dropped."""
+WAKE_BATCH = 256
+"""Subscribers handed a new announcement per loop pass."""
+FREE_BUFFER = 16384
+"""Bytes a stream's connection may hold unsent before a write is given a deadline."""
+RECONNECTS_PER_SECOND = 1000
+"""Subscribers told to come back per second after a shutdown (a 2-core publisher accepts
+some 3,000 streams a second: BENCHMARKS.md §9)."""
+MIN_RECONNECT_SPREAD = 1.0
+MAX_RECONNECT_SPREAD = 60.0
 DEFAULT_MAX_SUBSCRIBERS = 10_000
 """The default of ``[publisher] max_subscribers``."""
 
@@ -43,21 +53,23 @@ DEFAULT_MAX_SUBSCRIBERS = 10_000
 class Subscriber:
     """One open stream: the repositories it asked for and what waits to be sent to it."""
 
-    __slots__ = ("queued", "repos", "wake")
+    __slots__ = ("last_sent", "queued", "repos", "wake")
 
     def __init__(self, repos: frozenset[str | None]) -> None:
         self.repos = repos
-        self.queued: dict[str | None, Envelope] = {}
-        """The newest unsent announcement per repository (an older one is replaced)."""
+        self.queued: dict[str | None, tuple[int, bytes]] = {}
+        """The newest unsent announcement per repository, framed (an older one is replaced)."""
         self.wake = asyncio.Event()
+        self.last_sent = time.monotonic()
 
-    def offer(self, repo: str | None, envelope: Envelope) -> None:
-        self.queued[repo] = envelope
+    def offer(self, repo: str | None, timestamp: int, framed: bytes) -> None:
+        self.queued[repo] = (timestamp, framed)
         self.wake.set()
 
-    def take(self) -> list[Envelope]:
-        """Everything queued, oldest announcement first; the queue is left empty."""
-        taken = sorted(self.queued.values(), key=lambda envelope: envelope.timestamp)
+    def take(self) -> bytes:
+        """Everything queued, oldest announcement first, as one chunk; the queue is left
+        empty."""
+        taken = b"".join(framed for _stamp, framed in sorted(self.queued.values()))
         self.queued.clear()
         self.wake.clear()
         return taken
@@ -72,26 +84,44 @@ class EventStreams:
         *,
         heartbeat: float = HEARTBEAT,
         write_deadline: float = WRITE_DEADLINE,
+        rng: random.Random | None = None,
     ) -> None:
         self.max_subscribers = max_subscribers
         self.heartbeat = heartbeat
         self.write_deadline = write_deadline
         self.latest: dict[str | None, Envelope] = {}
+        self._framed: dict[str | None, tuple[int, bytes]] = {}
+        """Each repository's current announcement, framed once for all its subscribers."""
         self._subscribers: set[Subscriber] = set()
+        self._rng = rng or random.Random()
+        self._ticker: asyncio.TimerHandle | None = None
         self.closed = asyncio.Event()
         """Set at shutdown: every stream ends."""
+        self.reconnect_spread = MIN_RECONNECT_SPREAD
+        """Seconds over which the subscribers are told to come back after a shutdown."""
 
     def announce(self, repo: str | None, envelope: Envelope) -> None:
         """Make ``envelope`` the current announcement of ``repo`` and queue it for each of
-        its subscribers. Never waits."""
+        its subscribers, ``WAKE_BATCH`` at a time (one loop pass each: a ``/healthz`` need not
+        wait for ten thousand streams). Never waits."""
         self.latest[repo] = envelope
-        for subscriber in self._subscribers:
-            if repo in subscriber.repos:
-                subscriber.offer(repo, envelope)
+        self._framed[repo] = (envelope.timestamp, frame(envelope))
+        self._offer([s for s in self._subscribers if repo in s.repos], repo)
+
+    def _offer(self, subscribers: list[Subscriber], repo: str | None) -> None:
+        current = self._framed.get(repo)
+        if current is None:
+            return
+        for subscriber in subscribers[:WAKE_BATCH]:
+            subscriber.offer(repo, *current)  # the newest now, even if this batch is late
+        if len(subscribers) > WAKE_BATCH:
+            loop = asyncio.get_running_loop()
+            loop.call_soon(self._offer, subscribers[WAKE_BATCH:], repo)
 
     def forget(self, repo: str | None) -> None:
         """A repository is no longer published: no last value for it any more."""
         self.latest.pop(repo, None)
+        self._framed.pop(repo, None)
 
     def subscribe(
         self, repos: Collection[str | None], last_event_id: str | None = None
@@ -104,9 +134,23 @@ class EventStreams:
         for repo in subscriber.repos:
             latest = self.latest.get(repo)
             if latest is not None and latest.msg_id != last_event_id:
-                subscriber.offer(repo, latest)
+                subscriber.offer(repo, *self._framed[repo])
         self._subscribers.add(subscriber)
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().call_later(self.heartbeat, self._tick)
         return subscriber
+
+    def _tick(self) -> None:
+        """Wake each stream that has sent nothing for a heartbeat: it sends a comment line.
+        One timer for all streams, rather than a timeout each."""
+        self._ticker = None
+        due = time.monotonic() - self.heartbeat
+        for subscriber in self._subscribers:
+            if subscriber.last_sent <= due:
+                subscriber.wake.set()
+        if self._subscribers and not self.closed.is_set():
+            loop = asyncio.get_running_loop()
+            self._ticker = loop.call_later(self.heartbeat / 2, self._tick)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
@@ -119,10 +163,24 @@ class EventStreams:
         return len(self._subscribers)
 
     def close(self) -> None:
-        """End every stream (at shutdown)."""
+        """End every stream (at shutdown), each telling its subscriber when to come back:
+        a random moment within a spread that grows with their number, so that they do not
+        all reconnect to the restarted publisher at once (its accept queue would overflow)."""
+        self.reconnect_spread = min(
+            MAX_RECONNECT_SPREAD,
+            max(MIN_RECONNECT_SPREAD, len(self._subscribers) / RECONNECTS_PER_SECOND),
+        )
         self.closed.set()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         for subscriber in self._subscribers:
             subscriber.wake.set()
+
+    def retry_line(self) -> bytes:
+        """The ``retry:`` field a stream ends with at shutdown (milliseconds)."""
+        delay = self._rng.uniform(0, self.reconnect_spread)
+        return f"retry: {round(delay * 1000)}\n\n".encode("ascii")
 
 
 def frame(envelope: Envelope) -> bytes:
@@ -162,15 +220,14 @@ async def stream(
     try:
         async with asyncio.timeout(streams.write_deadline):
             await response.prepare(request)
-        while not streams.closed.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(streams.heartbeat):
-                    await subscriber.wake.wait()
+        while True:
+            await subscriber.wake.wait()
             if streams.closed.is_set():
+                await _write(request, response, streams.retry_line(), 1.0)
                 break
-            chunk = b"".join(frame(envelope) for envelope in subscriber.take()) or HEARTBEAT_LINE
-            async with asyncio.timeout(streams.write_deadline):
-                await response.write(chunk)
+            chunk = subscriber.take() or HEARTBEAT_LINE
+            await _write(request, response, chunk, streams.write_deadline)
+            subscriber.last_sent = time.monotonic()
     except TimeoutError:
         logger.info(
             "event stream to %s dropped: it took no event for %g s", peer, streams.write_deadline
@@ -180,6 +237,19 @@ async def stream(
     finally:
         streams.unsubscribe(subscriber)
     return response
+
+
+async def _write(
+    request: web.Request, response: web.StreamResponse, chunk: bytes, deadline: float
+) -> None:
+    """Write ``chunk``; only when the connection's buffer is already full can that wait, and
+    then for ``deadline`` seconds at most (a subscriber that does not read is dropped)."""
+    transport = request.transport
+    if transport is not None and transport.get_write_buffer_size() < FREE_BUFFER:
+        await response.write(chunk)  # aiohttp waits only for a transport that paused writing
+        return
+    async with asyncio.timeout(deadline):
+        await response.write(chunk)
 
 
 class Running(Protocol):

@@ -15,6 +15,7 @@ from aiohttp import web
 from mirrorhook.addresses import Listen
 from mirrorhook.config import Config
 from mirrorhook.connections import (
+    ACCEPT_QUEUE,
     MAX_CONNECTIONS,
     ConnectionGuard,
     GuardedSite,
@@ -82,6 +83,13 @@ def _remove_stale_socket(path: Path) -> None:
             path.unlink(missing_ok=True)
         except OSError:
             pass  # in use or unreachable: binding will report the real problem
+
+
+def listener_limits(config: Config) -> Limits:
+    """The listeners' limits: room for every event stream besides the daemon's own
+    connections, and a kernel queue long enough for them to come back at once."""
+    streams = 0 if config.publishers is None else config.publishers.max_subscribers
+    return Limits(max_connections=listener_bound(config), accept_queue=ACCEPT_QUEUE + streams // 2)
 
 
 def listener_bound(config: Config) -> int:

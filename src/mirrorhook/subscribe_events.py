@@ -15,7 +15,13 @@ import aiohttp
 
 import mirrorhook
 from mirrorhook.sse import EventReader
-from mirrorhook.subscription import READ_DEADLINE, Seen, SubscriptionError, Take
+from mirrorhook.subscription import (
+    MAX_RECONNECT_WAIT,
+    READ_DEADLINE,
+    Seen,
+    SubscriptionError,
+    Take,
+)
 from mirrorhook.subscription_config import Subscription
 
 CONNECT_TIMEOUT = 10.0
@@ -67,6 +73,8 @@ class EventsTransport:
                         f"nothing received for {self._read_deadline:g} s"
                     ) from None
                 if not chunk:
+                    if reader.retry is not None:  # the publisher said when to come back
+                        seen.retry_hint = min(reader.retry / 1000, MAX_RECONNECT_WAIT)
                     raise SubscriptionError("the stream ended")
                 for event in reader.feed(chunk):
                     if event.event == "announcement":

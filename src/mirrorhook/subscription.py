@@ -56,6 +56,9 @@ class Seen:
     announcements: int = 0
     reconnects: int = 0
     last_error: str | None = None
+    retry_hint: float | None = None
+    """When the stream said to come back (its ``retry:`` field, in seconds), used once:
+    a publisher that shuts down spreads its subscribers' return over time."""
 
     def note(self) -> SubscriptionNote:
         """What ``status`` shows of it, from the tree's state file."""
@@ -116,12 +119,17 @@ class Follower:
         """Follow the subscription until cancelled."""
         async for attempt in forever(
             should_retry=lambda err: isinstance(err, Exception),
-            wait=lambda _state: self._backoff.delay(max(1, self._failures)),
+            wait=lambda _state: self._next_wait(),
             what=f"{self._log.prefix}subscription {self.seen.url}",
             sleep=self._sleep,
         ):
             with attempt:
                 await self._follow_once()
+
+    def _next_wait(self) -> float:
+        """The backoff, or once the wait the stream asked for when it ended."""
+        hint, self.seen.retry_hint = self.seen.retry_hint, None
+        return hint if hint is not None else self._backoff.delay(max(1, self._failures))
 
     async def _follow_once(self) -> None:
         started: float | None = None
