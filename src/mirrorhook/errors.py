@@ -91,6 +91,19 @@ class PayloadError(MirrorhookError):
     """A webhook body is not the JSON document of the wire format."""
 
 
+class ManifestError(MirrorhookError):
+    """A manifest (docs/design.md#manifests) could not be built from a tree, or a stored
+    or received one is not one: a wrong magic or version, truncated, or inconsistent."""
+
+    def __init__(self, source: Path | str, reason: str) -> None:
+        self.source = str(source)
+        self.reason = reason
+        super().__init__(self.source, reason)
+
+    def __str__(self) -> str:
+        return f"manifest {self.source}: {self.reason}"
+
+
 class LockedError(MirrorhookError):
     """Another process holds the sync lock of this tree."""
 
