@@ -91,6 +91,25 @@ class PayloadError(MirrorhookError):
     """A webhook body is not the JSON document of the wire format."""
 
 
+class ChangeError(PayloadError):
+    """A change document (docs/design.md#changes) is malformed, names an unsafe path, or
+    lists more paths than the receiver takes: it is refused whole, and the mirror does a
+    full sync instead."""
+
+
+class ManifestError(MirrorhookError):
+    """A manifest (docs/design.md#manifests) could not be built from a tree, or a stored
+    or received one is not one: a wrong magic or version, truncated, or inconsistent."""
+
+    def __init__(self, source: Path | str, reason: str) -> None:
+        self.source = str(source)
+        self.reason = reason
+        super().__init__(self.source, reason)
+
+    def __str__(self) -> str:
+        return f"manifest {self.source}: {self.reason}"
+
+
 class LockedError(MirrorhookError):
     """Another process holds the sync lock of this tree."""
 

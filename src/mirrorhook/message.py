@@ -67,18 +67,26 @@ def new_update(
     )
 
 
-def decode(body: bytes) -> Update:
-    """Parse a webhook body; raise ``PayloadError`` saying what does not fit the schema."""
+def json_object(
+    body: bytes, what: str = "body", error: type[PayloadError] = PayloadError
+) -> dict[str, Any]:
+    """Parse UTF-8 JSON that must be an object; raise ``error`` naming ``what`` otherwise."""
     try:
         document: Any = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
-        raise PayloadError("body is not UTF-8") from None
+        raise error(f"{what} is not UTF-8") from None
     except ValueError as err:
-        raise PayloadError(f"body is not JSON: {err}") from None
+        raise error(f"{what} is not JSON: {err}") from None
     except RecursionError:
-        raise PayloadError("body is not JSON: nested too deeply") from None
+        raise error(f"{what} is not JSON: nested too deeply") from None
     if not isinstance(document, dict):
-        raise PayloadError("body is not a JSON object")
+        raise error(f"{what} is not a JSON object")
+    return document
+
+
+def decode(body: bytes) -> Update:
+    """Parse a webhook body; raise ``PayloadError`` saying what does not fit the schema."""
+    document = json_object(body)
     if document.get("type") != EVENT_TYPE:
         raise PayloadError(f"type must be {EVENT_TYPE!r}")
     data = document.get("data")
