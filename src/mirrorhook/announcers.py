@@ -19,6 +19,7 @@ from mirrorhook.config import Config
 from mirrorhook.delivery import Courier
 from mirrorhook.freshness import Freshness
 from mirrorhook.log import counted
+from mirrorhook.manifest_keeper import ManifestKeeper
 from mirrorhook.metrics import Metrics
 from mirrorhook.publisher import Publisher
 from mirrorhook.publisher_config import PublisherConfig, PublisherHost
@@ -135,17 +136,29 @@ class Announcers:
             self._desk.records[tree.repo] = publisher.record  # the page shows its deliveries
             self._desk.repomds[tree.repo] = repomds  # and its Metalinks these
 
-        def announce(value: str) -> None:
-            message = publisher.publish(value)
-            if message is not None:
-                self._broadcast.announce(tree.repo, message)
-            checker.published(value)
-            repomds.published()
+        # With the signing key, each publish's manifest is built before it is announced,
+        # so the announcement can carry the change (docs/design.md#manifests).
+        keeper = ManifestKeeper(tree) if self.host.signing_key is not None else None
+        if self._desk is not None and keeper is not None:
+            self._desk.manifests[tree.repo] = keeper  # /v1/changes and /v1/manifest read it
+        newest = Newest()
+
+        async def announcing() -> None:
+            if keeper is not None:
+                await keeper.start()
+            while True:
+                value = await newest.take()
+                changes = None if keeper is None else await keeper.published(value)
+                message = publisher.publish(value, changes)
+                if message is not None:
+                    self._broadcast.announce(tree.repo, message)
+                checker.published(value)
+                repomds.published()
 
         watcher = MarkerWatcher(
             tree.root,
             tree.marker,
-            announce,
+            newest.put,
             polling=tree.watch == "poll",
             rescan=tree.rescan,
         )
@@ -158,6 +171,7 @@ class Announcers:
         prefix = "" if tree.repo is None else f"{tree.repo} "
         try:
             async with asyncio.TaskGroup() as group:
+                group.create_task(self._supervisor.keep(f"{prefix}announcing", announcing))
                 group.create_task(publisher.run(), name=f"{prefix}publisher")
                 group.create_task(self._supervisor.keep(f"{prefix}watcher", watcher.run))
                 if checker.mirrors:
@@ -165,6 +179,30 @@ class Announcers:
         finally:
             checker.freshness.close()  # what the last second of checks found
             await repomds.close()
+            if keeper is not None:
+                await keeper.close()
+                if self._desk is not None:
+                    self._desk.manifests.pop(tree.repo, None)
+
+
+class Newest:
+    """The newest marker value the watcher saw, for the task that announces it: a value
+    seen while the previous one is still being announced replaces any not taken yet."""
+
+    def __init__(self) -> None:
+        self._value: str | None = None
+        self._ready = asyncio.Event()
+
+    def put(self, value: str) -> None:
+        self._value = value
+        self._ready.set()
+
+    async def take(self) -> str:
+        await self._ready.wait()
+        self._ready.clear()
+        value, self._value = self._value, None
+        assert value is not None  # noqa: S101 - set with the event
+        return value
 
 
 def _with_host_settings(tree: PublisherConfig, host: PublisherHost) -> PublisherConfig:

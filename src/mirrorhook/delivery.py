@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import email.utils
+import json
 import math
 import time
 import types
@@ -32,13 +33,17 @@ import aiohttp
 
 import mirrorhook
 from mirrorhook import signing
+from mirrorhook.changes import Change
 from mirrorhook.errors import DeliveryError, DeliveryKind
-from mirrorhook.message import REPORT_PATH, Update, new_update
+from mirrorhook.message import CHANGES_PATH, REPORT_PATH, Update, new_update
 from mirrorhook.public_addresses import public_session
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig
 
 SLOT_HOLD = 1.0
 """Seconds at most that one attempt holds one of the ``concurrency`` slots."""
+INLINE_CHANGES = 48 * 1024
+"""Bytes of a change document that travel inline in an announcement (``data.changes``): it
+then stays below a receiver's default ``max_body`` (64 KiB)."""
 MAX_RETRY_AFTER = 3600.0
 """A Retry-After longer than this is capped: a typo on the mirror must not silence it for days."""
 
@@ -61,18 +66,31 @@ class Message:
         return cls(update=update, body=update.encode())
 
     @classmethod
-    def announcing(cls, config: PublisherConfig, value: str, now: float) -> Message:
+    def announcing(
+        cls,
+        config: PublisherConfig,
+        value: str,
+        now: float,
+        changes: Change | None = None,
+    ) -> Message:
         """The announcement of marker ``value`` of ``config``'s tree (``serve`` and
-        ``notify`` alike): asking for reports at ``public_url`` when the publisher has one."""
-        public = config.public_url
+        ``notify`` alike): asking for reports at ``public_url`` when the publisher has one;
+        with ``changes`` (a publisher that keeps manifests), where the changes are served,
+        and the change from the previous publish itself when it is small."""
+        public = None if config.public_url is None else config.public_url.rstrip("/")
         update = new_update(
             config.marker,
             value,
             config.name,
             now,
             repo=config.repo,
-            report_url=None if public is None else public.rstrip("/") + REPORT_PATH,
+            report_url=None if public is None else public + REPORT_PATH,
         )
+        if changes is not None:
+            encoded = changes.encode()
+            inline = json.loads(encoded) if len(encoded) <= INLINE_CHANGES else None
+            url = None if public is None else f"{public}{CHANGES_PATH}/{config.repo or config.name}"
+            update = dataclasses.replace(update, changes_url=url, changes=inline)
         return cls.of(update)
 
     def body_for(self, mirror: str) -> bytes:

@@ -17,6 +17,10 @@ REPORT_TYPE = "mirror.synced"
 HOOK_PATH = "/v1/hook"
 """Where a receiver takes webhooks (``/v1/hook/NAME`` per repository in the host form)."""
 REPORT_PATH = "/v1/report"
+CHANGES_PATH = "/v1/changes"
+"""Where a publisher serves the change to a repository's current marker: ``/v1/changes/NAME``."""
+MANIFEST_PATH = "/v1/manifest"
+"""Where it serves a repository's current manifest: ``/v1/manifest/NAME``."""
 """Where a publisher takes mirrors' reports, under its ``public_url``."""
 MAX_FIELD_LENGTH = 4096
 
@@ -35,11 +39,21 @@ class Update:
     """Where the mirror reports how its sync ended (``data.report_url``), when asked to."""
     mirror: str | None = None
     """The mirror's name at the upstream, which the report must carry (``data.mirror``)."""
+    changes_url: str | None = None
+    """Where the change to ``current`` from an older marker is served, signed
+    (``data.changes_url``; docs/design.md#changes)."""
+    changes: dict[str, Any] | None = None
+    """The change from the previous publish, when small (``data.changes``): a
+    ``mirror.changes`` document, checked by ``changes.decode_change`` where it is used."""
 
     def encode(self) -> bytes:
         """Return the JSON body that goes on the wire."""
-        data = {"marker": self.marker, "current": self.current, "source": self.source}
-        for key in ("repo", "report_url", "mirror"):
+        data: dict[str, Any] = {
+            "marker": self.marker,
+            "current": self.current,
+            "source": self.source,
+        }
+        for key in ("repo", "report_url", "mirror", "changes_url", "changes"):
             if (value := getattr(self, key)) is not None:
                 data[key] = value
         document = {"type": EVENT_TYPE, "timestamp": self.timestamp, "data": data}
@@ -92,12 +106,18 @@ def decode(body: bytes) -> Update:
     data = document.get("data")
     if not isinstance(data, dict):
         raise PayloadError("data must be an object")
-    optional = {key: _optional(data, key) for key in ("repo", "report_url", "mirror")}
+    optional = {
+        key: _optional(data, key) for key in ("repo", "report_url", "mirror", "changes_url")
+    }
+    changes = data.get("changes")
+    if changes is not None and not isinstance(changes, dict):
+        raise PayloadError("data.changes must be an object")
     return Update(
         marker=_field(data, "marker", "data."),
         current=_field(data, "current", "data."),
         source=_field(data, "source", "data."),
         timestamp=_field(document, "timestamp", ""),
+        changes=changes,
         **optional,
     )
 

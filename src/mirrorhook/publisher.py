@@ -20,6 +20,7 @@ from typing import Protocol
 
 from tenacity import RetryCallState
 
+from mirrorhook.changes import Change
 from mirrorhook.delivery import Courier, Message, Receipt
 from mirrorhook.errors import DeliveryError, DeliveryKind
 from mirrorhook.log import TreeLog, counted
@@ -326,8 +327,9 @@ class Publisher:
             lambda: sum(not worker.settled(self.current or "") for worker in self.workers)
         )
 
-    def publish(self, value: str) -> Message | None:
-        """Announce marker ``value``; mirrors that already have it send nothing. Return the
+    def publish(self, value: str, changes: Change | None = None) -> Message | None:
+        """Announce marker ``value`` (with the change from the previous publish, when the
+        tree's manifests give one); mirrors that already have it send nothing. Return the
         announcement (``None`` when ``value`` is already the current one), for the
         broadcast to subscribers.
 
@@ -337,7 +339,7 @@ class Publisher:
         if not value or value == self.current:
             return None
         self.current = value
-        message = Message.announcing(self.config, value, self._clock())
+        message = Message.announcing(self.config, value, self._clock(), changes)
         behind = sum(not worker.settled(value) for worker in self.workers)
         self._log.info(
             "marker %r: announcing to %d of %s", value, behind, counted(len(self.workers), "mirror")

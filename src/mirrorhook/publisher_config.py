@@ -92,6 +92,11 @@ class PublisherConfig:
     """Where mirrors reach this publisher's ``listen``: webhooks then ask for reports."""
     repo: str | None = None
     """The repository's name in the host form; ``None`` in the single form."""
+    keep_manifests: int = 50
+    """Manifests kept in ``state_dir/manifests`` (docs/design.md#manifests)."""
+    manifest_timeout: float = 30.0
+    """Seconds an announcement waits for the tree's walk; past them it goes out without a
+    change, and mirrors do a full sync."""
 
     @property
     def label(self) -> str:
@@ -154,6 +159,8 @@ _PER_REPO: dict[str, Check] = {
     "marker": marker_name,
     "watch": choice("inotify", "poll"),
     "rescan": positive_duration,
+    "keep_manifests": positive_int,
+    "manifest_timeout": positive_duration,
 }
 
 

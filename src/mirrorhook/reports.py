@@ -26,6 +26,7 @@ from mirrorhook.checker import Checker
 from mirrorhook.errors import MarkerError, SignatureError, TimestampError
 from mirrorhook.events import EventStreams
 from mirrorhook.freshness import Freshness
+from mirrorhook.manifest_keeper import ManifestKeeper
 from mirrorhook.message import REPORT_PATH, REPORT_TYPE
 from mirrorhook.publisher_config import MirrorConfig, PublisherConfig, PublisherHost
 from mirrorhook.record import DeliveryLog, Fields
@@ -60,6 +61,9 @@ class ReportDesk:
         self.refusals = RefusedReports(publishers.state_dir)
         """The reports refused, for the page and ``status`` (flushed at shutdown)."""
         self._hints: dict[tuple[str | None, str], float] = {}
+        self.manifests: dict[str | None, ManifestKeeper] = {}
+        """Each running tree's manifests (registered by ``announcers.py``), for
+        ``/v1/changes`` and ``/v1/manifest``."""
         self.streams: EventStreams | None = None
         """The event streams, when the publisher serves them (set by ``service.py``)."""
 

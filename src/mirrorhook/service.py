@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mirrorhook import endpoints, events, metalink, mirrorlist, page, reports
+from mirrorhook import changes_routes, endpoints, events, metalink, mirrorlist, page, reports
 from mirrorhook.addresses import Listen, redact_upstream
 from mirrorhook.announcers import Announcers
 from mirrorhook.broadcast import start_broadcast
@@ -131,6 +131,7 @@ def _app(
         desk = reports.ReportDesk(config.publishers)
         streams = EventStreams(config.publishers.max_subscribers)
         events.add_routes(app, streams, desk)
+        changes_routes.add_routes(app, desk)
         reports.add_routes(app, desk)
         mirrorlist.add_routes(app, desk)
         metalink.add_routes(app, desk)

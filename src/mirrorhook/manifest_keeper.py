@@ -1,0 +1,144 @@
+"""One published tree's manifests at work (docs/design.md#manifests): built after each new
+marker, kept, hashed in the background, and the change between any kept one and the
+current one.
+
+The walk runs in a thread; the announcement waits for it, but at most
+``manifest_timeout`` seconds: past them it goes out without a change (the walk goes on and
+its manifest becomes the current one when done), and mirrors do a full sync. Digests are
+computed after the announcement, a slice at a time, and the manifest saved again when
+they are all in. Without the publisher's ``signing_key_file`` no manifest is built: a
+change is only served signed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from mirrorhook.changes import Change, diff
+from mirrorhook.errors import ManifestError
+from mirrorhook.log import TreeLog
+from mirrorhook.manifest import Manifest, walk
+from mirrorhook.manifest_digest import digest
+from mirrorhook.manifest_store import ManifestStore
+from mirrorhook.publisher_config import PublisherConfig
+
+logger = logging.getLogger(__name__)
+
+DIGEST_SLICE = 2.0
+"""Seconds of hashing per background step (the store is written after each)."""
+
+
+class ManifestKeeper:
+    """The manifests of one tree, by marker value."""
+
+    def __init__(self, tree: PublisherConfig) -> None:
+        self.tree = tree
+        self._store = ManifestStore(tree.state_dir / "manifests", keep=tree.keep_manifests)
+        self.current: Manifest | None = None
+        self._walking: asyncio.Task[Manifest] | None = None
+        self._hashing: asyncio.Task[None] | None = None
+        self._late: asyncio.Task[None] | None = None
+        """Keeping a walk that finished after its announcement went out."""
+        self._log = TreeLog(logger, tree.repo)
+
+    async def start(self) -> None:
+        """Take the newest kept manifest as the one the first walk reuses digests from."""
+        try:
+            self.current = await asyncio.to_thread(self._store.latest)
+        except ManifestError as err:
+            self._log.warning("the kept manifests are unreadable, starting anew: %s", err)
+
+    async def published(self, value: str) -> Change | None:
+        """Build the manifest of marker ``value`` (within ``manifest_timeout``) and return
+        the change from the previous one; ``None`` when there is none to give (the first
+        publish, a walk that failed or took too long)."""
+        previous = self.current
+        if previous is not None and previous.marker == value:
+            return None
+        if self._walking is not None and not self._walking.done():
+            self._log.info("a walk of the tree is still running: this publish waits for it")
+        root = self.tree.root
+        self._walking = asyncio.create_task(
+            asyncio.to_thread(walk, root, previous, marker=value), name=f"walk {value}"
+        )
+        try:
+            async with asyncio.timeout(self.tree.manifest_timeout):
+                manifest = await asyncio.shield(self._walking)
+        except TimeoutError:
+            self._log.warning(
+                "the walk of %s took over %g s: marker %r announced without a change "
+                "(mirrors do a full sync)",
+                root,
+                self.tree.manifest_timeout,
+                value,
+            )
+            self._walking.add_done_callback(self._walked_late)
+            return None
+        except ManifestError as err:
+            self._log.error("no manifest for marker %r: %s", value, err)
+            return None
+        await self._keep(manifest)
+        return None if previous is None else await asyncio.to_thread(diff, previous, manifest)
+
+    def _walked_late(self, task: asyncio.Task[Manifest]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        late = task.result()
+        if self.current is None or self.current.created < late.created:
+            self._late = asyncio.create_task(self._keep(late), name="late manifest")
+
+    async def _keep(self, manifest: Manifest) -> None:
+        self.current = manifest
+        try:
+            await asyncio.to_thread(self._store.save, manifest)
+        except (OSError, ManifestError) as err:
+            self._log.error("cannot keep the manifest of %r: %s", manifest.marker, err)
+        if manifest.undigested and (self._hashing is None or self._hashing.done()):
+            self._hashing = asyncio.create_task(self._hash(), name="digests")
+
+    async def _hash(self) -> None:
+        """Fill in the current manifest's digests, a slice at a time, saving it after each."""
+        resume: bytes | None = None
+        while (manifest := self.current) is not None and manifest.undigested:
+            try:
+                done = await asyncio.to_thread(
+                    digest, manifest, self.tree.root, budget_seconds=DIGEST_SLICE, resume_at=resume
+                )
+            except ManifestError as err:
+                self._log.warning("hashing stopped: %s", err)
+                return
+            if self.current is not manifest:
+                return  # a newer publish: its own walk carried these digests over
+            self.current = done.manifest
+            with contextlib.suppress(OSError, ManifestError):
+                await asyncio.to_thread(self._store.save, done.manifest)
+            if done.resume_at is None:
+                return
+            resume = done.resume_at
+
+    async def change_from(self, old: str) -> Change | None:
+        """The change from marker ``old``'s kept manifest to the current one; ``None`` when
+        ``old`` is not kept (the mirror does a full sync)."""
+        current = self.current
+        if current is None:
+            return None
+        if old == current.marker:
+            return Change(old, old, (), ())
+        try:
+            kept = await asyncio.to_thread(self._store.load, old)
+        except ManifestError as err:
+            self._log.warning("the manifest of %r is unreadable: %s", old, err)
+            return None
+        if kept is None:
+            return None
+        return await asyncio.to_thread(diff, kept, current)
+
+    async def close(self) -> None:
+        """Stop hashing (the walk in its thread ends on its own)."""
+        for task in (self._hashing, self._late):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

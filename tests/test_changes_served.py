@@ -1,0 +1,108 @@
+"""The publisher's side of changes, with a real `mirrorhook serve` (docs/design.md#changes):
+each publish's manifest is built before it is announced, the announcement carries the
+small change inline and where to fetch others, and /v1/changes and /v1/manifest answer
+signed with the upstream's key."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mirrorhook import signing
+from mirrorhook.changes import decode_change
+from mirrorhook.keys import parse_public_keys
+from mirrorhook.manifest import Kind
+from mirrorhook.manifest_format import decode_manifest
+from tests.helpers import (
+    Processes,
+    free_port,
+    key_pair,
+    make_upstream,
+    publish,
+    wait_for_port,
+    wait_until,
+)
+from tests.scene import json_toml
+
+pytestmark = pytest.mark.slow
+
+
+def fetch(url: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, dict(answer.headers), answer.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def last_value(port: int) -> dict[str, Any]:
+    """The announcement the event stream hands a new subscriber (its body's data)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/events", timeout=10) as stream:
+        stream.readline()
+        stream.readline()
+        envelope = json.loads(stream.readline().removeprefix(b"data: "))
+    data: dict[str, Any] = json.loads(envelope["body"])["data"]
+    return data
+
+
+def test_a_publish_is_announced_with_its_change_and_the_changes_are_served_signed(
+    tmp_path: Path, processes: Processes
+) -> None:
+    private, public = key_pair(tmp_path / "keys", "upstream")
+    (key,) = parse_public_keys(public.read_text())
+    root = make_upstream(tmp_path / "ius")
+    port = free_port()
+    config = tmp_path / "publisher.toml"
+    base = f"http://127.0.0.1:{port}"
+    config.write_text(
+        json_toml(
+            {
+                "root": str(root),
+                "state_dir": str(tmp_path / "state"),
+                "listen": [f"127.0.0.1:{port}"],
+                "public_url": base,
+                "signing_key_file": str(private),
+                "name": "upstream",
+            },
+            [],
+        )
+    )
+    processes.serve(config, "publisher")
+    wait_for_port(port)
+    wait_until(lambda: last_value(port)["current"] == "1", what="the first announcement")
+    assert "changes" not in last_value(port)  # nothing to compare the first manifest with
+
+    (root / "dir1" / "file1.rpm").unlink()
+    publish(root, "2", {"dir0/new.rpm": "new\n"})
+    wait_until(lambda: last_value(port)["current"] == "2", what="the second announcement")
+    data = last_value(port)
+    assert data["changes_url"] == f"{base}/v1/changes/upstream"
+    inline = decode_change(json.dumps(data["changes"]).encode(), 100_000)
+    assert (inline.from_marker, inline.to_marker) == ("1", "2")
+    assert (b"dir0/new.rpm", Kind.FILE) in inline.changed
+    assert inline.removed == (b"dir1/file1.rpm",)
+
+    status, headers, body = fetch(f"{base}/v1/changes/upstream?from=1")
+    assert status == 200
+    signed = {name.lower(): value for name, value in headers.items()}
+    signing.verify(key, signed, body, now=time.time())  # raises if it does not verify
+    served = decode_change(body, 100_000)
+    assert served == inline
+    assert fetch(f"{base}/v1/changes/upstream?from=unknown")[0] == 404
+    assert fetch(f"{base}/v1/changes/nope?from=1")[0] == 404
+    assert fetch(f"{base}/v1/changes/upstream")[0] == 400
+
+    status, headers, body = fetch(f"{base}/v1/manifest/ius")  # the root folder's name too
+    assert status == 200
+    signing.verify(key, {k.lower(): v for k, v in headers.items()}, body, now=time.time())
+    manifest = decode_manifest(body)
+    assert manifest.marker == "2"
+    assert manifest.get(b"dir0/new.rpm") is not None
+    assert manifest.get(b"dir1/file1.rpm") is None
+    assert (tmp_path / "state" / "manifests").is_dir()
