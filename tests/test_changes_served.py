@@ -5,6 +5,7 @@ signed with the upstream's key."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import urllib.error
@@ -21,14 +22,20 @@ from mirrorhook.manifest import Kind
 from mirrorhook.manifest_format import decode_manifest
 from tests.helpers import (
     Processes,
+    RsyncDaemon,
+    counting_rsync,
     free_port,
     key_pair,
     make_upstream,
+    marker_of,
     publish,
+    receiver_toml,
+    tree_invocations,
     wait_for_port,
     wait_until,
 )
 from tests.scene import json_toml
+from tests.trees import snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -106,3 +113,76 @@ def test_a_publish_is_announced_with_its_change_and_the_changes_are_served_signe
     assert manifest.get(b"dir0/new.rpm") is not None
     assert manifest.get(b"dir1/file1.rpm") is None
     assert (tmp_path / "state" / "manifests").is_dir()
+
+
+def test_a_mirror_one_publish_behind_syncs_by_the_change_and_ends_as_the_full_transfer_would(
+    tmp_path: Path, processes: Processes, daemon: RsyncDaemon
+) -> None:
+    """The webhook carries the change inline; the receiver's tree transfer is rsync with
+    --files-from of its paths, and the tree then equals the upstream's (contents, modes,
+    mtimes, symlinks). A mirror whose marker the change does not start from does a full
+    transfer instead."""
+    private, public = key_pair(tmp_path / "keys", "upstream")
+    log = tmp_path / "rsync.log"
+    wrapper = counting_rsync(tmp_path, log)
+    port, hook = free_port(), free_port()
+    (tmp_path / "m").mkdir()
+    mirror = receiver_toml(
+        tmp_path / "m",
+        upstream=daemon.url,
+        port=hook,
+        secret_file=None,
+        public_key_file=str(public),
+        rsync=str(wrapper),
+    )
+    processes.serve(mirror, "mirror")
+    wait_for_port(hook)
+    tree = tmp_path / "m" / "mirror"
+    wait_until(lambda: marker_of(tree) == "1", what="the start-up sync")
+    config = tmp_path / "publisher.toml"
+    config.write_text(
+        json_toml(
+            {
+                "root": str(daemon.root),
+                "state_dir": str(tmp_path / "pstate"),
+                "listen": [f"127.0.0.1:{port}"],
+                "public_url": f"http://127.0.0.1:{port}",
+                "signing_key_file": str(private),
+                "name": "upstream",
+            },
+            [{"name": "m", "url": f"http://127.0.0.1:{hook}/v1/hook"}],
+        )
+    )
+    processes.serve(config, "publisher")
+    wait_until(lambda: "marker '1': announcing" in processes.log("publisher"), what="up")
+    full_runs = len(tree_invocations(log))
+
+    (daemon.root / "dir1" / "file1.rpm").unlink()
+    (daemon.root / "dir2" / "link").symlink_to("file2.rpm")
+    (daemon.root / "dir3" / "file3.rpm").chmod(0o600)
+    publish(daemon.root, "2", {"dir0/new.rpm": "new\n"})
+    wait_until(lambda: marker_of(tree) == "2", what="the sync by change")
+    runs = tree_invocations(log)[full_runs:]
+    assert len(runs) == 1, runs
+    assert "--files-from=" in runs[0]
+    assert "--delete-missing-args" in runs[0]
+    # Four entries, the three folders whose mtimes they moved, and the marker (which the
+    # transfer excludes, as the full one does).
+    assert "stage 1 by change: 8 paths" in processes.log("mirror")
+    assert_same_tree(daemon.root, tree)
+
+
+def assert_same_tree(upstream: Path, mirror: Path) -> None:
+    """Paths, kinds, sizes, contents, mtimes, modes, symlink targets and hardlink groups
+    alike. Left out: the marker's own metadata (mirrorhook's), and the mtimes of folders
+    and symlinks: with --delay-updates rsync leaves a folder it staged files in, and a
+    symlink it made, at the time of the transfer, in the full transfer as in this one
+    (rsync 3.5.0; tests/test_delta.py compares the two transfers, those times included)."""
+    ours, theirs = snapshot(bytes(upstream)), snapshot(bytes(mirror))
+    for taken in (ours, theirs):
+        taken.entries.pop(b"CURRENT")
+        for path, facts in list(taken.entries.items()):
+            if facts.kind in ("directory", "symlink"):
+                taken.entries[path] = dataclasses.replace(facts, mtime_ns=0)
+    assert theirs.entries == ours.entries
+    assert theirs.links == ours.links

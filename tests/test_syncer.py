@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from mirrorhook.errors import NoMarkerError, RsyncError, UpstreamMarkerError
-from mirrorhook.receiver_state import receiver_state_path
+from mirrorhook.leftovers import RSYNC_TMP_DIR
+from mirrorhook.receiver_state import SyncResult, receiver_state_path
 from mirrorhook.retry import Backoff
 from mirrorhook.status import receiver_status
-from mirrorhook.syncer import RSYNC_TMP_DIR, Syncer, SyncResult
+from mirrorhook.syncer import Syncer
 from mirrorhook.trigger import COMMAND
 from tests.helpers import (
     RsyncDaemon,

@@ -22,8 +22,9 @@ import pytest
 from mirrorhook import lock, rsync, traces
 from mirrorhook.addresses import upstream_host
 from mirrorhook.log import TreeLog
+from mirrorhook.receiver_state import SyncResult
 from mirrorhook.retry import Backoff
-from mirrorhook.syncer import Syncer, SyncResult
+from mirrorhook.syncer import Syncer
 from mirrorhook.trigger import COMMAND, POLL, STARTUP, Trigger, Via
 from tests.helpers import RsyncDaemon, needs, publish, receiver_config
 

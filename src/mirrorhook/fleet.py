@@ -27,6 +27,7 @@ from mirrorhook import hooks, lock, receiver_state
 from mirrorhook.config import Config
 from mirrorhook.errors import MarkerError, SyncError
 from mirrorhook.intake import Intake
+from mirrorhook.leftovers import sweep_left_tree
 from mirrorhook.log import TreeLog
 from mirrorhook.metrics import Metrics, TreeMetrics
 from mirrorhook.poller import Poller
@@ -39,7 +40,7 @@ from mirrorhook.slots import SyncSlots
 from mirrorhook.status import host_status
 from mirrorhook.subscription import Follower
 from mirrorhook.supervisor import Supervisor
-from mirrorhook.syncer import Syncer, sweep_left_tree
+from mirrorhook.syncer import Syncer
 from mirrorhook.transports import Transports
 from mirrorhook.trigger import Trigger
 

@@ -19,6 +19,7 @@ Two rules differ by transport, both because a subscription is a broadcast:
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -26,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from mirrorhook import message, signing
+from mirrorhook.changes import Change, decode_change
 from mirrorhook.errors import MarkerUnreadableError, PayloadError, SignatureError, TimestampError
 from mirrorhook.keys import PublicKey
 from mirrorhook.log import TreeLog
@@ -132,11 +134,23 @@ class Intake:
                 update.current,
             )
             return Outcome(Result.UP_TO_DATE)
-        trigger = Trigger.announcement(via, update.source or peer, update.current)
+        change = self._change(update, via, peer)
+        trigger = Trigger.announcement(via, update.source or peer, update.current, change)
         scheduled = self.scheduler.trigger(trigger)
         if isinstance(scheduled, Scheduled):
             return Outcome(Result.SCHEDULED, delay=scheduled.delay)
         return Outcome(Result.QUEUED)
+
+    def _change(self, update: message.Update, via: Via, peer: str) -> Change | None:
+        """The change the announcement carries, checked; ``None`` (a full sync) when it
+        carries none or one that does not pass ``decode_change``."""
+        if update.changes is None:
+            return None
+        try:
+            return decode_change(json.dumps(update.changes).encode(), self.config.max_changes)
+        except PayloadError as err:
+            self._log.warning("%s from %s: its change is not used (%s)", via, peer, err)
+            return None
 
     def _check(
         self, announcement: Announcement, now: float

@@ -101,6 +101,8 @@ class ReceiverConfig:
     public_keys: tuple[PublicKey, ...] = ()
     """The upstream's public keys (``v1a`` signatures): one, or two while it rotates."""
     public_key_file: Path | None = None
+    max_changes: int = 100_000
+    """Paths a change may name and still be applied (docs/design.md#the-delta-transfer)."""
     subscribe: tuple[Subscription, ...] = ()
     """Where the repository hears of publishes without a webhook (docs/design.md#subscriptions)."""
     mqtt_username: str | None = None
@@ -166,6 +168,7 @@ _PER_REPO: dict[str, Check] = {
     "trace": tree_file,
     "lastsync": tree_file,
     "public_key_file": absolute_path,
+    "max_changes": positive_int,
     "subscribe": subscription_list,
     "mqtt_username": string,
     "mqtt_password_file": absolute_path,

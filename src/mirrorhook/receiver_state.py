@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +54,15 @@ def _field(
     if isinstance(value, bool) or not isinstance(value, kind):
         raise _WrongShapeError(key)
     return value
+
+
+class SyncResult(enum.StrEnum):
+    """How a sync ended."""
+
+    SYNCED = "synced"
+    UP_TO_DATE = "up-to-date"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,11 +14,10 @@ from mirrorhook.escape import printable
 from mirrorhook.freshness import Freshness
 from mirrorhook.publisher_config import PublisherConfig
 from mirrorhook.receiver_config import ReceiverConfig
-from mirrorhook.receiver_state import DaemonNote, SubscriptionNote
+from mirrorhook.receiver_state import DaemonNote, SubscriptionNote, SyncResult
 from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
 from mirrorhook.report_refusals import as_json, read_refused
 from mirrorhook.state import pid_alive
-from mirrorhook.syncer import SyncResult
 from mirrorhook.table import colour_of, format_table, paint
 
 

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
 import logging
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +26,8 @@ from typing import TypeVar
 
 from mirrorhook import lock, marker, process, receiver_state, rsync, traces
 from mirrorhook.addresses import redact_upstream
+from mirrorhook.changes import Change
+from mirrorhook.delta_transfer import applies, transfer_change
 from mirrorhook.errors import (
     LockedError,
     MarkerError,
@@ -37,10 +37,17 @@ from mirrorhook.errors import (
     SyncError,
     UpstreamMarkerError,
 )
+from mirrorhook.leftovers import may_have_leftovers, remove_rsync_leftovers
 from mirrorhook.log import TreeLog
 from mirrorhook.metrics import NoMetrics, SyncMetrics
+from mirrorhook.process import Completed
 from mirrorhook.receiver_config import ReceiverConfig
-from mirrorhook.receiver_state import InProgress, LastSync, ReceiverState, receiver_state_path
+from mirrorhook.receiver_state import (
+    InProgress,
+    LastSync,
+    SyncResult,
+    receiver_state_path,
+)
 from mirrorhook.retry import Backoff, Sleep, retrying
 from mirrorhook.state import iso_time, write_atomic
 from mirrorhook.trigger import Trigger
@@ -49,19 +56,8 @@ logger = logging.getLogger(__name__)
 
 MAX_ROUNDS = 3
 """Stage 1 runs at most this often in one sync when the upstream keeps publishing."""
-RSYNC_TMP_DIR = ".~tmp~"
-"""The folder ``--delay-updates`` stages files in; a killed rsync can leave it behind."""
 
 _T = TypeVar("_T")
-
-
-class SyncResult(enum.StrEnum):
-    """How a sync ended."""
-
-    SYNCED = "synced"
-    UP_TO_DATE = "up-to-date"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +135,10 @@ class Syncer:
             raise failure from None
         self._log.info("sync started (%s)", trigger)
         work = self._sync(
-            if_changed=if_changed, sweep=_may_have_leftovers(before), pass_fds=lock_fds
+            if_changed=if_changed,
+            sweep=may_have_leftovers(before),
+            pass_fds=lock_fds,
+            change=trigger.change,
         )
         report = await self._recorded(trigger, started, work)
         await self._finish(trigger, started, report.result, marker_value=report.marker)
@@ -207,7 +206,14 @@ class Syncer:
         self._log.error("sync failed (%s): %s", trigger, failure)
         raise failure
 
-    async def _sync(self, *, if_changed: bool, sweep: bool, pass_fds: tuple[int, ...]) -> Report:
+    async def _sync(
+        self,
+        *,
+        if_changed: bool,
+        sweep: bool,
+        pass_fds: tuple[int, ...],
+        change: Change | None = None,
+    ) -> Report:
         config = self.config
         local = self.local_marker()
         upstream = await self._read_upstream(pass_fds)
@@ -221,22 +227,17 @@ class Syncer:
                 upstream.value,
                 local,
             )
+            by_change = (
+                change if round_number == 1 and applies(change, local, upstream.value) else None
+            )
             with self.metrics.time_stage("transfer"):
                 began = time.monotonic()
-                result = await self._retry(
-                    functools.partial(
-                        rsync.run,
-                        rsync.tree_args(config),
-                        timeout=config.timeout,
-                        pass_fds=pass_fds,
-                    ),
-                    "rsync of the tree",
-                )
+                results = await self._stage_one(by_change, pass_fds)
                 spent += time.monotonic() - began
                 if sweep:
-                    _remove_rsync_leftovers(config.target)
+                    remove_rsync_leftovers(config.target)
                     sweep = False
-            got = rsync.received_bytes(result.stdout_tail)
+            got = sum(rsync.received_bytes(result.stdout_tail) for result in results)
             received += got
             self.metrics.count_received_bytes(got)
             again = await self._read_upstream(pass_fds)
@@ -255,6 +256,24 @@ class Syncer:
             f"the upstream marker kept changing during {MAX_ROUNDS} transfers; "
             "the local marker was left as it was and the next trigger will retry"
         )
+
+    async def _stage_one(self, change: Change | None, pass_fds: tuple[int, ...]) -> list[Completed]:
+        """Transfer the tree: by ``change`` when one applies (falling back to the whole tree
+        should a run of it fail), else the whole tree (docs/design.md#the-delta-transfer)."""
+
+        def run(args: list[str]) -> Awaitable[Completed]:
+            transfer = functools.partial(
+                rsync.run, args, timeout=self.config.timeout, pass_fds=pass_fds
+            )
+            return self._retry(transfer, "rsync of the tree")
+
+        if change is not None:
+            self._log.info("stage 1 by change: %d paths", change.count)
+            try:
+                return await transfer_change(self.config, change, run)
+            except SyncError as err:
+                self._log.warning("the transfer by change failed (%s): the whole tree now", err)
+        return [await run(rsync.tree_args(self.config))]
 
     async def _read_upstream(self, pass_fds: tuple[int, ...] = ()) -> marker.Marker:
         """Fetch the upstream marker; refuse one that breaks the marker rules (permanent).
@@ -348,47 +367,3 @@ class Syncer:
                 receiver_state_path(self.config),
                 err.strerror,
             )
-
-
-def _may_have_leftovers(state: ReceiverState) -> bool:
-    """Whether the sync before this one may have left ``.~tmp~`` folders: it did not finish
-    (a crash leaves its in-progress note), failed or was cancelled, or there was none.
-
-    A completed rsync removes its own staging folders, so a tree whose last sync completed
-    need not be walked (a walk of a 100,000-file tree costs a noticeable fraction of a
-    no-change sync).
-    """
-    last = state.last_sync
-    if state.in_progress is not None or last is None:
-        return True
-    return last.result not in (SyncResult.SYNCED, SyncResult.UP_TO_DATE)
-
-
-async def sweep_left_tree(config: ReceiverConfig) -> None:
-    """Delete the ``.~tmp~`` folders that the last sync of ``config``'s tree may have left
-    (it was stopped, or failed), in a tree that no sync of this repository will visit again:
-    a reload removed the repository or moved its target. Waits for the tree's lock, so that
-    the stopped rsync has ended and no other sync is writing (docs/design.md, "Leftovers of
-    an interrupted sync"); a failure is only logged.
-    """
-    # Read at once: a successor of the same name shares the state file.
-    if not _may_have_leftovers(receiver_state.read(config)):
-        return
-    try:
-        async with lock.hold_waiting(config, tree_only=True):
-            await asyncio.to_thread(_remove_rsync_leftovers, config.target)
-    except OSError as err:
-        logger.warning("cannot sweep %s for rsync's leftovers: %s", config.target, err)
-
-
-def _remove_rsync_leftovers(target: Path) -> None:
-    """Delete ``.~tmp~`` folders that a killed rsync left behind.
-
-    See docs/design.md#leftovers-of-an-interrupted-sync.
-    """
-    for folder, subfolders, _files in os.walk(target):
-        if RSYNC_TMP_DIR in subfolders:
-            subfolders.remove(RSYNC_TMP_DIR)
-            leftover = Path(folder) / RSYNC_TMP_DIR
-            logger.info("removing %s left behind by an interrupted rsync", leftover)
-            shutil.rmtree(leftover, ignore_errors=True)

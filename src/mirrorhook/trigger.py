@@ -10,7 +10,9 @@ than ``Trigger.via``: the word the trace files and ``status`` show.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from mirrorhook.changes import Change
 
 
 class Via(enum.StrEnum):
@@ -38,11 +40,15 @@ class Trigger:
     detail: str = ""
     """For the logs only: ``from upstream.example.org, marker '2026-12-01T10:00:00Z'``. It
     holds fields of a request, so it never reaches a trace file."""
+    change: Change | None = field(default=None, compare=False)
+    """The change the signed announcement carried, checked (docs/design.md#changes)."""
 
     @classmethod
-    def announcement(cls, via: Via, source: str, marker: str | None) -> Trigger:
+    def announcement(
+        cls, via: Via, source: str, marker: str | None, change: Change | None = None
+    ) -> Trigger:
         """A trigger brought by an announcement from ``source`` naming ``marker``."""
-        return cls(via, f"from {source}, marker {marker!r}")
+        return cls(via, f"from {source}, marker {marker!r}", change)
 
     def __str__(self) -> str:
         return f"{self.via} {self.detail}" if self.detail else str(self.via)

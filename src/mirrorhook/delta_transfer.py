@@ -1,0 +1,56 @@
+"""The tree transfer of a sync by change (docs/design.md#the-delta-transfer): the full
+transfer's own rsync command (its flags, filters, excludes and ``--max-delete``) given the
+change's paths with ``--files-from``, a batch of at most 20,000 per run.
+
+It is used only when the change verified (it came in the signed announcement) and leads
+from the mirror's own marker to the one just read upstream; the sync engine falls back to
+the full transfer when it does not apply or when a run fails, so drift cannot last. The
+two-stage order is unchanged: the upstream marker is read first (an upstream without one
+is never synced from) and installed last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from mirrorhook import rsync
+from mirrorhook.changes import Change
+from mirrorhook.delta import batches, delta_rsync_args, transfer_units, write_list
+from mirrorhook.process import Completed
+from mirrorhook.receiver_config import ReceiverConfig
+
+Run = Callable[[list[str]], Awaitable[Completed]]
+"""Runs one rsync command (with the sync engine's retries and timeout)."""
+
+
+def applies(change: Change | None, local: str | None, upstream: str) -> bool:
+    """Whether ``change`` leads from the mirror's marker to the upstream's now."""
+    return change is not None and change.from_marker == local and change.to_marker == upstream
+
+
+async def transfer_change(config: ReceiverConfig, change: Change, run: Run) -> list[Completed]:
+    """Bring the tree from ``change.from_marker``'s content to ``change.to_marker``'s by
+    transferring only the paths it names; return each run's result (none for an empty
+    change)."""
+    full = rsync.tree_args(config)
+    cut = full.index("--")
+    results = []
+    for batch in batches(transfer_units(change)):
+        listing = await asyncio.to_thread(_list_file, config.state_dir, batch)
+        try:
+            results.append(await run([*full[:cut], *delta_rsync_args(listing), *full[cut:]]))
+        finally:
+            await asyncio.to_thread(listing.unlink, missing_ok=True)
+    return results
+
+
+def _list_file(folder: Path, paths: list[bytes]) -> Path:
+    """A new list file of ``paths`` in the state folder (never in the tree)."""
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".delta-", suffix=".list")
+    os.close(fd)
+    write_list(Path(name), paths)
+    return Path(name)
