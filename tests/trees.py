@@ -292,15 +292,21 @@ class Tree:
         nanoseconds check that times are carried exactly.
         """
         self.step += 1
-        second = BASE_TIME + 10 * self.step
+        settle(self.root, BASE_TIME + 10 * self.step)
         for path, facts in snapshot(self.root).entries.items():
             if facts.kind == "symlink" and _unsafe(path, facts.target or b""):
                 self.unsafe = True
-            # Entries this step wrote have the clock's time; touched ones are near 0.
-            if facts.mtime_ns >= second * 10**9 or facts.mtime_ns < BASE_TIME * 10**9:
-                nanoseconds = int.from_bytes(hashlib.sha256(path).digest()[:4], "big") % 10**9
-                stamp = second * 10**9 + nanoseconds
-                os.utime(self.full(path), ns=(stamp, stamp), follow_symlinks=False)
+
+
+def settle(root: bytes, second: int) -> None:
+    """Give each entry below ``root`` with a time of now (written since the last call) or
+    near 0 (touched) the time ``second`` plus nanoseconds from its path (see
+    ``Tree.settle``); ``second`` must be later than the last call's."""
+    for path, facts in snapshot(root).entries.items():
+        if facts.mtime_ns >= second * 10**9 or facts.mtime_ns < BASE_TIME * 10**9:
+            nanoseconds = int.from_bytes(hashlib.sha256(path).digest()[:4], "big") % 10**9
+            stamp = second * 10**9 + nanoseconds
+            os.utime(root + b"/" + path, ns=(stamp, stamp), follow_symlinks=False)
 
 
 def _unsafe(path: bytes, target: bytes) -> bool:
