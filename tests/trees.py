@@ -2,7 +2,7 @@
 
 ``Tree`` applies one operation of each kind a publish can make (files added, removed,
 renamed, rewritten; kinds swapped; symlinks retargeted; modes and owners changed; hard
-links made and broken) to a real folder, choosing with hypothesis's ``data``. ``snapshot``
+links made and broken; FIFOs) to a real folder, choosing with hypothesis's ``data``. ``snapshot``
 records everything ``rsync -aH`` is asked to keep, read with plain ``os`` calls, so the
 tests compare trees without the code under test.
 """
@@ -159,6 +159,11 @@ class Tree:
         if (path := self.new_path()) is not None:
             os.symlink(self.target(), self.full(path))
 
+    def add_fifo(self) -> None:
+        """A FIFO: ``rsync -a`` implies ``--specials`` and copies it."""
+        if (path := self.new_path()) is not None:
+            os.mkfifo(self.full(path), 0o640)
+
     def remove(self) -> None:
         if (path := self.pick(self.paths(), "remove")) is not None:
             _remove(self.full(path))
@@ -176,7 +181,10 @@ class Tree:
             full = self.full(path)
             size = os.lstat(full).st_size
             with open(full, "r+b") as file:
-                file.write(bytes((byte + 1) % 256 for byte in file.read(size)))
+                content = file.read(size)
+                file.seek(0)
+                file.write(bytes((byte + 1) % 256 for byte in content))
+            assert os.lstat(full).st_size == size
 
     def replace_file(self) -> None:
         """A new file renamed over an old one: a new inode, so its hard links break."""
@@ -249,6 +257,7 @@ class Tree:
         add_file,
         add_folder,
         add_symlink,
+        add_fifo,
         remove,
         rename,
         rewrite_same_size,
