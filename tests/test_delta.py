@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -25,8 +26,8 @@ from mirrorhook.delta import (
 from mirrorhook.manifest import Kind, Manifest, walk
 from mirrorhook.manifest_digest import digest
 from mirrorhook.receiver_config import ReceiverConfig
-from tests.helpers import receiver_config
-from tests.trees import Tree, snapshot
+from tests.helpers import RsyncDaemon, receiver_config
+from tests.trees import BASE_TIME, Tree, settle, snapshot
 
 FILE, FOLDER, SYMLINK = Kind.FILE, Kind.DIRECTORY, Kind.SYMLINK
 
@@ -202,3 +203,38 @@ def test_the_delta_keeps_the_full_transfers_max_delete(
     ran = subprocess.run([*full[:cut], *delta_rsync_args(listing), *full[cut:]], check=False)
     assert ran.returncode == 25
     assert len(list(mirrors.by_changes.iterdir())) == 1
+
+
+def test_a_change_applies_through_an_rsync_daemon_as_locally(
+    tmp_path: Path, config: ReceiverConfig, daemon: RsyncDaemon
+) -> None:
+    """The receiver's case: the list is read locally and sent to a daemon's sender. Names
+    that look like comments, a removed folder, a new folder and a mode change arrive as a
+    full transfer from the same daemon has them (the marker stays the receiver's own)."""
+    remote = dataclasses.replace(config, upstream=daemon.url)
+    copies = {name: tmp_path / name for name in ("by-changes", "in-full")}
+
+    def args(target: Path) -> list[str]:
+        return rsync.tree_args(dataclasses.replace(remote, target=target))
+
+    settle(_bytes(daemon.root), BASE_TIME + 10)  # see Tree.settle: times in the past
+    for copy in copies.values():
+        _run(args(copy))
+    before = walk(daemon.root, marker="1")
+    (daemon.root / "#hash").write_bytes(b"1")
+    (daemon.root / ";semi").mkdir()
+    (daemon.root / ";semi" / "x").write_bytes(b"2")
+    shutil.rmtree(daemon.root / "dir1")
+    (daemon.root / "dir2").chmod(0o700)
+    settle(_bytes(daemon.root), BASE_TIME + 20)
+    change = diff(before, walk(daemon.root, before, marker="2"))
+    full = args(copies["by-changes"])
+    cut = full.index("--")
+    listing = tmp_path / "list"
+    write_list(listing, batches(transfer_units(change))[0])
+    _run([*full[:cut], *delta_rsync_args(listing), *full[cut:]])
+    _run(args(copies["in-full"]))
+    by_changes = snapshot(_bytes(copies["by-changes"]))
+    assert by_changes == snapshot(_bytes(copies["in-full"]))
+    assert b"#hash" in by_changes.entries
+    assert b"dir1" not in by_changes.entries

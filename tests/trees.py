@@ -2,7 +2,7 @@
 
 ``Tree`` applies one operation of each kind a publish can make (files added, removed,
 renamed, rewritten; kinds swapped; symlinks retargeted; modes and owners changed; hard
-links made and broken) to a real folder, choosing with hypothesis's ``data``. ``snapshot``
+links made and broken; FIFOs) to a real folder, choosing with hypothesis's ``data``. ``snapshot``
 records everything ``rsync -aH`` is asked to keep, read with plain ``os`` calls, so the
 tests compare trees without the code under test.
 """
@@ -159,6 +159,11 @@ class Tree:
         if (path := self.new_path()) is not None:
             os.symlink(self.target(), self.full(path))
 
+    def add_fifo(self) -> None:
+        """A FIFO: ``rsync -a`` implies ``--specials`` and copies it."""
+        if (path := self.new_path()) is not None:
+            os.mkfifo(self.full(path), 0o640)
+
     def remove(self) -> None:
         if (path := self.pick(self.paths(), "remove")) is not None:
             _remove(self.full(path))
@@ -176,7 +181,10 @@ class Tree:
             full = self.full(path)
             size = os.lstat(full).st_size
             with open(full, "r+b") as file:
-                file.write(bytes((byte + 1) % 256 for byte in file.read(size)))
+                content = file.read(size)
+                file.seek(0)
+                file.write(bytes((byte + 1) % 256 for byte in content))
+            assert os.lstat(full).st_size == size
 
     def replace_file(self) -> None:
         """A new file renamed over an old one: a new inode, so its hard links break."""
@@ -249,6 +257,7 @@ class Tree:
         add_file,
         add_folder,
         add_symlink,
+        add_fifo,
         remove,
         rename,
         rewrite_same_size,
@@ -292,15 +301,21 @@ class Tree:
         nanoseconds check that times are carried exactly.
         """
         self.step += 1
-        second = BASE_TIME + 10 * self.step
+        settle(self.root, BASE_TIME + 10 * self.step)
         for path, facts in snapshot(self.root).entries.items():
             if facts.kind == "symlink" and _unsafe(path, facts.target or b""):
                 self.unsafe = True
-            # Entries this step wrote have the clock's time; touched ones are near 0.
-            if facts.mtime_ns >= second * 10**9 or facts.mtime_ns < BASE_TIME * 10**9:
-                nanoseconds = int.from_bytes(hashlib.sha256(path).digest()[:4], "big") % 10**9
-                stamp = second * 10**9 + nanoseconds
-                os.utime(self.full(path), ns=(stamp, stamp), follow_symlinks=False)
+
+
+def settle(root: bytes, second: int) -> None:
+    """Give each entry below ``root`` with a time of now (written since the last call) or
+    near 0 (touched) the time ``second`` plus nanoseconds from its path (see
+    ``Tree.settle``); ``second`` must be later than the last call's."""
+    for path, facts in snapshot(root).entries.items():
+        if facts.mtime_ns >= second * 10**9 or facts.mtime_ns < BASE_TIME * 10**9:
+            nanoseconds = int.from_bytes(hashlib.sha256(path).digest()[:4], "big") % 10**9
+            stamp = second * 10**9 + nanoseconds
+            os.utime(root + b"/" + path, ns=(stamp, stamp), follow_symlinks=False)
 
 
 def _unsafe(path: bytes, target: bytes) -> bool:
