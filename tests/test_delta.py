@@ -19,6 +19,7 @@ from mirrorhook.changes import Change, decode_change, diff
 from mirrorhook.delta import (
     BATCH_LIMIT,
     batches,
+    daemon_base,
     delta_rsync_args,
     transfer_units,
     write_list,
@@ -238,3 +239,23 @@ def test_a_change_applies_through_an_rsync_daemon_as_locally(
     assert by_changes == snapshot(_bytes(copies["in-full"]))
     assert b"#hash" in by_changes.entries
     assert b"dir1" not in by_changes.entries
+
+
+@pytest.mark.parametrize(
+    ("source", "named", "base"),
+    [
+        ("rsync://up.example.org/pub/ius/", "rsync://up.example.org/pub/", b"ius/"),
+        ("rsync://up:8730/pub/a/b/", "rsync://up:8730/pub/", b"a/b/"),
+        ("up.example.org::pub/ius/", "up.example.org::pub/", b"ius/"),
+        ("rsync://up.example.org/pub/", "rsync://up.example.org/pub/", b""),
+        ("mirror@up.example.org:/srv/ius/", "mirror@up.example.org:/srv/ius/", b""),
+        ("/srv/ius/", "/srv/ius/", b""),
+    ],
+)
+def test_a_daemon_source_below_a_module_is_named_by_its_root(
+    source: str, named: str, base: bytes
+) -> None:
+    """rsync's daemon finds --files-from entries only below a module's root (the hub test
+    of a host-form receiver caught it: every entry 'vanished'); entries then carry the
+    subfolder before the /./ that -R keeps what follows of."""
+    assert daemon_base(source) == (named, base)

@@ -88,10 +88,35 @@ def batches(units: Sequence[tuple[bytes, ...]], limit: int = BATCH_LIMIT) -> lis
     return runs
 
 
-def write_list(path: Path, paths: Iterable[bytes]) -> None:
-    """Write the ``--files-from`` list of one run: ``./PATH`` each, NUL-terminated, in a
-    file only its owner can read."""
-    data = b"".join(b"./" + item + b"\0" for item in paths)
+def write_list(path: Path, paths: Iterable[bytes], base: bytes = b"") -> None:
+    """Write the ``--files-from`` list of one run: ``BASE./PATH`` each (``base`` from
+    ``daemon_base``), NUL-terminated, in a file only its owner can read."""
+    data = b"".join(base + b"./" + item + b"\0" for item in paths)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as file:
         file.write(data)
+
+
+def daemon_base(source: str) -> tuple[str, bytes]:
+    """The source a delta run names, and what its list entries start with.
+
+    An rsync daemon (3.5.0) finds ``--files-from`` entries only below a module's root: with
+    a source inside a module (``rsync://HOST/MODULE/SUB/``, ``HOST::MODULE/SUB/``) every
+    entry "vanishes" (exit 24, nothing sent). So such a run names the module's root and
+    writes each entry ``SUB/./PATH``: ``-R`` keeps what follows ``/./``. Other sources are
+    used as they are.
+    """
+    if source.startswith("rsync://"):
+        head, _, rest = source.removeprefix("rsync://").partition("/")
+        module, _, sub = rest.partition("/")
+        root = f"rsync://{head}/{module}/"
+    elif "::" in source.split("/", 1)[0]:
+        host, _, rest = source.partition("::")
+        module, _, sub = rest.partition("/")
+        root = f"{host}::{module}/"
+    else:
+        return source, b""
+    sub = sub.strip("/")
+    if not sub:
+        return source, b""
+    return root, os.fsencode(sub) + b"/"

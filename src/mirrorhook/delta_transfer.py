@@ -19,7 +19,13 @@ from pathlib import Path
 
 from mirrorhook import rsync
 from mirrorhook.changes import Change
-from mirrorhook.delta import batches, delta_rsync_args, transfer_units, write_list
+from mirrorhook.delta import (
+    batches,
+    daemon_base,
+    delta_rsync_args,
+    transfer_units,
+    write_list,
+)
 from mirrorhook.process import Completed
 from mirrorhook.receiver_config import ReceiverConfig
 
@@ -38,19 +44,21 @@ async def transfer_change(config: ReceiverConfig, change: Change, run: Run) -> l
     change)."""
     full = rsync.tree_args(config)
     cut = full.index("--")
+    source, base = daemon_base(full[cut + 1])
+    tail = ["--", source, *full[cut + 2 :]]
     results = []
     for batch in batches(transfer_units(change)):
-        listing = await asyncio.to_thread(_list_file, config.state_dir, batch)
+        listing = await asyncio.to_thread(_list_file, config.state_dir, batch, base)
         try:
-            results.append(await run([*full[:cut], *delta_rsync_args(listing), *full[cut:]]))
+            results.append(await run([*full[:cut], *delta_rsync_args(listing), *tail]))
         finally:
             await asyncio.to_thread(listing.unlink, missing_ok=True)
     return results
 
 
-def _list_file(folder: Path, paths: list[bytes]) -> Path:
+def _list_file(folder: Path, paths: list[bytes], base: bytes) -> Path:
     """A new list file of ``paths`` in the state folder (never in the tree)."""
     fd, name = tempfile.mkstemp(dir=folder, prefix=".delta-", suffix=".list")
     os.close(fd)
-    write_list(Path(name), paths)
+    write_list(Path(name), paths, base)
     return Path(name)
