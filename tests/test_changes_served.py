@@ -16,10 +16,13 @@ from typing import Any
 import pytest
 
 from mirrorhook import signing
-from mirrorhook.changes import decode_change
+from mirrorhook.changes import Change, decode_change
+from mirrorhook.delta_transfer import transfer_change
+from mirrorhook.errors import SyncError
 from mirrorhook.keys import parse_public_keys
 from mirrorhook.manifest import Kind
 from mirrorhook.manifest_format import decode_manifest
+from mirrorhook.process import Completed
 from tests.helpers import (
     Processes,
     RsyncDaemon,
@@ -29,6 +32,7 @@ from tests.helpers import (
     make_upstream,
     marker_of,
     publish,
+    receiver_config,
     receiver_toml,
     tree_invocations,
     wait_for_port,
@@ -186,3 +190,22 @@ def assert_same_tree(upstream: Path, mirror: Path) -> None:
                 taken.entries[path] = dataclasses.replace(facts, mtime_ns=0)
     assert theirs.entries == ours.entries
     assert theirs.links == ours.links
+
+
+async def test_a_path_of_the_change_vanished_upstream_fails_the_transfer_by_change(
+    tmp_path: Path,
+) -> None:
+    """rsync's exit 24 completes a full transfer (the marker re-read decides); in a transfer
+    by change it means the change does not match the upstream: the engine then compares
+    the whole tree (a stand-in for rsync: real rsync cannot be made to vanish a file on
+    demand between the listing and the send)."""
+    config = receiver_config(tmp_path, upstream="rsync://127.0.0.1:9/up/").receiver
+    assert config is not None
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    change = Change("1", "2", ((b"a.rpm", Kind.FILE),), ())
+
+    async def vanished(_args: list[str]) -> Completed:
+        return Completed(24, ('file has vanished: "/a.rpm"',), ())
+
+    with pytest.raises(SyncError, match="vanished upstream"):
+        await transfer_change(config, change, vanished)

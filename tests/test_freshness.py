@@ -435,6 +435,8 @@ async def test_the_checker_says_when_each_mirror_is_checked_next(
             assert due["b"] == pytest.approx(published + 30.0, abs=0.5)
             checker.check_soon(config.mirrors[1])  # a report asks
             assert checker.next_checks()["b"] is None
+            # Its check done before the servers stop (a file answer cut short is unclosed).
+            await until(lambda: checker.next_checks()["b"] is not None)
 
 
 async def test_the_same_marker_announced_again_does_not_restart_the_checks(

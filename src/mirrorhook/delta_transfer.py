@@ -26,6 +26,7 @@ from mirrorhook.delta import (
     transfer_units,
     write_list,
 )
+from mirrorhook.errors import SyncError
 from mirrorhook.process import Completed
 from mirrorhook.receiver_config import ReceiverConfig
 
@@ -50,7 +51,13 @@ async def transfer_change(config: ReceiverConfig, change: Change, run: Run) -> l
     for batch in batches(transfer_units(change)):
         listing = await asyncio.to_thread(_list_file, config.state_dir, batch, base)
         try:
-            results.append(await run([*full[:cut], *delta_rsync_args(listing), *tail]))
+            result = await run([*full[:cut], *delta_rsync_args(listing), *tail])
+            if result.returncode == rsync.VANISHED:
+                # The full transfer takes 24 for a publish under way (the marker re-read
+                # decides); here a listed path is missing: the change does not match the
+                # upstream, and the whole tree must be compared.
+                raise SyncError("a path the change names vanished upstream")
+            results.append(result)
         finally:
             await asyncio.to_thread(listing.unlink, missing_ok=True)
     return results
