@@ -119,8 +119,12 @@ def test_a_publish_is_announced_with_its_change_and_the_changes_are_served_signe
     assert (tmp_path / "state" / "manifests").is_dir()
 
 
+@pytest.mark.parametrize(
+    "full_sync_interval",
+    [pytest.param(86400, id="by-change"), pytest.param(0.001, id="whole-tree-due")],
+)
 def test_a_mirror_one_publish_behind_syncs_by_the_change_and_ends_as_the_full_transfer_would(
-    tmp_path: Path, processes: Processes, daemon: RsyncDaemon
+    tmp_path: Path, processes: Processes, daemon: RsyncDaemon, full_sync_interval: float
 ) -> None:
     """The webhook carries the change inline; the receiver's tree transfer is rsync with
     --files-from of its paths, and the tree then equals the upstream's (contents, modes,
@@ -138,6 +142,7 @@ def test_a_mirror_one_publish_behind_syncs_by_the_change_and_ends_as_the_full_tr
         secret_file=None,
         public_key_file=str(public),
         rsync=str(wrapper),
+        full_sync_interval=full_sync_interval,
     )
     processes.serve(mirror, "mirror")
     wait_for_port(hook)
@@ -168,11 +173,15 @@ def test_a_mirror_one_publish_behind_syncs_by_the_change_and_ends_as_the_full_tr
     wait_until(lambda: marker_of(tree) == "2", what="the sync by change")
     runs = tree_invocations(log)[full_runs:]
     assert len(runs) == 1, runs
-    assert "--files-from=" in runs[0]
-    assert "--delete-missing-args" in runs[0]
-    # Four entries, the three folders whose mtimes they moved, and the marker (which the
-    # transfer excludes, as the full one does).
-    assert "stage 1 by change: 8 paths" in processes.log("mirror")
+    if full_sync_interval < 1:  # a whole transfer is due: the change is not used
+        assert "--files-from=" not in runs[0]
+        assert "by change" not in processes.log("mirror")
+    else:
+        assert "--files-from=" in runs[0]
+        assert "--delete-missing-args" in runs[0]
+        # Four entries, the three folders whose mtimes they moved, and the marker (which
+        # the transfer excludes, as the full one does).
+        assert "stage 1 by change: 8 paths" in processes.log("mirror")
     assert_same_tree(daemon.root, tree)
 
 

@@ -103,6 +103,9 @@ class ReceiverConfig:
     public_key_file: Path | None = None
     max_changes: int = 100_000
     """Paths a change may name and still be applied (docs/design.md#the-delta-transfer)."""
+    full_sync_interval: float = 86400.0
+    """Seconds after which a sync transfers the whole tree whatever change it was given
+    (0: only when no change applies)."""
     subscribe: tuple[Subscription, ...] = ()
     """Where the repository hears of publishes without a webhook (docs/design.md#subscriptions)."""
     mqtt_username: str | None = None
@@ -169,6 +172,7 @@ _PER_REPO: dict[str, Check] = {
     "lastsync": tree_file,
     "public_key_file": absolute_path,
     "max_changes": positive_int,
+    "full_sync_interval": duration,
     "subscribe": subscription_list,
     "mqtt_username": string,
     "mqtt_password_file": absolute_path,

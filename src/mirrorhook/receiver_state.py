@@ -247,6 +247,8 @@ class ReceiverState:
     daemon: DaemonNote | None = None
     last_hook: HookNote | None = None
     report: ReportTo | None = None
+    last_whole: str | None = None
+    """When a sync last completed by transferring the whole tree (not a change)."""
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> Self:
@@ -257,6 +259,7 @@ class ReceiverState:
             daemon=_entry(DaemonNote.from_json, document.get("daemon")),
             last_hook=_entry(HookNote.from_json, document.get("last_hook")),
             report=_entry(ReportTo.from_json, document.get("report")),
+            last_whole=text_or_none(document.get("last_whole")),
         )
 
 
@@ -285,12 +288,21 @@ async def begin_sync(config: ReceiverConfig, note: InProgress) -> ReceiverState:
     return await _update(config, {"in_progress": _as_json(note)})
 
 
-async def end_sync(config: ReceiverConfig, last: LastSync, *, success_at: str | None) -> None:
+async def end_sync(
+    config: ReceiverConfig,
+    last: LastSync,
+    *,
+    success_at: str | None,
+    whole_at: str | None = None,
+) -> None:
     """Record a sync's outcome and drop its in-progress note, durably; ``success_at`` is
-    the time of a sync that left the tree complete (``None`` for one that did not)."""
+    the time of a sync that left the tree complete (``None`` for one that did not),
+    ``whole_at`` that of one that did so by transferring the whole tree."""
     changes: dict[str, Any] = {"in_progress": None, "last_sync": _as_json(last)}
     if success_at is not None:
         changes["last_success"] = success_at
+    if whole_at is not None:
+        changes["last_whole"] = whole_at
     await _update(config, changes)
 
 

@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -45,6 +46,7 @@ from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.receiver_state import (
     InProgress,
     LastSync,
+    ReceiverState,
     SyncResult,
     receiver_state_path,
 )
@@ -71,6 +73,8 @@ class Report:
     """What the tree transfers received, from rsync's ``--stats``."""
     rsync_seconds: float = 0.0
     """Wall time of the tree transfers, retries included."""
+    whole: bool = False
+    """Whether the last round transferred the whole tree (not a change)."""
 
 
 class Syncer:
@@ -138,10 +142,12 @@ class Syncer:
             if_changed=if_changed,
             sweep=may_have_leftovers(before),
             pass_fds=lock_fds,
-            change=trigger.change,
+            change=None if _whole_due(self.config, before, self._clock()) else trigger.change,
         )
         report = await self._recorded(trigger, started, work)
-        await self._finish(trigger, started, report.result, marker_value=report.marker)
+        await self._finish(
+            trigger, started, report.result, marker_value=report.marker, whole=report.whole
+        )
         await self._write_traces(trigger, started, report)
         if report.result is SyncResult.UP_TO_DATE:
             self._log.info("already up to date with upstream marker %r", report.marker)
@@ -245,7 +251,8 @@ class Syncer:
                 self._log.info("stage 2: installing marker %r", again.value)
                 with self.metrics.time_stage("install"):
                     write_atomic(config.target / config.marker, again.data, mtime=again.mtime)
-                return Report(SyncResult.SYNCED, again.value, round_number, received, spent)
+                whole = by_change is None
+                return Report(SyncResult.SYNCED, again.value, round_number, received, spent, whole)
             self._log.info(
                 "upstream marker moved from %r to %r during stage 1: transferring again",
                 upstream.value,
@@ -338,6 +345,7 @@ class Syncer:
         *,
         marker_value: str | None = None,
         error: SyncError | None = None,
+        whole: bool = False,
     ) -> None:
         finished = self._clock()
         rsync_error = error if isinstance(error, RsyncError) else None
@@ -358,7 +366,10 @@ class Syncer:
             self.metrics.set_marker("local", self.local_marker())
         try:
             success_at = iso_time(finished) if succeeded else None
-            await receiver_state.end_sync(self.config, last, success_at=success_at)
+            whole_at = success_at if whole else None
+            await receiver_state.end_sync(
+                self.config, last, success_at=success_at, whole_at=whole_at
+            )
         except OSError as err:
             # The tree and its marker are what they are; only `status` misses this outcome.
             self._log.error(
@@ -367,3 +378,17 @@ class Syncer:
                 receiver_state_path(self.config),
                 err.strerror,
             )
+
+
+def _whole_due(config: ReceiverConfig, before: ReceiverState, now: float) -> bool:
+    """Whether this sync must transfer the whole tree whatever change it was given: every
+    ``full_sync_interval`` (0: never for that reason), so that drift cannot last."""
+    if config.full_sync_interval <= 0:
+        return False
+    if before.last_whole is None:
+        return True
+    try:
+        last = datetime.fromisoformat(before.last_whole).timestamp()
+    except ValueError:
+        return True
+    return now - last >= config.full_sync_interval
