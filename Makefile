@@ -74,7 +74,7 @@ tools:
 # start their own on loopback, never the system services.
 brokers:
 	@sh scripts/install-debs.sh mosquitto=mosquitto mosquitto_sub=mosquitto-clients \
-		nats-server=nats-server \
+		nats-server=nats-server openssl=openssl \
 		|| echo "no brokers: the MQTT tests will be skipped" >&2
 
 lint: venv

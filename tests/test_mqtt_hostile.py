@@ -35,7 +35,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = [
     pytest.mark.slow,
-    needs("mosquitto", "mosquitto_pub", "mosquitto_passwd", "openssl", package="mosquitto"),
+    needs(
+        "mosquitto", "mosquitto_pub", "mosquitto_passwd", "openssl", package="mosquitto, openssl"
+    ),
 ]
 
 TOPIC = "mirrorhook/upstream.example.org/upstream.example.org"

@@ -15,15 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import urllib.parse
-from collections.abc import Callable
 
 import aiomqtt
 
 from mirrorhook.envelope import Envelope
 from mirrorhook.mqtt_config import BrokerSettings
 from mirrorhook.retry import Backoff, Sleep, forever
-from mirrorhook.subscribe_mqtt import CONNECT_TIMEOUT, KEEPALIVE, mqtt_port, tls_context
+from mirrorhook.subscribe_mqtt import mqtt_client
 
 logger = logging.getLogger(__name__)
 
@@ -42,20 +40,15 @@ class Broker:
         *,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
-        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self._publisher = publisher
         self._sleep = sleep
         self._backoff = Backoff(first=1.0, cap=60.0, rng=rng or random.Random())
-        self._on_change = on_change
         self.latest: dict[str | None, Envelope] = {}
         self._unsent: set[str | None] = set()
         self._wake = asyncio.Event()
         self._failures = 0
-        self.connected = False
-        self.published = 0
-        self.last_error: str | None = None
 
     def announce(self, repo: str | None, envelope: Envelope) -> None:
         """Take the newest announcement of ``repo``; never waits."""
@@ -79,21 +72,11 @@ class Broker:
 
     async def _connected_once(self) -> None:
         settings = self.settings
-        parts = urllib.parse.urlsplit(settings.url)
-        client = aiomqtt.Client(
-            parts.hostname or "",
-            mqtt_port(parts),
-            username=settings.username,
-            password=None if settings.password is None else settings.password.value,
-            tls_context=tls_context(parts.scheme, settings.ca_file),
-            timeout=CONNECT_TIMEOUT,
-            keepalive=KEEPALIVE,
-        )
+        client = mqtt_client(settings.url, settings.username, settings.password, settings.ca_file)
         try:
             async with client:
-                self.connected, self.last_error, self._failures = True, None, 0
+                self._failures = 0
                 logger.info("connected to the MQTT broker %s", settings.url)
-                self._on_change()
                 self._unsent.update(self.latest)  # republished after every (re)connect
                 self._wake.set()
                 # Nothing is subscribed to: the message iterator ends only when the
@@ -103,10 +86,8 @@ class Broker:
                     await self._publish_until(client, lost)
                 finally:
                     lost.cancel()
-        except (aiomqtt.MqttError, OSError, TimeoutError) as err:
-            self.connected, self.last_error = False, str(err) or type(err).__name__
+        except (aiomqtt.MqttError, OSError, TimeoutError):
             self._failures += 1
-            self._on_change()
             raise
 
     async def _publish_until(
@@ -131,7 +112,6 @@ class Broker:
         await client.publish(
             self.topic(repo), envelope.encode(), qos=1, retain=True, timeout=PUBLISH_TIMEOUT
         )
-        self.published += 1
         if self.settings.poke_topic is not None:
             poke = self.settings.topic_of(self.settings.poke_topic, self._publisher, repo)
             payload = (repo or self._publisher).encode()

@@ -83,16 +83,11 @@ def _keeper(request: web.Request) -> tuple[ManifestKeeper, SigningKey]:
 
 
 def _tree(publishers: PublisherHost, name: str) -> PublisherConfig:
-    if publishers.single:
-        tree = publishers.repos[0]
-        if name in (tree.name, tree.label):
-            return tree
-        names = sorted({tree.name, tree.label})
-    else:
-        if (found := publishers.named(name)) is not None:
-            return found
-        names = [str(tree.repo) for tree in publishers.repos]
-    raise web.HTTPNotFound(text=f"no repository {name!r} here; there are {', '.join(names)}\n")
+    if (tree := publishers.called(name)) is None:
+        raise web.HTTPNotFound(
+            text=f"no repository {name!r} here; there are {', '.join(publishers.names())}\n"
+        )
+    return tree
 
 
 def _signed(body: bytes, key: SigningKey, content_type: str) -> web.Response:

@@ -293,18 +293,12 @@ def asked(publishers: PublisherHost, query: Mapping[str, str]) -> list[str | Non
         names = list(query.getall("repo", []))
     else:
         names = [query["repo"]] if "repo" in query else []
-    trees = publishers.repos
-    if publishers.single:
-        known = {trees[0].name, trees[0].label}
-        if all(name in known for name in names):
-            return [None]
-        listed = sorted(known)
-    else:
-        if not names:
-            return [tree.repo for tree in trees]
-        found = [publishers.named(name) for name in names]
-        if all(tree is not None for tree in found):
-            return [tree.repo for tree in found if tree is not None]
-        listed = [str(tree.repo) for tree in trees]
-    unknown = next(name for name in names if publishers.single or publishers.named(name) is None)
-    raise web.HTTPNotFound(text=f"no repository {unknown!r} here; there are {', '.join(listed)}\n")
+    if not names:
+        return [tree.repo for tree in publishers.repos]
+    found = []
+    for name in names:
+        if (tree := publishers.called(name)) is None:
+            listed = ", ".join(publishers.names())
+            raise web.HTTPNotFound(text=f"no repository {name!r} here; there are {listed}\n")
+        found.append(tree.repo)
+    return found

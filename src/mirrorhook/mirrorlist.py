@@ -176,22 +176,17 @@ def tree_of(request: web.Request) -> PublisherConfig:
     ``.repo`` file serves whichever form the upstream runs; without ``repo``, the one tree."""
     publishers = request.app[UPSTREAM].running()
     name = request.query.get("repo")
-    if publishers.single:
-        tree = publishers.repos[0]
-        names = sorted({tree.name, tree.label})
-        if name is None or name in names:
-            return tree
-    else:
-        names = [str(tree.repo) for tree in publishers.repos]
-        if name is None:
-            if len(publishers.repos) == 1:
-                return publishers.repos[0]
-            raise web.HTTPBadRequest(
-                text=f"name the repository: ?repo=NAME, one of {', '.join(names)}\n"
-            )
-        if (found := publishers.named(name)) is not None:
-            return found
-    raise web.HTTPNotFound(text=f"no repository {name!r} here; there are {', '.join(names)}\n")
+    if name is None:
+        if len(publishers.repos) == 1:
+            return publishers.repos[0]
+        raise web.HTTPBadRequest(
+            text=f"name the repository: ?repo=NAME, one of {', '.join(publishers.names())}\n"
+        )
+    if (found := publishers.called(name)) is not None:
+        return found
+    raise web.HTTPNotFound(
+        text=f"no repository {name!r} here; there are {', '.join(publishers.names())}\n"
+    )
 
 
 def _listed(

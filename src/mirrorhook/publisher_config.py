@@ -136,6 +136,21 @@ class PublisherHost:
         """The repository called ``name``, if there is one."""
         return next((repo for repo in self.repos if repo.repo == name), None)
 
+    def called(self, name: str) -> PublisherConfig | None:
+        """The tree a URL's ``name`` means: a repository of the host form; the single
+        form's one tree by the publisher's ``name`` or its ``label`` (its root folder's),
+        so that one URL serves whichever form the upstream runs."""
+        if self.single:
+            tree = self.repos[0]
+            return tree if name in (tree.name, tree.label) else None
+        return self.named(name)
+
+    def names(self) -> list[str]:
+        """What ``called`` answers to, for an error that lists them."""
+        if self.single:
+            return sorted({self.repos[0].name, self.repos[0].label})
+        return [str(tree.repo) for tree in self.repos]
+
 
 Check = Callable[[Any], Any]
 Hub = tuple[Path, str]

@@ -13,6 +13,7 @@ import ssl
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 
@@ -39,6 +40,28 @@ def tls_context(scheme: str, ca_file: Path | None) -> ssl.SSLContext | None:
     return ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
 
 
+def mqtt_client(
+    url: str,
+    username: str | None,
+    password: Password | None,
+    ca_file: Path | None,
+    **options: Any,
+) -> aiomqtt.Client:
+    """A client of the broker at ``url`` (``mqtt://`` or ``mqtts://HOST[:PORT]``) with the
+    timeouts both sides use: the publisher's broker transport and a mirror's subscription."""
+    parts = urllib.parse.urlsplit(url)
+    return aiomqtt.Client(
+        parts.hostname or "",
+        mqtt_port(parts),
+        username=username,
+        password=None if password is None else password.value,
+        tls_context=tls_context(parts.scheme, ca_file),
+        timeout=CONNECT_TIMEOUT,
+        keepalive=KEEPALIVE,
+        **options,
+    )
+
+
 class MqttTransport:
     """Follows one broker topic with the repository's credentials."""
 
@@ -55,16 +78,12 @@ class MqttTransport:
     async def __call__(
         self, subscription: Subscription, seen: Seen, connected: Callable[[], None], take: Take
     ) -> None:
-        parts = urllib.parse.urlsplit(subscription.url)
-        client = aiomqtt.Client(
-            parts.hostname or "",
-            mqtt_port(parts),
-            username=self._username,
-            password=None if self._password is None else self._password.value,
-            tls_context=tls_context(parts.scheme, self._ca_file),
+        client = mqtt_client(
+            subscription.url,
+            self._username,
+            self._password,
+            self._ca_file,
             clean_session=True,
-            timeout=CONNECT_TIMEOUT,
-            keepalive=KEEPALIVE,
             max_queued_incoming_messages=MAX_QUEUED,
         )
         try:
