@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,51 @@ def test_a_tree_that_cannot_be_opened_is_an_error(tmp_path: Path) -> None:
 def test_the_walk_uses_the_clock_for_the_creation_time(tmp_path: Path) -> None:
     assert walk(tmp_path, marker="1", clock=lambda: 1234.5).created == 1234.5
     assert stat.S_ISDIR(os.lstat(tmp_path).st_mode)
+
+
+def _later_than(path: Path) -> None:
+    """Wait until the filesystem's clock has moved past ``path``'s ctime, so what is written
+    next is seen as written after it. File times come from the kernel's coarse clock, a
+    tick (1 to 10 ms) behind: 20 ms past it is past it."""
+    since = path.stat().st_ctime_ns + 20_000_000
+    while time.time_ns() <= since:
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("change", ["written", "removed", "folder added"])
+def test_a_walk_that_meets_the_tree_changed_after_since_is_not_settled(
+    tmp_path: Path, change: str
+) -> None:
+    """What changed after ``since_ns`` (the marker's ctime, for a publisher) is not part of
+    the marker's publish: a file written, a name removed (its folder changed), a folder
+    made. The same tree without the change is settled."""
+    (tmp_path / "dir").mkdir()
+    _write(tmp_path, b"dir/old")
+    _write(tmp_path, b"CURRENT", b"1\n")
+    since = (tmp_path / "CURRENT").stat().st_ctime_ns
+    assert walk(tmp_path, marker="1", since_ns=since).settled
+    _later_than(tmp_path / "CURRENT")
+    if change == "written":
+        _write(tmp_path, b"dir/old", b"rewritten")
+    elif change == "removed":
+        (tmp_path / "dir" / "old").unlink()
+    else:
+        (tmp_path / "dir" / "sub").mkdir()
+    assert not walk(tmp_path, marker="1", since_ns=since).settled
+
+
+def test_exempt_files_and_their_folder_do_not_unsettle_a_walk(tmp_path: Path) -> None:
+    """A hub's receiver writes its trace and lastsync after the marker: they, and the
+    folders they are renamed into, are no publish under way; anything else still is."""
+    (tmp_path / "project" / "trace").mkdir(parents=True)
+    _write(tmp_path, b"CURRENT", b"1\n")
+    since = (tmp_path / "CURRENT").stat().st_ctime_ns
+    _later_than(tmp_path / "CURRENT")
+    _write(tmp_path, b"project/trace/.tmp", b"trace")
+    (tmp_path / "project" / "trace" / ".tmp").rename(tmp_path / "project" / "trace" / "hub")
+    _write(tmp_path, b"lastsync", b"1700000000\n")
+    exempt = frozenset({b"project/trace/hub", b"lastsync"})
+    assert walk(tmp_path, marker="1", since_ns=since, exempt=exempt).settled
+    assert not walk(tmp_path, marker="1", since_ns=since, exempt=frozenset({b"lastsync"})).settled
+    _write(tmp_path, b"project/other")
+    assert not walk(tmp_path, marker="1", since_ns=since, exempt=exempt).settled

@@ -3,6 +3,7 @@ can hold, and refusals of what is not a whole, sound manifest file."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 import zlib
@@ -94,6 +95,21 @@ def test_the_header_says_what_the_file_holds() -> None:
 def test_an_empty_manifest_survives_the_round_trip() -> None:
     empty = Manifest(marker="1", created=0.0, entries=())
     assert decode_manifest(encode_manifest(empty)) == empty
+
+
+def test_a_manifest_says_whether_its_walk_was_settled() -> None:
+    """An unsettled manifest stays one on disk and on the wire; a header without the field
+    (written before it was) is taken as unsettled: nothing is known of its walk."""
+    unsettled = dataclasses.replace(_sample(), settled=False)
+    assert decode_manifest(encode_manifest(unsettled)).settled is False
+    assert decode_manifest(encode_manifest(_sample())).settled is True
+    data = encode_manifest(_sample())
+    header = read_header(data)
+    del header["settled"], header["size"]
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    length = struct.unpack_from(">I", data, 5)[0]
+    body = data[:5] + struct.pack(">I", len(raw)) + raw + data[9 + length : -4]
+    assert decode_manifest(body + struct.pack(">I", zlib.crc32(body))).settled is False
 
 
 def test_every_truncation_is_refused() -> None:

@@ -164,9 +164,11 @@ def test_bounds_are_inclusive(tmp_path: Path) -> None:
     assert refusal(current).reason == "its value is longer than 1024 bytes"
 
 
-def test_load_keeps_the_bytes_and_the_mtime(tmp_path: Path) -> None:
-    """What the receiver installs: the file's exact bytes and its modification time."""
+def test_load_keeps_the_bytes_the_mtime_and_the_ctime(tmp_path: Path) -> None:
+    """What the receiver installs: the file's exact bytes and its modification time; and
+    when it was written, which a publisher's manifest is checked against."""
     current = tmp_path / "CURRENT"
     current.write_bytes(b"42\n")
     os.utime(current, (1_700_000_000, 1_700_000_000))
-    assert marker.load(current) == marker.Marker("42", b"42\n", 1_700_000_000.0)
+    changed = current.stat().st_ctime_ns
+    assert marker.load(current) == marker.Marker("42", b"42\n", 1_700_000_000.0, changed)

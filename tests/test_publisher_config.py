@@ -66,6 +66,22 @@ def test_a_hub_repository_announces_the_tree_it_mirrors(tmp_path: Path) -> None:
     assert host is not None
     assert host.repos[0].root == tmp_path / "srv/ius"
     assert host.repos[0].marker == "lastupdate"  # the marker the hub installs
+    assert host.repos[0].after_marker == ()
+
+
+def test_a_hubs_trace_and_lastsync_are_written_after_the_marker(tmp_path: Path) -> None:
+    """The files the hub's receiver writes in the published tree once the marker is in:
+    the publisher's walk must not take them for a publish under way."""
+    path = write(
+        tmp_path,
+        HUB.replace(
+            'target = "TMP/srv/ius"\n',
+            'target = "TMP/srv/ius"\ntrace = "project/trace/hub"\nlastsync = "lastsync"\n',
+        ),
+    )
+    host = load_config(path).publishers
+    assert host is not None
+    assert host.repos[0].after_marker == ("project/trace/hub", "lastsync")
 
 
 def test_problems_are_named_by_repository(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,24 @@ def _hubs(document: dict[str, Any], receivers: ReceiverHost | None) -> dict[str,
     return hubs
 
 
+def _with_hub_files(
+    publishers: PublisherHost | None, receivers: ReceiverHost | None
+) -> PublisherHost | None:
+    """The published trees, each with the files that this host's receiver writes in it
+    after the marker (``after_marker``): a hub's trace and lastsync."""
+    if publishers is None or receivers is None:
+        return publishers
+    written = {
+        os.path.normpath(repo.target): tuple(name for name in (repo.trace, repo.lastsync) if name)
+        for repo in repositories(receivers)
+    }
+    trees = tuple(
+        replace(tree, after_marker=written.get(os.path.normpath(tree.root), ()))
+        for tree in publishers.repos
+    )
+    return replace(publishers, repos=trees)
+
+
 def load_config(path: Path) -> Config:
     """Read and validate ``path``; raise ``ConfigError`` listing every problem found."""
     return parse_config(path, read_config_text(path))
@@ -131,7 +149,7 @@ def parse_config(path: Path, text: str) -> Config:
     if "receiver" in document and (table := root.table("receiver")) is not None:
         receivers = parse_receiver(table)
     if "publisher" in document and (table := root.table("publisher")) is not None:
-        publishers = parse_publisher(table, _hubs(document, receivers))
+        publishers = _with_hub_files(parse_publisher(table, _hubs(document, receivers)), receivers)
     root.finish(known=("receiver", "publisher"))
     if not problems and receivers is None and publishers is None:
         problems.append(f"{path}: neither a [receiver] nor a [publisher] section: nothing to run")

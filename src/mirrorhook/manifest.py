@@ -74,6 +74,11 @@ class Manifest:
     created: float
     """When the walk began (Unix time)."""
     entries: tuple[Entry, ...]
+    settled: bool = True
+    """Whether the walk met the tree as the marker's publish left it: no entry it recorded,
+    and no folder it listed, had changed since (``walk``'s ``since_ns``). A change from a
+    manifest that is not settled could miss what changed under the walk, so none is made
+    from it (docs/design.md#a-manifest-of-a-tree-at-rest)."""
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -117,6 +122,8 @@ def walk(
     previous: Manifest | None = None,
     *,
     marker: str,
+    since_ns: int | None = None,
+    exempt: frozenset[bytes] = frozenset(),
     clock: Callable[[], float] = time.time,
 ) -> Manifest:
     """Return the manifest of the tree below ``root``, for the marker value ``marker``.
@@ -127,33 +134,64 @@ def walk(
     the tree; an entry removed meanwhile is left out. Raises ``ManifestError`` when a
     folder or an entry cannot be read (a manifest missing part of the tree would make
     mirrors delete it).
+
+    The manifest is ``settled`` unless an entry or a listed folder changed (its ctime)
+    after ``since_ns`` (by default, the start of the walk): the paths in ``exempt``, and
+    their folders, do not count (a hub's own trace files, written after the marker).
     """
     created = clock()
+    since = int(created * 1e9) if since_ns is None else since_ns
     try:
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as err:
         raise ManifestError(root, f"cannot open the tree: {err.strerror}") from None
     linked: dict[bytes, tuple[int, int]] = {}
+    late: list[bytes] = []
     try:
         with without_cyclic_gc():
-            entries = _walk_tree(root, root_fd, previous.entries if previous else (), linked)
+            before = previous.entries if previous else ()
+            entries = _walk_tree(root, root_fd, before, Seen(linked, since, late))
             if linked:
                 _number_link_groups(entries, linked)
-            manifest = Manifest(marker=marker, created=created, entries=tuple(entries))
+            manifest = Manifest(
+                marker=marker,
+                created=created,
+                entries=tuple(entries),
+                settled=_settled(late, exempt),
+            )
     finally:
         os.close(root_fd)
     return manifest
+
+
+class Seen(NamedTuple):
+    """What a walk notes on its way, besides the entries."""
+
+    linked: dict[bytes, tuple[int, int]]
+    """The hard-linked files' paths, with their device and inode."""
+    since: int
+    """The ctime (ns) past which an entry or a folder changed under the walk."""
+    late: list[bytes]
+    """The paths that did (a folder's with a trailing ``/``; the root's is ``/``)."""
+
+
+def _settled(late: list[bytes], exempt: frozenset[bytes]) -> bool:
+    """Whether every path that changed under the walk is exempt, or an exempt one's folder
+    (as an entry, ``a/b``, or as listed, ``a/b/``)."""
+    parents = {path.rpartition(b"/")[0] for path in exempt}
+    allowed = exempt | parents | {parent + b"/" for parent in parents}
+    return all(path in allowed for path in late)
 
 
 def _walk_tree(  # noqa: PLR0912 - the hot loop, in one frame: a call per entry costs
     root: Path | str,
     root_fd: int,
     before: tuple[Entry, ...],
-    linked: dict[bytes, tuple[int, int]],
+    seen: Seen,
 ) -> list[Entry]:
     """Every entry below ``root_fd``, in tree order: depth first, without recursion (the
     stack holds the folders being listed, each with its open descriptor), each folder in
-    name order. Files that ``linked`` gets the links of are hard-linked (``st_nlink > 1``).
+    name order; what ``seen`` notes along the way.
 
     ``before`` (the previous manifest, in the same order) is followed with a cursor
     rather than looked up by path: a million lookups in a dict of a million entries miss
@@ -164,7 +202,7 @@ def _walk_tree(  # noqa: PLR0912 - the hot loop, in one frame: a call per entry 
     new = tuple.__new__
     file, directory = Kind.FILE, Kind.DIRECTORY
     cursor, count = 0, len(before)
-    stack = [(iter(_folder(root, root_fd, b"", linked)), root_fd)]
+    stack = [(iter(_folder(root, root_fd, b"", seen)), root_fd)]
     try:
         while stack:
             listing, fd = stack[-1]
@@ -194,7 +232,7 @@ def _walk_tree(  # noqa: PLR0912 - the hot loop, in one frame: a call per entry 
                 if entry[1] is directory:
                     child = _open_folder(root, fd, path)
                     if child is not None:
-                        stack.append((iter(_folder(root, child, path + b"/", linked)), child))
+                        stack.append((iter(_folder(root, child, path + b"/", seen)), child))
                         break
             else:
                 stack.pop()
@@ -224,17 +262,24 @@ def _folder(
     root: Path | str,
     fd: int,
     prefix: bytes,
-    linked: dict[bytes, tuple[int, int]],
+    seen: Seen,
 ) -> list[Entry]:
     """The entries of the open folder ``fd`` (whose paths start with ``prefix``), in name
-    order. This is the walk's hot loop: one ``lstat`` and one tuple per entry."""
+    order. This is the walk's hot loop: one ``lstat`` and one tuple per entry.
+
+    The folder's ctime is read after it is listed: a name removed or added before the
+    listing changed it then (its entry, from the parent's listing, is older)."""
     rows: list[Entry] = []
     append = rows.append
     lstat = os.lstat
     new = tuple.__new__
     file_type, regular, folder, symlink = _FILE_TYPE, stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK
     file = Kind.FILE
-    for name in _names(root, fd, prefix):
+    linked, since, late = seen
+    names = _names(root, fd, prefix)
+    if os.fstat(fd).st_ctime_ns > since:
+        late.append(prefix or b"/")
+    for name in names:
         try:
             st = lstat(name, dir_fd=fd)
         except FileNotFoundError:
@@ -242,6 +287,8 @@ def _folder(
         except OSError as err:
             raise ManifestError(root, f"cannot stat {prefix + name!r}: {err.strerror}") from None
         path = prefix + name
+        if st.st_ctime_ns > since:
+            late.append(path)
         mode = st.st_mode
         what = mode & file_type
         if what == regular:

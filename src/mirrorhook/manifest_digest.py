@@ -14,7 +14,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mirrorhook.errors import ManifestError
@@ -84,7 +84,7 @@ def digest(
                 groups[entry.link_group] = sha256
             entries[index] = entry._replace(sha256=sha256)
             hashed += 1
-    done = Manifest(marker=manifest.marker, created=manifest.created, entries=tuple(entries))
+    done = replace(manifest, entries=tuple(entries))
     return Digested(manifest=done, hashed=hashed, skipped=skipped, resume_at=resume)
 
 

@@ -3,7 +3,8 @@
     b"MHMF"  version (1 byte)  header length (u32, big-endian)  header (JSON)
     metadata (zlib)  digests (32 bytes each, as they are)  CRC-32 of all before (u32)
 
-The header holds the marker value, the creation time and the counts. The metadata is
+The header holds the marker value, the creation time, whether the walk was settled and
+the counts. The metadata is
 one column per field rather than one record per entry: a column is encoded in one C call
 (``bytes.join``, ``array.tobytes``) instead of a million ``struct.pack`` calls, and
 compresses better, most of all with the bytes of each number column grouped by
@@ -101,6 +102,7 @@ def encode_manifest(manifest: Manifest) -> bytes:
         {
             "marker": manifest.marker,
             "created": manifest.created,
+            "settled": manifest.settled,
             "entries": len(entries),
             "metadata": len(metadata),
             "metadata_size": len(raw),
@@ -133,6 +135,7 @@ def read_header(data: bytes, source: str = "manifest") -> dict[str, Any]:
         isinstance(header, dict)
         and isinstance(header.get("marker"), str)
         and isinstance(header.get("created"), int | float)
+        and isinstance(header.get("settled", False), bool)
         and all(_count(header.get(key)) for key in _COUNTS)
     ):
         raise ManifestError(source, "the header lacks a field or has one of the wrong type")
@@ -168,7 +171,9 @@ def decode_manifest(
     sections = _sections(data[start:digests_at], header["metadata_size"], count, source)
     with without_cyclic_gc():
         entries = _entries(sections, data[digests_at:end], count, source)
-    return Manifest(marker=header["marker"], created=float(header["created"]), entries=entries)
+    # A file from before the field was written says nothing of its walk: taken as unsettled.
+    settled = header.get("settled", False)
+    return Manifest(header["marker"], float(header["created"]), entries, settled=settled)
 
 
 def _numbers(values: Sequence[int], code: str, size: int) -> bytes:

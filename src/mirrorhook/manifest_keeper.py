@@ -4,7 +4,9 @@ current one.
 
 The walk runs in a thread; the announcement waits for it, but at most
 ``manifest_timeout`` seconds: past them it goes out without a change (the walk goes on and
-its manifest becomes the current one when done), and mirrors do a full sync. Digests are
+its manifest becomes the current one when done), and mirrors do a full sync. A walk that
+met the tree changing (the next publish begun, or one under way when the publisher
+started) makes a manifest that is kept but not ``settled``: no change is made from it. Digests are
 computed after the announcement, a slice at a time, and the manifest saved again when
 they are all in. Without the publisher's ``signing_key_file`` no manifest is built: a
 change is only served signed.
@@ -15,9 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+from dataclasses import replace
 
+from mirrorhook import marker
 from mirrorhook.changes import Change, diff
-from mirrorhook.errors import ManifestError
+from mirrorhook.errors import ManifestError, MarkerError
 from mirrorhook.log import TreeLog
 from mirrorhook.manifest import Manifest, walk
 from mirrorhook.manifest_digest import digest
@@ -61,7 +66,7 @@ class ManifestKeeper:
             self._log.info("a walk of the tree is still running: this publish waits for it")
         root = self.tree.root
         self._walking = asyncio.create_task(
-            asyncio.to_thread(walk, root, previous, marker=value), name=f"walk {value}"
+            asyncio.to_thread(self._walk, value, previous), name=f"walk {value}"
         )
         try:
             async with asyncio.timeout(self.tree.manifest_timeout):
@@ -80,7 +85,39 @@ class ManifestKeeper:
             self._log.error("no manifest for marker %r: %s", value, err)
             return None
         await self._keep(manifest)
-        return None if previous is None else await asyncio.to_thread(diff, previous, manifest)
+        return None if previous is None else await self._change(previous, manifest)
+
+    def _walk(self, value: str, previous: Manifest | None) -> Manifest:
+        """The manifest of marker ``value``: settled only if the marker still holds
+        ``value`` and nothing else in the tree changed after it was written (a publish that
+        began before or during the walk would be taken for part of this one)."""
+        try:
+            found = marker.load(self.tree.root / self.tree.marker)
+        except MarkerError:
+            found = None
+        manifest = walk(
+            self.tree.root,
+            previous,
+            marker=value,
+            since_ns=None if found is None else found.changed_ns,
+            exempt=frozenset(os.fsencode(name) for name in self.tree.after_marker),
+        )
+        if found is None or found.value != value:
+            manifest = replace(manifest, settled=False)
+        if not manifest.settled:
+            self._log.info(
+                "the tree changed while the walk of marker %r went by: no change will be "
+                "made from it (mirrors at %r do a full sync)",
+                value,
+                value,
+            )
+        return manifest
+
+    async def _change(self, old: Manifest, new: Manifest) -> Change | None:
+        """The change from ``old`` to ``new``; ``None`` when ``old`` is not settled."""
+        if not old.settled:
+            return None
+        return await asyncio.to_thread(diff, old, new)
 
     def _walked_late(self, task: asyncio.Task[Manifest]) -> None:
         if task.cancelled() or task.exception() is not None:
@@ -133,7 +170,7 @@ class ManifestKeeper:
             return None
         if kept is None:
             return None
-        return await asyncio.to_thread(diff, kept, current)
+        return await self._change(kept, current)
 
     async def close(self) -> None:
         """Stop hashing (the walk in its thread ends on its own)."""

@@ -36,11 +36,14 @@ _UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 @dataclass(frozen=True, slots=True)
 class Marker:
-    """A marker file that passed the rules: its value, its bytes and its mtime."""
+    """A marker file that passed the rules: its value, its bytes, its mtime and its ctime."""
 
     value: str
     data: bytes
     mtime: float
+    changed_ns: int = 0
+    """When the file was last written or renamed into place (``st_ctime_ns``): unlike the
+    mtime, no tool can set it, so it says when the publish that wrote the marker ended."""
 
 
 def value_of(data: bytes, path: Path | str) -> str:
@@ -91,7 +94,7 @@ def load(path: Path) -> Marker | None:
         raise MarkerUnreadableError(path, f"cannot read it: {err.strerror}") from None
     finally:
         os.close(fd)
-    return Marker(value_of(data, path), data, status.st_mtime)
+    return Marker(value_of(data, path), data, status.st_mtime, status.st_ctime_ns)
 
 
 def read(path: Path) -> str | None:

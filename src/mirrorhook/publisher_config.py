@@ -97,6 +97,9 @@ class PublisherConfig:
     manifest_timeout: float = 30.0
     """Seconds an announcement waits for the tree's walk; past them it goes out without a
     change, and mirrors do a full sync."""
+    after_marker: tuple[str, ...] = ()
+    """On a hub, the files its own receiver writes in this tree after the marker (trace,
+    lastsync), relative to ``root``: not a publish under way (manifest_keeper.py)."""
 
     @property
     def label(self) -> str:
