@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from mirrorhook.errors import ManifestError
 from mirrorhook.manifest import Entry, Kind, Manifest, tree_key, walk
 from mirrorhook.manifest_digest import digest
+from tests.trees import later_than
 
 AWKWARD = [b"with space", b"new\nline", b"-dash", b"\xff\xfe latin", b"#hash", b"a-b", b"a.txt"]
 
@@ -200,15 +200,6 @@ def test_the_walk_uses_the_clock_for_the_creation_time(tmp_path: Path) -> None:
     assert stat.S_ISDIR(os.lstat(tmp_path).st_mode)
 
 
-def _later_than(path: Path) -> None:
-    """Wait until the filesystem's clock has moved past ``path``'s ctime, so what is written
-    next is seen as written after it. File times come from the kernel's coarse clock, a
-    tick (1 to 10 ms) behind: 20 ms past it is past it."""
-    since = path.stat().st_ctime_ns + 20_000_000
-    while time.time_ns() <= since:
-        time.sleep(0.005)
-
-
 @pytest.mark.parametrize("change", ["written", "removed", "folder added"])
 def test_a_walk_that_meets_the_tree_changed_after_since_is_not_settled(
     tmp_path: Path, change: str
@@ -221,7 +212,7 @@ def test_a_walk_that_meets_the_tree_changed_after_since_is_not_settled(
     _write(tmp_path, b"CURRENT", b"1\n")
     since = (tmp_path / "CURRENT").stat().st_ctime_ns
     assert walk(tmp_path, marker="1", since_ns=since).settled
-    _later_than(tmp_path / "CURRENT")
+    later_than(tmp_path / "CURRENT")
     if change == "written":
         _write(tmp_path, b"dir/old", b"rewritten")
     elif change == "removed":
@@ -237,7 +228,7 @@ def test_exempt_files_and_their_folder_do_not_unsettle_a_walk(tmp_path: Path) ->
     (tmp_path / "project" / "trace").mkdir(parents=True)
     _write(tmp_path, b"CURRENT", b"1\n")
     since = (tmp_path / "CURRENT").stat().st_ctime_ns
-    _later_than(tmp_path / "CURRENT")
+    later_than(tmp_path / "CURRENT")
     _write(tmp_path, b"project/trace/.tmp", b"trace")
     (tmp_path / "project" / "trace" / ".tmp").rename(tmp_path / "project" / "trace" / "hub")
     _write(tmp_path, b"lastsync", b"1700000000\n")

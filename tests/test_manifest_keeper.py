@@ -10,7 +10,7 @@ import pytest
 from mirrorhook.changes import Change
 from mirrorhook.manifest_keeper import ManifestKeeper
 from mirrorhook.publisher_config import PublisherConfig
-from tests.test_manifest import _later_than
+from tests.trees import later_than
 
 
 def _keeper(tmp_path: Path, *, after_marker: tuple[str, ...] = ()) -> ManifestKeeper:
@@ -23,7 +23,7 @@ def _keeper(tmp_path: Path, *, after_marker: tuple[str, ...] = ()) -> ManifestKe
 
 
 def _publish(root: Path, marker: str, path: str) -> None:
-    _later_than(root / "CURRENT")
+    later_than(root / "CURRENT")
     (root / path).parent.mkdir(parents=True, exist_ok=True)
     (root / path).write_text(f"{marker}\n")
     (root / "CURRENT").write_text(f"{marker}\n")
@@ -41,7 +41,7 @@ async def test_no_change_is_made_from_a_manifest_taken_while_a_publish_was_under
     root = keeper.tree.root
     await keeper.start()
     if under_way:
-        _later_than(root / "CURRENT")
+        later_than(root / "CURRENT")
         (root / "new.rpm").write_text("2\n")
     assert await keeper.published("1") is None  # the first manifest: nothing to diff
     assert keeper.current is not None
@@ -67,7 +67,7 @@ async def test_a_hubs_own_trace_written_after_the_marker_leaves_the_manifest_set
     (root / "project" / "trace").mkdir(parents=True)  # by the first sync's trace
     (root / "CURRENT").write_text("1\n")
     await keeper.start()
-    _later_than(root / "CURRENT")
+    later_than(root / "CURRENT")
     (root / "project" / "trace" / "hub").write_text("trace\n")
     await keeper.published("1")
     assert keeper.current is not None

@@ -4,7 +4,8 @@
 renamed, rewritten; kinds swapped; symlinks retargeted; modes and owners changed; hard
 links made and broken; FIFOs) to a real folder, choosing with hypothesis's ``data``. ``snapshot``
 records everything ``rsync -aH`` is asked to keep, read with plain ``os`` calls, so the
-tests compare trees without the code under test.
+tests compare trees without the code under test. ``later_than`` waits until what is
+written next has a later ctime than a file (the settled-walk tests).
 """
 
 # Bytes paths throughout, for names that are not UTF-8: pathlib takes text only.
@@ -16,8 +17,10 @@ import hashlib
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from hypothesis import strategies as st
 
@@ -333,3 +336,12 @@ def _remove(path: bytes) -> None:
         shutil.rmtree(path)
     else:
         os.unlink(path)
+
+
+def later_than(path: Path) -> None:
+    """Wait until the filesystem's clock has moved past ``path``'s ctime, so what is written
+    next is seen as written after it. File times come from the kernel's coarse clock, a
+    tick (1 to 10 ms) behind: 20 ms past it is past it."""
+    since = path.stat().st_ctime_ns + 20_000_000
+    while time.time_ns() <= since:
+        time.sleep(0.005)

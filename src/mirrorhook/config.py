@@ -109,10 +109,7 @@ def _with_hub_files(
     after the marker (``after_marker``): a hub's trace and lastsync."""
     if publishers is None or receivers is None:
         return publishers
-    written = {
-        os.path.normpath(repo.target): tuple(name for name in (repo.trace, repo.lastsync) if name)
-        for repo in repositories(receivers)
-    }
+    written = {os.path.normpath(repo.target): repo.after_marker for repo in repositories(receivers)}
     trees = tuple(
         replace(tree, after_marker=written.get(os.path.normpath(tree.root), ()))
         for tree in publishers.repos

@@ -4,12 +4,12 @@
     metadata (zlib)  digests (32 bytes each, as they are)  CRC-32 of all before (u32)
 
 The header holds the marker value, the creation time, whether the walk was settled and
-the counts. The metadata is
-one column per field rather than one record per entry: a column is encoded in one C call
-(``bytes.join``, ``array.tobytes``) instead of a million ``struct.pack`` calls, and
-compresses better, most of all with the bytes of each number column grouped by
-significance (the high bytes of a million mtimes are nearly all alike). Digests are
-random and would only cost time in zlib, so they follow the compressed part as they are.
+the counts. The metadata is one column per field rather than one record per entry: a
+column is encoded in one C call (``bytes.join``, ``array.tobytes``) instead of a million
+``struct.pack`` calls, and compresses better, most of all with the bytes of each number
+column grouped by significance (the high bytes of a million mtimes are nearly all alike).
+Digests are random and would only cost time in zlib, so they follow the compressed part
+as they are.
 """
 
 from __future__ import annotations

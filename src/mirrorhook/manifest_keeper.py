@@ -6,9 +6,9 @@ The walk runs in a thread; the announcement waits for it, but at most
 ``manifest_timeout`` seconds: past them it goes out without a change (the walk goes on and
 its manifest becomes the current one when done), and mirrors do a full sync. A walk that
 met the tree changing (the next publish begun, or one under way when the publisher
-started) makes a manifest that is kept but not ``settled``: no change is made from it. Digests are
-computed after the announcement, a slice at a time, and the manifest saved again when
-they are all in. Without the publisher's ``signing_key_file`` no manifest is built: a
+started) makes a manifest that is kept but not ``settled``: no change is made from it.
+Digests are computed after the announcement, a slice at a time, and the manifest saved
+again when they are all in. Without the publisher's ``signing_key_file`` no manifest is built: a
 change is only served signed.
 """
 

@@ -41,7 +41,7 @@ class Marker:
     value: str
     data: bytes
     mtime: float
-    changed_ns: int = 0
+    changed_ns: int
     """When the file was last written or renamed into place (``st_ctime_ns``): unlike the
     mtime, no tool can set it, so it says when the publish that wrote the marker ended."""
 

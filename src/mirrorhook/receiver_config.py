@@ -122,7 +122,12 @@ class ReceiverConfig:
     def own_files(self) -> tuple[str, ...]:
         """The files mirrorhook itself writes into the tree (relative to ``target``): the
         marker, then the trace and lastsync files. rsync never transfers nor deletes them."""
-        return (self.marker, *(name for name in (self.trace, self.lastsync) if name))
+        return (self.marker, *self.after_marker)
+
+    @property
+    def after_marker(self) -> tuple[str, ...]:
+        """The files written into the tree once the marker is in: trace, lastsync."""
+        return tuple(name for name in (self.trace, self.lastsync) if name)
 
 
 @dataclass(frozen=True, slots=True)
