@@ -650,3 +650,14 @@ def subscribing_receiver(
     lines = path.read_text().splitlines()
     path.write_text("\n".join(line for line in lines if not line.startswith("listen")) + "\n")
     return path
+
+
+def announcements(config: Path) -> int:
+    """How many verified announcements the mirror's first subscription brought (status).
+
+    A test reads this, not the "trigger (...)" log line, to show that a publish came by
+    the subscription: the last value on connect can queue a follow-up sync during the
+    start-up one, which then covers the next trigger (logged at debug only)."""
+    shown = json.loads(mirrorhook("status", "-c", config, "--json").stdout)
+    count: int = shown["receiver"]["subscriptions"][0]["announcements"]
+    return count
