@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -105,6 +106,7 @@ def test_a_publish_is_announced_with_its_change_and_the_changes_are_served_signe
     signing.verify(key, signed, body, now=time.time())  # raises if it does not verify
     served = decode_change(body, 100_000)
     assert served == inline
+    assert served.repo == "upstream"  # the NAME of its URL, which a mirror checks
     assert fetch(f"{base}/v1/changes/upstream?from=unknown")[0] == 404
     assert fetch(f"{base}/v1/changes/nope?from=1")[0] == 404
     assert fetch(f"{base}/v1/changes/upstream")[0] == 400
@@ -130,40 +132,8 @@ def test_a_mirror_one_publish_behind_syncs_by_the_change_and_ends_as_the_full_tr
     --files-from of its paths, and the tree then equals the upstream's (contents, modes,
     mtimes, symlinks). A mirror whose marker the change does not start from does a full
     transfer instead."""
-    private, public = key_pair(tmp_path / "keys", "upstream")
-    log = tmp_path / "rsync.log"
-    wrapper = counting_rsync(tmp_path, log)
-    port, hook = free_port(), free_port()
-    (tmp_path / "m").mkdir()
-    mirror = receiver_toml(
-        tmp_path / "m",
-        upstream=daemon.url,
-        port=hook,
-        secret_file=None,
-        public_key_file=str(public),
-        rsync=str(wrapper),
-        full_sync_interval=full_sync_interval,
-    )
-    processes.serve(mirror, "mirror")
-    wait_for_port(hook)
-    tree = tmp_path / "m" / "mirror"
-    wait_until(lambda: marker_of(tree) == "1", what="the start-up sync")
-    config = tmp_path / "publisher.toml"
-    config.write_text(
-        json_toml(
-            {
-                "root": str(daemon.root),
-                "state_dir": str(tmp_path / "pstate"),
-                "listen": [f"127.0.0.1:{port}"],
-                "public_url": f"http://127.0.0.1:{port}",
-                "signing_key_file": str(private),
-                "name": "upstream",
-            },
-            [{"name": "m", "url": f"http://127.0.0.1:{hook}/v1/hook"}],
-        )
-    )
-    processes.serve(config, "publisher")
-    wait_until(lambda: "marker '1': announcing" in processes.log("publisher"), what="up")
+    mirrored = pushed_mirror(tmp_path, processes, daemon, full_sync_interval=full_sync_interval)
+    log, tree = mirrored.rsync_log, mirrored.tree
     full_runs = len(tree_invocations(log))
 
     (daemon.root / "dir1" / "file1.rpm").unlink()
@@ -183,6 +153,83 @@ def test_a_mirror_one_publish_behind_syncs_by_the_change_and_ends_as_the_full_tr
         # the transfer excludes, as the full one does).
         assert "stage 1 by change: 8 paths" in processes.log("mirror")
     assert_same_tree(daemon.root, tree)
+
+
+def test_a_mirror_that_missed_publishes_fetches_its_change_from_the_publisher(
+    tmp_path: Path, processes: Processes, daemon: RsyncDaemon
+) -> None:
+    """Down for two publishes: at its restart the announcement's inline change (3 to 4)
+    does not start from its marker 2, so it asks changes_url?from=2, remembered from the
+    announcement of 2, and transfers only the paths of 2 to 4."""
+    mirrored = pushed_mirror(tmp_path, processes, daemon)
+    log, tree = mirrored.rsync_log, mirrored.tree
+    publish(daemon.root, "2", {"dir0/two.rpm": "two\n"})
+    wait_until(lambda: marker_of(tree) == "2", what="the sync by the inline change")
+    mirrored.process.terminate()
+    mirrored.process.wait(15)
+
+    (daemon.root / "dir1" / "file1.rpm").unlink()
+    publish(daemon.root, "3", {"dir0/three.rpm": "three\n"})
+    wait_until(lambda: "marker '3': announcing" in processes.log("publisher"))
+    publish(daemon.root, "4", {"dir2/four.rpm": "four\n"})
+    wait_until(lambda: "marker '4': announcing" in processes.log("publisher"))
+    runs = len(tree_invocations(log))
+    processes.serve(mirrored.config, "mirror")
+    wait_until(lambda: marker_of(tree) == "4", what="the sync after the restart")
+    (run,) = tree_invocations(log)[runs:]
+    assert "--files-from=" in run
+    assert "fetched the change from '2' to '4'" in processes.log("mirror")
+    assert_same_tree(daemon.root, tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class PushedMirror:
+    """A mirror ``serve`` (its tree at marker 1) and a publisher ``serve`` that keeps
+    manifests and pushes to it; every rsync the mirror runs is logged."""
+
+    config: Path
+    tree: Path
+    rsync_log: Path
+    process: subprocess.Popen[bytes]
+
+
+def pushed_mirror(
+    tmp_path: Path, processes: Processes, daemon: RsyncDaemon, **overrides: Any
+) -> PushedMirror:
+    private, public = key_pair(tmp_path / "keys", "upstream")
+    log = tmp_path / "rsync.log"
+    port, hook = free_port(), free_port()
+    (tmp_path / "m").mkdir()
+    mirror = receiver_toml(
+        tmp_path / "m",
+        upstream=daemon.url,
+        port=hook,
+        secret_file=None,
+        public_key_file=str(public),
+        rsync=str(counting_rsync(tmp_path, log)),
+        **overrides,
+    )
+    running = processes.serve(mirror, "mirror")
+    wait_for_port(hook)
+    tree = tmp_path / "m" / "mirror"
+    wait_until(lambda: marker_of(tree) == "1", what="the start-up sync")
+    config = tmp_path / "publisher.toml"
+    config.write_text(
+        json_toml(
+            {
+                "root": str(daemon.root),
+                "state_dir": str(tmp_path / "pstate"),
+                "listen": [f"127.0.0.1:{port}"],
+                "public_url": f"http://127.0.0.1:{port}",
+                "signing_key_file": str(private),
+                "name": "upstream",
+            },
+            [{"name": "m", "url": f"http://127.0.0.1:{hook}/v1/hook"}],
+        )
+    )
+    processes.serve(config, "publisher")
+    wait_until(lambda: "marker '1': announcing" in processes.log("publisher"), what="up")
+    return PushedMirror(mirror, tree, log, running)
 
 
 def assert_same_tree(upstream: Path, mirror: Path) -> None:

@@ -43,6 +43,9 @@ class Change:
     links: tuple[tuple[bytes, ...], ...] = ()
     """Groups of ``changed`` files that are hard links of one another in the new tree:
     rsync ``-H`` links files only within one run, so a group travels together."""
+    repo: str | None = None
+    """The repository, as the publisher's URLs name it (``/v1/changes/NAME``): a change
+    fetched from one URL must not be another repository's with the same markers."""
 
     @property
     def count(self) -> int:
@@ -58,8 +61,10 @@ class Change:
             if path in group_of:
                 item.append(group_of[path])
             changed.append(item)
-        document = {
-            "type": CHANGES_TYPE,
+        document: dict[str, Any] = {"type": CHANGES_TYPE}
+        if self.repo is not None:
+            document["repo"] = self.repo
+        document |= {
             "from": self.from_marker,
             "to": self.to_marker,
             "count": self.count,
@@ -249,12 +254,16 @@ def decode_change(body: bytes, max_changes: int) -> Change:
     _check_order(path for path, _kind in changed)
     _check_order(removed)
     _check_tree(changed, removed)
+    repo = document.get("repo")
+    if repo is not None and not (isinstance(repo, str) and len(repo) <= message.MAX_FIELD_LENGTH):
+        raise ChangeError("repo must be a string")
     return Change(
         from_marker=_marker(document, "from"),
         to_marker=_marker(document, "to"),
         changed=changed,
         removed=removed,
         links=links,
+        repo=repo,
     )
 
 

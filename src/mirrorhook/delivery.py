@@ -89,7 +89,7 @@ class Message:
         if changes is not None:
             encoded = changes.encode()
             inline = json.loads(encoded) if len(encoded) <= INLINE_CHANGES else None
-            url = None if public is None else f"{public}{CHANGES_PATH}/{config.repo or config.name}"
+            url = None if public is None else f"{public}{CHANGES_PATH}/{config.url_name}"
             update = dataclasses.replace(update, changes_url=url, changes=inline)
         return cls.of(update)
 

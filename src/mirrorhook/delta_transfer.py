@@ -2,8 +2,9 @@
 transfer's own rsync command (its flags, filters, excludes and ``--max-delete``) given the
 change's paths with ``--files-from``, a batch of at most 20,000 per run.
 
-It is used only when the change verified (it came in the signed announcement) and leads
-from the mirror's own marker to the one just read upstream; the sync engine falls back to
+It is used only when the change verified (it came in the signed announcement, or signed
+from the publisher: ``change_fetch.py``) and leads from the mirror's own marker to the one
+just read upstream; the sync engine falls back to
 the full transfer when it does not apply or when a run fails, so drift cannot last. The
 two-stage order is unchanged: the upstream marker is read first (an upstream without one
 is never synced from) and installed last.
@@ -32,11 +33,6 @@ from mirrorhook.receiver_config import ReceiverConfig
 
 Run = Callable[[list[str]], Awaitable[Completed]]
 """Runs one rsync command (with the sync engine's retries and timeout)."""
-
-
-def applies(change: Change | None, local: str | None, upstream: str) -> bool:
-    """Whether ``change`` leads from the mirror's marker to the upstream's now."""
-    return change is not None and change.from_marker == local and change.to_marker == upstream
 
 
 async def transfer_change(config: ReceiverConfig, change: Change, run: Run) -> list[Completed]:

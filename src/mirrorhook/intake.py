@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from mirrorhook import message, signing
+from mirrorhook import message, receiver_state, signing
 from mirrorhook.changes import Change, decode_change
 from mirrorhook.errors import MarkerUnreadableError, PayloadError, SignatureError, TimestampError
 from mirrorhook.keys import PublicKey
@@ -97,12 +97,16 @@ class Intake:
     replays: ReplayCache = field(default_factory=lambda: ReplayCache(signing.TOLERANCE))
     refusals: dict[Result, Throttle] = field(default_factory=dict)
     """One warning a minute per kind of refusal: a flood must not flood the log."""
+    changes_url: str | None = None
+    """Where the publisher serves changes (the last verified announcement said; kept in
+    ``receiver.json`` for the syncs, which fetch from it: ``change_fetch.py``)."""
     _old: OrderedDict[str, None] = field(default_factory=OrderedDict)
     _old_taken_at: float = float("-inf")
     _log: TreeLog = field(init=False)
 
     def __post_init__(self) -> None:
         self._log = TreeLog(logger, self.config.name)
+        self.changes_url = receiver_state.read(self.config).changes_url
 
     async def take(self, announcement: Announcement) -> Outcome:
         """Verify ``announcement`` and, when it names a marker this mirror lacks, schedule
@@ -125,6 +129,7 @@ class Intake:
             self._log.info("%s %s from %s: duplicate, ignored", via, verified.msg_id, peer)
             return Outcome(Result.DUPLICATE)
         await self._remember_reports(update, verified)
+        await self._remember_changes(update.changes_url)
         if update.current == local:
             self._log.info(
                 "%s %s (%s, marker %r): already up to date",
@@ -204,6 +209,15 @@ class Intake:
         holds a secret (and was sent its own v1 signature), must not rename it."""
         if self.config.secret is None or verified.scheme == "v1":
             await self.reporter.remember(update.report_url, update.mirror, update.repo)
+
+    async def _remember_changes(self, url: str | None) -> None:
+        if url is None or url == self.changes_url:
+            return
+        self.changes_url = url
+        try:
+            await receiver_state.remember_changes(self.config, url)
+        except OSError as err:
+            self._log.warning("cannot remember the changes URL: %s", err.strerror)
 
     def _refuse(self, announcement: Announcement, result: Result, reason: str) -> Outcome:
         if (throttle := self.refusals.get(result)) is None:

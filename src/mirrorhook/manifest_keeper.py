@@ -117,7 +117,8 @@ class ManifestKeeper:
         """The change from ``old`` to ``new``; ``None`` when ``old`` is not settled."""
         if not old.settled:
             return None
-        return await asyncio.to_thread(diff, old, new)
+        change = await asyncio.to_thread(diff, old, new)
+        return replace(change, repo=self.tree.url_name)
 
     def _walked_late(self, task: asyncio.Task[Manifest]) -> None:
         if task.cancelled() or task.exception() is not None:
@@ -162,7 +163,7 @@ class ManifestKeeper:
         if current is None:
             return None
         if old == current.marker:
-            return Change(old, old, (), ())
+            return Change(old, old, (), (), repo=self.tree.url_name)
         try:
             kept = await asyncio.to_thread(self._store.load, old)
         except ManifestError as err:

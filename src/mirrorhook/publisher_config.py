@@ -107,6 +107,12 @@ class PublisherConfig:
         single form its root folder's (``/srv/repo/ius``: ``ius``)."""
         return self.repo if self.repo is not None else self.root.name
 
+    @property
+    def url_name(self) -> str:
+        """What the publisher's own URLs and changes call the tree (``/v1/changes/NAME``):
+        the repository, or in the single form the publisher's ``name``."""
+        return self.repo if self.repo is not None else self.name
+
 
 @dataclass(frozen=True, slots=True)
 class PublisherHost:

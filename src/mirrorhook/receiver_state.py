@@ -249,6 +249,8 @@ class ReceiverState:
     report: ReportTo | None = None
     last_whole: str | None = None
     """When a sync last completed by transferring the whole tree (not a change)."""
+    changes_url: str | None = None
+    """Where the publisher serves changes, as the last verified announcement said."""
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> Self:
@@ -260,6 +262,7 @@ class ReceiverState:
             last_hook=_entry(HookNote.from_json, document.get("last_hook")),
             report=_entry(ReportTo.from_json, document.get("report")),
             last_whole=text_or_none(document.get("last_whole")),
+            changes_url=text_or_none(document.get("changes_url")),
         )
 
 
@@ -314,6 +317,11 @@ async def note_hook(config: ReceiverConfig, note: HookNote) -> None:
 async def remember_report(config: ReceiverConfig, report: ReportTo) -> None:
     """Remember where to report, across restarts."""
     await _update(config, {"report": _as_json(report)})
+
+
+async def remember_changes(config: ReceiverConfig, url: str) -> None:
+    """Remember where the publisher serves changes, across restarts."""
+    await _update(config, {"changes_url": url})
 
 
 async def forget_daemon(config: ReceiverConfig) -> None:

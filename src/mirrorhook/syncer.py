@@ -21,14 +21,14 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 from mirrorhook import lock, marker, process, receiver_state, rsync, traces
 from mirrorhook.addresses import redact_upstream
+from mirrorhook.change_choice import change_for, whole_due
 from mirrorhook.changes import Change
-from mirrorhook.delta_transfer import applies, transfer_change
+from mirrorhook.delta_transfer import transfer_change
 from mirrorhook.errors import (
     LockedError,
     MarkerError,
@@ -46,7 +46,6 @@ from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.receiver_state import (
     InProgress,
     LastSync,
-    ReceiverState,
     SyncResult,
     receiver_state_path,
 )
@@ -138,11 +137,13 @@ class Syncer:
             self._log.error("sync failed (%s): %s", trigger, failure)
             raise failure from None
         self._log.info("sync started (%s)", trigger)
+        whole = whole_due(self.config, before, self._clock())
         work = self._sync(
             if_changed=if_changed,
             sweep=may_have_leftovers(before),
             pass_fds=lock_fds,
-            change=None if _whole_due(self.config, before, self._clock()) else trigger.change,
+            change=None if whole else trigger.change,
+            changes_url=None if whole else before.changes_url,
         )
         report = await self._recorded(trigger, started, work)
         await self._finish(
@@ -219,6 +220,7 @@ class Syncer:
         sweep: bool,
         pass_fds: tuple[int, ...],
         change: Change | None = None,
+        changes_url: str | None = None,
     ) -> Report:
         config = self.config
         local = self.local_marker()
@@ -233,9 +235,11 @@ class Syncer:
                 upstream.value,
                 local,
             )
-            by_change = (
-                change if round_number == 1 and applies(change, local, upstream.value) else None
-            )
+            by_change = None
+            if round_number == 1:
+                by_change = await change_for(
+                    config, change, local=local, upstream=upstream.value, url=changes_url
+                )
             with self.metrics.time_stage("transfer"):
                 began = time.monotonic()
                 results = await self._stage_one(by_change, pass_fds)
@@ -378,17 +382,3 @@ class Syncer:
                 receiver_state_path(self.config),
                 err.strerror,
             )
-
-
-def _whole_due(config: ReceiverConfig, before: ReceiverState, now: float) -> bool:
-    """Whether this sync must transfer the whole tree whatever change it was given: every
-    ``full_sync_interval`` (0: never for that reason), so that drift cannot last."""
-    if config.full_sync_interval <= 0:
-        return False
-    if before.last_whole is None:
-        return True
-    try:
-        last = datetime.fromisoformat(before.last_whole).timestamp()
-    except ValueError:
-        return True
-    return now - last >= config.full_sync_interval
