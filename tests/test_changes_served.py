@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -27,18 +26,17 @@ from mirrorhook.process import Completed
 from tests.helpers import (
     Processes,
     RsyncDaemon,
-    counting_rsync,
     free_port,
     key_pair,
     make_upstream,
     marker_of,
     publish,
     receiver_config,
-    receiver_toml,
     tree_invocations,
     wait_for_port,
     wait_until,
 )
+from tests.pushed import pushed_mirror
 from tests.scene import json_toml
 from tests.trees import snapshot
 
@@ -180,56 +178,6 @@ def test_a_mirror_that_missed_publishes_fetches_its_change_from_the_publisher(
     assert "--files-from=" in run
     assert "fetched the change from '2' to '4'" in processes.log("mirror")
     assert_same_tree(daemon.root, tree)
-
-
-@dataclasses.dataclass(frozen=True)
-class PushedMirror:
-    """A mirror ``serve`` (its tree at marker 1) and a publisher ``serve`` that keeps
-    manifests and pushes to it; every rsync the mirror runs is logged."""
-
-    config: Path
-    tree: Path
-    rsync_log: Path
-    process: subprocess.Popen[bytes]
-
-
-def pushed_mirror(
-    tmp_path: Path, processes: Processes, daemon: RsyncDaemon, **overrides: Any
-) -> PushedMirror:
-    private, public = key_pair(tmp_path / "keys", "upstream")
-    log = tmp_path / "rsync.log"
-    port, hook = free_port(), free_port()
-    (tmp_path / "m").mkdir()
-    mirror = receiver_toml(
-        tmp_path / "m",
-        upstream=daemon.url,
-        port=hook,
-        secret_file=None,
-        public_key_file=str(public),
-        rsync=str(counting_rsync(tmp_path, log)),
-        **overrides,
-    )
-    running = processes.serve(mirror, "mirror")
-    wait_for_port(hook)
-    tree = tmp_path / "m" / "mirror"
-    wait_until(lambda: marker_of(tree) == "1", what="the start-up sync")
-    config = tmp_path / "publisher.toml"
-    config.write_text(
-        json_toml(
-            {
-                "root": str(daemon.root),
-                "state_dir": str(tmp_path / "pstate"),
-                "listen": [f"127.0.0.1:{port}"],
-                "public_url": f"http://127.0.0.1:{port}",
-                "signing_key_file": str(private),
-                "name": "upstream",
-            },
-            [{"name": "m", "url": f"http://127.0.0.1:{hook}/v1/hook"}],
-        )
-    )
-    processes.serve(config, "publisher")
-    wait_until(lambda: "marker '1': announcing" in processes.log("publisher"), what="up")
-    return PushedMirror(mirror, tree, log, running)
 
 
 def assert_same_tree(upstream: Path, mirror: Path) -> None:

@@ -21,7 +21,8 @@ import pytest
 
 from mirrorhook import signing
 from mirrorhook.errors import RsyncError
-from mirrorhook.receiver_state import SyncResult, receiver_state_path
+from mirrorhook.receiver_records import SyncResult
+from mirrorhook.receiver_state import receiver_state_path
 from mirrorhook.retry import Backoff
 from mirrorhook.status import format_receiver, receiver_status
 from mirrorhook.syncer import Syncer

@@ -14,19 +14,19 @@ from pathlib import Path
 
 from aiohttp import web
 
-from mirrorhook import message, receiver_state, signing
+from mirrorhook import message, receiver_records, receiver_state, signing
 from mirrorhook.fleet import build_receiver
 from mirrorhook.message import HOOK_PATH
 from mirrorhook.receiver import background, make_app
-from mirrorhook.receiver_state import (
+from mirrorhook.receiver_records import (
     DaemonNote,
     HookNote,
     InProgress,
     LastSync,
     ReceiverState,
     ReportTo,
-    receiver_state_path,
 )
+from mirrorhook.receiver_state import receiver_state_path
 from mirrorhook.status import receiver_status
 from tests.helpers import ClientFactory, RsyncDaemon, ServerFactory, receiver_config, until
 
@@ -134,7 +134,7 @@ async def test_each_write_changes_its_own_entry_and_keeps_the_rest(tmp_path: Pat
 
     began = InProgress("webhook from up, marker '8'", "2026-11-26T08:00:00.000+00:00", 77)
     before = await receiver_state.begin_sync(config, began)
-    assert before == receiver_state.ReceiverState.from_json(earlier)
+    assert before == receiver_records.ReceiverState.from_json(earlier)
     assert receiver_state.read(config).in_progress == began
     synced = LastSync(
         "webhook from up, marker '8'",

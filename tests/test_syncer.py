@@ -16,7 +16,8 @@ import pytest
 
 from mirrorhook.errors import NoMarkerError, RsyncError, UpstreamMarkerError
 from mirrorhook.leftovers import RSYNC_TMP_DIR
-from mirrorhook.receiver_state import SyncResult, receiver_state_path
+from mirrorhook.receiver_records import SyncResult
+from mirrorhook.receiver_state import receiver_state_path
 from mirrorhook.retry import Backoff
 from mirrorhook.status import receiver_status
 from mirrorhook.syncer import Syncer

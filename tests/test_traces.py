@@ -22,7 +22,7 @@ import pytest
 from mirrorhook import lock, rsync, traces
 from mirrorhook.addresses import upstream_host
 from mirrorhook.log import TreeLog
-from mirrorhook.receiver_state import SyncResult
+from mirrorhook.receiver_records import SyncResult
 from mirrorhook.retry import Backoff
 from mirrorhook.syncer import Syncer
 from mirrorhook.trigger import COMMAND, POLL, STARTUP, Trigger, Via

@@ -23,7 +23,7 @@ from mirrorhook.changes import Change, decode_change
 from mirrorhook.errors import ChangeError, SignatureError
 from mirrorhook.log import TreeLog
 from mirrorhook.receiver_config import ReceiverConfig
-from mirrorhook.receiver_state import ReceiverState
+from mirrorhook.receiver_records import ReceiverState
 
 logger = logging.getLogger(__name__)
 

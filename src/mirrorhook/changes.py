@@ -14,7 +14,7 @@ import re
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from mirrorhook import marker, message
 from mirrorhook.errors import ChangeError, MarkerError
@@ -46,6 +46,11 @@ class Change:
     repo: str | None = None
     """The repository, as the publisher's URLs name it (``/v1/changes/NAME``): a change
     fetched from one URL must not be another repository's with the same markers."""
+    from_files: int | None = None
+    """How many files the old tree holds (``None``: not said): with ``removed_files``,
+    what a mirror's safety valve weighs (``delete_valve.py``)."""
+    removed_files: int | None = None
+    """How many of ``removed`` are files."""
 
     @property
     def count(self) -> int:
@@ -71,6 +76,8 @@ class Change:
             "changed": changed,
             "removed": [encode_path(path) for path in self.removed],
         }
+        if self.from_files is not None and self.removed_files is not None:
+            document |= {"from_files": self.from_files, "removed_files": self.removed_files}
         return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -87,7 +94,8 @@ def diff(old: Manifest, new: Manifest) -> Change:
     """
     with without_cyclic_gc():
         old_groups, new_groups = _link_groups(old.entries), _link_groups(new.entries)
-        changed, removed = _merge(old.entries, new.entries, old_groups, new_groups)
+        changed, removed, removed_files = _merge(old.entries, new.entries, old_groups, new_groups)
+        from_files = sum(1 for entry in old.entries if entry[1] is Kind.FILE)  # entry.kind
     if old_groups or new_groups:
         changed = _with_whole_groups(changed, old_groups, new_groups, new)
     members = {path for path, _kind in changed}
@@ -98,6 +106,8 @@ def diff(old: Manifest, new: Manifest) -> Change:
         changed=tuple(changed),
         removed=tuple(removed),
         links=tuple(sorted(links, key=lambda group: tree_key(group[0]))),
+        from_files=from_files,
+        removed_files=removed_files,
     )
 
 
@@ -106,10 +116,12 @@ def _merge(
     after: Sequence[Entry],
     old_groups: Mapping[int, tuple[bytes, ...]],
     new_groups: Mapping[int, tuple[bytes, ...]],
-) -> tuple[list[tuple[bytes, Kind]], list[bytes]]:
-    """Walk both manifests side by side: what ``after`` added or changed, what it lost."""
+) -> tuple[list[tuple[bytes, Kind]], list[bytes], int]:
+    """Walk both manifests side by side: what ``after`` added or changed, what it lost
+    (and how many of those were files)."""
     changed: list[tuple[bytes, Kind]] = []
     removed: list[bytes] = []
+    removed_files = 0
     i = j = 0
     while i < len(before) and j < len(after):
         old, new = before[i], after[j]
@@ -123,13 +135,15 @@ def _merge(
             j += 1
         elif tree_key(old.path) < tree_key(new.path):
             removed.append(old.path)
+            removed_files += old.kind is Kind.FILE
             i += 1
         else:
             changed.append((new.path, new.kind))
             j += 1
     removed.extend(entry.path for entry in before[i:])
+    removed_files += sum(1 for entry in before[i:] if entry.kind is Kind.FILE)
     changed.extend((entry.path, entry.kind) for entry in after[j:])
-    return changed, removed
+    return changed, removed, removed_files
 
 
 def _differs(old: Entry, new: Entry) -> bool:
@@ -240,7 +254,7 @@ def decode_change(body: bytes, max_changes: int) -> Change:
     changed_items, removed_items = document.get("changed"), document.get("removed")
     if not isinstance(changed_items, list) or not isinstance(removed_items, list):
         raise ChangeError("changed and removed must be lists")
-    if not isinstance(count, int) or isinstance(count, bool):
+    if not _integer(count):
         raise ChangeError("count must be an integer")
     if count != len(changed_items) + len(removed_items):
         raise ChangeError(
@@ -257,6 +271,7 @@ def decode_change(body: bytes, max_changes: int) -> Change:
     repo = document.get("repo")
     if repo is not None and not (isinstance(repo, str) and len(repo) <= message.MAX_FIELD_LENGTH):
         raise ChangeError("repo must be a string")
+    from_files, removed_files = _file_counts(document, len(removed))
     return Change(
         from_marker=_marker(document, "from"),
         to_marker=_marker(document, "to"),
@@ -264,7 +279,24 @@ def decode_change(body: bytes, max_changes: int) -> Change:
         removed=removed,
         links=links,
         repo=repo,
+        from_files=from_files,
+        removed_files=removed_files,
     )
+
+
+def _file_counts(document: dict[str, Any], removed: int) -> tuple[int | None, int | None]:
+    """``from_files`` and ``removed_files``, both or neither, and consistent."""
+    from_files, removed_files = document.get("from_files"), document.get("removed_files")
+    if from_files is None and removed_files is None:
+        return None, None
+    if not (_integer(from_files) and _integer(removed_files)):
+        raise ChangeError("from_files and removed_files must both be integers")
+    if not 0 <= removed_files <= min(from_files, removed):
+        raise ChangeError(
+            f"removed_files is {removed_files}: not between 0 and from_files {from_files} "
+            f"or the {removed} removed paths"
+        )
+    return from_files, removed_files
 
 
 def _document(body: bytes) -> dict[str, Any]:
@@ -341,3 +373,7 @@ def _check_tree(changed: Sequence[tuple[bytes, Kind]], removed: Sequence[bytes])
             if parent in gone or parent in not_folders:
                 raise ChangeError(f"path {encode_path(path)!r} lies below a path that is no folder")
             parent = parent.rpartition(b"/")[0]
+
+
+def _integer(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -274,6 +274,14 @@ def positive_int(value: Any) -> int:
     return value
 
 
+def fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number between 0 and 1, not {kind_of(value)}")
+    if not 0 < value <= 1:  # NaN fails this too
+        raise ValueError(f"must be more than 0 and at most 1 (a share of the files), not {value}")
+    return float(value)
+
+
 def body_size(value: Any) -> int:
     size = positive_int(value)
     if size < 1024:

@@ -154,6 +154,12 @@ def _add_sync_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentPars
         help="run the full transfer even when the markers match (the default without --if-changed)",
     )
     parser.add_argument(
+        "--allow-deletes",
+        action="store_true",
+        help="apply a publish that the safety valve held back (it removes more than "
+        "max_delete_fraction of the tree's files): once, for this sync; check the upstream first",
+    )
+    parser.add_argument(
         "--randomize",
         type=_seconds,
         default=0.0,
@@ -259,7 +265,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _sync(args: argparse.Namespace) -> int:
     config = _load(args, to_run=True)
-    return sync_trees(config, args.repos, if_changed=args.if_changed, randomize=args.randomize)
+    return sync_trees(
+        config,
+        args.repos,
+        if_changed=args.if_changed,
+        randomize=args.randomize,
+        allow_deletes=args.allow_deletes,
+    )
 
 
 def _notify(args: argparse.Namespace) -> int:

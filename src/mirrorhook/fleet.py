@@ -33,7 +33,8 @@ from mirrorhook.metrics import Metrics, TreeMetrics
 from mirrorhook.poller import Poller
 from mirrorhook.receiver import Receiver, start_tasks, stop_tasks
 from mirrorhook.receiver_config import LOCKS_FOLDER, REPOS_FOLDER, ReceiverConfig, ReceiverHost
-from mirrorhook.receiver_state import DaemonNote, DaemonNotes, receiver_state_path
+from mirrorhook.receiver_records import DaemonNote
+from mirrorhook.receiver_state import DaemonNotes, receiver_state_path
 from mirrorhook.reporter import Reporter
 from mirrorhook.scheduler import Phase, Scheduler
 from mirrorhook.slots import SyncSlots

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mirrorhook import freshness, history, lock, receiver_state, record, repomd
+from mirrorhook import freshness, history, lock, receiver_records, receiver_state, record, repomd
 from mirrorhook.config import Config
 from mirrorhook.daemon_note import NOTE_NAME, ConfigNote
 from mirrorhook.errors import LockedError
@@ -138,7 +138,7 @@ def _unused(move: Move) -> Iterator[None]:
     pids = [] if note is None else [note.pid]
     if move.role == "receiver":  # a daemon of a version that kept no daemon.json
         recorded = read_json(move.source / receiver_state.STATE_NAME)
-        daemon = receiver_state.ReceiverState.from_json(recorded).daemon
+        daemon = receiver_records.ReceiverState.from_json(recorded).daemon
         pids += [] if daemon is None else [daemon.pid]
     for pid in pids:
         if pid != os.getpid() and pid_alive(pid):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 
-from mirrorhook import process, receiver_state
+from mirrorhook import process, receiver_records, receiver_state
 from mirrorhook.log import TreeLog
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.state import iso_time
@@ -52,7 +52,7 @@ async def after_sync(
         return
     env = hook_environment(config, result, marker)
     outcome = await _run(TreeLog(logger, config.name), key, argv, env, timeout)
-    note = receiver_state.HookNote(command=key, outcome=outcome, at=iso_time(now))
+    note = receiver_records.HookNote(command=key, outcome=outcome, at=iso_time(now))
     try:
         await receiver_state.note_hook(config, note)
     except OSError as err:

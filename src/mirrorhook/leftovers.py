@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mirrorhook import lock, receiver_state
 from mirrorhook.receiver_config import ReceiverConfig
-from mirrorhook.receiver_state import ReceiverState, SyncResult
+from mirrorhook.receiver_records import ReceiverState, SyncResult
 
 logger = logging.getLogger(__name__)
 

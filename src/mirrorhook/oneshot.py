@@ -27,6 +27,7 @@ async def sync_tree(
     if_changed: bool,
     randomize: float,
     rng: random.Random | None = None,
+    allow_deletes: bool = False,
 ) -> None:
     """Sync ``receiver``'s tree once; raise ``LockedError`` when another sync holds its lock
     and ``SyncError`` when the sync fails (the engine has logged and recorded why).
@@ -44,7 +45,12 @@ async def sync_tree(
         await asyncio.sleep(delay)
     try:
         with lock.hold(receiver) as lock_fds:
-            report = await syncer.sync(if_changed=if_changed, trigger=COMMAND, lock_fds=lock_fds)
+            report = await syncer.sync(
+                if_changed=if_changed,
+                trigger=COMMAND,
+                lock_fds=lock_fds,
+                allow_deletes=allow_deletes,
+            )
     except SyncError:
         await hooks.after_sync(receiver, "failed", None, time.time())
         raise

@@ -26,6 +26,7 @@ from mirrorhook.checks import (
     default_of,
     duration,
     executable,
+    fraction,
     listen_list,
     load_public_keys,
     load_secret,
@@ -103,6 +104,9 @@ class ReceiverConfig:
     public_key_file: Path | None = None
     max_changes: int = 100_000
     """Paths a change may name and still be applied (docs/design.md#the-delta-transfer)."""
+    max_delete_fraction: float = 0.1
+    """The share of the tree's files a publish may remove; a change that removes more is
+    refused until ``mirrorhook sync --allow-deletes`` (docs/design.md#the-safety-valve)."""
     full_sync_interval: float = 86400.0
     """Seconds after which a sync transfers the whole tree whatever change it was given
     (0: only when no change applies)."""
@@ -177,6 +181,7 @@ _PER_REPO: dict[str, Check] = {
     "lastsync": tree_file,
     "public_key_file": absolute_path,
     "max_changes": positive_int,
+    "max_delete_fraction": fraction,
     "full_sync_interval": duration,
     "subscribe": subscription_list,
     "mqtt_username": string,

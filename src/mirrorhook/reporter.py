@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any
 
-from mirrorhook import receiver_state, signing
+from mirrorhook import receiver_records, receiver_state, signing
 from mirrorhook.errors import MirrorhookError
 from mirrorhook.log import TreeLog
 from mirrorhook.message import REPORT_TYPE
@@ -52,7 +52,7 @@ class Reporter:
         upstream's repositories (or nothing)."""
         if url is None or mirror is None:
             return
-        to = receiver_state.ReportTo(url, mirror, repo)
+        to = receiver_records.ReportTo(url, mirror, repo)
         if to == self.to:
             return
         self.to = to

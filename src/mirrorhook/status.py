@@ -14,7 +14,7 @@ from mirrorhook.escape import printable
 from mirrorhook.freshness import Freshness
 from mirrorhook.publisher_config import PublisherConfig
 from mirrorhook.receiver_config import ReceiverConfig
-from mirrorhook.receiver_state import DaemonNote, SubscriptionNote, SyncResult
+from mirrorhook.receiver_records import DaemonNote, SubscriptionNote, SyncResult
 from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
 from mirrorhook.report_refusals import as_json, read_refused
 from mirrorhook.state import pid_alive
@@ -33,6 +33,8 @@ def receiver_status(config: ReceiverConfig) -> dict[str, Any]:
         state = "syncing" if pid_alive(recorded.in_progress.pid) else "interrupted"
     else:
         state = daemon.phase if daemon and daemon.phase else "idle"
+        if state == "idle" and recorded.held is not None:
+            state = "held"  # by the safety valve, until a sync completes
     return {
         "role": "receiver",
         "upstream": redact_upstream(config.upstream),
@@ -46,6 +48,7 @@ def receiver_status(config: ReceiverConfig) -> dict[str, Any]:
         "subscriptions": _subscriptions(config, daemon),
         "last_sync": None if recorded.last_sync is None else recorded.last_sync.as_json(),
         "last_success": recorded.last_success,
+        "held": None if recorded.held is None else dataclasses.asdict(recorded.held),
     }
 
 
@@ -280,9 +283,17 @@ def format_receiver(status: dict[str, Any], *, colour: bool = False) -> str:
     )
     if last.get("error"):
         rows.append(("error", last["error"]))
+    if held := status.get("held"):
+        rows.append(("held", f"since {held['since']}: {held['reason']}"))
+        rows.append(("to apply it", "check the upstream, then: mirrorhook sync --allow-deletes"))
     rows.extend(("rsync said", line) for line in last.get("stderr_tail", [])[-5:])
     width = max(len(key) for key, _ in rows)
-    shade = {"state": status["state"], "last sync": last.get("result"), "error": "failed"}
+    shade = {
+        "state": status["state"],
+        "last sync": last.get("result"),
+        "error": "failed",
+        "held": "held",
+    }
     return "\n".join(
         f"{key + ':':<{width + 1}} "
         + paint(printable(str(value)), colour_of(str(shade.get(key))), enabled=colour)

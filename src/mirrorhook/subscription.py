@@ -22,7 +22,7 @@ from mirrorhook.envelope import decode as decode_envelope
 from mirrorhook.errors import PayloadError
 from mirrorhook.intake import Announcement, Intake, Result
 from mirrorhook.log import TreeLog
-from mirrorhook.receiver_state import SubscriptionNote
+from mirrorhook.receiver_records import SubscriptionNote
 from mirrorhook.retry import Backoff, Sleep, forever
 from mirrorhook.state import iso_time
 from mirrorhook.subscription_config import Subscription

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from mirrorhook import lock, marker, process, receiver_state, rsync, traces
+from mirrorhook import delete_valve, lock, marker, process, receiver_state, rsync, traces
 from mirrorhook.addresses import redact_upstream
 from mirrorhook.change_choice import change_for, whole_due
 from mirrorhook.changes import Change
@@ -43,12 +43,8 @@ from mirrorhook.log import TreeLog
 from mirrorhook.metrics import NoMetrics, SyncMetrics
 from mirrorhook.process import Completed
 from mirrorhook.receiver_config import ReceiverConfig
-from mirrorhook.receiver_state import (
-    InProgress,
-    LastSync,
-    SyncResult,
-    receiver_state_path,
-)
+from mirrorhook.receiver_records import InProgress, LastSync, ReceiverState, SyncResult
+from mirrorhook.receiver_state import receiver_state_path
 from mirrorhook.retry import Backoff, Sleep, retrying
 from mirrorhook.state import iso_time, write_atomic
 from mirrorhook.trigger import Trigger
@@ -111,12 +107,18 @@ class Syncer:
             return None
 
     async def sync(
-        self, *, if_changed: bool, trigger: Trigger, lock_fds: tuple[int, ...] = ()
+        self,
+        *,
+        if_changed: bool,
+        trigger: Trigger,
+        lock_fds: tuple[int, ...] = (),
+        allow_deletes: bool = False,
     ) -> Report:
         """Bring the local tree up to the upstream; record the outcome; re-raise failures.
 
         With ``if_changed``, nothing is transferred when the upstream marker equals ours.
         ``lock_fds``, the caller's sync locks, are handed to rsync (see ``lock.py``).
+        ``allow_deletes`` lets this one sync past the safety valve (``delete_valve.py``).
         Every failure is raised as a ``SyncError`` (an unexpected ``OSError`` included).
         """
         started = self._clock()
@@ -137,13 +139,13 @@ class Syncer:
             self._log.error("sync failed (%s): %s", trigger, failure)
             raise failure from None
         self._log.info("sync started (%s)", trigger)
-        whole = whole_due(self.config, before, self._clock())
         work = self._sync(
             if_changed=if_changed,
             sweep=may_have_leftovers(before),
             pass_fds=lock_fds,
-            change=None if whole else trigger.change,
-            changes_url=None if whole else before.changes_url,
+            change=trigger.change,
+            before=before,
+            allow_deletes=allow_deletes,
         )
         report = await self._recorded(trigger, started, work)
         await self._finish(
@@ -219,10 +221,12 @@ class Syncer:
         if_changed: bool,
         sweep: bool,
         pass_fds: tuple[int, ...],
-        change: Change | None = None,
-        changes_url: str | None = None,
+        change: Change | None,
+        before: ReceiverState,
+        allow_deletes: bool,
     ) -> Report:
         config = self.config
+        whole = whole_due(config, before, self._clock())
         local = self.local_marker()
         upstream = await self._read_upstream(pass_fds)
         if if_changed and upstream.value == local:
@@ -235,11 +239,14 @@ class Syncer:
                 upstream.value,
                 local,
             )
-            by_change = None
-            if round_number == 1:
-                by_change = await change_for(
-                    config, change, local=local, upstream=upstream.value, url=changes_url
-                )
+            # Every round weighs the change to the upstream's marker of now; only the
+            # first may transfer by it (later ones start from a tree partly moved on).
+            weighed = await change_for(
+                config, change, local=local, upstream=upstream.value, url=before.changes_url
+            )
+            if not allow_deletes:
+                await delete_valve.weigh(config, weighed, before.held, self._clock())
+            by_change = weighed if round_number == 1 and not whole else None
             with self.metrics.time_stage("transfer"):
                 began = time.monotonic()
                 results = await self._stage_one(by_change, pass_fds)

@@ -16,7 +16,7 @@ _RESET = "\033[0m"
 _WORDS = {
     "green": ("delivered", "synced", "up-to-date", "idle", "fresh"),
     "yellow": ("retrying", "waiting", "syncing", "behind", "never tried", "superseded"),
-    "red": ("failed", "interrupted", "stale", "unreachable"),
+    "red": ("failed", "interrupted", "stale", "unreachable", "held"),
     "dim": ("gone", "disabled", "never", "unknown", "no webhook"),
 }
 

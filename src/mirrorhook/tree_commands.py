@@ -23,7 +23,14 @@ logger = logging.getLogger("mirrorhook")
 _T = TypeVar("_T")
 
 
-def sync_trees(config: Config, names: Sequence[str], *, if_changed: bool, randomize: float) -> int:
+def sync_trees(
+    config: Config,
+    names: Sequence[str],
+    *,
+    if_changed: bool,
+    randomize: float,
+    allow_deletes: bool = False,
+) -> int:
     """``mirrorhook sync [NAME ...]``: each named tree (every one without names) once, a
     line each; the exit status of the whole run."""
     host = config.receivers
@@ -33,7 +40,7 @@ def sync_trees(config: Config, names: Sequence[str], *, if_changed: bool, random
     if host.single:
         # The same one line as each repository of the host form gets; the tree has no name,
         # so its target names it.
-        code = _sync_one(repos[0], if_changed, randomize)
+        code = _sync_one(repos[0], if_changed, randomize, allow_deletes)
         sys.stdout.write(f"{repos[0].target}  {_OUTCOMES[code]}\n")
         return code
     if randomize:
@@ -44,7 +51,8 @@ def sync_trees(config: Config, names: Sequence[str], *, if_changed: bool, random
         run_interruptible(asyncio.sleep(delay))
     codes = {}
     for repo in repos:
-        codes[repo.name] = _sync_one(repo, if_changed, 0.0) if repo.enabled else EXIT_OK
+        enabled = repo.enabled
+        codes[repo.name] = _sync_one(repo, if_changed, 0.0, allow_deletes) if enabled else EXIT_OK
         outcome = _OUTCOMES[codes[repo.name]] if repo.enabled else "disabled"
         sys.stdout.write(f"{repo.name}  {outcome}\n")
     if any(code == EXIT_FAILURE for code in codes.values()):
@@ -81,9 +89,15 @@ def named_trees(
     return [by_name[name] for name in names]
 
 
-def _sync_one(receiver: ReceiverConfig, if_changed: bool, randomize: float) -> int:
+def _sync_one(
+    receiver: ReceiverConfig, if_changed: bool, randomize: float, allow_deletes: bool
+) -> int:
     try:
-        run_interruptible(sync_tree(receiver, if_changed=if_changed, randomize=randomize))
+        run_interruptible(
+            sync_tree(
+                receiver, if_changed=if_changed, randomize=randomize, allow_deletes=allow_deletes
+            )
+        )
     except LockedError as err:
         logger.warning("%s: nothing done", err)
         return EXIT_LOCKED
