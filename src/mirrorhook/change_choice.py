@@ -14,21 +14,17 @@ the whole tree: the reason is logged, never raised.
 from __future__ import annotations
 
 import logging
-import time
 import urllib.parse
 from datetime import datetime
 
-from mirrorhook import signing
 from mirrorhook.changes import Change, decode_change
-from mirrorhook.errors import ChangeError, SignatureError
+from mirrorhook.errors import ChangeError
 from mirrorhook.log import TreeLog
 from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.receiver_records import ReceiverState
+from mirrorhook.signed_fetch import FetchError, fetch_signed
 
 logger = logging.getLogger(__name__)
-
-FETCH_TIMEOUT = 30.0
-"""Seconds the request for a change may take (the whole tree is the fallback)."""
 
 PATH_BYTES = 512
 """Bytes a listed path may take on average on the wire: with ``max_changes`` paths, the
@@ -93,34 +89,14 @@ async def change_for(
 async def fetch_change(config: ReceiverConfig, url: str, local: str) -> Change | None:
     """The verified change from ``local`` that the publisher serves at ``url``; ``None``
     for a 404; ``ChangeError`` saying why anything else is not taken."""
-    import aiohttp  # noqa: PLC0415 - only a sync by change needs it (one-shot commands too)
-
     limit = max(1 << 20, config.max_changes * PATH_BYTES)
-    timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT)
     try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(url, params={"from": local}, allow_redirects=False) as answer,
-        ):
-            if answer.status == 404:
-                return None
-            if answer.status != 200:
-                raise ChangeError(f"the publisher answered HTTP {answer.status}")
-            if (answer.content_length or 0) > limit:
-                raise ChangeError(f"the answer is longer than {limit} bytes")
-            body = bytearray()
-            async for chunk in answer.content.iter_any():
-                body += chunk
-                if len(body) > limit:
-                    raise ChangeError(f"the answer is longer than {limit} bytes")
-            headers = {name.lower(): value for name, value in answer.headers.items()}
-    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as err:
-        raise ChangeError(f"cannot fetch it: {type(err).__name__}: {err}"[:200]) from None
-    try:
-        signing.verify(config.public_keys, headers, bytes(body), now=time.time())
-    except SignatureError as err:
-        raise ChangeError(f"its signature does not verify: {err}") from None
-    change = decode_change(bytes(body), config.max_changes)
+        body = await fetch_signed(url, {"from": local}, config.public_keys, limit=limit)
+    except FetchError as err:
+        raise ChangeError(str(err)) from None
+    if body is None:
+        return None
+    change = decode_change(body, config.max_changes)
     named = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rstrip("/").rpartition("/")[2])
     if change.repo != named:
         raise ChangeError(f"it is the change of repository {change.repo!r}, not of {named!r}")

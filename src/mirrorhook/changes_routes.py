@@ -1,7 +1,8 @@
 """``GET /v1/changes/NAME?from=OLD`` and ``GET /v1/manifest/NAME`` on the publisher's
 listen (docs/design.md#changes): the change from marker OLD's manifest to the current one,
-and the current manifest, each signed ``v1a`` over the response body with the Standard
-Webhooks headers, so that a mirror verifies it with the key it already trusts.
+and the current manifest (with ``?marker=``, a kept one: ``mirrorhook verify``), each
+signed ``v1a`` over the response body with the Standard Webhooks headers, so that a mirror
+verifies it with the key it already trusts.
 
 ``NAME`` is the repository; in the single form the publisher's ``name`` or the root
 folder's name (as ``?repo=`` elsewhere). Without ``signing_key_file`` nothing is served.
@@ -55,12 +56,15 @@ async def handle_changes(request: web.Request) -> web.Response:
 
 
 async def handle_manifest(request: web.Request) -> web.Response:
-    """The signed current manifest (its on-disk form)."""
+    """The signed current manifest (its on-disk form), or with ``?marker=`` a kept one."""
     keeper, key = _keeper(request)
-    current = keeper.current
-    if current is None:
+    if value := request.query.get("marker"):
+        manifest = await keeper.manifest_of(value)
+        if manifest is None:
+            raise web.HTTPNotFound(text=f"no manifest of marker {value!r} is kept here\n")
+    elif (manifest := keeper.current) is None:
         raise web.HTTPServiceUnavailable(text="no manifest yet\n", headers={"Retry-After": "10"})
-    body = await asyncio.to_thread(encode_manifest, current)
+    body = await asyncio.to_thread(encode_manifest, manifest)
     return _signed(body, key, "application/octet-stream")
 
 

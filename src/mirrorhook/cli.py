@@ -21,7 +21,7 @@ from mirrorhook.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from mirrorhook.form_switch import move_state
 from mirrorhook.running_config import status_now
 from mirrorhook.status import format_status, is_failing
-from mirrorhook.tree_commands import notify_trees, sync_trees
+from mirrorhook.tree_commands import notify_trees, sync_trees, verify_trees
 
 logger = logging.getLogger("mirrorhook")
 
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_parser(subparsers, common)
     _add_notify_parser(subparsers, common)
     _add_sync_parser(subparsers, common)
+    _add_verify_parser(subparsers, common)
     _add_status_parser(subparsers, common)
     _add_check_config_parser(subparsers, common)
     credentials.add_parsers(subparsers, verbose)
@@ -176,6 +177,32 @@ def _add_sync_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentPars
     parser.set_defaults(func=_sync)
 
 
+def _add_verify_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "verify",
+        parents=[common],
+        help="compare the tree with the publisher's manifest of its marker",
+        description=(
+            "Compare each [receiver] tree with the manifest of its marker, fetched signed from "
+            "the publisher (which needs signing_key_file and public_url): kinds, sizes, file "
+            "mtimes, modes, symlinks, hard links and the sha256 of every file; mirrorhook's own "
+            "files, owners and folder and symlink mtimes are left out. Prints what differs. "
+            "Exit status: 0 identical, 1 different or not comparable, 2 config error."
+        ),
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="compare metadata only, not contents (no hashing)"
+    )
+    parser.add_argument(
+        "repos",
+        nargs="*",
+        metavar="NAME",
+        help="with [receiver.repos.NAME] tables: the repositories to verify (default: every "
+        "enabled one)",
+    )
+    parser.set_defaults(func=_verify)
+
+
 def _add_status_parser(subparsers: _Subparsers[Any], common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "status",
@@ -272,6 +299,10 @@ def _sync(args: argparse.Namespace) -> int:
         randomize=args.randomize,
         allow_deletes=args.allow_deletes,
     )
+
+
+def _verify(args: argparse.Namespace) -> int:
+    return verify_trees(_load(args), args.repos, quick=args.quick)
 
 
 def _notify(args: argparse.Namespace) -> int:

@@ -173,6 +173,17 @@ class ManifestKeeper:
             return None
         return await self._change(kept, current)
 
+    async def manifest_of(self, value: str) -> Manifest | None:
+        """The manifest of marker ``value``: the current one or a kept one (``None``)."""
+        current = self.current
+        if current is not None and current.marker == value:
+            return current
+        try:
+            return await asyncio.to_thread(self._store.load, value)
+        except ManifestError as err:
+            self._log.warning("the manifest of %r is unreadable: %s", value, err)
+            return None
+
     async def close(self) -> None:
         """Stop hashing (the walk in its thread ends on its own)."""
         for task in (self._hashing, self._late):

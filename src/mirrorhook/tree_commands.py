@@ -1,6 +1,6 @@
 """The commands that act on trees one at a time, as cron and push scripts run them:
-``sync`` on a mirror, ``notify`` on the upstream. Each returns its exit status (``exits.py``);
-only ``cli.py`` exits."""
+``sync`` and ``verify`` on a mirror, ``notify`` on the upstream. Each returns its exit
+status (``exits.py``); only ``cli.py`` exits."""
 
 from __future__ import annotations
 
@@ -130,6 +130,52 @@ def notify_trees(config: Config, names: Sequence[str]) -> int:
             continue
         sys.stdout.write(f"{heading}marker {value!r}\n{format_outcomes(outcomes)}\n")
         failed |= any(outcome.result is not DeliveryResult.DELIVERED for outcome in outcomes)
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+SHOWN_DIFFERENCES = 1000
+"""Differences ``verify`` prints per tree; the count says how many more there are."""
+
+
+def verify_trees(config: Config, names: Sequence[str], *, quick: bool) -> int:
+    """``mirrorhook verify [NAME ...]``: each named tree (every enabled one without names)
+    against the publisher's manifest of its marker; exit 1 when any differs or cannot be
+    compared."""
+    from mirrorhook.verify import VerifyError, verify_tree  # noqa: PLC0415 - aiohttp
+
+    host = config.receivers
+    if host is None:
+        raise ConfigError([f"{config.path}: receiver: this command needs a [receiver] section"])
+    repos = named_trees(config, "receiver", host.repos, [r.name for r in host.repos], names)
+    failed = False
+    for repo in repos:
+        if not repo.enabled and not names:
+            continue
+        heading = str(repo.target) if repo.name is None else repo.name
+        try:
+            verified = run_interruptible(verify_tree(repo, quick=quick))
+        except VerifyError as err:
+            sys.stdout.write(f"{heading}: cannot verify: {err}\n")
+            failed = True
+            continue
+        compared = f"{verified.entries} entries"
+        if not quick:
+            compared += f", the contents of {verified.contents} files"
+        against = f"the publisher's manifest of marker {verified.marker!r} ({compared})"
+        if not verified.differences:
+            sys.stdout.write(f"{heading}: identical to {against}\n")
+            continue
+        failed = True
+        count = len(verified.differences)
+        sys.stdout.write(f"{heading}: {count} differences from {against}\n")
+        for difference in verified.differences[:SHOWN_DIFFERENCES]:
+            sys.stdout.write(f"  {difference}\n")
+        if count > SHOWN_DIFFERENCES:
+            sys.stdout.write(f"  ... and {count - SHOWN_DIFFERENCES} more\n")
+        if not verified.settled:
+            sys.stdout.write(
+                "  (the publisher walked its tree while it changed: some may be its own)\n"
+            )
     return EXIT_FAILURE if failed else EXIT_OK
 
 
