@@ -133,6 +133,16 @@ def json_toml(publisher: dict[str, Any], mirrors: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def toml(sections: dict[str, Any]) -> str:
+    """TOML from plain sections, ``[[name]]`` for a list of tables (JSON is TOML here)."""
+    lines = []
+    for name, values in sections.items():
+        for table in values if isinstance(values, list) else [values]:
+            lines.append(f"[[{name}]]" if isinstance(values, list) else f"[{name}]")
+            lines += [f"{key} = {json.dumps(value)}" for key, value in table.items()]
+    return "\n".join(lines) + "\n"
+
+
 @contextlib.contextmanager
 def scene(
     folder: Path,

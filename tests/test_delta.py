@@ -25,6 +25,7 @@ from mirrorhook.delta import (
     write_list,
 )
 from mirrorhook.manifest import Kind, Manifest, walk
+from mirrorhook.manifest_apply import manifest_from_change
 from mirrorhook.manifest_digest import digest
 from mirrorhook.receiver_config import ReceiverConfig
 from tests.helpers import RsyncDaemon, receiver_config
@@ -97,7 +98,9 @@ def test_a_tree_synced_by_changes_equals_one_synced_in_full(
     modes and owners changed, hard links made and broken; awkward names), a copy synced
     by ``diff`` → the wire → ``transfer_units`` → batched rsync runs is identical to one
     synced by the full transfer: paths, kinds, contents, sizes, mtimes (folders too),
-    modes, owners, symlink targets and hard links. The root folder alone may differ."""
+    modes, owners, symlink targets and hard links. The root folder alone may differ. And
+    the manifest a hub makes of its copy from the change it applied equals a walk of it
+    (docs/design.md#a-hub-passes-the-change-on)."""
     with tempfile.TemporaryDirectory() as folder:
         mirrors = Mirrors(Path(folder), config)
         tree = Tree(_bytes(mirrors.source), data)
@@ -106,11 +109,17 @@ def test_a_tree_synced_by_changes_equals_one_synced_in_full(
         manifest = mirrors.manifest(None, "0")
         mirrors.full(mirrors.by_changes)
         mirrors.full(mirrors.in_full)
+        hub = walk(mirrors.by_changes, marker="0")  # the copy by changes, as a hub's
         for step in range(1, steps + 1):
             tree.change(data.draw(st.integers(1, 6), label="operations"))
             new = mirrors.manifest(manifest, str(step))
             change = decode_change(diff(manifest, new).encode(), max_changes=10_000)
             mirrors.apply(change, limit)
+            # A hub's manifest made from the change it applied is its tree's manifest.
+            made = manifest_from_change(hub, change, mirrors.by_changes, created=0.0)
+            walked = walk(mirrors.by_changes, hub, marker=str(step))
+            assert _facts(made) == _facts(walked)
+            hub = made
             event(f"changed {min(len(change.changed), 5)}, removed {min(len(change.removed), 5)}")
             if change.links:
                 event("a hardlink group changed")
@@ -120,6 +129,12 @@ def test_a_tree_synced_by_changes_equals_one_synced_in_full(
             if not tree.unsafe:  # else rsync skipped a symlink: the copies hold less
                 assert by_changes == snapshot(_bytes(mirrors.source))
             manifest = new
+
+
+def _facts(manifest: Manifest) -> list[tuple[object, ...]]:
+    """The entries without their digests (a walk reuses the previous manifest's; a
+    manifest made from a change leaves the changed files to be hashed)."""
+    return [entry[:10] for entry in manifest.entries]
 
 
 def _change(changed: list[tuple[bytes, Kind]], removed: list[bytes], **links: object) -> Change:

@@ -5,7 +5,6 @@ port-less mirror (docs/design.md#subscriptions)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +25,9 @@ from tests.helpers import (
     trees_equal,
     wait_until,
 )
+from tests.scene import toml
 
 pytestmark = [pytest.mark.slow, needs("mosquitto", package="mosquitto")]
-
-
-def toml(sections: dict[str, dict[str, Any]]) -> str:
-    """TOML from plain sections (JSON strings and arrays are TOML too)."""
-    lines = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
-    return "\n".join(lines) + "\n"
 
 
 def test_a_hub_cascades_a_publish_to_a_leaf_with_no_inbound_port_at_either_tier(

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mirrorhook import applied_change
 from mirrorhook.checks import Table
 from mirrorhook.errors import ConfigError
 from mirrorhook.publisher_config import Hub, PublisherConfig, PublisherHost, parse_publisher
@@ -102,19 +103,32 @@ def _hubs(document: dict[str, Any], receivers: ReceiverHost | None) -> dict[str,
     return hubs
 
 
-def _with_hub_files(
+def _joined_hubs(
     publishers: PublisherHost | None, receivers: ReceiverHost | None
-) -> PublisherHost | None:
-    """The published trees, each with the files that this host's receiver writes in it
-    after the marker (``after_marker``): a hub's trace and lastsync."""
+) -> tuple[PublisherHost | None, ReceiverHost | None]:
+    """A tree this host both receives and publishes (a hub): its publisher learns the
+    files the receiver writes after the marker (``after_marker``: trace, lastsync) and
+    where the receiver notes the change it applied (``applied_change``), and the receiver
+    that it is to note it (``passes_changes``)."""
     if publishers is None or receivers is None:
-        return publishers
-    written = {os.path.normpath(repo.target): repo.after_marker for repo in repositories(receivers)}
+        return publishers, receivers
+    by_target = {os.path.normpath(repo.target): repo for repo in repositories(receivers)}
+    roots = {os.path.normpath(tree.root) for tree in publishers.repos}
     trees = tuple(
-        replace(tree, after_marker=written.get(os.path.normpath(tree.root), ()))
+        tree
+        if (hub := by_target.get(os.path.normpath(tree.root))) is None
+        else replace(
+            tree,
+            after_marker=hub.after_marker,
+            applied_change=applied_change.path_in(hub.state_dir),
+        )
         for tree in publishers.repos
     )
-    return replace(publishers, repos=trees)
+    repos = tuple(
+        replace(repo, passes_changes=os.path.normpath(repo.target) in roots)
+        for repo in receivers.repos
+    )
+    return replace(publishers, repos=trees), replace(receivers, repos=repos)
 
 
 def load_config(path: Path) -> Config:
@@ -146,7 +160,8 @@ def parse_config(path: Path, text: str) -> Config:
     if "receiver" in document and (table := root.table("receiver")) is not None:
         receivers = parse_receiver(table)
     if "publisher" in document and (table := root.table("publisher")) is not None:
-        publishers = _with_hub_files(parse_publisher(table, _hubs(document, receivers)), receivers)
+        publishers = parse_publisher(table, _hubs(document, receivers))
+        publishers, receivers = _joined_hubs(publishers, receivers)
     root.finish(known=("receiver", "publisher"))
     if not problems and receivers is None and publishers is None:
         problems.append(f"{path}: neither a [receiver] nor a [publisher] section: nothing to run")

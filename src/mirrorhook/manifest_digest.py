@@ -66,7 +66,7 @@ def digest(
     hashed = skipped = 0
     groups: dict[int, bytes] = {}
     resume: bytes | None = None
-    with _Folders(root) as folders:
+    with TreeFolders(root) as folders:
         for index in range(start, len(entries)):
             entry = entries[index]
             if entry.kind is not Kind.FILE or entry.sha256 is not None:
@@ -92,7 +92,7 @@ def _key_of(entry: Entry) -> bytes:
     return tree_key(entry.path)
 
 
-def _hash_file(folders: _Folders, entry: Entry) -> bytes | None:
+def _hash_file(folders: TreeFolders, entry: Entry) -> bytes | None:
     """The sha256 of ``entry``'s file if it is still the file the walk saw, else ``None``."""
     folder, _slash, name = entry.path.rpartition(b"/")
     try:
@@ -125,7 +125,7 @@ def _hash_file(folders: _Folders, entry: Entry) -> bytes | None:
     return sha256
 
 
-class _Folders:
+class TreeFolders:
     """The open folder of the files being hashed, opened from the root one component at a
     time without following symlinks (so a symlink swapped in since the walk cannot lead
     the hashing out of the tree); manifest order keeps a folder's files together."""
@@ -136,7 +136,7 @@ class _Folders:
         self._path: bytes | None = None
         self._fd = -1
 
-    def __enter__(self) -> _Folders:
+    def __enter__(self) -> TreeFolders:
         try:
             self._root_fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as err:

@@ -18,18 +18,23 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from dataclasses import replace
 
-from mirrorhook import marker
+from mirrorhook import applied_change, marker
 from mirrorhook.changes import Change, diff
 from mirrorhook.errors import ManifestError, MarkerError
 from mirrorhook.log import TreeLog
 from mirrorhook.manifest import Manifest, walk
+from mirrorhook.manifest_apply import manifest_from_change
 from mirrorhook.manifest_digest import digest
 from mirrorhook.manifest_store import ManifestStore
 from mirrorhook.publisher_config import PublisherConfig
 
 logger = logging.getLogger(__name__)
+
+APPLIED_PATHS = 10_000_000
+"""The most paths of a noted change a hub's publisher reads (its receiver took it first)."""
 
 DIGEST_SLICE = 2.0
 """Seconds of hashing per background step (the store is written after each)."""
@@ -95,12 +100,26 @@ class ManifestKeeper:
             found = marker.load(self.tree.root / self.tree.marker)
         except MarkerError:
             found = None
+        if (applied := self._applied(value, previous)) is not None and previous is not None:
+            self._log.info(
+                "the manifest of marker %r from the change the hub applied (%d paths)",
+                value,
+                applied.count,
+            )
+            manifest = manifest_from_change(
+                previous, applied, self.tree.root, created=time.time(), also=self._own
+            )
+            return (
+                manifest
+                if found is not None and found.value == value
+                else replace(manifest, settled=False)
+            )
         manifest = walk(
             self.tree.root,
             previous,
             marker=value,
             since_ns=None if found is None else found.changed_ns,
-            exempt=frozenset(os.fsencode(name) for name in self.tree.after_marker),
+            exempt=self._own,
         )
         if found is None or found.value != value:
             manifest = replace(manifest, settled=False)
@@ -112,6 +131,18 @@ class ManifestKeeper:
                 value,
             )
         return manifest
+
+    @property
+    def _own(self) -> frozenset[bytes]:
+        """The files a hub's receiver writes after the marker (its trace, its lastsync)."""
+        return frozenset(os.fsencode(name) for name in self.tree.after_marker)
+
+    def _applied(self, value: str, previous: Manifest | None) -> Change | None:
+        """The change a hub's receiver noted it applied from ``previous`` to ``value``."""
+        if self.tree.applied_change is None or previous is None or not previous.settled:
+            return None
+        change = applied_change.read(self.tree.applied_change, value, APPLIED_PATHS)
+        return change if change is not None and change.from_marker == previous.marker else None
 
     async def _change(self, old: Manifest, new: Manifest) -> Change | None:
         """The change from ``old`` to ``new``; ``None`` when ``old`` is not settled."""

@@ -100,6 +100,9 @@ class PublisherConfig:
     after_marker: tuple[str, ...] = ()
     """On a hub, the files its own receiver writes in this tree after the marker (trace,
     lastsync), relative to ``root``: not a publish under way (manifest_keeper.py)."""
+    applied_change: Path | None = None
+    """On a hub, where its receiver notes the change it applied (``applied_change.py``):
+    the manifest is then made from it, not by a walk (``manifest_apply.py``)."""
 
     @property
     def label(self) -> str:

@@ -110,6 +110,9 @@ class ReceiverConfig:
     full_sync_interval: float = 86400.0
     """Seconds after which a sync transfers the whole tree whatever change it was given
     (0: only when no change applies)."""
+    passes_changes: bool = False
+    """This host publishes the tree too (a hub): a sync by change notes it for the
+    publisher (``applied_change.py``). Set by ``config.py``, not a key."""
     subscribe: tuple[Subscription, ...] = ()
     """Where the repository hears of publishes without a webhook (docs/design.md#subscriptions)."""
     mqtt_username: str | None = None

@@ -17,15 +17,20 @@ import contextlib
 import functools
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
-from mirrorhook import delete_valve, lock, marker, process, receiver_state, rsync, traces
-from mirrorhook.addresses import redact_upstream
+from mirrorhook import (
+    applied_change,
+    delete_valve,
+    lock,
+    marker,
+    receiver_state,
+    rsync,
+    traces,
+)
 from mirrorhook.change_choice import change_for, whole_due
 from mirrorhook.changes import Change
 from mirrorhook.delta_transfer import transfer_change
@@ -33,10 +38,8 @@ from mirrorhook.errors import (
     LockedError,
     MarkerError,
     MarkerUnreadableError,
-    NoMarkerError,
     RsyncError,
     SyncError,
-    UpstreamMarkerError,
 )
 from mirrorhook.leftovers import may_have_leftovers, remove_rsync_leftovers
 from mirrorhook.log import TreeLog
@@ -48,6 +51,7 @@ from mirrorhook.receiver_state import receiver_state_path
 from mirrorhook.retry import Backoff, Sleep, retrying
 from mirrorhook.state import iso_time, write_atomic
 from mirrorhook.trigger import Trigger
+from mirrorhook.upstream_marker import read_upstream
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +236,8 @@ class Syncer:
         if if_changed and upstream.value == local:
             return Report(SyncResult.UP_TO_DATE, local, 0)
         config.target.mkdir(parents=True, exist_ok=True)
+        if config.passes_changes:  # a hub: the tree leaves the noted change's now
+            await asyncio.to_thread(applied_change.forget, config.state_dir)
         received, spent = 0, 0.0
         for round_number in range(1, MAX_ROUNDS + 1):
             self._log.info(
@@ -259,6 +265,8 @@ class Syncer:
             self.metrics.count_received_bytes(got)
             again = await self._read_upstream(pass_fds)
             if again.value == upstream.value:
+                if by_change is not None and config.passes_changes:
+                    await asyncio.to_thread(applied_change.note, config.state_dir, by_change)
                 self._log.info("stage 2: installing marker %r", again.value)
                 with self.metrics.time_stage("install"):
                     write_atomic(config.target / config.marker, again.data, mtime=again.mtime)
@@ -294,44 +302,9 @@ class Syncer:
         return [await run(rsync.tree_args(self.config))]
 
     async def _read_upstream(self, pass_fds: tuple[int, ...] = ()) -> marker.Marker:
-        """Fetch the upstream marker; refuse one that breaks the marker rules (permanent).
-
-        rsync fetches at most ``marker.MAX_FILE_BYTES`` and no symlink; the copy is then read
-        with the same rules as every other marker before anything of it is used.
-        """
-        config = self.config
-        source = rsync.source_of(redact_upstream(config.upstream)) + config.marker
-        with tempfile.TemporaryDirectory(dir=config.state_dir, prefix=".upstream-") as folder:
-            path = Path(folder) / config.marker
-            args = rsync.marker_args(config, path)
-
-            async def fetch() -> process.Completed:
-                try:
-                    return await rsync.run(
-                        args,
-                        timeout=min(config.timeout, rsync.MARKER_TIMEOUT),
-                        pass_fds=pass_fds,
-                    )
-                except RsyncError as err:
-                    # A missing upstream folder (unmounted, say) is not a transient failure.
-                    if err.returncode == rsync.PARTIAL and any(
-                        "No such file or directory" in line for line in err.stderr_tail
-                    ):
-                        raise NoMarkerError(source) from None
-                    raise
-
-            with self.metrics.time_stage("read_marker"):
-                result = await self._retry(fetch, "reading the upstream marker")
-            try:
-                upstream = marker.load(path)
-            except MarkerError as err:
-                raise UpstreamMarkerError(source, err.reason) from None
-        if upstream is None:
-            # No file after a successful run: missing upstream, unless rsync skipped it.
-            skipped = rsync.skipped_marker(result.stdout_tail + result.stderr_tail)
-            if skipped is not None:
-                raise UpstreamMarkerError(source, skipped)
-            raise NoMarkerError(source)
+        """Fetch the upstream marker (``upstream_marker.py``), with the retry policy."""
+        with self.metrics.time_stage("read_marker"):
+            upstream = await read_upstream(self.config, self._retry, pass_fds)
         self.metrics.set_marker("upstream", upstream.value)
         return upstream
 
