@@ -20,6 +20,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.scene import json_toml
+from tests.trees import snapshot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,3 +73,19 @@ def pushed_mirror(
     publisher = processes.serve(config, "publisher")
     wait_until(lambda: "marker '1': announcing" in processes.log("publisher"), what="up")
     return PushedMirror(mirror, tree, log, running, config, publisher)
+
+
+def assert_same_tree(upstream: Path, mirror: Path) -> None:
+    """Paths, kinds, sizes, contents, mtimes, modes, symlink targets and hardlink groups
+    alike. Left out: the marker's own metadata (mirrorhook's), and the mtimes of folders
+    and symlinks: with --delay-updates rsync leaves a folder it staged files in, and a
+    symlink it made, at the time of the transfer, in the full transfer as in this one
+    (rsync 3.5.0; tests/test_delta.py compares the two transfers, those times included)."""
+    ours, theirs = snapshot(bytes(upstream)), snapshot(bytes(mirror))
+    for taken in (ours, theirs):
+        taken.entries.pop(b"CURRENT")
+        for path, facts in list(taken.entries.items()):
+            if facts.kind in ("directory", "symlink"):
+                taken.entries[path] = dataclasses.replace(facts, mtime_ns=0)
+    assert theirs.entries == ours.entries
+    assert theirs.links == ours.links

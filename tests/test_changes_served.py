@@ -5,7 +5,6 @@ signed with the upstream's key."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 import urllib.error
@@ -36,9 +35,8 @@ from tests.helpers import (
     wait_for_port,
     wait_until,
 )
-from tests.pushed import pushed_mirror
+from tests.pushed import assert_same_tree, pushed_mirror
 from tests.scene import json_toml
-from tests.trees import snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -178,22 +176,6 @@ def test_a_mirror_that_missed_publishes_fetches_its_change_from_the_publisher(
     assert "--files-from=" in run
     assert "fetched the change from '2' to '4'" in processes.log("mirror")
     assert_same_tree(daemon.root, tree)
-
-
-def assert_same_tree(upstream: Path, mirror: Path) -> None:
-    """Paths, kinds, sizes, contents, mtimes, modes, symlink targets and hardlink groups
-    alike. Left out: the marker's own metadata (mirrorhook's), and the mtimes of folders
-    and symlinks: with --delay-updates rsync leaves a folder it staged files in, and a
-    symlink it made, at the time of the transfer, in the full transfer as in this one
-    (rsync 3.5.0; tests/test_delta.py compares the two transfers, those times included)."""
-    ours, theirs = snapshot(bytes(upstream)), snapshot(bytes(mirror))
-    for taken in (ours, theirs):
-        taken.entries.pop(b"CURRENT")
-        for path, facts in list(taken.entries.items()):
-            if facts.kind in ("directory", "symlink"):
-                taken.entries[path] = dataclasses.replace(facts, mtime_ns=0)
-    assert theirs.entries == ours.entries
-    assert theirs.links == ours.links
 
 
 async def test_a_path_of_the_change_vanished_upstream_fails_the_transfer_by_change(
