@@ -7,16 +7,23 @@ After each, the mirror's tree equals the upstream's, and `verify` says so."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from mirrorhook.config import load_config
+from mirrorhook.rsync import tree_args
 from tests.helpers import (
     Processes,
     RsyncDaemon,
+    counting_rsync,
     free_port,
     key_pair,
     make_upstream,
@@ -25,12 +32,15 @@ from tests.helpers import (
     publish,
     real_rsync,
     receiver_toml,
+    rsync_daemon,
+    stop_processes,
     tree_invocations,
     wait_for_port,
     wait_until,
 )
 from tests.pushed import assert_same_tree
 from tests.scene import json_toml
+from tests.trees import Tree, snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -187,3 +197,87 @@ def test_random_publishes_missed_unknown_and_interrupted_end_as_the_upstream(
     assert "--files-from=" in tree_invocations(log)[-1]
     checked = mirrorhook("verify", "-c", mirror, "--quick")
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data(), steps=st.integers(1, 3))
+def test_any_publishes_leave_the_mirror_as_plain_rsync_from_the_same_module(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject, steps: int
+) -> None:
+    """hypothesis draws the publishes (every kind of operation of ``tests/trees.py``:
+    files, folders, symlinks and FIFOs made, removed, renamed, rewritten at the same size,
+    kinds swapped, symlinks retargeted, modes and owners changed, hard links made and
+    broken; names with spaces, newlines, a leading dash, bytes that are not UTF-8); a real
+    publisher and mirror ``serve`` sync each by its change through a real rsync daemon,
+    and the mirror then equals a copy made by plain rsync with the full transfer's flags
+    from the same module: paths, kinds, contents, sizes, mtimes (folders' too), modes,
+    owners, symlink targets, hard links."""
+    folder = tmp_path_factory.mktemp("property")
+    repo = folder / "module" / "repo"
+    (repo / "t").mkdir(parents=True)  # the tree hypothesis changes; the marker beside it
+    tree = Tree(os.fsencode(repo / "t"), data)
+    tree.seed()
+    publish(repo, "1")
+    processes = Processes(folder)
+    with rsync_daemon(folder / "daemon", folder / "module") as daemon:
+        try:
+            mirror, log = start_pair(folder, processes, daemon, repo)
+            plain = folder / "plain"
+            for step in range(2, steps + 2):
+                tree.change(data.draw(st.integers(1, 6), label="operations"))
+                publish(repo, str(step))
+                wait_until(lambda: marker_of(mirror) == str(step), what="synced", timeout=60)  # noqa: B023
+                assert "--files-from=" in tree_invocations(log)[-1]
+                copy = load_config(folder / "m" / "mirrorhook.toml").receiver
+                assert copy is not None
+                args = tree_args(dataclasses.replace(copy, target=plain, rsync="rsync"))
+                assert subprocess.run(args, capture_output=True, check=False).returncode in (0, 24)
+                if not tree.unsafe:  # else --safe-links skipped a symlink, in both alike
+                    assert snapshot(os.fsencode(mirror / "t")) == snapshot(os.fsencode(plain / "t"))
+        finally:
+            stop_processes(processes.running)
+
+
+def start_pair(
+    folder: Path, processes: Processes, daemon: RsyncDaemon, repo: Path
+) -> tuple[Path, Path]:
+    """A publisher ``serve`` of ``repo`` and a mirror ``serve`` of it, pushed by webhook;
+    the mirror's tree (synced at marker 1) and its rsync log."""
+    private, public = key_pair(folder / "keys", "upstream")
+    port, hook = free_port(), free_port()
+    log = folder / "rsync.log"
+    (folder / "m").mkdir()
+    config = receiver_toml(
+        folder / "m",
+        upstream=f"{daemon.url}repo/",
+        port=hook,
+        secret_file=None,
+        public_key_file=str(public),
+        rsync=str(counting_rsync(folder, log)),
+        backoff=0.1,
+        poll_interval=0,
+        max_delete_fraction=1,
+    )
+    (folder / "publisher.toml").write_text(
+        json_toml(
+            {
+                "root": str(repo),
+                "state_dir": str(folder / "pstate"),
+                "listen": [f"127.0.0.1:{port}"],
+                "public_url": f"http://127.0.0.1:{port}",
+                "signing_key_file": str(private),
+                "name": "upstream",
+            },
+            [{"name": "m", "url": f"http://127.0.0.1:{hook}/v1/hook"}],
+        )
+    )
+    processes.serve(folder / "publisher.toml", "publisher")
+    processes.serve(config, "mirror")
+    tree = folder / "m" / "mirror"
+    wait_until(lambda: marker_of(tree) == "1", what="the start-up sync")
+    wait_until(lambda: "marker '1': announcing" in processes.log("publisher"), what="up")
+    return tree, log
