@@ -28,6 +28,7 @@ bench: venv rsync
 	$(BIN)/python -m bench.capacity
 	$(BIN)/python -m bench.sync_overhead
 	$(BIN)/python -m bench.manifest_walk
+	$(BIN)/python -m bench.delta_sync
 	$(BIN)/python -m bench.hook_to_rsync
 	$(BIN)/python -m bench.slow_clients
 	$(BIN)/python -m bench.many_repos

@@ -4,7 +4,9 @@
    transfer, marker re-read, install) into one copy, plain rsync into another, after the
    same change — what mirrorhook's guarantees cost on top of rsync.
 2. The same change synced by a running ``mirrorhook serve`` after a webhook (no Python
-   start-up): the sync's own duration, from its record, against the plain rsync.
+   start-up): the sync's own duration, from its record, against the plain rsync; and by a
+   second one whose webhook carries the change inline, as a publisher that keeps
+   manifests sends it (the sync by change of docs/design.md#the-delta-transfer).
 3. No change: ``mirrorhook sync --if-changed`` against a plain rsync walk — what the marker
    saves every hour on a mirror that is already current.
 
@@ -17,6 +19,8 @@ All against a real rsync daemon on 127.0.0.1 that sets ``socket options = TCP_NO
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import subprocess
 import sys
 import tempfile
@@ -25,11 +29,15 @@ import urllib.request
 from pathlib import Path
 
 from bench.stats import ms, save, summary
+from mirrorhook import message, signing
 from mirrorhook import rsync as rsync_args
+from mirrorhook.changes import Change, diff
 from mirrorhook.config import load_config
+from mirrorhook.manifest import walk
 from mirrorhook.signing import Secret
 from mirrorhook.state import read_json
 from tests.helpers import (
+    free_port,
     make_upstream,
     marker_of,
     publish,
@@ -40,9 +48,25 @@ from tests.helpers import (
 )
 
 
-def daemon_sync(port: int, secret: Secret | None, value: str, state: Path, mirror: Path) -> float:
-    """Send the daemon a webhook for ``value``; return its sync's recorded duration."""
+def daemon_sync(
+    port: int,
+    secret: Secret | None,
+    value: str,
+    state: Path,
+    mirror: Path,
+    *,
+    change: Change | None = None,
+) -> float:
+    """Send the daemon a webhook for ``value`` (carrying ``change`` inline, as a publisher
+    that keeps manifests sends it); return its sync's recorded duration."""
     body, headers = signed_webhook(secret, value)
+    if change is not None:
+        assert secret is not None
+        update = dataclasses.replace(message.decode(body), changes=json.loads(change.encode()))
+        body = update.encode()
+        now = int(time.time())
+        headers = signing.signed_headers(secret, f"msg_{value}", now, body)
+        headers["Content-Type"] = "application/json"
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/hook", data=body, headers=headers, method="POST"
     )
@@ -80,26 +104,32 @@ def measure(files: int, repeat: int) -> dict[str, list[float]]:
             plain_copy = [*plain[:-1], f"{copy}/"]
             subprocess.run(plain_copy, check=True, capture_output=True)
             marker_only = [sys.executable, "-c", "pass"]  # interpreter start, for reference
-            served = tmp / "served"
-            served.mkdir()
-            port = int(receiver.listen[0].port or 0)
-            served_config = receiver_toml(
-                served,
-                upstream=daemon.url,
-                port=port,
-                secret_file=str(receiver.secret_file),
-                target=str(served / "mirror"),
-                state_dir=str(served / "state"),
-            )
-            with (tmp / "serve.log").open("w") as log:
-                serve = subprocess.Popen(
-                    [sys.executable, "-m", "mirrorhook", "serve", "-c", str(served_config)],
-                    stderr=log,
+            served, by_change = tmp / "served", tmp / "by-change"
+            port, delta_port = int(receiver.listen[0].port or 0), free_port()
+            serving = []
+            for place, listen in ((served, port), (by_change, delta_port)):
+                place.mkdir()
+                served_config = receiver_toml(
+                    place,
+                    upstream=daemon.url,
+                    port=listen,
+                    secret_file=str(receiver.secret_file),
+                    target=str(place / "mirror"),
+                    state_dir=str(place / "state"),
                 )
-            wait_for_port(port)
+                with (place / "serve.log").open("w") as log:
+                    serving.append(
+                        subprocess.Popen(
+                            [sys.executable, "-m", "mirrorhook", "serve", "-c", str(served_config)],
+                            stderr=log,
+                        )
+                    )
+                wait_for_port(listen)
+            manifest = walk(upstream, marker=marker_of(upstream) or "")
             runs: dict[str, list[float]] = {
                 "changed_sync": [],
                 "changed_daemon": [],
+                "changed_by_change": [],
                 "changed_plain": [],
                 "if_changed": [],
                 "plain_rsync": [],
@@ -107,9 +137,10 @@ def measure(files: int, repeat: int) -> dict[str, list[float]]:
             }
             try:
                 deadline = time.monotonic() + 300
-                while marker_of(served / "mirror") != marker_of(upstream):  # its startup sync
-                    assert time.monotonic() < deadline, "the daemon's first sync did not finish"
-                    time.sleep(0.05)
+                for place in (served, by_change):  # their start-up syncs
+                    while marker_of(place / "mirror") != marker_of(upstream):
+                        assert time.monotonic() < deadline, "a daemon's first sync did not finish"
+                        time.sleep(0.05)
                 for number in range(repeat):  # interleaved, so drift hits all alike
                     for index in range(number % 100, files, 100):  # 1% of the files
                         (upstream / f"dir{index % 4}" / f"file{index}.rpm").write_text(
@@ -117,6 +148,8 @@ def measure(files: int, repeat: int) -> dict[str, list[float]]:
                         )
                     value = f"changed-{number}"
                     publish(upstream, value)
+                    new = walk(upstream, manifest, marker=value)  # as a publisher does
+                    change, manifest = diff(manifest, new), new
                     runs["changed_sync"].append(timed(cli))
                     runs["changed_daemon"].append(
                         daemon_sync(
@@ -127,13 +160,24 @@ def measure(files: int, repeat: int) -> dict[str, list[float]]:
                             served / "mirror",
                         )
                     )
+                    runs["changed_by_change"].append(
+                        daemon_sync(
+                            delta_port,
+                            receiver.secret,
+                            value,
+                            by_change / "state/receiver.json",
+                            by_change / "mirror",
+                            change=change,
+                        )
+                    )
                     runs["changed_plain"].append(timed(plain_copy))
                     runs["if_changed"].append(timed([*cli, "--if-changed"]))
                     runs["plain_rsync"].append(timed(plain))
                     runs["python"].append(timed(marker_only))
             finally:
-                serve.terminate()
-                serve.wait(30)
+                for serve in serving:
+                    serve.terminate()
+                    serve.wait(30)
     return runs
 
 
@@ -147,11 +191,13 @@ def main() -> int:
     ratio = result["if_changed"]["median"] / result["plain_rsync"]["median"]
     changed_ratio = result["changed_sync"]["median"] / result["changed_plain"]["median"]
     daemon_ratio = result["changed_daemon"]["median"] / result["changed_plain"]["median"]
+    delta_ratio = result["changed_by_change"]["median"] / result["changed_plain"]["median"]
     print(f"{args.files}-file tree over rsync://127.0.0.1, {args.repeat} runs each")
     print(f"{'':36} {'median':>11} {'p25':>11} {'p75':>11}")
     for name, label in [
         ("changed_sync", "1% changed: mirrorhook sync"),
         ("changed_daemon", "1% changed: serve, webhook-triggered"),
+        ("changed_by_change", "1% changed: serve, by the change"),
         ("changed_plain", "1% changed: plain rsync"),
         ("if_changed", "no change: mirrorhook sync --if-changed"),
         ("plain_rsync", "no change: plain rsync walk"),
@@ -161,6 +207,7 @@ def main() -> int:
         print(f"{label:36} {ms(row['median'])} {ms(row['p25'])} {ms(row['p75'])}")
     print(f"ratio 1% changed, mirrorhook / plain: {changed_ratio:.3f}")
     print(f"ratio 1% changed, daemon / plain:     {daemon_ratio:.3f}")
+    print(f"ratio 1% changed, by change / plain:  {delta_ratio:.3f}")
     print(f"ratio no change, if-changed / walk:   {ratio:.3f}")
     path = save(
         "sync_overhead",
@@ -170,6 +217,7 @@ def main() -> int:
             "ratio": ratio,
             "changed_ratio": changed_ratio,
             "daemon_ratio": daemon_ratio,
+            "delta_ratio": delta_ratio,
         },
     )
     print(f"wrote {path}")

@@ -692,15 +692,26 @@ def test_unix_socket_listener_is_group_writable_only(
     assert stat.S_IMODE(sock.stat().st_mode) == 0o660
 
 
-def test_one_shot_sync_does_not_import_prometheus_client() -> None:
-    """The cron sync records no metrics: prometheus_client's import is the daemon's cost."""
+def test_one_shot_sync_imports_only_what_a_sync_uses() -> None:
+    """The cron sync records no metrics, serves nothing, shows no status and keeps no
+    freshness: prometheus_client, aiohttp and the publisher's and status code are the other
+    commands' cost (a sync by change imports aiohttp when it fetches one)."""
+    unused = (
+        "prometheus_client",
+        "aiohttp",
+        "mirrorhook.status",
+        "mirrorhook.freshness",
+        "mirrorhook.history",
+        "mirrorhook.describe",
+    )
     probe = (
-        "import sys, mirrorhook.cli, mirrorhook.syncer; print('prometheus_client' in sys.modules)"
+        "import sys, mirrorhook.cli, mirrorhook.syncer, mirrorhook.oneshot; "
+        f"print([name for name in {unused!r} if name in sys.modules])"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=30
     )
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == "[]"
 
 
 @pytest.mark.slow

@@ -15,12 +15,9 @@ import mirrorhook
 from mirrorhook import credentials
 from mirrorhook import log as logsetup
 from mirrorhook.config import CONFIG_ENV, DEFAULT_CONFIG, Config, config_path, load_config
-from mirrorhook.describe import describe
 from mirrorhook.errors import ConfigError, MirrorhookError
 from mirrorhook.exits import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from mirrorhook.form_switch import move_state
-from mirrorhook.running_config import status_now
-from mirrorhook.status import format_status, is_failing
 from mirrorhook.tree_commands import notify_trees, sync_trees, verify_trees
 
 logger = logging.getLogger("mirrorhook")
@@ -310,6 +307,10 @@ def _notify(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    # The status code reads the publisher's records too: off the cron sync's path.
+    from mirrorhook.running_config import status_now  # noqa: PLC0415
+    from mirrorhook.status import format_status, is_failing  # noqa: PLC0415
+
     status = status_now(config_path(args.config))  # what a running daemon runs, if one does
     if args.json:
         sys.stdout.write(json.dumps(status, indent=2) + "\n")
@@ -320,6 +321,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from mirrorhook.describe import describe  # noqa: PLC0415 - this command only
+
     sys.stdout.write(describe(_load(args)) + "\n")
     return EXIT_OK
 

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mirrorhook import freshness, history, lock, receiver_records, receiver_state, record, repomd
+from mirrorhook import lock, receiver_records, receiver_state, record
 from mirrorhook.config import Config
 from mirrorhook.daemon_note import NOTE_NAME, ConfigNote
 from mirrorhook.errors import LockedError
@@ -35,7 +35,13 @@ from mirrorhook.state import fsync_dir, locked, pid_alive, read_json
 logger = logging.getLogger(__name__)
 
 RECEIVER_FILES = (receiver_state.STATE_NAME,)
-PUBLISHER_FILES = (record.STATE_NAME, freshness.STATE_NAME, history.STATE_NAME, repomd.STATE_NAME)
+
+
+def publisher_files() -> tuple[str, ...]:
+    """The publisher's files that move: imported here only, off a mirror's sync path."""
+    from mirrorhook import freshness, history, repomd  # noqa: PLC0415 - the publisher's
+
+    return (record.STATE_NAME, freshness.STATE_NAME, history.STATE_NAME, repomd.STATE_NAME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +77,7 @@ def planned(config: Config) -> list[Move]:
     moves = []
     for role, host, names in (
         ("receiver", config.receivers, RECEIVER_FILES),
-        ("publisher", config.publishers, PUBLISHER_FILES),
+        ("publisher", config.publishers, () if config.publishers is None else publisher_files()),
     ):
         if host is not None and not host.single:
             move = _plan(role, host, names)
