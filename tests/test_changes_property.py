@@ -225,13 +225,14 @@ def test_any_publishes_leave_the_mirror_as_plain_rsync_from_the_same_module(
     processes = Processes(folder)
     with rsync_daemon(folder / "daemon", folder / "module") as daemon:
         try:
-            mirror, log = start_pair(folder, processes, daemon, repo)
+            mirror, _log = start_pair(folder, processes, daemon, repo)
             plain = folder / "plain"
             for step in range(2, steps + 2):
                 tree.change(data.draw(st.integers(1, 6), label="operations"))
                 publish(repo, str(step))
                 wait_until(lambda: marker_of(mirror) == str(step), what="synced", timeout=60)  # noqa: B023
-                assert "--files-from=" in tree_invocations(log)[-1]
+                # Not every step goes by its change (a walk can meet the tree unsettled and
+                # the mirror then does the whole tree; CI saw it): the trees must agree.
                 copy = load_config(folder / "m" / "mirrorhook.toml").receiver
                 assert copy is not None
                 args = tree_args(dataclasses.replace(copy, target=plain, rsync="rsync"))
