@@ -37,19 +37,29 @@ class PushedMirror:
 
 
 def pushed_mirror(
-    tmp_path: Path, processes: Processes, daemon: RsyncDaemon, **overrides: Any
+    tmp_path: Path,
+    processes: Processes,
+    daemon: RsyncDaemon,
+    *,
+    below: str = "",
+    rsync: Path | None = None,
+    publisher_keys: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> PushedMirror:
+    """``below``: the published tree is that folder of the daemon's module (``repo/el9``);
+    ``rsync``: the mirror's rsync (by default one that logs to ``rsync_log`` and execs
+    the real one); ``publisher_keys`` and ``overrides``: more of each config."""
     private, public = key_pair(tmp_path / "keys", "upstream")
     log = tmp_path / "rsync.log"
     port, hook = free_port(), free_port()
     (tmp_path / "m").mkdir()
     mirror = receiver_toml(
         tmp_path / "m",
-        upstream=daemon.url,
+        upstream=daemon.url + (f"{below}/" if below else ""),
         port=hook,
         secret_file=None,
         public_key_file=str(public),
-        rsync=str(counting_rsync(tmp_path, log)),
+        rsync=str(rsync or counting_rsync(tmp_path, log)),
         **overrides,
     )
     running = processes.serve(mirror, "mirror")
@@ -60,12 +70,13 @@ def pushed_mirror(
     config.write_text(
         json_toml(
             {
-                "root": str(daemon.root),
+                "root": str(daemon.root / below),
                 "state_dir": str(tmp_path / "pstate"),
                 "listen": [f"127.0.0.1:{port}"],
                 "public_url": f"http://127.0.0.1:{port}",
                 "signing_key_file": str(private),
                 "name": "upstream",
+                **(publisher_keys or {}),
             },
             [{"name": "m", "url": f"http://127.0.0.1:{hook}/v1/hook"}],
         )

@@ -23,23 +23,17 @@ from mirrorhook.rsync import tree_args
 from tests.helpers import (
     Processes,
     RsyncDaemon,
-    counting_rsync,
-    free_port,
-    key_pair,
     make_upstream,
     marker_of,
     mirrorhook,
     publish,
     real_rsync,
-    receiver_toml,
     rsync_daemon,
     stop_processes,
     tree_invocations,
-    wait_for_port,
     wait_until,
 )
-from tests.pushed import assert_same_tree
-from tests.scene import json_toml
+from tests.pushed import assert_same_tree, pushed_mirror
 from tests.trees import Tree, snapshot
 
 pytestmark = pytest.mark.slow
@@ -112,42 +106,20 @@ class Upstream:
 def test_random_publishes_missed_unknown_and_interrupted_end_as_the_upstream(
     tmp_path: Path, processes: Processes, daemon: RsyncDaemon, seed: int
 ) -> None:
-    private, public = key_pair(tmp_path / "keys", "upstream")
     root = make_upstream(daemon.root / "repo" / "el9", count=24)  # below the module's root
     upstream = Upstream(root, seed)
     log, slow, pid = tmp_path / "rsync.log", tmp_path / "slow", tmp_path / "rsync.pid"
-    port, hook = free_port(), free_port()
-    (tmp_path / "m").mkdir()
-    mirror = receiver_toml(
-        tmp_path / "m",
-        upstream=f"{daemon.url}repo/el9/",
-        port=hook,
-        secret_file=None,
-        public_key_file=str(public),
-        rsync=str(slow_by_change_rsync(tmp_path, log, slow, pid)),
+    mirrored = pushed_mirror(
+        tmp_path,
+        processes,
+        daemon,
+        below="repo/el9",
+        rsync=slow_by_change_rsync(tmp_path, log, slow, pid),
+        publisher_keys={"keep_manifests": KEEP},
         backoff=0.1,
-        poll_interval=0,
         max_delete_fraction=1,  # renames remove files too: the valve is tested elsewhere
     )
-    tree = tmp_path / "m" / "mirror"
-    (tmp_path / "publisher.toml").write_text(
-        json_toml(
-            {
-                "root": str(root),
-                "state_dir": str(tmp_path / "pstate"),
-                "listen": [f"127.0.0.1:{port}"],
-                "public_url": f"http://127.0.0.1:{port}",
-                "signing_key_file": str(private),
-                "keep_manifests": KEEP,
-                "name": "upstream",
-            },
-            [{"name": "m", "url": f"http://127.0.0.1:{hook}/v1/hook"}],
-        )
-    )
-    processes.serve(tmp_path / "publisher.toml", "publisher")
-    wait_for_port(port)
-    running = processes.serve(mirror, "mirror")
-    wait_until(lambda: marker_of(tree) == "1", what="the start-up sync")
+    mirror, tree, running = mirrored.config, mirrored.tree, mirrored.process
 
     def converged(value: str) -> None:
         wait_until(lambda: marker_of(tree) == value, what=f"marker {value}", timeout=60)
@@ -225,7 +197,10 @@ def test_any_publishes_leave_the_mirror_as_plain_rsync_from_the_same_module(
     processes = Processes(folder)
     with rsync_daemon(folder / "daemon", folder / "module") as daemon:
         try:
-            mirror, _log = start_pair(folder, processes, daemon, repo)
+            mirrored = pushed_mirror(
+                folder, processes, daemon, below="repo", backoff=0.1, max_delete_fraction=1
+            )
+            mirror = mirrored.tree
             plain = folder / "plain"
             for step in range(2, steps + 2):
                 tree.change(data.draw(st.integers(1, 6), label="operations"))
@@ -233,7 +208,7 @@ def test_any_publishes_leave_the_mirror_as_plain_rsync_from_the_same_module(
                 wait_until(lambda: marker_of(mirror) == str(step), what="synced", timeout=60)  # noqa: B023
                 # Not every step goes by its change (a walk can meet the tree unsettled and
                 # the mirror then does the whole tree; CI saw it): the trees must agree.
-                copy = load_config(folder / "m" / "mirrorhook.toml").receiver
+                copy = load_config(mirrored.config).receiver
                 assert copy is not None
                 args = tree_args(dataclasses.replace(copy, target=plain, rsync="rsync"))
                 assert subprocess.run(args, capture_output=True, check=False).returncode in (0, 24)
@@ -241,44 +216,3 @@ def test_any_publishes_leave_the_mirror_as_plain_rsync_from_the_same_module(
                     assert snapshot(os.fsencode(mirror / "t")) == snapshot(os.fsencode(plain / "t"))
         finally:
             stop_processes(processes.running)
-
-
-def start_pair(
-    folder: Path, processes: Processes, daemon: RsyncDaemon, repo: Path
-) -> tuple[Path, Path]:
-    """A publisher ``serve`` of ``repo`` and a mirror ``serve`` of it, pushed by webhook;
-    the mirror's tree (synced at marker 1) and its rsync log."""
-    private, public = key_pair(folder / "keys", "upstream")
-    port, hook = free_port(), free_port()
-    log = folder / "rsync.log"
-    (folder / "m").mkdir()
-    config = receiver_toml(
-        folder / "m",
-        upstream=f"{daemon.url}repo/",
-        port=hook,
-        secret_file=None,
-        public_key_file=str(public),
-        rsync=str(counting_rsync(folder, log)),
-        backoff=0.1,
-        poll_interval=0,
-        max_delete_fraction=1,
-    )
-    (folder / "publisher.toml").write_text(
-        json_toml(
-            {
-                "root": str(repo),
-                "state_dir": str(folder / "pstate"),
-                "listen": [f"127.0.0.1:{port}"],
-                "public_url": f"http://127.0.0.1:{port}",
-                "signing_key_file": str(private),
-                "name": "upstream",
-            },
-            [{"name": "m", "url": f"http://127.0.0.1:{hook}/v1/hook"}],
-        )
-    )
-    processes.serve(folder / "publisher.toml", "publisher")
-    processes.serve(config, "mirror")
-    tree = folder / "m" / "mirror"
-    wait_until(lambda: marker_of(tree) == "1", what="the start-up sync")
-    wait_until(lambda: "marker '1': announcing" in processes.log("publisher"), what="up")
-    return tree, log
