@@ -8,9 +8,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: test test-fast test-loaded demo bench lint typecheck pytest rsync browser yum tools brokers venv clean
+.PHONY: test test-fast test-loaded demo bench lint typecheck pytest rsync browser yum tools brokers web venv clean
 
-test: rsync browser yum tools brokers lint typecheck pytest
+test: rsync browser yum tools brokers web lint typecheck pytest
 
 # The everyday loop: everything but the tests marked slow (real daemons, namespaces, floods).
 test-fast: venv rsync
@@ -78,6 +78,12 @@ brokers:
 		nats-server=nats-server openssl=openssl \
 		|| echo "no brokers: the MQTT tests will be skipped" >&2
 
+# Debian's nginx for the snapshot tests: contrib/nginx-snapshots.conf's fallback to the
+# previous snapshot, served to readers; the tests start their own on loopback.
+web:
+	@sh scripts/install-debs.sh nginx=nginx \
+		|| echo "no nginx: the tests through a web server will be skipped" >&2
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -85,7 +91,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv rsync browser yum tools
+pytest: venv rsync browser yum tools brokers web
 	rm -f .coverage .coverage.*
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/coverage run -m pytest
 	$(BIN)/coverage combine -q

@@ -2,7 +2,8 @@
 # Install Debian packages for the commands that are missing, with one apt-get update:
 #     sh scripts/install-debs.sh COMMAND=PACKAGE...
 # used by `make test` (rsync; chromium and chromedriver for the page's browser test; dnf and
-# createrepo_c for the yum tests; mosquitto and nats-server for the MQTT tests) and `make demo` (rsync). Exits 1, saying what to install,
+# createrepo_c for the yum tests; mosquitto and nats-server for the MQTT tests; nginx for the
+# snapshot tests) and `make demo` (rsync). Exits 1, saying what to install,
 # when it cannot install them.
 set -eu
 missing=""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mirrorhook import rsync
+from mirrorhook import rsync, snapshots
 from mirrorhook.config import Config
 from mirrorhook.form_switch import planned
 from mirrorhook.message import HOOK_PATH
@@ -88,6 +88,7 @@ def _tree(r: ReceiverConfig, indent: str) -> list[str]:
         ("rsync command", " ".join(rsync.tree_args(r))),
     ]
     rows += [("subscribe", f"{entry.shown} ({entry.via})") for entry in r.subscribe]
+    rows += _publish(r)
     if r.trace is not None:
         rows.append(("trace file", f"{r.target / r.trace} (Debian ftpsync format)"))
     if r.lastsync is not None:
@@ -97,6 +98,38 @@ def _tree(r: ReceiverConfig, indent: str) -> list[str]:
     if r.exec_on_failure:
         rows.append(("on failure", " ".join(r.exec_on_failure)))
     return _rows(indent, rows)
+
+
+def _publish(r: ReceiverConfig) -> list[tuple[str, str]]:
+    """How a sync changes the tree; in snapshot mode, where the snapshots go and what the
+    first sync does with a folder it finds at ``target``."""
+    if r.publish != "snapshot":
+        return [("publish", "in place (rsync writes into the target)")]
+    where = snapshots.layout(r)
+    rows = [
+        (
+            "publish",
+            f"snapshot: {r.target} is a symlink to {where.folder}/NAME, switched at once; "
+            f"the one replaced is kept {r.grace:g} s, at {where.previous}",
+        )
+    ]
+    if r.passes_changes:
+        rows.append(
+            (
+                "hub",
+                "not supported yet in snapshot mode: this host's publisher sees the switch "
+                "only at its rescan",
+            )
+        )
+    if snapshots.takeover_needed(r):
+        rows.append(
+            (
+                "takeover",
+                f"{r.target} is a folder: the first sync renames it to {where.folder}/NAME "
+                "(no copy) and puts the symlink in its place",
+            )
+        )
+    return rows
 
 
 def _publisher(p: PublisherConfig, host: PublisherHost) -> list[str]:

@@ -28,6 +28,8 @@ class SyncMetrics(Protocol):
     def set_marker(self, side: str, value: str | None) -> None: ...
     def count_received_bytes(self, received: int) -> None: ...
     def sync_finished(self, result: str, *, success_at: float | None) -> None: ...
+    def snapshot_switched(self) -> None: ...
+    def kept_bytes(self, measure: Callable[[], int]) -> None: ...
 
 
 class DeliveryMetrics(Protocol):
@@ -65,6 +67,12 @@ class NoMetrics:
 
     def sync_finished(self, result: str, *, success_at: float | None) -> None:
         pass
+
+    def snapshot_switched(self) -> None:
+        pass
+
+    def kept_bytes(self, measure: Callable[[], int]) -> None:
+        """Not measured: the walk it takes has no one to show its result to."""
 
 
 class Metrics:
@@ -111,6 +119,19 @@ class Metrics:
             "mirrorhook_marker_info",
             "The marker value, local (installed) and upstream (last read), as a label.",
             [*tree, "side", "marker"],
+            registry=registry,
+        )
+        self.switches = Counter(
+            "mirrorhook_snapshot_switches",
+            "Times the tree switched to a new snapshot (publish = snapshot).",
+            tree,
+            registry=registry,
+        )
+        self.kept = Gauge(
+            "mirrorhook_snapshot_kept_bytes",
+            "Disk used by the replaced snapshots kept for their grace, beyond the current "
+            "tree (measured after each switch).",
+            tree,
             registry=registry,
         )
         self.webhooks = Counter(
@@ -237,6 +258,13 @@ class TreeMetrics:
     def count_received_bytes(self, received: int) -> None:
         """Add the bytes an rsync run received (from its --stats summary)."""
         self._series(self._metrics.bytes_received).inc(received)
+
+    def snapshot_switched(self) -> None:
+        self._series(self._metrics.switches).inc()
+
+    def kept_bytes(self, measure: Callable[[], int]) -> None:
+        """Show the kept snapshots' disk, as ``measure`` reads it from their record."""
+        self._series(self._metrics.kept).set(measure())
 
     def webhook(self, outcome: str) -> None:
         """Count one webhook for this tree by its outcome."""

@@ -9,6 +9,7 @@ handler turns the outcome into the HTTP answer. rsync never runs inside a reques
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -113,7 +114,21 @@ def start_tasks(receiver: Receiver) -> list[asyncio.Task[None]]:
             asyncio.create_task(keep(f"{prefix}subscription {follower.seen.url}", follower.run))
             for follower in receiver.followers
         ),
+        *(
+            [asyncio.create_task(keep(f"{prefix}snapshots", functools.partial(expiry, receiver)))]
+            if receiver.config.publish == "snapshot"
+            else []
+        ),
     ]
+
+
+async def expiry(receiver: Receiver) -> None:
+    """Remove the snapshots whose grace has passed, a tenth of ``grace`` after another
+    (within 1..60 s), between syncs."""
+    interval = min(max(receiver.config.grace / 10, 1.0), 60.0)
+    while True:
+        await asyncio.sleep(interval)
+        await receiver.syncer.expire_snapshots()
 
 
 async def stop_tasks(

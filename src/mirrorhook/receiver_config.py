@@ -23,6 +23,7 @@ from mirrorhook.checks import (
     absolute_path,
     body_size,
     boolean,
+    choice,
     default_of,
     duration,
     executable,
@@ -58,6 +59,8 @@ REPO_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 """A repository's name: it is part of a URL path and of a folder name."""
 REPOS_FOLDER = "repos"
 """Under ``state_dir``, each repository of the host form keeps its state in a folder."""
+PUBLISH_MODES = ("in-place", "snapshot")
+"""How a sync changes the tree: rsync into it, or a new tree switched to at once."""
 LOCKS_FOLDER = "locks"
 """Under ``state_dir``, the host's tree locks (docs/design.md#the-sync-lock)."""
 
@@ -110,6 +113,11 @@ class ReceiverConfig:
     full_sync_interval: float = 86400.0
     """Seconds after which a sync transfers the whole tree whatever change it was given
     (0: only when no change applies)."""
+    publish: str = "in-place"
+    """``in-place`` (rsync writes into ``target``) or ``snapshot`` (``target`` is a symlink
+    switched at once to each new tree, docs/design.md#snapshots)."""
+    grace: float = 600.0
+    """Seconds a replaced snapshot is kept, for clients that read the old metadata."""
     passes_changes: bool = False
     """This host publishes the tree too (a hub): a sync by change notes it for the
     publisher (``applied_change.py``). Set by ``config.py``, not a key."""
@@ -186,6 +194,8 @@ _PER_REPO: dict[str, Check] = {
     "max_changes": positive_int,
     "max_delete_fraction": fraction,
     "full_sync_interval": duration,
+    "publish": choice(*PUBLISH_MODES),
+    "grace": duration,
     "subscribe": subscription_list,
     "mqtt_username": string,
     "mqtt_password_file": absolute_path,

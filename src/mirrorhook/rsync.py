@@ -90,9 +90,10 @@ def connect_args(config: ReceiverConfig) -> list[str]:
     return args
 
 
-def tree_args(config: ReceiverConfig) -> list[str]:
+def tree_args(config: ReceiverConfig, link_dest: Path | None = None) -> list[str]:
     """The arguments of the stage-1 run: the whole tree except the marker (and the trace
-    and lastsync files)."""
+    and lastsync files); with ``link_dest``, unchanged files are hard links to that tree's
+    (a snapshot's build, ``snapshots.py``)."""
     # The marker is excluded on the sender and protected on the receiver (even if the
     # operator adds --delete-excluded): it is installed separately, last
     # (docs/design.md#the-two-stage-sync). The trace and lastsync files are ours in the
@@ -108,6 +109,8 @@ def tree_args(config: ReceiverConfig) -> list[str]:
         args.append(f"--exclude-from={config.exclude_from}")
     args.append(f"--max-delete={config.max_delete}")
     args += config.rsync_args
+    if link_dest is not None:
+        args.append(f"--link-dest={link_dest}")
     args += ["--", source_of(config.upstream), f"{config.target}/"]
     return args
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
-from mirrorhook import marker, receiver_state
+from mirrorhook import marker, receiver_state, snapshots
 from mirrorhook.addresses import redact_upstream
 from mirrorhook.config import Config
 from mirrorhook.errors import MarkerError
@@ -17,7 +18,7 @@ from mirrorhook.receiver_config import ReceiverConfig
 from mirrorhook.receiver_records import DaemonNote, SubscriptionNote, SyncResult
 from mirrorhook.record import DeliveryLog, DeliveryResult, publisher_state_path
 from mirrorhook.report_refusals import as_json, read_refused
-from mirrorhook.state import pid_alive
+from mirrorhook.state import iso_time, pid_alive
 from mirrorhook.table import colour_of, format_table, paint
 
 
@@ -49,7 +50,31 @@ def receiver_status(config: ReceiverConfig) -> dict[str, Any]:
         "last_sync": None if recorded.last_sync is None else recorded.last_sync.as_json(),
         "last_success": recorded.last_success,
         "held": None if recorded.held is None else dataclasses.asdict(recorded.held),
+        "publish": config.publish,
+        "snapshots": _snapshots(config) if config.publish == "snapshot" else [],
     }
+
+
+def _snapshots(config: ReceiverConfig) -> list[dict[str, Any]]:
+    """The complete snapshots, newest first: role, age, and (for replaced ones) the disk
+    they use beyond the others and when their grace ends."""
+    now = time.time()
+    shown = []
+    for snapshot in snapshots.listing(config):
+        path = snapshots.layout(config).folder / snapshot.name
+        replaced = snapshot.replaced
+        shown.append(
+            {
+                "name": snapshot.name,
+                "role": snapshot.role,
+                "path": str(path),
+                "age_seconds": round(now - snapshot.built),
+                "replaced": None if replaced is None else iso_time(replaced),
+                "removed_after": None if replaced is None else iso_time(replaced + config.grace),
+                "own_bytes": snapshot.own_bytes,
+            }
+        )
+    return shown
 
 
 def _subscriptions(config: ReceiverConfig, daemon: DaemonNote | None) -> list[dict[str, Any]]:
@@ -287,6 +312,7 @@ def format_receiver(status: dict[str, Any], *, colour: bool = False) -> str:
         rows.append(("held", f"since {held['since']}: {held['reason']}"))
         rows.append(("to apply it", "check the upstream, then: mirrorhook sync --allow-deletes"))
     rows.extend(("rsync said", line) for line in last.get("stderr_tail", [])[-5:])
+    rows.extend(("snapshot", _snapshot_line(entry)) for entry in status.get("snapshots", []))
     width = max(len(key) for key, _ in rows)
     shade = {
         "state": status["state"],
@@ -299,6 +325,28 @@ def format_receiver(status: dict[str, Any], *, colour: bool = False) -> str:
         + paint(printable(str(value)), colour_of(str(shade.get(key))), enabled=colour)
         for key, value in rows
     )
+
+
+def _snapshot_line(entry: dict[str, Any]) -> str:
+    age = f"built {entry['age_seconds']} s ago"
+    if entry["role"] == "current":
+        return f"{entry['name']} (current, {age})"
+    if entry["role"] == "spare":
+        age = "retired, the next build starts from it"
+    own = entry["own_bytes"]
+    kept = f", {_size(own)} of its own" if own is not None else ""
+    until = f", removed after {entry['removed_after']}" if entry["removed_after"] else ""
+    return f"{entry['name']} ({entry['role']}, {age}{kept}{until})"
+
+
+def _size(count: int) -> str:
+    """Bytes in the largest unit that keeps a digit before the point (1000s, as df -H)."""
+    value, unit = float(count), "B"
+    for larger in ("kB", "MB", "GB", "TB"):
+        if value < 1000:
+            break
+        value, unit = value / 1000, larger
+    return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
 
 
 def _describe(last: dict[str, Any]) -> str:

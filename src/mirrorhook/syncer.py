@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import TypeVar
 
 from mirrorhook import (
@@ -29,6 +29,7 @@ from mirrorhook import (
     marker,
     receiver_state,
     rsync,
+    snapshots,
     traces,
 )
 from mirrorhook.change_choice import change_for, whole_due
@@ -46,10 +47,11 @@ from mirrorhook.log import TreeLog
 from mirrorhook.metrics import NoMetrics, SyncMetrics
 from mirrorhook.process import Completed
 from mirrorhook.receiver_config import ReceiverConfig
-from mirrorhook.receiver_records import InProgress, LastSync, ReceiverState, SyncResult
+from mirrorhook.receiver_records import InProgress, ReceiverState, SyncResult
 from mirrorhook.receiver_state import receiver_state_path
 from mirrorhook.retry import Backoff, Sleep, retrying
 from mirrorhook.state import iso_time, write_atomic
+from mirrorhook.sync_record import Outcome, Report, record_outcome
 from mirrorhook.trigger import Trigger
 from mirrorhook.upstream_marker import read_upstream
 
@@ -59,21 +61,6 @@ MAX_ROUNDS = 3
 """Stage 1 runs at most this often in one sync when the upstream keeps publishing."""
 
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """The outcome of one completed sync."""
-
-    result: SyncResult
-    marker: str | None
-    rounds: int
-    received_bytes: int = 0
-    """What the tree transfers received, from rsync's ``--stats``."""
-    rsync_seconds: float = 0.0
-    """Wall time of the tree transfers, retries included."""
-    whole: bool = False
-    """Whether the last round transferred the whole tree (not a change)."""
 
 
 class Syncer:
@@ -144,6 +131,8 @@ class Syncer:
             raise failure from None
         self._log.info("sync started (%s)", trigger)
         work = self._sync(
+            trigger,
+            started,
             if_changed=if_changed,
             sweep=may_have_leftovers(before),
             pass_fds=lock_fds,
@@ -155,7 +144,10 @@ class Syncer:
         await self._finish(
             trigger, started, report.result, marker_value=report.marker, whole=report.whole
         )
-        await self._write_traces(trigger, started, report)
+        if self.config.publish == "snapshot":
+            await self._expire_snapshots()
+        else:  # a snapshot has them from its build
+            await self._write_traces(trigger, started, report)
         if report.result is SyncResult.UP_TO_DATE:
             self._log.info("already up to date with upstream marker %r", report.marker)
         else:
@@ -178,18 +170,39 @@ class Syncer:
             return True
         await self._finish(trigger, started, SyncResult.UP_TO_DATE, marker_value=upstream.value)
         self._log.info("already up to date with upstream marker %r", upstream.value)
-        if not (self.config.trace or self.config.lastsync):
+        snapshot = self.config.publish == "snapshot"
+        if not (self.config.trace or self.config.lastsync or snapshot):
             return False
         # The trace files say the tree is complete: only while no sync runs (this check
         # holds no lock; a daemon's sync may be transferring, and will write them itself).
         with contextlib.suppress(LockedError), lock.hold(self.config):
             report = Report(SyncResult.UP_TO_DATE, upstream.value, 0)
             await self._write_traces(trigger, started, report)
+            if snapshot:
+                await self._expire_snapshots()
         return False
 
-    async def _write_traces(self, trigger: Trigger, started: float, report: Report) -> None:
+    async def expire_snapshots(self) -> None:
+        """Between syncs: remove the snapshots past their grace, and a half-built one, when
+        no sync holds the tree's lock (one that does removes them itself)."""
+        with contextlib.suppress(LockedError), lock.hold(self.config):
+            await self._expire_snapshots()
+
+    async def _expire_snapshots(self) -> None:
+        """Remove the half-built snapshots and those past their grace (the caller holds the
+        tree's lock); a failure is only logged: the tree serves as it is."""
+        try:
+            await asyncio.to_thread(snapshots.remove_unused, self.config, self._clock())
+            self.metrics.kept_bytes(functools.partial(snapshots.kept_disk, self.config))
+        except OSError as err:
+            self._log.error("cannot remove the snapshots past their grace: %s", err)
+
+    async def _write_traces(
+        self, trigger: Trigger, started: float, report: Report, tree: ReceiverConfig | None = None
+    ) -> None:
         """Rewrite the trace and lastsync files after a sync that left the tree complete
-        (docs/design.md#trace-files); a failure to write them is only logged."""
+        (docs/design.md#trace-files), in ``tree`` (a snapshot being built) or the target;
+        a failure to write them is only logged."""
         sync = traces.Sync(
             serial=report.marker or "",
             trigger=trigger,
@@ -198,7 +211,7 @@ class Syncer:
             received_bytes=report.received_bytes,
             rsync_seconds=report.rsync_seconds,
         )
-        await traces.write(self.config, sync, self._log)
+        await traces.write(tree or self.config, sync, self._log)
 
     async def _recorded(self, trigger: Trigger, started: float, work: Awaitable[_T]) -> _T:
         """Await ``work``; record and log a failure or a cancellation before re-raising."""
@@ -221,6 +234,8 @@ class Syncer:
 
     async def _sync(
         self,
+        trigger: Trigger,
+        started: float,
         *,
         if_changed: bool,
         sweep: bool,
@@ -235,7 +250,54 @@ class Syncer:
         upstream = await self._read_upstream(pass_fds)
         if if_changed and upstream.value == local:
             return Report(SyncResult.UP_TO_DATE, local, 0)
-        config.target.mkdir(parents=True, exist_ok=True)
+        build = None
+        if config.publish == "snapshot":
+            build = await asyncio.to_thread(snapshots.prepare, config, self._clock())
+            how = "from the spare" if build.recycled else "linked to the current one"
+            self._log.info("building snapshot %s (%s)", build.name, how)
+        else:
+            config.target.mkdir(parents=True, exist_ok=True)
+        try:
+            report = await self._rounds(
+                upstream=upstream,
+                local=local,
+                whole=whole,
+                pass_fds=pass_fds,
+                change=change,
+                before=before,
+                allow_deletes=allow_deletes,
+                sweep=sweep,
+                build=build,
+            )
+        except (SyncError, OSError):  # a cancelled build is removed by the next sync
+            if build is not None:
+                await asyncio.to_thread(snapshots.remove_build, build)
+            raise
+        if build is not None:
+            tree = replace(config, target=build.path)
+            await self._write_traces(trigger, started, report, tree)
+            await asyncio.to_thread(snapshots.switch, config, build, self._clock())
+            self.metrics.snapshot_switched()
+            self._log.info("switched to snapshot %s", build.name)
+        return report
+
+    async def _rounds(
+        self,
+        *,
+        upstream: marker.Marker,
+        local: str | None,
+        whole: bool,
+        pass_fds: tuple[int, ...],
+        change: Change | None,
+        before: ReceiverState,
+        allow_deletes: bool,
+        sweep: bool,
+        build: snapshots.Build | None,
+    ) -> Report:
+        """Stage 1, then stage 2 once the upstream marker held still (at most
+        ``MAX_ROUNDS`` times); into ``build`` when the tree is a snapshot."""
+        config = self.config
+        tree = config if build is None else replace(config, target=build.path)
         if config.passes_changes:  # a hub: the tree leaves the noted change's now
             await asyncio.to_thread(applied_change.forget, config.state_dir)
         received, spent = 0, 0.0
@@ -252,10 +314,11 @@ class Syncer:
             )
             if not allow_deletes:
                 await delete_valve.weigh(config, weighed, before.held, self._clock())
-            by_change = weighed if round_number == 1 and not whole else None
+            # A snapshot is built whole: its folder starts empty (linked to the current one).
+            by_change = weighed if round_number == 1 and not whole and build is None else None
             with self.metrics.time_stage("transfer"):
                 began = time.monotonic()
-                results = await self._stage_one(by_change, pass_fds)
+                results = await self._stage_one(tree, by_change, pass_fds, build)
                 spent += time.monotonic() - began
                 if sweep:
                     remove_rsync_leftovers(config.target)
@@ -268,8 +331,10 @@ class Syncer:
                 if by_change is not None and config.passes_changes:
                     await asyncio.to_thread(applied_change.note, config.state_dir, by_change)
                 self._log.info("stage 2: installing marker %r", again.value)
+                if build is not None and not build.recycled:  # else rsync's --max-delete
+                    await asyncio.to_thread(snapshots.check_left_out, config, build)
                 with self.metrics.time_stage("install"):
-                    write_atomic(config.target / config.marker, again.data, mtime=again.mtime)
+                    write_atomic(tree.target / config.marker, again.data, mtime=again.mtime)
                 whole = by_change is None
                 return Report(SyncResult.SYNCED, again.value, round_number, received, spent, whole)
             self._log.info(
@@ -283,9 +348,16 @@ class Syncer:
             "the local marker was left as it was and the next trigger will retry"
         )
 
-    async def _stage_one(self, change: Change | None, pass_fds: tuple[int, ...]) -> list[Completed]:
+    async def _stage_one(
+        self,
+        tree: ReceiverConfig,
+        change: Change | None,
+        pass_fds: tuple[int, ...],
+        build: snapshots.Build | None,
+    ) -> list[Completed]:
         """Transfer the tree: by ``change`` when one applies (falling back to the whole tree
-        should a run of it fail), else the whole tree (docs/design.md#the-delta-transfer)."""
+        should a run of it fail), else the whole tree (docs/design.md#the-delta-transfer);
+        a snapshot's, linked to the current one's files."""
 
         def run(args: list[str]) -> Awaitable[Completed]:
             transfer = functools.partial(
@@ -296,10 +368,10 @@ class Syncer:
         if change is not None:
             self._log.info("stage 1 by change: %d paths", change.count)
             try:
-                return await transfer_change(self.config, change, run)
+                return await transfer_change(tree, change, run)
             except SyncError as err:
                 self._log.warning("the transfer by change failed (%s): the whole tree now", err)
-        return [await run(rsync.tree_args(self.config))]
+        return [await run(rsync.tree_args(tree, None if build is None else build.link_dest))]
 
     async def _read_upstream(self, pass_fds: tuple[int, ...] = ()) -> marker.Marker:
         """Fetch the upstream marker (``upstream_marker.py``), with the retry policy."""
@@ -331,34 +403,7 @@ class Syncer:
         error: SyncError | None = None,
         whole: bool = False,
     ) -> None:
-        finished = self._clock()
-        rsync_error = error if isinstance(error, RsyncError) else None
-        last = LastSync(
-            trigger=str(trigger),
-            started=iso_time(started),
-            finished=iso_time(finished),
-            duration=round(finished - started, 3),
-            result=str(result),
-            marker=marker_value,
-            error=None if error is None else str(error),
-            returncode=None if rsync_error is None else rsync_error.returncode,
-            stderr_tail=None if rsync_error is None else rsync_error.stderr_tail,
-        )
-        succeeded = result in (SyncResult.SYNCED, SyncResult.UP_TO_DATE)
-        self.metrics.sync_finished(str(result), success_at=finished if succeeded else None)
         with contextlib.suppress(MarkerError):  # the gauge only; the sync's outcome stands
             self.metrics.set_marker("local", self.local_marker())
-        try:
-            success_at = iso_time(finished) if succeeded else None
-            whole_at = success_at if whole else None
-            await receiver_state.end_sync(
-                self.config, last, success_at=success_at, whole_at=whole_at
-            )
-        except OSError as err:
-            # The tree and its marker are what they are; only `status` misses this outcome.
-            self._log.error(
-                "cannot record the sync's outcome (%s) in %s: %s",
-                result,
-                receiver_state_path(self.config),
-                err.strerror,
-            )
+        outcome = Outcome(trigger, started, self._clock(), result, marker_value, error, whole)
+        await record_outcome(self.config, outcome, self.metrics, self._log)

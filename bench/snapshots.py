@@ -1,0 +1,271 @@
+"""Snapshots (docs/design.md#snapshots): the switch, a snapshot sync against an in-place
+one, and readers through nginx during syncs.
+
+1. The switch: ``snapshots.switch`` of a built snapshot (rename complete, note the
+   replaced one, ``<target>.previous`` then ``target`` each by a symlink renamed over the
+   old, fsyncs), and the ``target`` rename alone; p50 and max over ``--switches``.
+2. A tree of ``--files`` files (bench.delta_sync's, made once and kept) with 0.1% changed
+   per publish: one in-place mirror and one snapshot mirror sync each publish through a
+   real rsync daemon on 127.0.0.1 (in-process ``Syncer``s, the whole-tree transfer both:
+   a snapshot is built whole); their times side by side, and the disk the snapshot mode
+   takes beyond the in-place tree (``du`` counts a hard-linked file once).
+3. Readers: ``--rate`` requests a second from virtual clients of a yum-like tree
+   (tests/web.py) through Debian's nginx with contrib/nginx-snapshots.conf, while the
+   mirror syncs ``--publishes`` publishes; errors (non-200, wrong hash) in place and in
+   snapshot mode.
+
+    .venv/bin/python -m bench.snapshots [--files 100000] [--repeat 5] [--rate 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.delta_sync import change_tree, make_tree, mirror
+from bench.stats import save, summary
+from mirrorhook import snapshots
+from mirrorhook.manifest import walk
+from mirrorhook.syncer import Syncer
+from mirrorhook.trigger import Trigger, Via
+from tests.helpers import make_upstream, receiver_config, receiver_toml, rsync_daemon
+from tests.web import YumLike, nginx
+
+
+def switches(work: Path, count: int) -> dict[str, Any]:
+    """Time ``count`` switches of small snapshots (the switch does not depend on size)."""
+    upstream = make_upstream(work / "switch-upstream", count=4)
+    (work / "switch").mkdir()
+    loaded = receiver_config(
+        work / "switch", upstream=f"{upstream}/", target=str(work / "switch/tree")
+    ).receiver
+    assert loaded is not None
+    config = replace(loaded, publish="snapshot", grace=0)
+    whole, rename = [], []
+    for index in range(count):
+        build = snapshots.prepare(config, time.time() + index)  # a name of its own each
+        (build.path / "CURRENT").write_text(f"{index}\n")
+        started = time.perf_counter()
+        snapshots.switch(config, build, time.time())
+        whole.append(time.perf_counter() - started)
+        link = config.target.with_name(".bench-link")
+        link.symlink_to(snapshots.layout(config).link(build.name))
+        started = time.perf_counter()
+        link.rename(config.target)
+        rename.append(time.perf_counter() - started)
+        snapshots.expire(config, time.time() + 10)
+    found = {"switch": summary(whole), "target_rename": summary(rename)}
+    for name, got in found.items():
+        print(
+            f"  {name:<14} p50 {got['median'] * 1000:.2f} ms, max {got['max'] * 1000:.2f} ms"
+            f" ({got['n']} times)"
+        )
+    return found
+
+
+def disk(path: Path) -> int:
+    """Bytes ``du`` counts below ``path`` (each hard-linked file once)."""
+    args = ["du", "-s", "--block-size=1", str(path)]
+    done = subprocess.run(args, capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[0])
+
+
+async def tree_sizes(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    root, made_in = make_tree(args.cache, args.files, rebuild=False)
+    print(f"\n{args.files:,} files in {root}" + (f" (made in {made_in:.0f} s)" if made_in else ""))
+    rng = random.Random(3)
+    with rsync_daemon(work / "daemon", root) as daemon:
+        manifest = walk(root, marker=(root / "CURRENT").read_text().strip())
+        (work / "srv").mkdir()
+        inplace = Syncer(mirror(work / "inplace-state", daemon, work / "srv/inplace"))
+        snap_config = replace(
+            mirror(work / "snap-state", daemon, work / "srv/snap"), publish="snapshot"
+        )
+        snapshot = Syncer(snap_config)
+        first = {}
+        for name, syncer in (("in-place", inplace), ("snapshot", snapshot)):
+            started = time.monotonic()
+            await syncer.sync(if_changed=False, trigger=Trigger(Via.COMMAND))
+            first[name] = time.monotonic() - started
+        shown = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in first.items())
+        print(f"  first copy: {shown}")
+        rows: dict[str, list[float]] = {"in-place": [], "snapshot": []}
+        extra = 0
+        value = int(manifest.marker)
+        for round_number in range(args.repeat):
+            value += 1
+            change_tree(root, manifest, str(value), rng)
+            manifest = walk(root, manifest, marker=str(value))
+            order = [("in-place", inplace), ("snapshot", snapshot)]
+            for name, syncer in order if round_number % 2 == 0 else order[::-1]:
+                started = time.monotonic()
+                await syncer.sync(if_changed=True, trigger=Trigger(Via.WEBHOOK, "bench"))
+                rows[name].append(time.monotonic() - started)
+            if round_number == 0:  # the current tree and the one it replaced
+                extra = disk(work / "srv/snap.snapshots") - disk(work / "srv/inplace")
+        tree_bytes = disk(work / "srv/inplace")
+    found = {name: summary(values) for name, values in rows.items()}
+    ratio = found["snapshot"]["median"] / found["in-place"]["median"]
+    for name, got in found.items():
+        spread = f"min {got['min']:.3f}, max {got['max']:.3f}"
+        print(f"  {name:<9} median {got['median']:.3f} s ({spread})")
+    share = extra / tree_bytes
+    print(f"  snapshot / in place: {ratio:.2f}x the time; {extra / 1e6:.1f} MB more disk")
+    print(f"  ({share:.2%} of the {tree_bytes / 1e6:.0f} MB tree, with the replaced one kept)")
+    return {
+        **found,
+        "files": args.files,
+        "first_copy_s": first,
+        "ratio": ratio,
+        "extra_bytes": extra,
+        "tree_bytes": tree_bytes,
+    }
+
+
+class Replay:
+    """Virtual clients at ``rate`` requests a second: each reads the index, the list, then
+    (after up to 1.2 s) every package, checking hashes."""
+
+    def __init__(self, base: str, rate: int) -> None:
+        self.base = base
+        self.rate = rate
+        self.requests = 0
+        self.errors: list[str] = []
+        self.tokens = asyncio.Semaphore(0)
+
+    async def pace(self, seconds: float) -> None:
+        """Release ``rate`` request tokens a second, in 10 ms steps, for ``seconds``."""
+        end = time.monotonic() + seconds
+        step = self.rate / 100
+        owed = 0.0
+        while time.monotonic() < end:
+            owed += step
+            for _ in range(int(owed)):
+                self.tokens.release()
+            owed -= int(owed)
+            await asyncio.sleep(0.01)
+
+    async def get(self, session: aiohttp.ClientSession, path: str) -> bytes | None:
+        await self.tokens.acquire()
+        self.requests += 1
+        try:
+            async with session.get(self.base + path) as answer:
+                body = await answer.read()
+                if answer.status != 200:
+                    self.errors.append(f"{path}: HTTP {answer.status}")
+                    return None
+                return body
+        except aiohttp.ClientError as err:
+            self.errors.append(f"{path}: {err}")
+            return None
+
+    async def client(self, session: aiohttp.ClientSession, seed: int) -> None:
+        chance = random.Random(seed)
+        while True:
+            index = await self.get(session, "repodata/repomd.xml")
+            if index is None:
+                continue
+            _, path, sha = index.decode().split()
+            listing = await self.get(session, path)
+            if listing is None:
+                continue
+            if hashlib.sha256(listing).hexdigest() != sha:
+                self.errors.append(f"{path}: wrong hash")
+            await asyncio.sleep(chance.uniform(0.0, 1.2))
+            for line in listing.decode().splitlines():
+                name, want = line.split()
+                body = await self.get(session, name)
+                if body is not None and hashlib.sha256(body).hexdigest() != want:
+                    self.errors.append(f"{name}: wrong hash")
+
+
+async def readers(args: argparse.Namespace, work: Path, mode: str) -> dict[str, Any]:
+    folder = work / f"readers-{mode}"
+    upstream = YumLike(folder / "upstream")
+    upstream.publish()
+    served = folder / "srv"
+    served.mkdir(parents=True)  # folder too: the config is written there
+    with rsync_daemon(folder / "daemon", upstream.root) as daemon:
+        config = receiver_toml(
+            folder, upstream=daemon.url, target=str(served / "el9"), publish=mode
+        )
+        command = [sys.executable, "-m", "mirrorhook", "sync", "--config", str(config)]
+        first = await asyncio.create_subprocess_exec(
+            *command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        await first.wait()
+        with nginx(folder / "nginx", served, "el9") as base:
+            replay = Replay(base, args.rate)
+            connector = aiohttp.TCPConnector(limit=64)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                clients = [asyncio.create_task(replay.client(session, n)) for n in range(200)]
+                duration = args.publishes * 2.0 + 1.0
+                pacing = asyncio.create_task(replay.pace(duration))
+                started = time.monotonic()
+                for _ in range(args.publishes):
+                    await asyncio.sleep(1.0)
+                    upstream.publish()
+                    sync = await asyncio.create_subprocess_exec(
+                        *command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                    )
+                    await sync.wait()
+                await pacing
+                elapsed = time.monotonic() - started
+                for task in clients:
+                    task.cancel()
+                await asyncio.gather(*clients, return_exceptions=True)
+    rate = replay.requests / elapsed
+    print(
+        f"  {mode:<9} {replay.requests} requests in {elapsed:.1f} s ({rate:.0f}/s), "
+        f"{len(replay.errors)} errors" + (f", e.g. {replay.errors[0]}" if replay.errors else "")
+    )
+    return {"requests": replay.requests, "seconds": elapsed, "errors": len(replay.errors)}
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="mirrorhook-snapshots-", dir=args.cache))
+    try:
+        print(f"the switch ({args.switches} times):")
+        found: dict[str, Any] = {"switch": switches(work, args.switches)}
+        found["tree"] = await tree_sizes(args, work)
+        if shutil.which("nginx") is None:
+            print("\nno nginx (make web installs it): the readers' replay is skipped")
+            return found
+        print(f"\nreaders through nginx at {args.rate} requests/s, {args.publishes} publishes:")
+        found["readers"] = {
+            mode: await readers(args, work, mode) for mode in ("in-place", "snapshot")
+        }
+        return found
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--switches", type=int, default=200)
+    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--publishes", type=int, default=8)
+    parser.add_argument(
+        "--cache", type=Path, default=Path(tempfile.gettempdir()) / "mirrorhook-bench-cache"
+    )
+    args = parser.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    save("snapshots", asyncio.run(main_async(args)))
+
+
+if __name__ == "__main__":
+    main()

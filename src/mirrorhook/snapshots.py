@@ -1,0 +1,387 @@
+"""Snapshot mode: a tree that switches at once (docs/design.md#snapshots).
+
+``target`` is a symlink that mirrorhook owns. Each sync builds the next tree in a new
+folder of ``<target>.snapshots/`` (``NAME.partial`` while it is built, hard-linking the
+unchanged files from the current snapshot with rsync's ``--link-dest``), installs the
+marker and the trace files in it, renames it to ``NAME`` (complete), and switches: first
+``<target>.previous`` to the snapshot being replaced, then ``target`` to the new one, each
+by one ``rename(2)`` of a new symlink over the old. A reader of ``target`` sees the old
+tree or the new one, never a mix; ``<target>.previous`` lets a web server serve, for
+``grace`` seconds, the files a client that read the old metadata still asks for.
+
+Every step leaves ``target`` resolving to a complete tree: a crash mid-build leaves a
+``.partial`` folder, removed by the next sync (it holds the tree's lock, so no rsync of a
+killed daemon still writes there); a crash between the rename and the switch leaves a
+complete snapshot ``target`` does not point to, removed in the same way. Replaced
+snapshots' times are noted in ``state_dir/snapshots.json``; one without a note has been
+replaced for longer than anyone can say, and is kept no longer than ``grace`` from the
+first look that finds it.
+
+The snapshots' names are mirrorhook's (UTC time of the build), never the marker's value.
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirrorhook import snapshot_record
+from mirrorhook.errors import SyncError
+from mirrorhook.receiver_config import ReceiverConfig
+from mirrorhook.state import fsync_dir
+
+logger = logging.getLogger(__name__)
+
+PARTIAL = ".partial"
+"""The suffix of a snapshot being built."""
+SPARE = "spare"
+"""The last snapshot past its grace, served by nothing: the next build starts from it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where one tree's snapshots live, beside its ``target``."""
+
+    target: Path
+
+    @property
+    def folder(self) -> Path:
+        """``<target>.snapshots``: one folder per snapshot."""
+        return self.target.with_name(self.target.name + ".snapshots")
+
+    @property
+    def previous(self) -> Path:
+        """``<target>.previous``: the symlink to the snapshot replaced last."""
+        return self.target.with_name(self.target.name + ".previous")
+
+    def link(self, name: str) -> str:
+        """What a symlink beside ``target`` holds to point at snapshot ``name`` (relative:
+        the trees can move together, and a bind mount or a chroot sees the same)."""
+        return f"{self.folder.name}/{name}"
+
+    def pointed(self, link: Path) -> str | None:
+        """The snapshot ``link`` points to, ``None`` when it is no symlink of ours."""
+        try:
+            text = str(link.readlink())
+        except OSError:
+            return None
+        folder, _, name = text.partition("/")
+        if folder != self.folder.name or not name or "/" in name or name.endswith(PARTIAL):
+            return None
+        return name
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One complete snapshot, as ``status`` shows it."""
+
+    name: str
+    role: str
+    """``current``, ``previous`` or ``kept`` (replaced, within its grace)."""
+    built: float
+    """When it was built (its folder's name)."""
+    replaced: float | None
+    own_bytes: int | None
+    """What it uses beyond the other snapshots (files no other one links to)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Build:
+    """A snapshot being built: rsync writes into ``path``, linking from ``link_dest``."""
+
+    name: str
+    path: Path
+    link_dest: Path | None
+    recycled: bool = False
+    """Whether ``path`` started as the spare (an older tree: rsync updates it in place,
+    and its ``--max-delete`` counts), not empty."""
+
+
+def layout(config: ReceiverConfig) -> Layout:
+    return Layout(config.target)
+
+
+def current(config: ReceiverConfig) -> str | None:
+    """The snapshot ``target`` points to; ``None`` before the first snapshot sync."""
+    return layout(config).pointed(config.target)
+
+
+def takeover_needed(config: ReceiverConfig) -> bool:
+    """Whether ``target`` is a real folder the first snapshot sync will take over."""
+    return config.target.is_dir() and not config.target.is_symlink()
+
+
+def prepare(config: ReceiverConfig, now: float) -> Build:
+    """Make the folder the next snapshot is built in, after the clean-up a sync that holds
+    the tree's lock does first: a real folder at ``target`` taken over as the current
+    snapshot (renamed, not copied), a ``target`` a crash left missing pointed at the newest
+    complete snapshot, half-built and never-switched snapshots removed."""
+    where = layout(config)
+    where.folder.mkdir(parents=True, exist_ok=True)
+    if takeover_needed(config):
+        _take_over(config, where, now)
+    elif not os.path.lexists(config.target):
+        _recover(where)
+    remove_unused(config, now)
+    name = _new_name(where, now)
+    path = where.folder / (name + PARTIAL)
+    spare = where.folder / SPARE
+    recycled = spare.is_dir() and not spare.is_symlink()
+    if recycled:
+        spare.rename(path)
+    else:
+        path.mkdir()
+    base = current(config)
+    return Build(name, path, None if base is None else where.folder / base, recycled)
+
+
+def switch(config: ReceiverConfig, build: Build, now: float) -> None:
+    """Make the built snapshot current: renamed complete, ``<target>.previous`` switched to
+    the one it replaces, then ``target`` to it; the replaced one's time noted first (a
+    crash after the note keeps it the longer, never the shorter)."""
+    where = layout(config)
+    done = where.folder / build.name
+    build.path.rename(done)
+    fsync_dir(where.folder)
+    replaced = current(config)
+    if replaced is not None:
+        record = snapshot_record.replaced_at(config)
+        record[replaced] = now
+        snapshot_record.write(config, record)
+        _point(where.previous, where.link(replaced))
+    _point(config.target, where.link(build.name))
+
+
+def expire(config: ReceiverConfig, now: float) -> list[str]:
+    """Retire the replaced snapshots whose ``grace`` has passed (``<target>.previous``
+    first, when it points to one); return their names. The caller holds the tree's lock.
+    The newest of them becomes the spare, which the next build starts from (rsync then
+    updates an older tree in place instead of linking every file anew); the others, and
+    the spare it replaces, are removed.
+
+    What a kept one uses beyond the others is measured once, when it is first found
+    replaced (a walk of it): right after its switch, that is what the new tree replaced
+    or removed. A later switch can leave it more of its own than that figure says."""
+    where = layout(config)
+    record = snapshot_record.replaced_at(config)
+    live = current(config)
+    removed: list[str] = []
+    for name in sorted(_complete(where), reverse=True):  # newest first
+        if name == live:
+            continue
+        replaced = record.get(name)
+        if replaced is None:
+            record[name] = now  # replaced earlier than noted: its grace starts now
+            continue
+        if now - replaced < config.grace:
+            continue
+        if where.pointed(where.previous) == name:
+            where.previous.unlink()
+        if removed:
+            _remove(where.folder / name)
+        else:
+            _remove(where.folder / SPARE)
+            (where.folder / name).rename(where.folder / SPARE)
+        del record[name]
+        removed.append(name)
+    if removed:
+        logger.info(
+            "%s: snapshots past their grace: %s kept as the spare, removed %s",
+            config.target,
+            removed[0],
+            removed[1:] or "none",
+        )
+    present = set(_complete(where))
+    kept = {name: at for name, at in record.items() if name != live and name in present}
+    used = snapshot_record.own_bytes(config)
+    if removed:
+        used.pop(SPARE, None)  # a new spare
+    measured = {
+        name: used[name] if name in used else disk_used(where.folder / name)
+        for name in [*kept, *([SPARE] if (where.folder / SPARE).is_dir() else [])]
+    }
+    snapshot_record.write(config, kept, measured)
+    return removed
+
+
+def remove_unused(config: ReceiverConfig, now: float) -> None:
+    """Remove what no reader can be using: half-built snapshots, and complete ones that
+    were never switched to (newer than the current one, not in the record)."""
+    where = layout(config)
+    live = current(config)
+    record = snapshot_record.replaced_at(config)
+    for entry in os.scandir(where.folder):
+        if entry.name.endswith(PARTIAL):
+            logger.info("%s: removing the half-built snapshot %s", config.target, entry.name)
+            _remove(Path(entry.path))
+        elif live is not None and entry.name not in (*record, SPARE) and entry.name > live:
+            logger.info("%s: removing snapshot %s, never switched to", config.target, entry.name)
+            _remove(Path(entry.path))
+    expire(config, now)
+
+
+def listing(config: ReceiverConfig) -> list[Snapshot]:
+    """The complete snapshots, newest first, with their roles."""
+    where = layout(config)
+    if not where.folder.is_dir():
+        return []
+    record, used = snapshot_record.replaced_at(config), snapshot_record.own_bytes(config)
+    live, previous = current(config), where.pointed(where.previous)
+    shown = []
+    for name in sorted(_complete(where), reverse=True):
+        role = "current" if name == live else "previous" if name == previous else "kept"
+        shown.append(Snapshot(name, role, _built(name), record.get(name), used.get(name)))
+    if (spare := where.folder / SPARE).is_dir():
+        built = spare.stat().st_ctime
+        shown.append(Snapshot(SPARE, "spare", built, None, used.get(SPARE)))
+    return shown
+
+
+def disk_used(path: Path) -> int:
+    """The bytes of the files in ``path`` that no other snapshot shares (one link only)."""
+    total = 0
+    for folder, _subfolders, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                st = (Path(folder) / name).lstat()
+                if st.st_nlink == 1:
+                    total += st.st_blocks * 512
+    return total
+
+
+def check_left_out(config: ReceiverConfig, build: Build) -> None:
+    """Raise ``SyncError`` when the built snapshot leaves out more of the current one's
+    entries than ``max_delete`` (what ``--max-delete`` counts in place: a build into an
+    empty folder deletes nothing rsync could count)."""
+    if build.link_dest is None:
+        return
+    own = {os.fsencode(name) for name in config.own_files}
+    count = _left_out(os.fsencode(build.link_dest), os.fsencode(build.path), own)
+    if count > config.max_delete:
+        raise SyncError(
+            f"the new snapshot leaves out {count} entries of the current one, more than "
+            f"max_delete ({config.max_delete}); the current snapshot stays (raise max_delete "
+            "for a publish that removes more)"
+        )
+
+
+def _left_out(old: bytes, new: bytes, skip: set[bytes]) -> int:
+    """How many entries below ``old`` have no entry of the same path below ``new``; each
+    folder is listed once on each side (names and kinds, no stat), one level at a time."""
+    count = 0
+    pending = [(old, new, skip)]
+    while pending:
+        here, there, ignored = pending.pop()
+        theirs = _kinds(there)
+        for name, is_folder in _kinds(here).items():
+            if name in ignored:
+                continue
+            if name not in theirs:
+                count += 1 + (_entries_below(here + b"/" + name) if is_folder else 0)
+            elif is_folder and theirs[name]:
+                pending.append((here + b"/" + name, there + b"/" + name, set()))
+    return count
+
+
+def _kinds(folder: bytes) -> dict[bytes, bool]:
+    """The names in ``folder`` with whether each is a folder; empty when it is none."""
+    try:
+        with os.scandir(folder) as entries:
+            return {entry.name: entry.is_dir(follow_symlinks=False) for entry in entries}
+    except (NotADirectoryError, FileNotFoundError):
+        return {}
+
+
+def _entries_below(folder: bytes) -> int:
+    return sum(len(files) + len(folders) for _, folders, files in os.walk(folder))
+
+
+def kept_disk(config: ReceiverConfig) -> int:
+    """The bytes the replaced snapshots used beyond the others at the last expiry pass."""
+    return sum(snapshot_record.own_bytes(config).values())
+
+
+def remove_build(build: Build) -> None:
+    """Remove a snapshot whose build failed or was cancelled."""
+    _remove(build.path)
+
+
+# --- the steps ----------------------------------------------------------------------------
+
+
+def _take_over(config: ReceiverConfig, where: Layout, now: float) -> None:
+    """Rename the real folder at ``target`` into the snapshots and point ``target`` at it.
+    Between the two renames ``target`` is missing for a moment, once; a crash there is
+    mended by ``_recover`` at the next sync."""
+    name = _new_name(where, now)
+    logger.warning(
+        '%s: taking the folder over as snapshot %s (publish = "snapshot")', config.target, name
+    )
+    config.target.rename(where.folder / name)
+    fsync_dir(where.folder)
+    _point(config.target, where.link(name))
+
+
+def _recover(where: Layout) -> None:
+    """Point a missing ``target`` at the newest complete snapshot, if there is one."""
+    names = sorted(_complete(where))
+    if names:
+        logger.warning("%s was missing: pointing it at snapshot %s", where.target, names[-1])
+        _point(where.target, where.link(names[-1]))
+
+
+def _point(link: Path, text: str) -> None:
+    """Make ``link`` a symlink holding ``text``, by renaming a new symlink over it."""
+    temp = link.with_name(f".{link.name}.{os.getpid()}.new")
+    with contextlib.suppress(FileNotFoundError):
+        temp.unlink()
+    temp.symlink_to(text)
+    temp.rename(link)
+    fsync_dir(link.parent)
+
+
+def _complete(where: Layout) -> list[str]:
+    try:
+        entries = list(os.scandir(where.folder))
+    except FileNotFoundError:
+        return []
+    return [
+        e.name
+        for e in entries
+        if not e.name.endswith(PARTIAL) and e.name != SPARE and e.is_dir(follow_symlinks=False)
+    ]
+
+
+def _new_name(where: Layout, now: float) -> str:
+    """A name that sorts by time and is not taken (two builds in one second get ``-1``...)."""
+    stem = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    name, count = stem, 0
+    while os.path.lexists(where.folder / name) or os.path.lexists(where.folder / (name + PARTIAL)):
+        count += 1
+        name = f"{stem}-{count}"
+    return name
+
+
+def _built(name: str) -> float:
+    try:
+        return float(calendar.timegm(time.strptime(name.partition("-")[0], "%Y%m%dT%H%M%SZ")))
+    except ValueError:
+        return 0.0
+
+
+def _remove(path: Path) -> None:
+    """Remove a snapshot; folders the upstream made read-only are made writable first."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return
+    except PermissionError:
+        for folder, _subfolders, _files in os.walk(path):
+            Path(folder).chmod(0o700)
+        shutil.rmtree(path)
