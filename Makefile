@@ -22,13 +22,14 @@ demo: $(RUN_STAMP) rsync
 
 # Every benchmark in turn; tables on stdout, JSON in bench/results/. BENCHMARKS.md records
 # a run and how long it took.
-bench: venv rsync
+bench: venv rsync web
 	$(BIN)/python -m bench.end_to_end
 	$(BIN)/python -m bench.fanout
 	$(BIN)/python -m bench.capacity
 	$(BIN)/python -m bench.sync_overhead
 	$(BIN)/python -m bench.manifest_walk
 	$(BIN)/python -m bench.delta_sync
+	$(BIN)/python -m bench.snapshots
 	$(BIN)/python -m bench.hook_to_rsync
 	$(BIN)/python -m bench.slow_clients
 	$(BIN)/python -m bench.many_repos

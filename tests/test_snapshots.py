@@ -89,6 +89,7 @@ def test_each_sync_builds_a_snapshot_linked_to_the_last_and_switches_target(
     assert marker_of(tmp_path / "mirror.previous") == "1"
     assert (tmp_path / first / "project/trace/mirror").is_file()  # each has its own trace
 
+    sync(config, "--if-changed")  # up to date: a pass between syncs measures the disk
     status = json.loads(mirrorhook("status", "--json", "--config", config).stdout)["receiver"]
     shown = {entry["role"]: entry for entry in status["snapshots"]}
     assert shown["current"]["path"] == str(tmp_path / second)

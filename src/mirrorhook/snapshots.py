@@ -137,7 +137,10 @@ def prepare(config: ReceiverConfig, now: float) -> Build:
         spare.rename(path)
     else:
         path.mkdir()
-    base = current(config)
+    # From the spare, no --link-dest: rsync would look each file up in the current tree
+    # too (2.5 s instead of 0.9 s for 100,000 files); what the spare lacks is the last
+    # publishes' new files, transferred again (their disk, once more, until it expires).
+    base = None if recycled else current(config)
     return Build(name, path, None if base is None else where.folder / base, recycled)
 
 
@@ -158,16 +161,16 @@ def switch(config: ReceiverConfig, build: Build, now: float) -> None:
     _point(config.target, where.link(build.name))
 
 
-def expire(config: ReceiverConfig, now: float) -> list[str]:
+def expire(config: ReceiverConfig, now: float, *, measure: bool = False) -> list[str]:
     """Retire the replaced snapshots whose ``grace`` has passed (``<target>.previous``
     first, when it points to one); return their names. The caller holds the tree's lock.
     The newest of them becomes the spare, which the next build starts from (rsync then
     updates an older tree in place instead of linking every file anew); the others, and
     the spare it replaces, are removed.
 
-    What a kept one uses beyond the others is measured once, when it is first found
-    replaced (a walk of it): right after its switch, that is what the new tree replaced
-    or removed. A later switch can leave it more of its own than that figure says."""
+    With ``measure``, what each kept one (and the spare) uses beyond the others is
+    measured, once (a walk of it): soon after its switch, that is what the new tree
+    replaced or removed; a later switch can leave it more of its own than that figure."""
     where = layout(config)
     record = snapshot_record.replaced_at(config)
     live = current(config)
@@ -205,12 +208,13 @@ def expire(config: ReceiverConfig, now: float) -> list[str]:
     measured = {
         name: used[name] if name in used else disk_used(where.folder / name)
         for name in [*kept, *([SPARE] if (where.folder / SPARE).is_dir() else [])]
+        if name in used or measure
     }
     snapshot_record.write(config, kept, measured)
     return removed
 
 
-def remove_unused(config: ReceiverConfig, now: float) -> None:
+def remove_unused(config: ReceiverConfig, now: float, *, measure: bool = False) -> None:
     """Remove what no reader can be using: half-built snapshots, and complete ones that
     were never switched to (newer than the current one, not in the record)."""
     where = layout(config)
@@ -223,7 +227,7 @@ def remove_unused(config: ReceiverConfig, now: float) -> None:
         elif live is not None and entry.name not in (*record, SPARE) and entry.name > live:
             logger.info("%s: removing snapshot %s, never switched to", config.target, entry.name)
             _remove(Path(entry.path))
-    expire(config, now)
+    expire(config, now, measure=measure)
 
 
 def listing(config: ReceiverConfig) -> list[Snapshot]:

@@ -144,8 +144,8 @@ class Syncer:
         await self._finish(
             trigger, started, report.result, marker_value=report.marker, whole=report.whole
         )
-        if self.config.publish == "snapshot":
-            await self._expire_snapshots()
+        if self.config.publish == "snapshot":  # measured by a sync that moved nothing
+            await self._expire_snapshots(measure=report.result is SyncResult.UP_TO_DATE)
         else:  # a snapshot has them from its build
             await self._write_traces(trigger, started, report)
         if report.result is SyncResult.UP_TO_DATE:
@@ -179,20 +179,23 @@ class Syncer:
             report = Report(SyncResult.UP_TO_DATE, upstream.value, 0)
             await self._write_traces(trigger, started, report)
             if snapshot:
-                await self._expire_snapshots()
+                await self._expire_snapshots(measure=True)
         return False
 
     async def expire_snapshots(self) -> None:
         """Between syncs: remove the snapshots past their grace, and a half-built one, when
         no sync holds the tree's lock (one that does removes them itself)."""
         with contextlib.suppress(LockedError), lock.hold(self.config):
-            await self._expire_snapshots()
+            await self._expire_snapshots(measure=True)
 
-    async def _expire_snapshots(self) -> None:
+    async def _expire_snapshots(self, *, measure: bool = False) -> None:
         """Remove the half-built snapshots and those past their grace (the caller holds the
-        tree's lock); a failure is only logged: the tree serves as it is."""
+        tree's lock); with ``measure``, between syncs, measure the disk of those not yet
+        measured (a walk each: not on a sync's way). A failure is only logged: the tree
+        serves as it is."""
         try:
-            await asyncio.to_thread(snapshots.remove_unused, self.config, self._clock())
+            now = self._clock()
+            await asyncio.to_thread(snapshots.remove_unused, self.config, now, measure=measure)
             self.metrics.kept_bytes(functools.partial(snapshots.kept_disk, self.config))
         except OSError as err:
             self._log.error("cannot remove the snapshots past their grace: %s", err)
