@@ -23,18 +23,22 @@ from tests.helpers import (
     MIRRORHOOK,
     Processes,
     RsyncDaemon,
+    counting_rsync,
     free_port,
+    key_pair,
     marker_of,
     mirrorhook,
     needs,
     publish,
     receiver_toml,
     signed_webhook,
+    tree_invocations,
     trees_equal,
     wait_for_port,
     wait_until,
     write_secret,
 )
+from tests.scene import toml
 
 pytestmark = pytest.mark.slow  # real daemons and processes: see `make test-fast`
 
@@ -304,3 +308,93 @@ def test_serve_switches_on_a_webhook_and_counts_it_in_metrics(
     wait_until(lambda: "spare" in folders(tmp_path), what="the expiry", timeout=20)
     assert "snapshots past their grace" in processes.log("mirror")
     assert not os.path.lexists(tmp_path / "mirror.previous")
+
+
+def test_a_hub_in_snapshot_mode_announces_at_its_switch_and_passes_the_change_on(
+    tmp_path: Path, processes: Processes, daemon: RsyncDaemon
+) -> None:
+    """An upstream publisher, a hub whose receiver is in snapshot mode (its tree a folder
+    at first: taken over) and whose publisher watches that tree with a rescan of an hour,
+    and a leaf: the leaf syncs within seconds of the hub's switch, by the change (the
+    hub's walk of a snapshot is settled)."""
+    upstream_key, upstream_pub = key_pair(tmp_path / "keys", "upstream")
+    hub_key, hub_pub = key_pair(tmp_path / "keys", "hub")
+    up_port, hub_hook, hub_port, leaf_hook = (free_port() for _ in range(4))
+    hub_tree, leaf_tree = tmp_path / "hub" / "tree", tmp_path / "leaf" / "tree"
+    leaf_log = tmp_path / "leaf-rsync.log"
+    publisher = {"signing_key_file": str(upstream_key), "name": "upstream"}
+    (tmp_path / "upstream.toml").write_text(
+        toml(
+            {
+                "publisher": {
+                    "root": str(daemon.root),
+                    "state_dir": str(tmp_path / "ustate"),
+                    "listen": [f"127.0.0.1:{up_port}"],
+                    "public_url": f"http://127.0.0.1:{up_port}",
+                    **publisher,
+                },
+                "publisher.mirrors": [
+                    {"name": "hub", "url": f"http://127.0.0.1:{hub_hook}/v1/hook"}
+                ],
+            }
+        )
+    )
+    hub_tree.mkdir(parents=True)
+    (tmp_path / "hub.toml").write_text(
+        toml(
+            {
+                "receiver": {
+                    "listen": [f"127.0.0.1:{hub_hook}"],
+                    "state_dir": str(tmp_path / "hub" / "rstate"),
+                    "upstream": daemon.url,
+                    "target": str(hub_tree),
+                    "public_key_file": str(upstream_pub),
+                    "poll_interval": 0,
+                    "backoff": 0.1,
+                    "publish": "snapshot",
+                },
+                "publisher": {
+                    "root": str(hub_tree),
+                    "state_dir": str(tmp_path / "hub" / "pstate"),
+                    "signing_key_file": str(hub_key),
+                    "listen": [f"127.0.0.1:{hub_port}"],
+                    "public_url": f"http://127.0.0.1:{hub_port}",
+                    "name": "hub",
+                    "rescan": 3600,
+                },
+                "publisher.mirrors": [
+                    {"name": "leaf", "url": f"http://127.0.0.1:{leaf_hook}/v1/hook"}
+                ],
+            }
+        )
+    )
+    (tmp_path / "leaf.toml").write_text(
+        toml(
+            {
+                "receiver": {
+                    "listen": [f"127.0.0.1:{leaf_hook}"],
+                    "state_dir": str(tmp_path / "leaf" / "state"),
+                    "upstream": f"{hub_tree}/",
+                    "target": str(leaf_tree),
+                    "public_key_file": str(hub_pub),
+                    "poll_interval": 0,
+                    "backoff": 0.1,
+                    "rsync": str(counting_rsync(tmp_path, leaf_log)),
+                }
+            }
+        )
+    )
+    processes.serve(tmp_path / "upstream.toml", "upstream")
+    processes.serve(tmp_path / "hub.toml", "hub")
+    wait_until(lambda: marker_of(hub_tree) == "1", what="the hub's start-up sync")
+    assert hub_tree.is_symlink()
+    processes.serve(tmp_path / "leaf.toml", "leaf")
+    wait_for_port(leaf_hook)
+    wait_until(lambda: marker_of(leaf_tree) == "1", what="the leaf's start-up sync")
+    wait_until(lambda: "marker '1': announcing" in processes.log("hub"), what="the hub's")
+
+    publish(daemon.root, "2", {"dir0/new.rpm": "new\n"})
+    wait_until(lambda: marker_of(leaf_tree) == "2", what="the cascade", timeout=30)
+    assert "switched to snapshot" in processes.log("hub")
+    assert "--files-from=" in tree_invocations(leaf_log)[-1]
+    assert trees_equal(daemon.root, leaf_tree)

@@ -113,14 +113,6 @@ def _publish(r: ReceiverConfig) -> list[tuple[str, str]]:
             f"the one replaced is kept {r.grace:g} s, at {where.previous}",
         )
     ]
-    if r.passes_changes:
-        rows.append(
-            (
-                "hub",
-                "not supported yet in snapshot mode: this host's publisher sees the switch "
-                "only at its rescan",
-            )
-        )
     if snapshots.takeover_needed(r):
         rows.append(
             (

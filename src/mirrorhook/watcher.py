@@ -1,7 +1,9 @@
 """Watching the marker file: watchdog events, collapsed into one reading per change.
 
 The observer watches the tree root (not recursively) and reacts to the marker being
-created, modified, closed after writing, or renamed into place. Its thread only hands a
+created, modified, closed after writing, or renamed into place; and the root's parent, for
+the root itself replaced (a snapshot's symlink switched, docs/design.md#snapshots): then
+it watches the new root and reads its marker at once. Its thread only hands a
 note to the event loop (``call_soon_threadsafe``); the loop reads the marker once for a
 burst of events. A ``rescan`` timer re-reads the marker and re-establishes the watch when
 the root folder was replaced (its device and inode changed), because inotify loses events
@@ -12,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileModifiedEvent,
@@ -97,6 +102,31 @@ class _Handler(FileSystemEventHandler):
         # (or a modified one, when polling) may still be being written.
         complete = isinstance(event, FileClosedEvent | FileMovedEvent)
         self._loop.call_soon_threadsafe(self._note, complete)
+
+
+_ROOT_EVENTS: list[type[FileSystemEvent]] = [
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+]
+
+
+class _RootHandler(FileSystemEventHandler):
+    """Runs in the observer's thread: the root itself replaced in its parent folder (a
+    snapshot's symlink switched, a folder renamed into place), then hops to the loop."""
+
+    def __init__(self, root: Path, loop: asyncio.AbstractEventLoop, swapped: Callable[[], None]):
+        self._root = os.fsencode(root)
+        self._loop = loop
+        self._swapped = swapped
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        touched = (
+            event.dest_path if isinstance(event, FileMovedEvent | DirMovedEvent) else event.src_path
+        )
+        if os.fsencode(touched) == self._root:
+            self._loop.call_soon_threadsafe(self._swapped)
 
 
 class MarkerWatcher:
@@ -208,6 +238,13 @@ class MarkerWatcher:
                 recursive=False,
                 event_filter=_EVENTS,
             )
+            if self.root.parent != self.root:  # a switch of the root is seen at once
+                observer.schedule(
+                    _RootHandler(self.root, loop, functools.partial(self._swapped, loop)),
+                    str(self.root.parent),
+                    recursive=False,
+                    event_filter=_ROOT_EVENTS,
+                )
             observer.start()
         except OSError as err:
             # The root may be missing for a moment (a swap in progress): the rescan retries.
@@ -219,6 +256,11 @@ class MarkerWatcher:
         logger.info(
             "watching %s (%s)", self.path, "polling" if self._polling else type(observer).__name__
         )
+
+    def _swapped(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The root was replaced (a snapshot switched): watch the new one, read its marker."""
+        self._check_identity(loop)
+        self.read()
 
     def _check_identity(self, loop: asyncio.AbstractEventLoop) -> None:
         identity = self._current_identity()
