@@ -23,9 +23,7 @@ from tests.helpers import (
     MIRRORHOOK,
     Processes,
     RsyncDaemon,
-    counting_rsync,
     free_port,
-    key_pair,
     marker_of,
     mirrorhook,
     needs,
@@ -38,7 +36,7 @@ from tests.helpers import (
     wait_until,
     write_secret,
 )
-from tests.scene import toml
+from tests.tiers import three_tiers
 
 pytestmark = pytest.mark.slow  # real daemons and processes: see `make test-fast`
 
@@ -317,79 +315,16 @@ def test_a_hub_in_snapshot_mode_announces_at_its_switch_and_passes_the_change_on
     at first: taken over) and whose publisher watches that tree with a rescan of an hour,
     and a leaf: the leaf syncs within seconds of the hub's switch, by the change (the
     hub's walk of a snapshot is settled)."""
-    upstream_key, upstream_pub = key_pair(tmp_path / "keys", "upstream")
-    hub_key, hub_pub = key_pair(tmp_path / "keys", "hub")
-    up_port, hub_hook, hub_port, leaf_hook = (free_port() for _ in range(4))
-    hub_tree, leaf_tree = tmp_path / "hub" / "tree", tmp_path / "leaf" / "tree"
-    leaf_log = tmp_path / "leaf-rsync.log"
-    publisher = {"signing_key_file": str(upstream_key), "name": "upstream"}
-    (tmp_path / "upstream.toml").write_text(
-        toml(
-            {
-                "publisher": {
-                    "root": str(daemon.root),
-                    "state_dir": str(tmp_path / "ustate"),
-                    "listen": [f"127.0.0.1:{up_port}"],
-                    "public_url": f"http://127.0.0.1:{up_port}",
-                    **publisher,
-                },
-                "publisher.mirrors": [
-                    {"name": "hub", "url": f"http://127.0.0.1:{hub_hook}/v1/hook"}
-                ],
-            }
-        )
+    tiers = three_tiers(
+        tmp_path, daemon, hub_receiver={"publish": "snapshot"}, hub_publisher={"rescan": 3600}
     )
-    hub_tree.mkdir(parents=True)
-    (tmp_path / "hub.toml").write_text(
-        toml(
-            {
-                "receiver": {
-                    "listen": [f"127.0.0.1:{hub_hook}"],
-                    "state_dir": str(tmp_path / "hub" / "rstate"),
-                    "upstream": daemon.url,
-                    "target": str(hub_tree),
-                    "public_key_file": str(upstream_pub),
-                    "poll_interval": 0,
-                    "backoff": 0.1,
-                    "publish": "snapshot",
-                },
-                "publisher": {
-                    "root": str(hub_tree),
-                    "state_dir": str(tmp_path / "hub" / "pstate"),
-                    "signing_key_file": str(hub_key),
-                    "listen": [f"127.0.0.1:{hub_port}"],
-                    "public_url": f"http://127.0.0.1:{hub_port}",
-                    "name": "hub",
-                    "rescan": 3600,
-                },
-                "publisher.mirrors": [
-                    {"name": "leaf", "url": f"http://127.0.0.1:{leaf_hook}/v1/hook"}
-                ],
-            }
-        )
-    )
-    (tmp_path / "leaf.toml").write_text(
-        toml(
-            {
-                "receiver": {
-                    "listen": [f"127.0.0.1:{leaf_hook}"],
-                    "state_dir": str(tmp_path / "leaf" / "state"),
-                    "upstream": f"{hub_tree}/",
-                    "target": str(leaf_tree),
-                    "public_key_file": str(hub_pub),
-                    "poll_interval": 0,
-                    "backoff": 0.1,
-                    "rsync": str(counting_rsync(tmp_path, leaf_log)),
-                }
-            }
-        )
-    )
-    processes.serve(tmp_path / "upstream.toml", "upstream")
-    processes.serve(tmp_path / "hub.toml", "hub")
+    hub_tree, leaf_tree, leaf_log = tiers.hub_tree, tiers.leaf_tree, tiers.leaf_log
+    processes.serve(tiers.upstream, "upstream")
+    processes.serve(tiers.hub, "hub")
     wait_until(lambda: marker_of(hub_tree) == "1", what="the hub's start-up sync")
     assert hub_tree.is_symlink()
-    processes.serve(tmp_path / "leaf.toml", "leaf")
-    wait_for_port(leaf_hook)
+    processes.serve(tiers.leaf, "leaf")
+    wait_for_port(tiers.leaf_hook)
     wait_until(lambda: marker_of(leaf_tree) == "1", what="the leaf's start-up sync")
     wait_until(lambda: "marker '1': announcing" in processes.log("hub"), what="the hub's")
 
