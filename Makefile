@@ -66,9 +66,10 @@ yum:
 		|| echo "no dnf: the tests with dnf will be skipped" >&2
 
 # iproute2 (ip, ss) for the network-namespace and listen-queue tests, Debian's ftpsync for
-# the trace file's reference fields. In CI a test whose tool is missing fails, not skips.
+# the trace file's reference fields, btrfs-progs for snapshots on a btrfs of the test's
+# own. In CI a test whose tool is missing fails, not skips.
 tools:
-	@sh scripts/install-debs.sh ip=iproute2 ss=iproute2 ftpsync=ftpsync \
+	@sh scripts/install-debs.sh ip=iproute2 ss=iproute2 ftpsync=ftpsync mkfs.btrfs=btrfs-progs \
 		|| echo "missing tools: the tests that need them will be skipped" >&2
 
 # Debian's mosquitto (and its clients) and nats-server for the subscription tests through

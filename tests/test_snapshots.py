@@ -219,6 +219,51 @@ def test_a_full_disk_during_a_build_leaves_the_current_tree_serving(
     assert names == [link.split("/")[1]]  # and the half-built snapshot is gone
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a btrfs needs root")
+@needs("unshare", "losetup", package="util-linux")
+@needs("mkfs.btrfs", "btrfs", package="btrfs-progs")
+def test_on_btrfs_each_build_is_a_snapshot_of_the_current_subvolume(
+    tmp_path: Path, upstream: Path, daemon: RsyncDaemon
+) -> None:
+    """A real btrfs (a 256 MiB image on a loop device, mounted in a mount namespace of
+    the test's own): the first build is a new subvolume, the next ones btrfs snapshots of
+    the current one brought up to date; the replaced ones are deleted as subvolumes."""
+    disk, image = tmp_path / "disk", tmp_path / "btrfs.img"
+    disk.mkdir()
+    config = receiver_toml(
+        tmp_path, upstream=daemon.url, target=str(disk / "mirror"), publish="snapshot", grace=0
+    )
+    sync = f'"$@" sync --config "{config}" 2>> "{tmp_path}/syncs.log" >/dev/null || exit 98\n'
+    script = (
+        f'truncate -s 256m "{image}" && mkfs.btrfs -q "{image}" >/dev/null || exit 97\n'
+        f'mount -o loop "{image}" "{disk}" || exit 99\n'
+        + sync
+        + f'rm "{upstream}/dir1/file1.rpm"; printf "2\\n" > "{upstream}/CURRENT"\n'
+        + sync
+        + f'printf "three\\n" > "{upstream}/dir2/three.rpm"; printf "3\\n" > "{upstream}/CURRENT"\n'
+        + sync
+        + f'cd "{disk}/mirror" && stat -c "%i" . && cat CURRENT && ls -R | wc -l\n'
+        + f'ls "{disk}/mirror.snapshots"; btrfs subvolume list "{disk}" | wc -l\n'
+        + f'cd /; umount "{disk}"\n'
+    )
+    ran = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", *MIRRORHOOK],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    log = (tmp_path / "syncs.log").read_text() if (tmp_path / "syncs.log").exists() else ""
+    assert ran.returncode == 0, ran.stdout + ran.stderr + log
+    inode, installed, _entries, *names, subvolumes = ran.stdout.split()
+    assert "building snapshot" in log
+    assert log.count("(a btrfs snapshot of the current one)") == 2
+    assert inode == "256"  # the current tree is a subvolume's root
+    assert installed == "3"
+    assert len(names) == 1  # grace 0: the replaced ones deleted (no spare on btrfs)
+    assert subvolumes == "1"
+
+
 def test_a_sync_killed_at_any_moment_leaves_target_complete(
     tmp_path: Path, upstream: Path, daemon: RsyncDaemon
 ) -> None:

@@ -25,6 +25,7 @@ from typing import TypeVar
 from mirrorhook import (
     applied_change,
     delete_valve,
+    left_out,
     lock,
     marker,
     receiver_state,
@@ -256,8 +257,7 @@ class Syncer:
         build = None
         if config.publish == "snapshot":
             build = await asyncio.to_thread(snapshots.prepare, config, self._clock())
-            how = "from the spare" if build.recycled else "linked to the current one"
-            self._log.info("building snapshot %s (%s)", build.name, how)
+            self._log.info("building snapshot %s (%s)", build.name, build.how)
         else:
             config.target.mkdir(parents=True, exist_ok=True)
         try:
@@ -335,7 +335,7 @@ class Syncer:
                     await asyncio.to_thread(applied_change.note, config.state_dir, by_change)
                 self._log.info("stage 2: installing marker %r", again.value)
                 if build is not None and not build.recycled:  # else rsync's --max-delete
-                    await asyncio.to_thread(snapshots.check_left_out, config, build)
+                    await asyncio.to_thread(left_out.check, config, build)
                 with self.metrics.time_stage("install"):
                     write_atomic(tree.target / config.marker, again.data, mtime=again.mtime)
                 whole = by_change is None
