@@ -53,6 +53,18 @@ def sync(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def in_mount_namespace(script: str) -> subprocess.CompletedProcess[str]:
+    """Run the shell ``script`` in a mount namespace of its own (``unshare -m``: what it
+    mounts, nothing else sees), with mirrorhook's command line as its ``"$@"``."""
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", *MIRRORHOOK],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
 def folders(tmp_path: Path) -> list[str]:
     return sorted(entry.name for entry in (tmp_path / "mirror.snapshots").iterdir())
 
@@ -204,13 +216,7 @@ def test_a_full_disk_during_a_build_leaves_the_current_tree_serving(
         f'"$@" sync --config "{config}" 2> "{tmp_path}/second.log"; echo "exit=$?"\n'
         f'readlink "{disk}/mirror"; cat "{disk}/mirror/CURRENT"; ls "{disk}/mirror.snapshots"\n'
     )
-    ran = subprocess.run(
-        ["unshare", "-m", "sh", "-c", script, "sh", *MIRRORHOOK],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    ran = in_mount_namespace(script)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     shown = ran.stdout.splitlines()  # each sync's summary line, then what the script shows
     _code, link, installed, *names = shown[shown.index("exit=1") :]
@@ -246,13 +252,7 @@ def test_on_btrfs_each_build_is_a_snapshot_of_the_current_subvolume(
         + f'ls "{disk}/mirror.snapshots"; btrfs subvolume list "{disk}" | wc -l\n'
         + f'cd /; umount "{disk}"\n'
     )
-    ran = subprocess.run(
-        ["unshare", "-m", "sh", "-c", script, "sh", *MIRRORHOOK],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    ran = in_mount_namespace(script)
     log = (tmp_path / "syncs.log").read_text() if (tmp_path / "syncs.log").exists() else ""
     assert ran.returncode == 0, ran.stdout + ran.stderr + log
     inode, installed, _entries, *names, subvolumes = ran.stdout.split()
