@@ -8,7 +8,10 @@ one, and readers through nginx during syncs.
    per publish: one in-place mirror and one snapshot mirror sync each publish through a
    real rsync daemon on 127.0.0.1 (in-process ``Syncer``s, the whole-tree transfer both:
    a snapshot is built whole); their times side by side, and the disk the snapshot mode
-   takes beyond the in-place tree (``du`` counts a hard-linked file once).
+   takes beyond the in-place tree (``du`` counts a hard-linked file once). The same on a
+   btrfs image on a loop device, in a mount namespace of the benchmark's own (as root,
+   with btrfs-progs): builds are btrfs snapshots there, and the disk a round adds is what
+   the file system's used space grows by.
 3. Readers: ``--rate`` requests a second from virtual clients of a yum-like tree
    (tests/web.py) through Debian's nginx with contrib/nginx-snapshots.conf, while the
    mirror syncs ``--publishes`` publishes; errors (non-200, wrong hash) in place and in
@@ -22,6 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
+import os
 import random
 import shutil
 import subprocess
@@ -142,6 +147,88 @@ async def tree_sizes(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
+def used_bytes(folder: Path) -> int:
+    """The bytes the file system of ``folder`` uses, once btrfs has written its trees out."""
+    subprocess.run(["btrfs", "filesystem", "sync", str(folder)], check=True)
+    got = os.statvfs(folder)
+    return (got.f_blocks - got.f_bfree) * got.f_frsize
+
+
+def mount_btrfs(work: Path) -> Path:
+    """A 4 GiB btrfs (a sparse image on a loop device) mounted at ``work/disk``."""
+    image, disk = work / "btrfs.img", work / "disk"
+    disk.mkdir()
+    subprocess.run(["truncate", "-s", "4g", str(image)], check=True)
+    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(disk)], check=True)
+    return disk
+
+
+def unmount(disk: Path) -> None:
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+async def on_btrfs(args: argparse.Namespace) -> dict[str, Any]:
+    """In a mount namespace of its own (``--btrfs-child``): a btrfs image on a loop device;
+    an in-place and a snapshot mirror on it; times side by side, and what a snapshot
+    round adds to the space the file system uses (its new tree's metadata and the changed
+    files, the replaced tree kept)."""
+    root, _ = make_tree(args.cache, args.files, rebuild=False)
+    work = Path(tempfile.mkdtemp(prefix="mirrorhook-btrfs-", dir=args.cache))
+    try:
+        disk = mount_btrfs(work)
+        rng = random.Random(3)
+        with rsync_daemon(work / "daemon", root) as daemon:
+            manifest = walk(root, marker=(root / "CURRENT").read_text().strip())
+            inplace = Syncer(mirror(work / "inplace-state", daemon, disk / "inplace"))
+            snap = replace(mirror(work / "snap-state", daemon, disk / "snap"), publish="snapshot")
+            mirrors = {"in-place": inplace, "snapshot": Syncer(snap)}
+            for syncer in mirrors.values():
+                await syncer.sync(if_changed=False, trigger=Trigger(Via.COMMAND))
+            tree = used_bytes(disk) // 2  # the two copies
+            rows: dict[str, list[float]] = {name: [] for name in mirrors}
+            added = 0
+            value = int(manifest.marker)
+            for round_number in range(args.repeat):
+                value += 1
+                change_tree(root, manifest, str(value), rng)
+                manifest = walk(root, manifest, marker=str(value))
+                for name, syncer in mirrors.items():
+                    before = used_bytes(disk)
+                    started = time.monotonic()
+                    await syncer.sync(if_changed=True, trigger=Trigger(Via.WEBHOOK, "bench"))
+                    rows[name].append(time.monotonic() - started)
+                    if round_number == 0 and name == "snapshot":
+                        added = used_bytes(disk) - before
+        unmount(disk)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    found = {name: summary(values) for name, values in rows.items()}
+    return {**found, "tree_bytes": tree, "snapshot_added_bytes": added}
+
+
+def btrfs_run(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``on_btrfs`` in a child of its own mount namespace; ``None`` when it cannot run."""
+    tools = ("unshare", "mkfs.btrfs", "btrfs")
+    if os.geteuid() != 0 or any(shutil.which(tool) is None for tool in tools):
+        print("\nno btrfs here (needs root, unshare and btrfs-progs): skipped")
+        return None
+    command = ["unshare", "-m", sys.executable, "-m", "bench.snapshots", "--btrfs-child"]
+    command += ["--files", str(args.files), "--repeat", str(args.repeat)]
+    command += ["--cache", str(args.cache)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    found: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    base = found["in-place"]["median"]
+    print(f"\non btrfs, {args.files:,} files, 0.1% changed:")
+    for name in ("in-place", "snapshot"):
+        got = found[name]
+        print(f"  {name:<9} median {got['median']:.3f} s, {got['median'] / base:.2f}x")
+    share = found["snapshot_added_bytes"] / found["tree_bytes"]
+    print(f"  a snapshot round adds {found['snapshot_added_bytes'] / 1e6:.1f} MB used")
+    print(f"  ({share:.2%} of the {found['tree_bytes'] / 1e6:.0f} MB tree, the replaced one kept)")
+    return found
+
+
 class Replay:
     """Virtual clients at ``rate`` requests a second: each reads the index, the list, then
     (after up to 1.2 s) every package, checking hashes."""
@@ -250,6 +337,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         print(f"the switch ({args.switches} times):")
         found: dict[str, Any] = {"switch": switches(work, args.switches)}
         found["tree"] = await tree_sizes(args, work)
+        found["btrfs"] = btrfs_run(args)
         if shutil.which("nginx") is None:
             print("\nno nginx (make web installs it): the readers' replay is skipped")
             return found
@@ -272,8 +360,12 @@ def main() -> None:
     parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "mirrorhook-bench-cache"
     )
+    parser.add_argument("--btrfs-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
+    if args.btrfs_child:  # in the mount namespace btrfs_run made: the result on stdout
+        print(json.dumps(asyncio.run(on_btrfs(args))))
+        return
     save("snapshots", asyncio.run(main_async(args)))
 
 
