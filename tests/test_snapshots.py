@@ -233,11 +233,12 @@ def test_on_btrfs_each_build_is_a_snapshot_of_the_current_subvolume(
 ) -> None:
     """A real btrfs (a 256 MiB image on a loop device, mounted in a mount namespace of
     the test's own): the first build is a new subvolume, the next ones btrfs snapshots of
-    the current one brought up to date; the replaced ones are deleted as subvolumes."""
+    the current one brought up to date (no spare: the replaced ones are within their
+    grace), each a subvolume."""
     disk, image = tmp_path / "disk", tmp_path / "btrfs.img"
     disk.mkdir()
     config = receiver_toml(
-        tmp_path, upstream=daemon.url, target=str(disk / "mirror"), publish="snapshot", grace=0
+        tmp_path, upstream=daemon.url, target=str(disk / "mirror"), publish="snapshot"
     )
     sync = f'"$@" sync --config "{config}" 2>> "{tmp_path}/syncs.log" >/dev/null || exit 98\n'
     script = (
@@ -260,8 +261,8 @@ def test_on_btrfs_each_build_is_a_snapshot_of_the_current_subvolume(
     assert log.count("(a btrfs snapshot of the current one)") == 2
     assert inode == "256"  # the current tree is a subvolume's root
     assert installed == "3"
-    assert len(names) == 1  # grace 0: the replaced ones deleted (no spare on btrfs)
-    assert subvolumes == "1"
+    assert len(names) == 3  # the current one and the two it replaced, within grace
+    assert subvolumes == "3"
 
 
 def test_a_sync_killed_at_any_moment_leaves_target_complete(

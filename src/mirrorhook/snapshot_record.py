@@ -42,9 +42,13 @@ def _numbers(table: object) -> dict[str, float]:
 
 
 def write(
-    config: ReceiverConfig, record: dict[str, float], used: dict[str, int] | None = None
+    config: ReceiverConfig,
+    record: dict[str, float],
+    used: dict[str, int] | None = None,
+    *,
+    durable: bool = True,
 ) -> None:
     """Note ``record`` (when each kept snapshot was replaced) and ``used`` (what each uses
     beyond the others; the noted values when ``None``)."""
     used = own_bytes(config) if used is None else used
-    write_json(_path(config), {"replaced": record, "own_bytes": used})
+    write_json(_path(config), {"replaced": record, "own_bytes": used}, durable=durable)

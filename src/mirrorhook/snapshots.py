@@ -135,17 +135,16 @@ def prepare(config: ReceiverConfig, now: float) -> Build:
     spare = where.folder / SPARE
     base = current(config)
     on_btrfs = btrfs.usable(where.folder)
-    if on_btrfs and base is not None and btrfs.is_subvolume(where.folder / base):
-        if spare.exists():
-            _remove(spare)
-        btrfs.snapshot(where.folder / base, path)
-        return Build(name, path, None, recycled=True, how="a btrfs snapshot of the current one")
     if spare.is_dir() and not spare.is_symlink():
         spare.rename(path)
         # No --link-dest: rsync would look each file up in the current tree too (2.5 s
         # instead of 0.9 s for 100,000 files); what the spare lacks is the last publishes'
-        # new files, transferred again (their disk, once more, until it expires).
+        # new files, transferred again (their disk, once more, until it expires). The
+        # cheapest start (on btrfs too: a snapshot there costs a commit, bench.snapshots).
         return Build(name, path, None, recycled=True, how="from the spare")
+    if on_btrfs and base is not None and btrfs.is_subvolume(where.folder / base):
+        btrfs.snapshot(where.folder / base, path)
+        return Build(name, path, None, recycled=True, how="a btrfs snapshot of the current one")
     if on_btrfs:
         btrfs.create(path)  # the next build can be its snapshot
     else:
@@ -160,13 +159,15 @@ def switch(config: ReceiverConfig, build: Build, now: float) -> None:
     where = layout(config)
     done = where.folder / build.name
     build.path.rename(done)
-    fsync_dir(where.folder)
+    fsync_dir(where.folder)  # before target may name it
     replaced = current(config)
     if replaced is not None:
         record = snapshot_record.replaced_at(config)
         record[replaced] = now
-        snapshot_record.write(config, record)
-        _point(where.previous, where.link(replaced))
+        # Not fsynced: a note a power cut loses gives the snapshot its grace anew.
+        snapshot_record.write(config, record, durable=False)
+        # In target's folder: the fsync after target's rename makes both durable.
+        _point(where.previous, where.link(replaced), durable=False)
     _point(config.target, where.link(build.name))
 
 
@@ -196,7 +197,7 @@ def expire(config: ReceiverConfig, now: float, *, measure: bool = False) -> list
             continue
         if where.pointed(where.previous) == name:
             where.previous.unlink()
-        if removed or btrfs.usable(where.folder):  # a btrfs snapshot needs no spare
+        if removed:
             _remove(where.folder / name)
         else:
             _remove(where.folder / SPARE)
@@ -301,14 +302,16 @@ def _recover(where: Layout) -> None:
         _point(where.target, where.link(names[-1]))
 
 
-def _point(link: Path, text: str) -> None:
-    """Make ``link`` a symlink holding ``text``, by renaming a new symlink over it."""
+def _point(link: Path, text: str, *, durable: bool = True) -> None:
+    """Make ``link`` a symlink holding ``text``, by renaming a new symlink over it (then,
+    if ``durable``, an fsync of its folder)."""
     temp = link.with_name(f".{link.name}.{os.getpid()}.new")
     with contextlib.suppress(FileNotFoundError):
         temp.unlink()
     temp.symlink_to(text)
     temp.rename(link)
-    fsync_dir(link.parent)
+    if durable:
+        fsync_dir(link.parent)
 
 
 def _complete(where: Layout) -> list[str]:
