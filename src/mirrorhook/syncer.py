@@ -317,14 +317,15 @@ class Syncer:
             )
             if not allow_deletes:
                 await delete_valve.weigh(config, weighed, before.held, self._clock())
-            # A snapshot is built whole: its folder starts empty (linked to the current one).
+            # A snapshot is built by the whole-tree transfer (into the spare, a btrfs
+            # snapshot of the current tree, or an empty folder linked to it).
             by_change = weighed if round_number == 1 and not whole and build is None else None
             with self.metrics.time_stage("transfer"):
                 began = time.monotonic()
                 results = await self._stage_one(tree, by_change, pass_fds, build)
                 spent += time.monotonic() - began
                 if sweep:
-                    remove_rsync_leftovers(config.target)
+                    remove_rsync_leftovers(tree.target)
                     sweep = False
             got = sum(rsync.received_bytes(result.stdout_tail) for result in results)
             received += got
