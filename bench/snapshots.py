@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from mirrorhook import snapshots
 from mirrorhook.manifest import walk
 from mirrorhook.syncer import Syncer
 from mirrorhook.trigger import Trigger, Via
-from tests.helpers import make_upstream, receiver_config, receiver_toml, rsync_daemon
+from tests.helpers import RsyncDaemon, make_upstream, receiver_config, receiver_toml, rsync_daemon
 from tests.web import YumLike, nginx
 
 
@@ -87,52 +88,78 @@ def disk(path: Path) -> int:
     return int(done.stdout.split()[0])
 
 
-async def tree_sizes(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    root, made_in = make_tree(args.cache, args.files, rebuild=False)
-    print(f"\n{args.files:,} files in {root}" + (f" (made in {made_in:.0f} s)" if made_in else ""))
+def three_mirrors(work: Path, daemon: RsyncDaemon, srv: Path) -> dict[str, Syncer]:
+    """An in-place mirror and two snapshot mirrors of the daemon's tree, in ``srv``:
+    ``grace`` 600 (every build without a spare) and 0 (every build from the spare)."""
+    srv.mkdir(exist_ok=True)
+    snapshot = replace(mirror(work / "snap-state", daemon, srv / "snap"), publish="snapshot")
+    spare = replace(mirror(work / "spare-state", daemon, srv / "spare"), publish="snapshot")
+    return {
+        "in-place": Syncer(mirror(work / "inplace-state", daemon, srv / "inplace")),
+        "snapshot": Syncer(snapshot),
+        "spare": Syncer(replace(spare, grace=0)),
+    }
+
+
+async def timed_rounds(
+    args: argparse.Namespace,
+    root: Path,
+    mirrors: dict[str, Syncer],
+    after: Callable[[int, str], None],
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Each mirror's first copy, then ``--repeat`` publishes of 0.1% changed, each synced
+    by every mirror (in turn, the order reversed every other round); ``after(round,
+    name)`` runs after each sync. The seconds of the first copies, and of each sync."""
     rng = random.Random(3)
-    with rsync_daemon(work / "daemon", root) as daemon:
-        manifest = walk(root, marker=(root / "CURRENT").read_text().strip())
-        (work / "srv").mkdir()
-        inplace = Syncer(mirror(work / "inplace-state", daemon, work / "srv/inplace"))
-        snap_config = replace(
-            mirror(work / "snap-state", daemon, work / "srv/snap"), publish="snapshot"
-        )
-        spare_config = replace(
-            mirror(work / "spare-state", daemon, work / "srv/spare"), publish="snapshot", grace=0
-        )
-        mirrors = {
-            "in-place": Syncer(inplace.config),
-            "snapshot": Syncer(snap_config),  # grace 600: every build links anew
-            "spare": Syncer(spare_config),  # grace 0: every build starts from the spare
-        }
-        first = {}
-        for name, syncer in mirrors.items():
+    manifest = walk(root, marker=(root / "CURRENT").read_text().strip())
+    first = {}
+    for name, syncer in mirrors.items():
+        started = time.monotonic()
+        await syncer.sync(if_changed=False, trigger=Trigger(Via.COMMAND))
+        first[name] = time.monotonic() - started
+    rows: dict[str, list[float]] = {name: [] for name in mirrors}
+    value = int(manifest.marker)
+    for round_number in range(args.repeat):
+        value += 1
+        change_tree(root, manifest, str(value), rng)
+        manifest = walk(root, manifest, marker=str(value))
+        order = list(mirrors.items())
+        for name, syncer in order if round_number % 2 == 0 else order[::-1]:
             started = time.monotonic()
-            await syncer.sync(if_changed=False, trigger=Trigger(Via.COMMAND))
-            first[name] = time.monotonic() - started
-        shown = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in first.items())
-        print(f"  first copy: {shown}")
-        rows: dict[str, list[float]] = {name: [] for name in mirrors}
-        extra = 0
-        value = int(manifest.marker)
-        for round_number in range(args.repeat):
-            value += 1
-            change_tree(root, manifest, str(value), rng)
-            manifest = walk(root, manifest, marker=str(value))
-            order = list(mirrors.items())
-            for name, syncer in order if round_number % 2 == 0 else order[::-1]:
-                started = time.monotonic()
-                await syncer.sync(if_changed=True, trigger=Trigger(Via.WEBHOOK, "bench"))
-                rows[name].append(time.monotonic() - started)
-            if round_number == 0:  # the current tree and the one it replaced
-                extra = disk(work / "srv/snap.snapshots") - disk(work / "srv/inplace")
-        tree_bytes = disk(work / "srv/inplace")
+            await syncer.sync(if_changed=True, trigger=Trigger(Via.WEBHOOK, "bench"))
+            rows[name].append(time.monotonic() - started)
+            after(round_number, name)
+    return first, rows
+
+
+def show_times(rows: dict[str, list[float]]) -> dict[str, Any]:
+    """Print each mirror's median against the in-place one's; return the summaries."""
     found = {name: summary(values) for name, values in rows.items()}
     base = found["in-place"]["median"]
     for name, got in found.items():
         spread = f"min {got['min']:.3f}, max {got['max']:.3f}"
         print(f"  {name:<9} median {got['median']:.3f} s ({spread}), {got['median'] / base:.2f}x")
+    return found
+
+
+async def tree_sizes(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    root, made_in = make_tree(args.cache, args.files, rebuild=False)
+    print(f"\n{args.files:,} files in {root}" + (f" (made in {made_in:.0f} s)" if made_in else ""))
+    srv = work / "srv"
+    extra = 0
+
+    def after(round_number: int, name: str) -> None:
+        nonlocal extra
+        if round_number == 0 and name == "snapshot":  # its tree and the one it replaced
+            extra = disk(srv / "snap.snapshots") - disk(srv / "inplace")
+
+    with rsync_daemon(work / "daemon", root) as daemon:
+        first, rows = await timed_rounds(args, root, three_mirrors(work, daemon, srv), after)
+        tree_bytes = disk(srv / "inplace")
+    shown = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in first.items())
+    print(f"  first copy: {shown}")
+    found = show_times(rows)
+    base = found["in-place"]["median"]
     share = extra / tree_bytes
     print(f"  snapshot mode: {extra / 1e6:.1f} MB more disk than in place")
     print(f"  ({share:.2%} of the {tree_bytes / 1e6:.0f} MB tree, with the replaced one kept)")
@@ -157,7 +184,7 @@ def used_bytes(folder: Path) -> int:
 def mount_btrfs(work: Path) -> Path:
     """A 4 GiB btrfs (a sparse image on a loop device) mounted at ``work/disk``."""
     image, disk = work / "btrfs.img", work / "disk"
-    disk.mkdir()
+    disk.mkdir(exist_ok=True)
     subprocess.run(["truncate", "-s", "4g", str(image)], check=True)
     subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
     subprocess.run(["mount", "-o", "loop", str(image), str(disk)], check=True)
@@ -170,41 +197,29 @@ def unmount(disk: Path) -> None:
 
 async def on_btrfs(args: argparse.Namespace) -> dict[str, Any]:
     """In a mount namespace of its own (``--btrfs-child``): a btrfs image on a loop device;
-    an in-place and a snapshot mirror on it; times side by side, and what a snapshot
-    round adds to the space the file system uses (its new tree's metadata and the changed
-    files, the replaced tree kept)."""
+    the three mirrors on it; their times, and what a snapshot round adds to the space the
+    file system uses (its new tree's metadata and the changed files, the replaced tree
+    kept: the growth over the snapshot mirror's first sync after the in-place one's)."""
     root, _ = make_tree(args.cache, args.files, rebuild=False)
     work = Path(tempfile.mkdtemp(prefix="mirrorhook-btrfs-", dir=args.cache))
+    used_after: dict[str, int] = {}
+    volume = work / "disk"
+
+    def after(round_number: int, name: str) -> None:
+        if round_number == 0:
+            used_after[name] = used_bytes(volume)
+
     try:
-        disk = mount_btrfs(work)
-        rng = random.Random(3)
+        volume = mount_btrfs(work)
         with rsync_daemon(work / "daemon", root) as daemon:
-            manifest = walk(root, marker=(root / "CURRENT").read_text().strip())
-            inplace = Syncer(mirror(work / "inplace-state", daemon, disk / "inplace"))
-            snap = replace(mirror(work / "snap-state", daemon, disk / "snap"), publish="snapshot")
-            spare = replace(snap, target=disk / "spare", state_dir=work / "spare-state", grace=0)
-            mirrors = {"in-place": inplace, "snapshot": Syncer(snap), "spare": Syncer(spare)}
-            for syncer in mirrors.values():
-                await syncer.sync(if_changed=False, trigger=Trigger(Via.COMMAND))
-            tree = used_bytes(disk) // 3  # the three copies
-            rows: dict[str, list[float]] = {name: [] for name in mirrors}
-            added = 0
-            value = int(manifest.marker)
-            for round_number in range(args.repeat):
-                value += 1
-                change_tree(root, manifest, str(value), rng)
-                manifest = walk(root, manifest, marker=str(value))
-                for name, syncer in mirrors.items():
-                    before = used_bytes(disk)
-                    started = time.monotonic()
-                    await syncer.sync(if_changed=True, trigger=Trigger(Via.WEBHOOK, "bench"))
-                    rows[name].append(time.monotonic() - started)
-                    if round_number == 0 and name == "snapshot":
-                        added = used_bytes(disk) - before
-        unmount(disk)
+            mirrors = three_mirrors(work, daemon, volume)
+            _first, rows = await timed_rounds(args, root, mirrors, after)
+        unmount(volume)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     found = {name: summary(values) for name, values in rows.items()}
+    added = used_after["snapshot"] - used_after["in-place"]  # round 0 keeps the order
+    tree = used_after["in-place"] // 3  # the three copies, before any snapshot is replaced
     return {**found, "tree_bytes": tree, "snapshot_added_bytes": added}
 
 
@@ -219,11 +234,8 @@ def btrfs_run(args: argparse.Namespace) -> dict[str, Any] | None:
     command += ["--cache", str(args.cache)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     found: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
-    base = found["in-place"]["median"]
     print(f"\non btrfs, {args.files:,} files, 0.1% changed:")
-    for name in ("in-place", "snapshot", "spare"):
-        got = found[name]
-        print(f"  {name:<9} median {got['median']:.3f} s, {got['median'] / base:.2f}x")
+    show_times({name: [found[name]["median"]] for name in ("in-place", "snapshot", "spare")})
     share = found["snapshot_added_bytes"] / found["tree_bytes"]
     print(f"  a snapshot round adds {found['snapshot_added_bytes'] / 1e6:.1f} MB used")
     print(f"  ({share:.2%} of the {found['tree_bytes'] / 1e6:.0f} MB tree, the replaced one kept)")
