@@ -228,24 +228,8 @@ class MarkerWatcher:
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         self._stop_observer()
-        observer: BaseObserver = (
-            PollingObserver(timeout=POLL_OBSERVER_INTERVAL) if self._polling else Observer()
-        )
         try:
-            observer.schedule(
-                _Handler(self.path, loop, self._note, has_close_events=not self._polling),
-                str(self.root),
-                recursive=False,
-                event_filter=_EVENTS,
-            )
-            if self.root.parent != self.root:  # a switch of the root is seen at once
-                observer.schedule(
-                    _RootHandler(self.root, loop, functools.partial(self._swapped, loop)),
-                    str(self.root.parent),
-                    recursive=False,
-                    event_filter=_ROOT_EVENTS,
-                )
-            observer.start()
+            observer = self._observed(loop, parent=True)
         except OSError as err:
             # The root may be missing for a moment (a swap in progress): the rescan retries.
             logger.warning("cannot watch %s: %s; retrying at the next rescan", self.root, err)
@@ -256,6 +240,36 @@ class MarkerWatcher:
         logger.info(
             "watching %s (%s)", self.path, "polling" if self._polling else type(observer).__name__
         )
+
+    def _observed(self, loop: asyncio.AbstractEventLoop, *, parent: bool) -> BaseObserver:
+        """A started observer of the root and, with ``parent``, of its parent folder (a
+        switch of the root is then seen at once); a parent that cannot be watched (not
+        readable, say) leaves the root watched alone, its switches seen at the rescan."""
+        observer: BaseObserver = (
+            PollingObserver(timeout=POLL_OBSERVER_INTERVAL) if self._polling else Observer()
+        )
+        observer.schedule(
+            _Handler(self.path, loop, self._note, has_close_events=not self._polling),
+            str(self.root),
+            recursive=False,
+            event_filter=_EVENTS,
+        )
+        if parent and self.root.parent != self.root:
+            observer.schedule(
+                _RootHandler(self.root, loop, functools.partial(self._swapped, loop)),
+                str(self.root.parent),
+                recursive=False,
+                event_filter=_ROOT_EVENTS,
+            )
+        try:
+            observer.start()
+        except OSError as err:
+            observer.stop()  # an emitter that did start
+            if not parent:
+                raise
+            logger.info("cannot watch %s (%s): watching %s alone", self.root.parent, err, self.root)
+            return self._observed(loop, parent=False)
+        return observer
 
     def _swapped(self, loop: asyncio.AbstractEventLoop) -> None:
         """The root was replaced (a snapshot switched): watch the new one, read its marker."""
