@@ -70,6 +70,7 @@ yum:
 # own. In CI a test whose tool is missing fails, not skips.
 tools:
 	@sh scripts/install-debs.sh ip=iproute2 ss=iproute2 ftpsync=ftpsync mkfs.btrfs=btrfs-progs \
+		unshare=util-linux losetup=mount \
 		|| echo "missing tools: the tests that need them will be skipped" >&2
 
 # Debian's mosquitto (and its clients) and nats-server for the subscription tests through

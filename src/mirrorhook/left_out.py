@@ -14,7 +14,9 @@ from mirrorhook.snapshots import Build
 def check(config: ReceiverConfig, build: Build) -> None:
     """Raise ``SyncError`` when the built snapshot leaves out more of the current one's
     entries than ``max_delete`` (what ``--max-delete`` counts in place: a build into an
-    empty folder deletes nothing rsync could count)."""
+    empty folder deletes nothing rsync could count). Nothing to count without a
+    ``link_dest``: there is no current tree, or the build started from a tree rsync
+    updated in place (the spare, a btrfs snapshot), where ``--max-delete`` counted."""
     if build.link_dest is None:
         return
     own = {os.fsencode(name) for name in config.own_files}

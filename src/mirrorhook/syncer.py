@@ -335,7 +335,7 @@ class Syncer:
                 if by_change is not None and config.passes_changes:
                     await asyncio.to_thread(applied_change.note, config.state_dir, by_change)
                 self._log.info("stage 2: installing marker %r", again.value)
-                if build is not None and not build.recycled:  # else rsync's --max-delete
+                if build is not None:
                     await asyncio.to_thread(left_out.check, config, build)
                 with self.metrics.time_stage("install"):
                     write_atomic(tree.target / config.marker, again.data, mtime=again.mtime)
