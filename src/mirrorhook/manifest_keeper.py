@@ -134,12 +134,8 @@ class ManifestKeeper:
 
     @property
     def _own(self) -> frozenset[bytes]:
-        """The files a hub's receiver writes after the marker (its trace, its lastsync);
-        and, when the root is a symlink (a snapshot, docs/design.md#snapshots), the root
-        folder itself: it was renamed complete after its marker was written, and nothing
-        writes into a snapshot once it is switched to."""
-        own = frozenset(os.fsencode(name) for name in self.tree.after_marker)
-        return own | {b"/"} if self.tree.root.is_symlink() else own
+        """The files a hub's receiver writes after the marker (its trace, its lastsync)."""
+        return frozenset(os.fsencode(name) for name in self.tree.after_marker)
 
     def _applied(self, value: str, previous: Manifest | None) -> Change | None:
         """The change a hub's receiver noted it applied from ``previous`` to ``value``."""

@@ -1,17 +1,19 @@
 """Snapshot mode: a tree that switches at once (docs/design.md#snapshots).
 
 ``target`` is a symlink that mirrorhook owns. Each sync builds the next tree in a new
-folder of ``<target>.snapshots/`` (``NAME.partial`` while it is built, hard-linking the
-unchanged files from the current snapshot with rsync's ``--link-dest``), installs the
-marker and the trace files in it, renames it to ``NAME`` (complete), and switches: first
+folder ``<target>.snapshots/NAME`` (the empty file ``NAME.partial`` beside it while it is
+built; unchanged files hard links to the current snapshot's, or the spare or a btrfs
+snapshot as its start), installs the marker and the trace files in it, removes
+``NAME.partial`` (complete), and switches: first
 ``<target>.previous`` to the snapshot being replaced, then ``target`` to the new one, each
 by one ``rename(2)`` of a new symlink over the old. A reader of ``target`` sees the old
 tree or the new one, never a mix; ``<target>.previous`` lets a web server serve, for
 ``grace`` seconds, the files a client that read the old metadata still asks for.
 
 Every step leaves ``target`` resolving to a complete tree: a crash mid-build leaves a
-``.partial`` folder, removed by the next sync (it holds the tree's lock, so no rsync of a
-killed daemon still writes there); a crash between the rename and the switch leaves a
+folder with its ``.partial`` file, removed by the next sync (it holds the tree's lock, so
+no rsync of a killed daemon still writes there); a crash between the completion and the
+switch leaves a
 complete snapshot ``target`` does not point to, removed in the same way. Replaced
 snapshots' times are noted in ``state_dir/snapshots.json``; one without a note has been
 replaced for longer than anyone can say, and is kept no longer than ``grace`` from the
@@ -38,7 +40,9 @@ from mirrorhook.state import fsync_dir
 logger = logging.getLogger(__name__)
 
 PARTIAL = ".partial"
-"""The suffix of a snapshot being built."""
+"""``NAME.partial``, an empty file beside folder ``NAME``, says it is being built. The
+folder is never renamed once built: a rename would change its ctime after the marker was
+written, and a hub's publisher would take the tree for one that changed under its walk."""
 SPARE = "spare"
 """The last snapshot past its grace, served by nothing: the next build starts from it."""
 
@@ -103,6 +107,11 @@ class Build:
     how: str = "linked to the current one"
     """How it started, for the log."""
 
+    @property
+    def sidecar(self) -> Path:
+        """The file that says ``path`` is being built (``PARTIAL``)."""
+        return self.path.with_name(self.name + PARTIAL)
+
 
 def layout(config: ReceiverConfig) -> Layout:
     return Layout(config.target)
@@ -131,7 +140,9 @@ def prepare(config: ReceiverConfig, now: float) -> Build:
         _recover(where)
     remove_unused(config, now)
     name = _new_name(where, now)
-    path = where.folder / (name + PARTIAL)
+    path = where.folder / name
+    (where.folder / (name + PARTIAL)).touch(exist_ok=False)  # before the folder exists
+    fsync_dir(where.folder)
     spare = where.folder / SPARE
     base = current(config)
     on_btrfs = btrfs.usable(where.folder)
@@ -153,12 +164,11 @@ def prepare(config: ReceiverConfig, now: float) -> Build:
 
 
 def switch(config: ReceiverConfig, build: Build, now: float) -> None:
-    """Make the built snapshot current: renamed complete, ``<target>.previous`` switched to
+    """Make the built snapshot current: marked complete, ``<target>.previous`` switched to
     the one it replaces, then ``target`` to it; the replaced one's time noted first (a
     crash after the note keeps it the longer, never the shorter)."""
     where = layout(config)
-    done = where.folder / build.name
-    build.path.rename(done)
+    build.sidecar.unlink()
     fsync_dir(where.folder)  # before target may name it
     replaced = current(config)
     if replaced is not None:
@@ -232,7 +242,7 @@ def remove_unused(config: ReceiverConfig, now: float, *, measure: bool = False) 
     for entry in os.scandir(where.folder):
         if entry.name.endswith(PARTIAL):
             logger.info("%s: removing the half-built snapshot %s", config.target, entry.name)
-            _remove(Path(entry.path))
+            _remove_partly_built(where.folder / entry.name.removesuffix(PARTIAL))
         elif live is not None and entry.name not in (*record, SPARE) and entry.name > live:
             logger.info("%s: removing snapshot %s, never switched to", config.target, entry.name)
             _remove(Path(entry.path))
@@ -275,7 +285,13 @@ def kept_disk(config: ReceiverConfig) -> int:
 
 def remove_build(build: Build) -> None:
     """Remove a snapshot whose build failed or was cancelled."""
-    _remove(build.path)
+    _remove_partly_built(build.path)
+
+
+def _remove_partly_built(path: Path) -> None:
+    """The folder, then the file that marks it half-built."""
+    _remove(path)
+    path.with_name(path.name + PARTIAL).unlink(missing_ok=True)
 
 
 # --- the steps ----------------------------------------------------------------------------
@@ -319,10 +335,11 @@ def _complete(where: Layout) -> list[str]:
         entries = list(os.scandir(where.folder))
     except FileNotFoundError:
         return []
+    building = {e.name.removesuffix(PARTIAL) for e in entries if e.name.endswith(PARTIAL)}
     return [
         e.name
         for e in entries
-        if not e.name.endswith(PARTIAL) and e.name != SPARE and e.is_dir(follow_symlinks=False)
+        if e.name not in building and e.name != SPARE and e.is_dir(follow_symlinks=False)
     ]
 
 
