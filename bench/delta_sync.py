@@ -9,9 +9,12 @@ the change (``diff`` of the publisher's manifests, through the wire format), one
 full transfer. Measured for each: the sync's wall time and the CPU the rsync daemon spent
 serving it (its reaped children's user + system time, from ``/proc``). Also the
 publisher's side: the walk of the new tree (with the previous manifest) and the memory a
-manifest holds.
+manifest holds. At each size after the first, the mirror by change then also syncs
+``--repeat`` publishes that change as many files as the first size's did (100 of
+100,000): the same change in a tree ten times larger, which is what "the cost follows the
+change" compares (0.1% of a larger tree is a larger change).
 
-Then ``--mirrors`` mirrors (100) of a ``--mirror-files`` tree (10,000) sync one publish
+Then ``--mirrors`` mirrors (100) of a ``--mirror-files`` tree (100,000) sync one publish
 at once, all by change and then all by the full transfer (copies of one synced tree,
 hard-linked: rsync replaces what it writes), for the daemon's total CPU.
 
@@ -45,7 +48,7 @@ PER_FOLDER = 1000
 MAX_FILES = 5_000_000
 LAYOUT = "1"
 TICK = os.sysconf("SC_CLK_TCK")
-ROWS = ("walk", "delta", "full", "delta_cpu", "full_cpu")
+ROWS = ("walk", "delta", "full", "delta_cpu", "full_cpu", "delta_small")
 
 
 def _make_folders(job: tuple[str, int, int, int]) -> None:
@@ -80,10 +83,13 @@ def make_tree(cache: Path, files: int, *, rebuild: bool) -> tuple[Path, float]:
     return root, time.monotonic() - started
 
 
-def change_tree(root: Path, manifest: Manifest, value: str, rng: random.Random) -> None:
-    """Change 0.1% of the files: half rewritten, a quarter removed, a quarter added."""
+def change_tree(
+    root: Path, manifest: Manifest, value: str, rng: random.Random, count: int | None = None
+) -> None:
+    """Change 0.1% of the files (or ``count``): half rewritten, a quarter removed, a quarter
+    added."""
     files = [entry.path for entry in manifest.entries if entry.path.endswith(b".rpm")]
-    count = max(4, len(files) // 1000)
+    count = count or max(4, len(files) // 1000)
     picked = rng.sample(files, count)
     stamp = int(time.time()) - 60 + int(value)
     for path in picked[: count // 2]:
@@ -143,7 +149,12 @@ def copy_tree(source: Path, target: Path) -> None:
     subprocess.run(["cp", "-al", str(source), str(target)], check=True)
 
 
-async def one_size(files: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+async def one_size(
+    files: int, args: argparse.Namespace, work: Path, small: int | None = None
+) -> dict[str, Any]:
+    """Both mirrors through ``--repeat`` publishes of 0.1% of ``files``; with ``small``, the
+    mirror by change through as many more of ``small`` files each (the smallest size's
+    change), to compare the same change at two tree sizes."""
     root, made_in = make_tree(args.cache, files, rebuild=args.rebuild)
     print(f"\n{files:,} files in {root}" + (f" (made in {made_in:.0f} s)" if made_in else ""))
     rng = random.Random(files)
@@ -161,9 +172,7 @@ async def one_size(files: int, args: argparse.Namespace, work: Path) -> dict[str
         first_copy = time.monotonic() - started
         copy_tree(full_tree, delta_tree)
         by_change = Syncer(mirror(work / f"delta-state-{files}", daemon, delta_tree))
-        rows: dict[str, list[float]] = {
-            key: [] for key in ("walk", "delta", "full", "delta_cpu", "full_cpu")
-        }
+        rows: dict[str, list[float]] = {key: [] for key in ROWS}
         value = int(manifest.marker)
         for _ in range(args.repeat):
             value += 1
@@ -177,12 +186,22 @@ async def one_size(files: int, args: argparse.Namespace, work: Path) -> dict[str
                 wall, cpu = await timed_sync(syncer, daemon, given)
                 rows[name].append(wall)
                 rows[f"{name}_cpu"].append(cpu)
+        paths_changed = change.count
+        for _ in range(args.repeat if small else 0):
+            value += 1
+            change_tree(root, manifest, str(value), rng, count=small)
+            new = walk(root, manifest, marker=str(value))
+            change = decode_change(diff(manifest, new).encode(), 1_000_000)
+            manifest = new
+            rows["delta_small"].append((await timed_sync(by_change, daemon, change))[0])
         shutil.rmtree(delta_tree)
         shutil.rmtree(full_tree)
-    summaries = {name: summary(values) for name, values in rows.items()}
+    summaries = {name: summary(values) for name, values in rows.items() if values}
     print(f"  first full copy {first_copy:.1f} s; first walk {first_walk:.2f} s")
-    print(f"  a manifest holds {held:.0f} MB; a change names {change.count} paths")
-    for name in ROWS:
+    print(f"  a manifest holds {held:.0f} MB; a change names {paths_changed} paths")
+    if small:
+        print(f"  delta_small: changes of {small} files ({change.count} paths)")
+    for name in filter(summaries.__contains__, ROWS):
         got = summaries[name]
         spread = f"min {got['min']:.3f}, max {got['max']:.3f}"
         print(f"  {name:<10} median {got['median']:.3f} s ({spread})")
@@ -196,7 +215,8 @@ async def one_size(files: int, args: argparse.Namespace, work: Path) -> dict[str
         "first_copy_s": first_copy,
         "first_walk_s": first_walk,
         "manifest_rss_mb": held,
-        "paths_changed": change.count,
+        "paths_changed": paths_changed,
+        "small_files_changed": small,
     }
 
 
@@ -242,7 +262,11 @@ async def many_mirrors(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="mirrorhook-delta-", dir=args.cache))
     try:
-        sizes = [await one_size(files, args, work) for files in args.files]
+        small = max(4, args.files[0] // 1000)  # the smallest size's change, at every size
+        sizes = [
+            await one_size(files, args, work, None if index == 0 else small)
+            for index, files in enumerate(args.files)
+        ]
         print(f"\n{args.mirrors} mirrors of {args.mirror_files:,} files, one publish at once:")
         many = await many_mirrors(args, work)
     finally:
@@ -250,7 +274,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     if len(sizes) > 1:
         growth = sizes[-1]["delta"]["median"] / sizes[0]["delta"]["median"]
         print(f"\nsync by change at {args.files[-1]:,} / at {args.files[0]:,} files: {growth:.2f}")
-    return {"sizes": sizes, "many": many}
+        same = sizes[-1]["delta_small"]["median"] / sizes[0]["delta"]["median"]
+        big, little = f"{args.files[-1]:,}", f"{args.files[0]:,}"
+        print(f"the same change ({small} files) at {big} / at {little} files: {same:.2f}")
+    return {"sizes": sizes, "many": many, "small_files_changed": small}
 
 
 def main() -> None:
@@ -260,7 +287,7 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--mirrors", type=int, default=100)
-    parser.add_argument("--mirror-files", type=int, default=10_000)
+    parser.add_argument("--mirror-files", type=int, default=100_000)
     parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "mirrorhook-bench-cache"
     )

@@ -9,6 +9,11 @@
    manifests sends it (the sync by change of docs/design.md#the-delta-transfer).
 3. No change: ``mirrorhook sync --if-changed`` against a plain rsync walk — what the marker
    saves every hour on a mirror that is already current.
+4. The floor under all three: an interpreter that imports only the standard library a
+   sync needs (asyncio, argparse, tomllib, dataclasses, logging, pathlib), and one rsync
+   of the marker alone; from them, the ratio each goal would have with none of
+   mirrorhook's own code (two marker reads and the interpreter for ``mirrorhook sync``,
+   two reads for the daemon, one read and the interpreter for ``--if-changed``).
 
 All against a real rsync daemon on 127.0.0.1 that sets ``socket options = TCP_NODELAY``
 (contrib/rsyncd.conf); plain rsync gets mirrorhook's flags, ``--sockopts`` included.
@@ -19,6 +24,7 @@ All against a real rsync daemon on 127.0.0.1 that sets ``socket options = TCP_NO
 from __future__ import annotations
 
 import argparse
+import compileall
 import dataclasses
 import json
 import subprocess
@@ -28,6 +34,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import mirrorhook
 from bench.stats import ms, save, summary
 from mirrorhook import message, signing
 from mirrorhook import rsync as rsync_args
@@ -46,6 +53,9 @@ from tests.helpers import (
     signed_webhook,
     wait_for_port,
 )
+
+STDLIB = ("asyncio", "argparse", "tomllib", "dataclasses", "logging", "pathlib")
+"""What a sync imports of the standard library (``python -X importtime``)."""
 
 
 def daemon_sync(
@@ -104,6 +114,8 @@ def measure(files: int, repeat: int) -> dict[str, list[float]]:
             plain_copy = [*plain[:-1], f"{copy}/"]
             subprocess.run(plain_copy, check=True, capture_output=True)
             marker_only = [sys.executable, "-c", "pass"]  # interpreter start, for reference
+            stdlib = [sys.executable, "-c", f"import {', '.join(STDLIB)}"]
+            one_read = rsync_args.marker_args(receiver, tmp / "marker-copy")
             served, by_change = tmp / "served", tmp / "by-change"
             port, delta_port = int(receiver.listen[0].port or 0), free_port()
             serving = []
@@ -134,6 +146,8 @@ def measure(files: int, repeat: int) -> dict[str, list[float]]:
                 "if_changed": [],
                 "plain_rsync": [],
                 "python": [],
+                "stdlib": [],
+                "marker_read": [],
             }
             try:
                 deadline = time.monotonic() + 300
@@ -174,6 +188,8 @@ def measure(files: int, repeat: int) -> dict[str, list[float]]:
                     runs["if_changed"].append(timed([*cli, "--if-changed"]))
                     runs["plain_rsync"].append(timed(plain))
                     runs["python"].append(timed(marker_only))
+                    runs["stdlib"].append(timed(stdlib))
+                    runs["marker_read"].append(timed(one_read))
             finally:
                 for serve in serving:
                     serve.terminate()
@@ -181,11 +197,28 @@ def measure(files: int, repeat: int) -> dict[str, list[float]]:
     return runs
 
 
+def floors(result: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The ratio each goal would have if mirrorhook's own code cost nothing: what the
+    interpreter with the standard library and the marker reads that the guarantees need
+    (docs/design.md#the-two-stage-sync) add to plain rsync."""
+    stdlib, read = result["stdlib"]["median"], result["marker_read"]["median"]
+    plain, walk = result["changed_plain"]["median"], result["plain_rsync"]["median"]
+    return {
+        "sync": (stdlib + 2 * read + plain) / plain,
+        "daemon": (2 * read + plain) / plain,
+        "if_changed": (stdlib + read) / walk,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=15)
     args = parser.parse_args()
+    # The bytecode an installed package has (pip compiles it at install): without it, each
+    # run would compile mirrorhook from source, some 100 ms here, where the environment
+    # sets PYTHONDONTWRITEBYTECODE (as this project's CI machines do).
+    compileall.compile_dir(Path(mirrorhook.__file__).parent, quiet=1)
     runs = measure(args.files, args.repeat)
     result = {name: summary(samples) for name, samples in runs.items()}
     ratio = result["if_changed"]["median"] / result["plain_rsync"]["median"]
@@ -202,6 +235,8 @@ def main() -> int:
         ("if_changed", "no change: mirrorhook sync --if-changed"),
         ("plain_rsync", "no change: plain rsync walk"),
         ("python", "python -c pass (start-up)"),
+        ("stdlib", "python importing a sync's stdlib"),
+        ("marker_read", "one rsync of the marker alone"),
     ]:
         row = result[name]
         print(f"{label:36} {ms(row['median'])} {ms(row['p25'])} {ms(row['p75'])}")
@@ -209,6 +244,11 @@ def main() -> int:
     print(f"ratio 1% changed, daemon / plain:     {daemon_ratio:.3f}")
     print(f"ratio 1% changed, by change / plain:  {delta_ratio:.3f}")
     print(f"ratio no change, if-changed / walk:   {ratio:.3f}")
+    floor = floors(result)
+    print(
+        "floors (no mirrorhook code): sync {sync:.3f}, daemon {daemon:.3f}, "
+        "if-changed {if_changed:.3f}".format(**floor)
+    )
     path = save(
         "sync_overhead",
         {
@@ -218,6 +258,7 @@ def main() -> int:
             "changed_ratio": changed_ratio,
             "daemon_ratio": daemon_ratio,
             "delta_ratio": delta_ratio,
+            "floors": floor,
         },
     )
     print(f"wrote {path}")

@@ -695,7 +695,8 @@ def test_unix_socket_listener_is_group_writable_only(
 def test_one_shot_sync_imports_only_what_a_sync_uses() -> None:
     """The cron sync records no metrics, serves nothing, shows no status and keeps no
     freshness: prometheus_client, aiohttp and the publisher's and status code are the other
-    commands' cost (a sync by change imports aiohttp when it fetches one)."""
+    commands' cost (a sync by change imports aiohttp when it fetches one), and the snapshot
+    code that of the syncs of snapshot trees."""
     unused = (
         "prometheus_client",
         "aiohttp",
@@ -703,6 +704,9 @@ def test_one_shot_sync_imports_only_what_a_sync_uses() -> None:
         "mirrorhook.freshness",
         "mirrorhook.history",
         "mirrorhook.describe",
+        "mirrorhook.snapshots",
+        "mirrorhook.left_out",
+        "mirrorhook.btrfs",
     )
     probe = (
         "import sys, mirrorhook.cli, mirrorhook.syncer, mirrorhook.oneshot; "

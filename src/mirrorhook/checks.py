@@ -8,7 +8,6 @@ records. Secret files are read here too, refusing the ones others could read or 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import re
@@ -168,6 +167,8 @@ class Table:
 def unknown_key(key: str, known: tuple[str, ...]) -> str:
     """The problem of an unknown ``key``: the nearest known key when one is near enough
     (``bakcoff`` → ``backoff``), else every key the table takes."""
+    import difflib  # noqa: PLC0415 - for a config with a mistake only
+
     nearest = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     if nearest:
         return f"unknown key: did you mean {nearest[0]!r}?"

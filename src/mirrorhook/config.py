@@ -9,18 +9,20 @@ import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mirrorhook import applied_change
 from mirrorhook.checks import Table
 from mirrorhook.errors import ConfigError
-from mirrorhook.publisher_config import Hub, PublisherConfig, PublisherHost, parse_publisher
 from mirrorhook.receiver_config import (
     ReceiverConfig,
     ReceiverHost,
     parse_receiver,
     repositories,
 )
+
+if TYPE_CHECKING:
+    from mirrorhook.publisher_config import Hub, PublisherConfig, PublisherHost
 
 DEFAULT_CONFIG = Path("/etc/mirrorhook/mirrorhook.toml")
 CONFIG_ENV = "MIRRORHOOK_CONFIG"
@@ -160,6 +162,10 @@ def parse_config(path: Path, text: str) -> Config:
     if "receiver" in document and (table := root.table("receiver")) is not None:
         receivers = parse_receiver(table)
     if "publisher" in document and (table := root.table("publisher")) is not None:
+        # Read by the configs that have a publisher only: a mirror's cron sync, which pays
+        # for each import at every start, goes without.
+        from mirrorhook.publisher_config import parse_publisher  # noqa: PLC0415
+
         publishers = parse_publisher(table, _hubs(document, receivers))
         publishers, receivers = _joined_hubs(publishers, receivers)
     root.finish(known=("receiver", "publisher"))

@@ -23,14 +23,17 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mirrorhook import lock, receiver_records, receiver_state, record
 from mirrorhook.config import Config
 from mirrorhook.daemon_note import NOTE_NAME, ConfigNote
 from mirrorhook.errors import LockedError
-from mirrorhook.publisher_config import PublisherHost
 from mirrorhook.receiver_config import ReceiverHost
 from mirrorhook.state import fsync_dir, locked, pid_alive, read_json
+
+if TYPE_CHECKING:
+    from mirrorhook.publisher_config import PublisherHost
 
 logger = logging.getLogger(__name__)
 

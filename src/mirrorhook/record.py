@@ -11,10 +11,12 @@ import asyncio
 import enum
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mirrorhook.publisher_config import PublisherConfig
 from mirrorhook.state import read_json, update_json
+
+if TYPE_CHECKING:
+    from mirrorhook.publisher_config import PublisherConfig
 
 logger = logging.getLogger(__name__)
 

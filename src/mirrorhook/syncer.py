@@ -20,17 +20,15 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from mirrorhook import (
     applied_change,
     delete_valve,
-    left_out,
     lock,
     marker,
     receiver_state,
     rsync,
-    snapshots,
     traces,
 )
 from mirrorhook.change_choice import change_for, whole_due
@@ -55,6 +53,9 @@ from mirrorhook.state import iso_time, write_atomic
 from mirrorhook.sync_record import Outcome, Report, record_outcome
 from mirrorhook.trigger import Trigger
 from mirrorhook.upstream_marker import read_upstream
+
+if TYPE_CHECKING:
+    from mirrorhook.snapshots import Build
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +195,8 @@ class Syncer:
         tree's lock); with ``measure``, between syncs, measure the disk of those not yet
         measured (a walk each: not on a sync's way). A failure is only logged: the tree
         serves as it is."""
+        from mirrorhook import snapshots  # noqa: PLC0415 - snapshot trees only, as below
+
         try:
             now = self._clock()
             await asyncio.to_thread(snapshots.remove_unused, self.config, now, measure=measure)
@@ -256,6 +259,10 @@ class Syncer:
             return Report(SyncResult.UP_TO_DATE, local, 0)
         build = None
         if config.publish == "snapshot":
+            # Imported by the syncs of snapshot trees only: cron's sync of the others, which
+            # pays for every import at each start, goes without.
+            from mirrorhook import snapshots  # noqa: PLC0415
+
             build = await asyncio.to_thread(snapshots.prepare, config, self._clock())
             self._log.info("building snapshot %s (%s)", build.name, build.how)
         else:
@@ -295,7 +302,7 @@ class Syncer:
         before: ReceiverState,
         allow_deletes: bool,
         sweep: bool,
-        build: snapshots.Build | None,
+        build: Build | None,
     ) -> Report:
         """Stage 1, then stage 2 once the upstream marker held still (at most
         ``MAX_ROUNDS`` times); into ``build`` when the tree is a snapshot."""
@@ -336,6 +343,8 @@ class Syncer:
                     await asyncio.to_thread(applied_change.note, config.state_dir, by_change)
                 self._log.info("stage 2: installing marker %r", again.value)
                 if build is not None:
+                    from mirrorhook import left_out  # noqa: PLC0415 - as snapshots, in _sync
+
                     await asyncio.to_thread(left_out.check, config, build)
                 with self.metrics.time_stage("install"):
                     write_atomic(tree.target / config.marker, again.data, mtime=again.mtime)
@@ -357,7 +366,7 @@ class Syncer:
         tree: ReceiverConfig,
         change: Change | None,
         pass_fds: tuple[int, ...],
-        build: snapshots.Build | None,
+        build: Build | None,
     ) -> list[Completed]:
         """Transfer the tree: by ``change`` when one applies (falling back to the whole tree
         should a run of it fail), else the whole tree (docs/design.md#the-delta-transfer);

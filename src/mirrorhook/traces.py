@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import errno
 import functools
 import os
@@ -64,7 +63,8 @@ def date_u(moment: float) -> str:
 
 def rfc2822(moment: float) -> str:
     """Return ``moment`` as ``date -u -R`` prints it: ``Wed, 25 Nov 2026 19:02:55 +0000``."""
-    return email.utils.format_datetime(datetime.fromtimestamp(moment, UTC))
+    t = datetime.fromtimestamp(moment, UTC)  # email.utils would cost the cron sync ~10 ms
+    return f"{_DAYS[t.weekday()]}, {t.day:02d} {_MONTHS[t.month - 1]} {t.year} {t:%H:%M:%S} +0000"
 
 
 def transport(upstream: str) -> str:
