@@ -113,7 +113,7 @@ def measure(files: int, repeat: int) -> dict[str, list[float]]:
             copy = tmp / "plain-copy"
             plain_copy = [*plain[:-1], f"{copy}/"]
             subprocess.run(plain_copy, check=True, capture_output=True)
-            marker_only = [sys.executable, "-c", "pass"]  # interpreter start, for reference
+            bare_python = [sys.executable, "-c", "pass"]  # interpreter start, for reference
             stdlib = [sys.executable, "-c", f"import {', '.join(STDLIB)}"]
             one_read = rsync_args.marker_args(receiver, tmp / "marker-copy")
             served, by_change = tmp / "served", tmp / "by-change"
@@ -187,7 +187,7 @@ def measure(files: int, repeat: int) -> dict[str, list[float]]:
                     runs["changed_plain"].append(timed(plain_copy))
                     runs["if_changed"].append(timed([*cli, "--if-changed"]))
                     runs["plain_rsync"].append(timed(plain))
-                    runs["python"].append(timed(marker_only))
+                    runs["python"].append(timed(bare_python))
                     runs["stdlib"].append(timed(stdlib))
                     runs["marker_read"].append(timed(one_read))
             finally:

@@ -695,8 +695,9 @@ def test_unix_socket_listener_is_group_writable_only(
 def test_one_shot_sync_imports_only_what_a_sync_uses() -> None:
     """The cron sync records no metrics, serves nothing, shows no status and keeps no
     freshness: prometheus_client, aiohttp and the publisher's and status code are the other
-    commands' cost (a sync by change imports aiohttp when it fetches one), and the snapshot
-    code that of the syncs of snapshot trees."""
+    commands' cost (a sync by change imports aiohttp when it fetches one), the snapshot
+    code that of the syncs of snapshot trees, the publisher's config that of a config with
+    a publisher, and email.utils and difflib were only ever used for a date and a typo."""
     unused = (
         "prometheus_client",
         "aiohttp",
@@ -704,9 +705,14 @@ def test_one_shot_sync_imports_only_what_a_sync_uses() -> None:
         "mirrorhook.freshness",
         "mirrorhook.history",
         "mirrorhook.describe",
+        "mirrorhook.snapshot_steps",
         "mirrorhook.snapshots",
+        "mirrorhook.snapshot_record",
         "mirrorhook.left_out",
         "mirrorhook.btrfs",
+        "mirrorhook.publisher_config",
+        "email.utils",
+        "difflib",
     )
     probe = (
         "import sys, mirrorhook.cli, mirrorhook.syncer, mirrorhook.oneshot; "

@@ -55,6 +55,7 @@ from mirrorhook.trigger import Trigger
 from mirrorhook.upstream_marker import read_upstream
 
 if TYPE_CHECKING:
+    from mirrorhook.snapshot_steps import SnapshotSteps
     from mirrorhook.snapshots import Build
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,11 @@ class Syncer:
         self._backoff = backoff or Backoff()
         self._sleep = sleep
         self._clock = clock
+        self._snapshots: SnapshotSteps | None = None
+        if config.publish == "snapshot":  # the other trees' syncs never import that code
+            from mirrorhook.snapshot_steps import SnapshotSteps  # noqa: PLC0415
+
+            self._snapshots = SnapshotSteps(config, self.metrics, self._log, clock)
 
     def local_marker(self) -> str | None:
         """Return the marker value of the local tree, ``None`` before the first sync.
@@ -146,8 +152,8 @@ class Syncer:
         await self._finish(
             trigger, started, report.result, marker_value=report.marker, whole=report.whole
         )
-        if self.config.publish == "snapshot":  # measured by a sync that moved nothing
-            await self._expire_snapshots(measure=report.result is SyncResult.UP_TO_DATE)
+        if self._snapshots is not None:  # measured by a sync that moved nothing
+            await self._snapshots.expire(measure=report.result is SyncResult.UP_TO_DATE)
         else:  # a snapshot has them from its build
             await self._write_traces(trigger, started, report)
         if report.result is SyncResult.UP_TO_DATE:
@@ -172,37 +178,23 @@ class Syncer:
             return True
         await self._finish(trigger, started, SyncResult.UP_TO_DATE, marker_value=upstream.value)
         self._log.info("already up to date with upstream marker %r", upstream.value)
-        snapshot = self.config.publish == "snapshot"
-        if not (self.config.trace or self.config.lastsync or snapshot):
+        if not (self.config.trace or self.config.lastsync or self._snapshots):
             return False
         # The trace files say the tree is complete: only while no sync runs (this check
         # holds no lock; a daemon's sync may be transferring, and will write them itself).
         with contextlib.suppress(LockedError), lock.hold(self.config):
             report = Report(SyncResult.UP_TO_DATE, upstream.value, 0)
             await self._write_traces(trigger, started, report)
-            if snapshot:
-                await self._expire_snapshots(measure=True)
+            if self._snapshots is not None:
+                await self._snapshots.expire(measure=True)
         return False
 
     async def expire_snapshots(self) -> None:
         """Between syncs: remove the snapshots past their grace, and a half-built one, when
         no sync holds the tree's lock (one that does removes them itself)."""
-        with contextlib.suppress(LockedError), lock.hold(self.config):
-            await self._expire_snapshots(measure=True)
-
-    async def _expire_snapshots(self, *, measure: bool = False) -> None:
-        """Remove the half-built snapshots and those past their grace (the caller holds the
-        tree's lock); with ``measure``, between syncs, measure the disk of those not yet
-        measured (a walk each: not on a sync's way). A failure is only logged: the tree
-        serves as it is."""
-        from mirrorhook import snapshots  # noqa: PLC0415 - snapshot trees only, as below
-
-        try:
-            now = self._clock()
-            await asyncio.to_thread(snapshots.remove_unused, self.config, now, measure=measure)
-            self.metrics.kept_bytes(functools.partial(snapshots.kept_disk, self.config))
-        except OSError as err:
-            self._log.error("cannot remove the snapshots past their grace: %s", err)
+        if self._snapshots is not None:
+            with contextlib.suppress(LockedError), lock.hold(self.config):
+                await self._snapshots.expire(measure=True)
 
     async def _write_traces(
         self, trigger: Trigger, started: float, report: Report, tree: ReceiverConfig | None = None
@@ -258,13 +250,8 @@ class Syncer:
         if if_changed and upstream.value == local:
             return Report(SyncResult.UP_TO_DATE, local, 0)
         build = None
-        if config.publish == "snapshot":
-            # Imported by the syncs of snapshot trees only: cron's sync of the others, which
-            # pays for every import at each start, goes without.
-            from mirrorhook import snapshots  # noqa: PLC0415
-
-            build = await asyncio.to_thread(snapshots.prepare, config, self._clock())
-            self._log.info("building snapshot %s (%s)", build.name, build.how)
+        if self._snapshots is not None:
+            build = await self._snapshots.start()
         else:
             config.target.mkdir(parents=True, exist_ok=True)
         try:
@@ -280,15 +267,13 @@ class Syncer:
                 build=build,
             )
         except (SyncError, OSError):  # a cancelled build is removed by the next sync
-            if build is not None:
-                await asyncio.to_thread(snapshots.remove_build, build)
+            if self._snapshots is not None and build is not None:
+                await self._snapshots.abandon(build)
             raise
-        if build is not None:
+        if self._snapshots is not None and build is not None:
             tree = replace(config, target=build.path)
             await self._write_traces(trigger, started, report, tree)
-            await asyncio.to_thread(snapshots.switch, config, build, self._clock())
-            self.metrics.snapshot_switched()
-            self._log.info("switched to snapshot %s", build.name)
+            await self._snapshots.switch(build)
         return report
 
     async def _rounds(
@@ -342,10 +327,8 @@ class Syncer:
                 if by_change is not None and config.passes_changes:
                     await asyncio.to_thread(applied_change.note, config.state_dir, by_change)
                 self._log.info("stage 2: installing marker %r", again.value)
-                if build is not None:
-                    from mirrorhook import left_out  # noqa: PLC0415 - as snapshots, in _sync
-
-                    await asyncio.to_thread(left_out.check, config, build)
+                if self._snapshots is not None and build is not None:
+                    await self._snapshots.check(build)
                 with self.metrics.time_stage("install"):
                     write_atomic(tree.target / config.marker, again.data, mtime=again.mtime)
                 whole = by_change is None
