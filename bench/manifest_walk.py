@@ -8,6 +8,11 @@
 3. ``diff`` of two manifests with 0.1% of the files changed (half of that rewritten,
    a quarter removed, a quarter added): as a walk leaves them (unchanged entries are the
    same tuples), and as read from their files (no tuple shared).
+4. An experiment for the memory goal (≤ 150 MB for 1M files; a tuple an entry holds
+   about 350): the walked manifest turned into columns (one bytes object of the paths,
+   an array a field, the digests in one buffer), what they hold, and the time to make
+   them and to make the tuples again. Not the product's form: what a columnar one would
+   cost if it were built from the walk's tuples.
 
 The tree is made once (``os.open``/``ftruncate``/``utime``/``close`` in two processes;
 sparse files, no data) and kept in ``--cache`` for later runs; ``--rebuild`` makes it
@@ -19,6 +24,7 @@ again. It needs a million inodes: the run refuses to start without them.
 from __future__ import annotations
 
 import argparse
+import array
 import gc
 import hashlib
 import os
@@ -29,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +50,8 @@ MAX_FILES = 5_000_000
 LAYOUT = "1"
 """Bumped when the tree's shape changes, so that an old cached tree is made again."""
 T = TypeVar("T")
+KIND_CODES = {Kind.FILE: 0, Kind.DIRECTORY: 1, Kind.SYMLINK: 2, Kind.OTHER: 3}
+KINDS = tuple(KIND_CODES)
 
 
 def _file_name(number: int) -> str:
@@ -156,6 +165,70 @@ def changed(manifest: Manifest, fraction: float, rng: random.Random) -> Manifest
     return Manifest(manifest.marker + "+", manifest.created + 1, tuple(merged))
 
 
+def as_columns(manifest: Manifest) -> dict[str, Any]:
+    """``manifest``'s entries as columns (section 4 of the module's text)."""
+    count = len(manifest)
+    fields = list(zip(*manifest.entries, strict=True))
+    digests = bytearray(32 * count)
+    for index, digest in enumerate(fields[10]):
+        if digest is not None:
+            digests[32 * index : 32 * index + 32] = digest
+    return {
+        "paths": b"".join(fields[0]),
+        "ends": array.array("Q", accumulate(map(len, fields[0]))),
+        "kinds": bytes(map(KIND_CODES.__getitem__, fields[1])),
+        "sizes": array.array("q", fields[2]),
+        "mtimes": array.array("q", fields[3]),
+        "modes": array.array("H", fields[4]),
+        "uids": array.array("I", fields[5]),
+        "gids": array.array("I", fields[6]),
+        "inodes": array.array("Q", fields[7]),
+        "targets": {i: v for i, v in enumerate(fields[8]) if v is not None},
+        "groups": {i: v for i, v in enumerate(fields[9]) if v is not None},
+        "digests": digests,
+        "digested": bytes(digest is not None for digest in fields[10]),
+    }
+
+
+def column_bytes(columns: dict[str, Any]) -> int:
+    """What the columns' buffers hold (the sparse dicts of targets and groups left out)."""
+    return sum(
+        len(value) * getattr(value, "itemsize", 1)
+        for value in columns.values()
+        if not isinstance(value, dict)
+    )
+
+
+def from_columns(columns: dict[str, Any]) -> list[Entry]:
+    """The entries again, as tuples."""
+    ends, paths, digests = columns["ends"], columns["paths"], columns["digests"]
+    starts = [0, *ends[:-1]]
+    count = len(ends)
+    return list(
+        map(
+            tuple.__new__,
+            [Entry] * count,
+            zip(
+                [paths[start:end] for start, end in zip(starts, ends, strict=True)],
+                [KINDS[code] for code in columns["kinds"]],
+                columns["sizes"],
+                columns["mtimes"],
+                columns["modes"],
+                columns["uids"],
+                columns["gids"],
+                columns["inodes"],
+                [columns["targets"].get(index) for index in range(count)],
+                [columns["groups"].get(index) for index in range(count)],
+                [
+                    bytes(digests[32 * i : 32 * i + 32]) if has else None
+                    for i, has in enumerate(columns["digested"])
+                ],
+                strict=True,
+            ),
+        )
+    )
+
+
 def rss_mib() -> float:
     with Path("/proc/self/statm").open() as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGESIZE") / 2**20
@@ -177,6 +250,9 @@ def measure(root: Path, repeat: int) -> dict[str, Any]:
     old_read, new_read = decode_manifest(data), decode_manifest(encode_manifest(other))
     diffs_read, change_read = timed(lambda: diff(old_read, new_read), repeat)
     assert change_read == change
+    to_columns, columns = timed(lambda: as_columns(previous), repeat)
+    back, entries = timed(lambda: from_columns(columns), repeat)
+    assert tuple(entries) == previous.entries
     return {
         "entries": len(first),
         "walk": summary(walks),
@@ -190,6 +266,9 @@ def measure(root: Path, repeat: int) -> dict[str, Any]:
         "diff_read": summary(diffs_read),
         "diff_paths": change.count,
         "resident_mib": resident,
+        "to_columns": summary(to_columns),
+        "from_columns": summary(back),
+        "column_mib": column_bytes(columns) / 2**20,
     }
 
 
@@ -218,6 +297,8 @@ def main() -> int:
         ("decode it", results["decode"]),
         ("diff, 0.1% changed, as walked", results["diff_walked"]),
         ("diff, 0.1% changed, as read", results["diff_read"]),
+        ("experiment: tuples to columns", results["to_columns"]),
+        ("experiment: columns to tuples", results["from_columns"]),
     ]
     print(f"{'':36} {'median':>9} {'p25':>9} {'p75':>9}")
     for label, stats in rows:
@@ -226,7 +307,8 @@ def main() -> int:
         f"manifest file: {results['file_bytes'] / 2**20:.1f} MiB with digests, "
         f"{results['file_bytes_without_digests'] / 2**20:.1f} MiB without; "
         f"{results['entries']:,} entries, {results['diff_paths']:,} paths in the diff; "
-        f"a manifest in memory about {results['resident_mib']:.0f} MiB"
+        f"a manifest in memory about {results['resident_mib']:.0f} MiB; "
+        f"as columns {results['column_mib']:.0f} MiB (digests included)"
     )
     path = save("manifest_walk", {"files": args.files, "repeat": args.repeat, **results})
     print(f"results: {path}")

