@@ -1,13 +1,16 @@
 """The publisher's manifests of one tree (manifest_keeper.py) with real files: the change
-from one publish to the next, and none from a manifest whose walk met the tree changing."""
+from one publish to the next, none from a manifest whose walk met the tree changing, and
+a change many mirrors ask for made once."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from mirrorhook.changes import Change
+from mirrorhook.manifest import Manifest
 from mirrorhook.manifest_keeper import ManifestKeeper
 from mirrorhook.publisher_config import PublisherConfig
 from tests.trees import later_than
@@ -85,4 +88,81 @@ async def test_a_marker_rewritten_before_its_walk_makes_an_unsettled_manifest(
     await keeper.published("1")
     assert keeper.current is not None
     assert not keeper.current.settled
+    await keeper.close()
+
+
+async def _digested(keeper: ManifestKeeper) -> None:
+    """Wait (bounded) until the background hashing has every digest of the current manifest."""
+    for _ in range(1000):
+        if keeper.current is not None and keeper.current.undigested == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the digests of the current manifest were not all made in 10 s")
+
+
+async def test_mirrors_asking_at_once_for_one_change_have_it_made_once(tmp_path: Path) -> None:
+    """Every mirror that missed the same publishes asks for the same change at the same
+    moment: one kept manifest is read and diffed for all of them, and the answer is kept for
+    the next mirror until the current manifest changes. The store's real reads are counted."""
+    keeper = _keeper(tmp_path)
+    root = keeper.tree.root
+    await keeper.start()
+    await keeper.published("1")
+    for marker, path in (("2", "a/two.rpm"), ("3", "b/three.rpm")):
+        _publish(root, marker, path)
+        await keeper.published(marker)
+    await _digested(keeper)
+    reads: list[str] = []
+    load = keeper._store.load
+
+    def counted(marker: str) -> Manifest | None:
+        reads.append(marker)
+        return load(marker)
+
+    keeper._store.load = counted  # type: ignore[method-assign]
+    answers = await asyncio.gather(*(keeper.change_from("1") for _ in range(20)))
+    assert reads == ["1"]
+    first = answers[0]
+    assert first is not None
+    assert (first.from_marker, first.to_marker) == ("1", "3")
+    assert [path for path, _kind in first.changed] == [
+        b"CURRENT",
+        b"a",
+        b"a/two.rpm",
+        b"b",
+        b"b/three.rpm",
+    ]
+    assert all(answer == first for answer in answers)
+    assert await keeper.change_from("1") == first  # kept for the next mirror
+    assert reads == ["1"]
+    assert await keeper.change_from("never-published") is None  # nothing read, nothing kept
+    assert reads == ["1"]
+    _publish(root, "4", "c/four.rpm")
+    await keeper.published("4")
+    later = await keeper.change_from("1")  # to the new current manifest: made again
+    assert later is not None
+    assert later.to_marker == "4"
+    assert b"c/four.rpm" in [path for path, _kind in later.changed]
+    assert reads[-1] == "1"
+    await keeper.close()
+
+
+async def test_a_publish_kept_while_the_last_ones_digests_are_made_is_hashed_too(
+    tmp_path: Path,
+) -> None:
+    """Marker 1's tree has a large file (sparse: 400 MB to hash, about a second), so its
+    digests are still being made when marker 2 is published and kept; the hashing goes on
+    with marker 2's manifest instead of leaving it without digests until a third publish."""
+    keeper = _keeper(tmp_path)
+    root = keeper.tree.root
+    with (root / "large.iso").open("wb") as large:
+        large.truncate(400 * 2**20)
+    await keeper.start()
+    await keeper.published("1")
+    assert keeper.current is not None
+    assert keeper.current.undigested  # the hashing has begun, in the background
+    _publish(root, "2", "two.rpm")
+    await keeper.published("2")
+    await _digested(keeper)
+    assert keeper.current.marker == "2"
     await keeper.close()

@@ -10,6 +10,13 @@ started) makes a manifest that is kept but not ``settled``: no change is made fr
 Digests are computed after the announcement, a slice at a time, and the manifest saved
 again when they are all in. Without the publisher's ``signing_key_file`` no manifest is built: a
 change is only served signed.
+
+A change a mirror asks for (``change_from``) is made once and kept for the current
+manifest (the last publish's is kept as it is made): every mirror that missed the same
+publishes asks the same question at the same moment, and an answer costs reading a kept
+manifest and a diff, seconds and a whole manifest's memory for a large tree. Those are
+made one at a time, and a request that arrives while its answer is being made waits for
+it, so that a stampede, or anyone asking for every kept marker, costs each answer once.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import OrderedDict
 from dataclasses import replace
 
 from mirrorhook import applied_change, marker
@@ -39,6 +47,9 @@ APPLIED_PATHS = 10_000_000
 DIGEST_SLICE = 2.0
 """Seconds of hashing per background step (the store is written after each)."""
 
+CHANGES_KEPT = 16
+"""Changes to the current manifest kept made, by the marker they start from."""
+
 
 class ManifestKeeper:
     """The manifests of one tree, by marker value."""
@@ -51,6 +62,13 @@ class ManifestKeeper:
         self._hashing: asyncio.Task[None] | None = None
         self._late: asyncio.Task[None] | None = None
         """Keeping a walk that finished after its announcement went out."""
+        self._changes: OrderedDict[str, tuple[Manifest, asyncio.Future[Change | None]]] = (
+            OrderedDict()
+        )
+        """The changes asked for, made or being made, each with the manifest it leads to
+        (an answer for another current manifest is stale)."""
+        self._reading = asyncio.Lock()
+        """Held while a kept manifest is read and diffed: one in memory at a time."""
         self._log = TreeLog(logger, tree.repo)
 
     async def start(self) -> None:
@@ -90,7 +108,11 @@ class ManifestKeeper:
             self._log.error("no manifest for marker %r: %s", value, err)
             return None
         await self._keep(manifest)
-        return None if previous is None else await self._change(previous, manifest)
+        if previous is None:
+            return None
+        change = await self._change(previous, manifest)
+        self._remember(previous.marker, manifest, _done(change))
+        return change
 
     def _walk(self, value: str, previous: Manifest | None) -> Manifest:
         """The manifest of marker ``value``: settled only if the marker still holds
@@ -168,9 +190,17 @@ class ManifestKeeper:
             self._hashing = asyncio.create_task(self._hash(), name="digests")
 
     async def _hash(self) -> None:
-        """Fill in the current manifest's digests, a slice at a time, saving it after each."""
+        """Fill in the current manifest's digests, a slice at a time, saving it after each.
+
+        A newer publish kept meanwhile (its ``_keep`` leaves the hashing to this task) is
+        hashed next, from its start: its walk carried over the digests it could, not those
+        of the slice under way."""
         resume: bytes | None = None
+        last: Manifest | None = None
+        """The manifest the last slice made: ``resume`` is a place in it."""
         while (manifest := self.current) is not None and manifest.undigested:
+            if manifest is not last:
+                resume = None
             try:
                 done = await asyncio.to_thread(
                     digest, manifest, self.tree.root, budget_seconds=DIGEST_SLICE, resume_at=resume
@@ -179,13 +209,13 @@ class ManifestKeeper:
                 self._log.warning("hashing stopped: %s", err)
                 return
             if self.current is not manifest:
-                return  # a newer publish: its own walk carried these digests over
-            self.current = done.manifest
+                continue  # a newer publish was kept while the slice ran
+            self.current = last = done.manifest
             with contextlib.suppress(OSError, ManifestError):
                 await asyncio.to_thread(self._store.save, done.manifest)
-            if done.resume_at is None:
-                return
             resume = done.resume_at
+            if resume is None and self.current is last:
+                return  # every file hashed (one that could not be read stays without)
 
     async def change_from(self, old: str) -> Change | None:
         """The change from marker ``old``'s kept manifest to the current one; ``None`` when
@@ -195,30 +225,63 @@ class ManifestKeeper:
             return None
         if old == current.marker:
             return Change(old, old, (), (), repo=self.tree.url_name)
-        try:
-            kept = await asyncio.to_thread(self._store.load, old)
-        except ManifestError as err:
-            self._log.warning("the manifest of %r is unreadable: %s", old, err)
+        known = self._changes.get(old)
+        if known is not None and known[0] is current and not _failed(known[1]):
+            self._changes.move_to_end(old)
+            making = known[1]
+        elif not self._store.path_of(old).exists():  # asked for an unknown one: nothing kept
             return None
-        if kept is None:
-            return None
-        return await self._change(kept, current)
+        else:
+            making = asyncio.create_task(self._change_from(old, current), name=f"change {old}")
+            self._remember(old, current, making)
+        return await asyncio.shield(making)  # a request given up does not stop the others'
+
+    async def _change_from(self, old: str, current: Manifest) -> Change | None:
+        async with self._reading:
+            try:
+                kept = await asyncio.to_thread(self._store.load, old)
+            except ManifestError as err:
+                self._log.warning("the manifest of %r is unreadable: %s", old, err)
+                return None
+            if kept is None:
+                return None
+            return await self._change(kept, current)
+
+    def _remember(self, old: str, current: Manifest, making: asyncio.Future[Change | None]) -> None:
+        self._changes[old] = (current, making)
+        self._changes.move_to_end(old)
+        while len(self._changes) > CHANGES_KEPT:
+            self._changes.popitem(last=False)
 
     async def manifest_of(self, value: str) -> Manifest | None:
         """The manifest of marker ``value``: the current one or a kept one (``None``)."""
         current = self.current
         if current is not None and current.marker == value:
             return current
-        try:
-            return await asyncio.to_thread(self._store.load, value)
-        except ManifestError as err:
-            self._log.warning("the manifest of %r is unreadable: %s", value, err)
-            return None
+        async with self._reading:
+            try:
+                return await asyncio.to_thread(self._store.load, value)
+            except ManifestError as err:
+                self._log.warning("the manifest of %r is unreadable: %s", value, err)
+                return None
 
     async def close(self) -> None:
-        """Stop hashing (the walk in its thread ends on its own)."""
-        for task in (self._hashing, self._late):
+        """Stop hashing and making changes (the walk in its thread ends on its own)."""
+        making = [task for _current, task in self._changes.values()]
+        for task in (self._hashing, self._late, *making):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+def _done(change: Change | None) -> asyncio.Future[Change | None]:
+    """A future that holds ``change`` (one made at a publish, kept like those asked for)."""
+    made: asyncio.Future[Change | None] = asyncio.get_running_loop().create_future()
+    made.set_result(change)
+    return made
+
+
+def _failed(making: asyncio.Future[Change | None]) -> bool:
+    """Whether the making of a change ended without one: asked again, it is made again."""
+    return making.done() and (making.cancelled() or making.exception() is not None)
