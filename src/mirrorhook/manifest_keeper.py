@@ -11,8 +11,8 @@ Digests are computed after the announcement, a slice at a time, and the manifest
 again when they are all in. Without the publisher's ``signing_key_file`` no manifest is built: a
 change is only served signed.
 
-A change a mirror asks for (``change_from``) is made once and kept for the current
-manifest (the last publish's is kept as it is made): every mirror that missed the same
+A change a mirror asks for (``change_from``) is made once and kept until the next publish
+(the last publish's is kept as it is made): every mirror that missed the same
 publishes asks the same question at the same moment, and an answer costs reading a kept
 manifest and a diff, seconds and a whole manifest's memory for a large tree. Those are
 made one at a time, and a request that arrives while its answer is being made waits for
@@ -62,11 +62,8 @@ class ManifestKeeper:
         self._hashing: asyncio.Task[None] | None = None
         self._late: asyncio.Task[None] | None = None
         """Keeping a walk that finished after its announcement went out."""
-        self._changes: OrderedDict[str, tuple[Manifest, asyncio.Future[Change | None]]] = (
-            OrderedDict()
-        )
-        """The changes asked for, made or being made, each with the manifest it leads to
-        (an answer for another current manifest is stale)."""
+        self._changes: OrderedDict[tuple[str, str], asyncio.Future[Change | None]] = OrderedDict()
+        """The changes asked for, made or being made, by the markers they lead from and to."""
         self._reading = asyncio.Lock()
         """Held while a kept manifest is read and diffed: one in memory at a time."""
         self._log = TreeLog(logger, tree.repo)
@@ -111,7 +108,7 @@ class ManifestKeeper:
         if previous is None:
             return None
         change = await self._change(previous, manifest)
-        self._remember(previous.marker, manifest, _done(change))
+        self._remember((previous.marker, value), _done(change))
         return change
 
     def _walk(self, value: str, previous: Manifest | None) -> Manifest:
@@ -225,15 +222,16 @@ class ManifestKeeper:
             return None
         if old == current.marker:
             return Change(old, old, (), (), repo=self.tree.url_name)
-        known = self._changes.get(old)
-        if known is not None and known[0] is current and not _failed(known[1]):
-            self._changes.move_to_end(old)
-            making = known[1]
+        key = (old, current.marker)
+        known = self._changes.get(key)
+        if known is not None and not _failed(known):
+            self._changes.move_to_end(key)
+            making = known
         elif not self._store.path_of(old).exists():  # asked for an unknown one: nothing kept
             return None
         else:
             making = asyncio.create_task(self._change_from(old, current), name=f"change {old}")
-            self._remember(old, current, making)
+            self._remember(key, making)
         return await asyncio.shield(making)  # a request given up does not stop the others'
 
     async def _change_from(self, old: str, current: Manifest) -> Change | None:
@@ -247,9 +245,9 @@ class ManifestKeeper:
                 return None
             return await self._change(kept, current)
 
-    def _remember(self, old: str, current: Manifest, making: asyncio.Future[Change | None]) -> None:
-        self._changes[old] = (current, making)
-        self._changes.move_to_end(old)
+    def _remember(self, key: tuple[str, str], making: asyncio.Future[Change | None]) -> None:
+        self._changes[key] = making
+        self._changes.move_to_end(key)
         while len(self._changes) > CHANGES_KEPT:
             self._changes.popitem(last=False)
 
@@ -267,7 +265,7 @@ class ManifestKeeper:
 
     async def close(self) -> None:
         """Stop hashing and making changes (the walk in its thread ends on its own)."""
-        making = [task for _current, task in self._changes.values()]
+        making = list(self._changes.values())
         for task in (self._hashing, self._late, *making):
             if task is not None:
                 task.cancel()
