@@ -29,6 +29,7 @@ bench: venv rsync web
 	$(BIN)/python -m bench.sync_overhead
 	$(BIN)/python -m bench.manifest_walk
 	$(BIN)/python -m bench.delta_sync
+	$(BIN)/python -m bench.changes_asked
 	$(BIN)/python -m bench.snapshots
 	$(BIN)/python -m bench.hook_to_rsync
 	$(BIN)/python -m bench.slow_clients
