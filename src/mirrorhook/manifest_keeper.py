@@ -265,12 +265,16 @@ class ManifestKeeper:
 
     async def close(self) -> None:
         """Stop hashing and making changes (the walk in its thread ends on its own)."""
-        making = list(self._changes.values())
-        for task in (self._hashing, self._late, *making):
+        for task in (self._hashing, self._late):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        making = list(self._changes.values())
+        for change in making:
+            change.cancel()
+        # What ended a change's making, its askers were told.
+        await asyncio.gather(*making, return_exceptions=True)
 
 
 def _done(change: Change | None) -> asyncio.Future[Change | None]:
