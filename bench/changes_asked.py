@@ -8,7 +8,7 @@ Answering one means reading OLD's kept manifest and a diff with the current one
 once and kept: the current one and two older ones, each 0.1% apart), and reports the wall
 time and how much the process's peak RSS grew.
 
-    .venv/bin/python -m bench.changes_asked [--files 1000000] [--mirrors 10]
+    .venv/bin/python -m bench.changes_asked [--files 1000000] [--mirrors 10] [--rebuild]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.manifest_walk import changed, make_tree, with_digests
+from bench.manifest_walk import add_tree_arguments, cached_tree, changed, with_digests
 from bench.stats import save
 from mirrorhook.manifest import walk
 from mirrorhook.manifest_keeper import ManifestKeeper
@@ -60,15 +60,10 @@ async def measure(root: Path, state: Path, mirrors: int) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=1_000_000)
+    add_tree_arguments(parser)
     parser.add_argument("--mirrors", type=int, default=10)
-    cache = Path(tempfile.gettempdir(), "mirrorhook-bench-cache")
-    parser.add_argument("--cache", type=Path, default=cache, help=f"default: {cache}")
     args = parser.parse_args()
-    root = args.cache / f"manifest-walk-{args.files}"
-    args.cache.mkdir(parents=True, exist_ok=True)
-    made = make_tree(root, args.files)
-    print(f"tree: {args.files:,} files in {root}" + (f" (made in {made:.1f} s)" if made else ""))
+    root = cached_tree(parser, args)
     with tempfile.TemporaryDirectory(prefix="mirrorhook-changes-") as state:
         result = asyncio.run(measure(root, Path(state), args.mirrors))
     print(

@@ -272,23 +272,34 @@ def measure(root: Path, repeat: int) -> dict[str, Any]:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_tree_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--files``, ``--cache`` and ``--rebuild``: the tree of this bench (and of the
+    benches that reuse it, ``bench.changes_asked``)."""
     parser.add_argument("--files", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=5)
     cache = Path(tempfile.gettempdir(), "mirrorhook-bench-cache")
     parser.add_argument("--cache", type=Path, default=cache, help=f"default: {cache}")
     parser.add_argument("--rebuild", action="store_true", help="make the tree again")
-    args = parser.parse_args()
+
+
+def cached_tree(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    """The tree ``add_tree_arguments`` names, made unless it is kept; its root."""
     if not 1 <= args.files <= MAX_FILES:
         parser.error(f"--files must be between 1 and {MAX_FILES:,}")
-    root = args.cache / f"manifest-walk-{args.files}"
+    root: Path = args.cache / f"manifest-walk-{args.files}"
     if args.rebuild and root.exists():
         shutil.rmtree(root)
     args.cache.mkdir(parents=True, exist_ok=True)
     made = make_tree(root, args.files)
     print(f"tree: {args.files:,} files in {root}" + (f" (made in {made:.1f} s)" if made else ""))
-    results = measure(root, args.repeat)
+    return root
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_tree_arguments(parser)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    results = measure(cached_tree(parser, args), args.repeat)
     rows = [
         ("walk, no previous manifest", results["walk"]),
         ("walk, every digest carried over", results["walk_with_digests"]),

@@ -5,6 +5,8 @@ a change many mirrors ask for made once."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -100,10 +102,8 @@ async def _digested(keeper: ManifestKeeper) -> None:
     raise AssertionError("the digests of the current manifest were not all made in 10 s")
 
 
-async def test_mirrors_asking_at_once_for_one_change_have_it_made_once(tmp_path: Path) -> None:
-    """Every mirror that missed the same publishes asks for the same change at the same
-    moment: one kept manifest is read and diffed for all of them, and the answer is kept for
-    the next mirror until the current manifest changes. The store's real reads are counted."""
+async def _three_publishes(tmp_path: Path) -> ManifestKeeper:
+    """A keeper that kept the manifests of markers 1, 2 and 3."""
     keeper = _keeper(tmp_path)
     root = keeper.tree.root
     await keeper.start()
@@ -111,17 +111,44 @@ async def test_mirrors_asking_at_once_for_one_change_have_it_made_once(tmp_path:
     for marker, path in (("2", "a/two.rpm"), ("3", "b/three.rpm")):
         _publish(root, marker, path)
         await keeper.published(marker)
-    await _digested(keeper)
-    reads: list[str] = []
-    load = keeper._store.load
+    return keeper
 
-    def counted(marker: str) -> Manifest | None:
-        reads.append(marker)
-        return load(marker)
 
-    keeper._store.load = counted  # type: ignore[method-assign]
+class _Reads:
+    """Counts the keeper's real reads of its kept manifests (a spy, not a stand-in): which,
+    and how many at most at once; each is held ``hold`` seconds, so overlaps would show."""
+
+    def __init__(self, keeper: ManifestKeeper, hold: float = 0.0) -> None:
+        self.markers: list[str] = []
+        self.most_at_once = 0
+        self._at_once = 0
+        self._lock = threading.Lock()
+        self._load = keeper._store.load
+        self._hold = hold
+        keeper._store.load = self._counted  # type: ignore[method-assign]
+
+    def _counted(self, marker: str) -> Manifest | None:
+        with self._lock:
+            self.markers.append(marker)
+            self._at_once += 1
+            self.most_at_once = max(self.most_at_once, self._at_once)
+        time.sleep(self._hold)
+        try:
+            return self._load(marker)
+        finally:
+            with self._lock:
+                self._at_once -= 1
+
+
+async def test_mirrors_asking_at_once_for_one_change_have_it_made_once(tmp_path: Path) -> None:
+    """Every mirror that missed the same publishes asks for the same change at the same
+    moment: one kept manifest is read and diffed for all of them, and the answer is kept for
+    the next mirror until the next publish."""
+    keeper = await _three_publishes(tmp_path)
+    root = keeper.tree.root
+    reads = _Reads(keeper)
     answers = await asyncio.gather(*(keeper.change_from("1") for _ in range(20)))
-    assert reads == ["1"]
+    assert reads.markers == ["1"]
     first = answers[0]
     assert first is not None
     assert (first.from_marker, first.to_marker) == ("1", "3")
@@ -134,16 +161,34 @@ async def test_mirrors_asking_at_once_for_one_change_have_it_made_once(tmp_path:
     ]
     assert all(answer == first for answer in answers)
     assert await keeper.change_from("1") == first  # kept for the next mirror
-    assert reads == ["1"]
+    assert reads.markers == ["1"]
     assert await keeper.change_from("never-published") is None  # nothing read, nothing kept
-    assert reads == ["1"]
+    assert reads.markers == ["1"]
     _publish(root, "4", "c/four.rpm")
     await keeper.published("4")
     later = await keeper.change_from("1")  # to the new current manifest: made again
     assert later is not None
     assert later.to_marker == "4"
     assert b"c/four.rpm" in [path for path, _kind in later.changed]
-    assert reads[-1] == "1"
+    assert reads.markers == ["1", "1"]
+    await keeper.close()
+
+
+async def test_changes_from_different_markers_are_made_one_at_a_time(tmp_path: Path) -> None:
+    """Each answer holds a whole kept manifest in memory: mirrors at markers 1 and 2 asking
+    at once have them read one after the other, each once; the last publish's own change
+    (from 3) was kept as the publish made it, and reads nothing."""
+    keeper = await _three_publishes(tmp_path)
+    _publish(keeper.tree.root, "4", "c/four.rpm")
+    await keeper.published("4")
+    reads = _Reads(keeper, hold=0.2)
+    asked = ("1", "2", "3", "1", "2")
+    answers = await asyncio.gather(*(keeper.change_from(marker) for marker in asked))
+    assert sorted(reads.markers) == ["1", "2"]
+    assert reads.most_at_once == 1
+    assert [(a.from_marker, a.to_marker) for a in answers if a is not None] == [
+        (marker, "4") for marker in asked
+    ]
     await keeper.close()
 
 

@@ -101,16 +101,21 @@ class Build:
     name: str
     path: Path
     link_dest: Path | None
-    recycled: bool = False
-    """Whether ``path`` started as a tree (the spare, or a btrfs snapshot of the current
-    one) that rsync updates in place, its ``--max-delete`` counting, not empty."""
+    """The current snapshot, for a build that starts empty; ``None`` for one that starts
+    as a tree rsync updates in place (the spare, a btrfs snapshot: its ``--max-delete``
+    counts) and for the first build."""
     how: str = "linked to the current one"
     """How it started, for the log."""
 
     @property
     def sidecar(self) -> Path:
         """The file that says ``path`` is being built (``PARTIAL``)."""
-        return self.path.with_name(self.name + PARTIAL)
+        return _sidecar(self.path)
+
+
+def _sidecar(folder: Path) -> Path:
+    """``NAME.partial`` beside the snapshot folder ``NAME``."""
+    return folder.with_name(folder.name + PARTIAL)
 
 
 def layout(config: ReceiverConfig) -> Layout:
@@ -141,7 +146,7 @@ def prepare(config: ReceiverConfig, now: float) -> Build:
     remove_unused(config, now)
     name = _new_name(where, now)
     path = where.folder / name
-    (where.folder / (name + PARTIAL)).touch(exist_ok=False)  # before the folder exists
+    _sidecar(path).touch(exist_ok=False)  # before the folder exists
     fsync_dir(where.folder)
     spare = where.folder / SPARE
     base = current(config)
@@ -152,10 +157,10 @@ def prepare(config: ReceiverConfig, now: float) -> Build:
         # instead of 0.9 s for 100,000 files); what the spare lacks is the last publishes'
         # new files, transferred again (their disk, once more, until it expires). The
         # cheapest start (on btrfs too: a snapshot there costs a commit, bench.snapshots).
-        return Build(name, path, None, recycled=True, how="from the spare")
+        return Build(name, path, None, how="from the spare")
     if on_btrfs and base is not None and btrfs.is_subvolume(where.folder / base):
         btrfs.snapshot(where.folder / base, path)
-        return Build(name, path, None, recycled=True, how="a btrfs snapshot of the current one")
+        return Build(name, path, None, how="a btrfs snapshot of the current one")
     if on_btrfs:
         btrfs.create(path)  # the next build can be its snapshot
     else:
@@ -291,7 +296,7 @@ def remove_build(build: Build) -> None:
 def _remove_partly_built(path: Path) -> None:
     """The folder, then the file that marks it half-built."""
     _remove(path)
-    path.with_name(path.name + PARTIAL).unlink(missing_ok=True)
+    _sidecar(path).unlink(missing_ok=True)
 
 
 # --- the steps ----------------------------------------------------------------------------
